@@ -1,0 +1,5 @@
+"""`python -m ckpttui`."""
+
+from ckpttui.cli import main
+
+raise SystemExit(main())

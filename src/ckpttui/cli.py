@@ -1,0 +1,94 @@
+"""Command line: ``ckpttui [PATH]`` opens the app; ``inspect``, ``demo`` run headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+COMMANDS = ("inspect", "demo")
+
+
+def _inspect_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckpttui inspect",
+        description="What is in a checkpoint file or folder: layout, step/epoch, weights vs "
+                    "optimizer state, completeness. Reads headers and pickles only.")
+    p.add_argument("path", help="a checkpoint file or a folder (walked recursively)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return p
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckpttui demo",
+        description="Generate a small experiments folder with real checkpoints (once, in a cache "
+                    "folder) and open ckpttui on it.")
+    p.add_argument("--dir", help="where to generate it (default: a cache folder)")
+    p.add_argument("--regenerate", action="store_true", help="write it again from scratch")
+    p.add_argument("--no-open", action="store_true", help="only generate; print its path")
+    return p
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Run ``ckpttui inspect``."""
+    from ckpttui.inventory import report_dict, scan
+
+    try:
+        inv = scan(args.path)
+    except OSError as exc:
+        print(f"ckpttui: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(report_dict(inv), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        from ckpttui.textreport import print_report
+
+        print_report(inv)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run ``ckpttui demo``."""
+    from ckpttui.demo import ensure_demo
+
+    try:
+        folder = ensure_demo(args.dir, regenerate=args.regenerate)
+    except (OSError, RuntimeError) as exc:
+        print(f"ckpttui demo: {exc}", file=sys.stderr)
+        return 1
+    if args.no_open:
+        print(folder)
+        return 0
+    return open_app(str(folder))
+
+
+def open_app(path: str) -> int:
+    """Open the TUI on a path (until the app lands: print the inspect report)."""
+    try:
+        from ckpttui.ui.app import run_app
+    except ImportError:
+        return cmd_inspect(argparse.Namespace(path=path, json=False))
+    return run_app(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``ckpttui`` and ``python -m ckpttui``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "inspect":
+        return cmd_inspect(_inspect_parser().parse_args(argv[1:]))
+    if argv and argv[0] == "demo":
+        return cmd_demo(_demo_parser().parse_args(argv[1:]))
+    p = argparse.ArgumentParser(
+        prog="ckpttui",
+        description="Browse checkpoint folders: weights vs optimizer state, completeness, "
+                    "what can be reclaimed. Commands: inspect PATH [--json], demo.")
+    p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
+    args = p.parse_args(argv)
+    if not os.path.exists(args.path):
+        print(f"ckpttui: {args.path}: no such file or folder", file=sys.stderr)
+        return 1
+    return open_app(args.path)

@@ -1,0 +1,99 @@
+"""Reader for ``torch.distributed.checkpoint`` folders (torch/distributed/checkpoint/filesystem.py).
+
+A DCP checkpoint is a folder::
+
+    .metadata          pickle of ``metadata.Metadata``:
+                         state_dict_metadata  {fqn: TensorStorageMetadata(properties=TensorProperties
+                                               (dtype, layout, ...), size=torch.Size, chunks=[...)])
+                                               | BytesStorageMetadata()}
+                         storage_data         {MetadataIndex(fqn, offset, index):
+                                               _StorageInfo(relative_path, offset, length)}
+                         planner_data         {fqn: (key, key, ...)}   the nested path of each fqn
+    __<rank>_<n>.distcp  the bytes: raw tensor chunks and pickled non-tensor values
+
+The classes are dataclasses pickled as NEWOBJ + BUILD, so their fields arrive as the BUILD state;
+TensorProperties pickles its fields as a tuple (dtype, layout, requires_grad, memory_format, pin).
+Only ``.metadata`` is read; data files are stat'ed to check that every chunk lies inside one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ckpttui.formats.errors import FormatError
+from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, UnpickleError, restricted_load
+from ckpttui.records import FileIndex, TensorRecord
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return obj.fields() if isinstance(obj, OpaqueObject) else {}
+
+
+def read(path: Path, size: int) -> FileIndex:
+    """Index a DCP folder from its ``.metadata``: every tensor of the checkpoint, and missing data."""
+    with open(path, "rb") as f:
+        try:
+            result = restricted_load(f)
+        except UnpickleError as exc:
+            raise FormatError(str(exc)) from None
+    meta = result.data
+    if not isinstance(meta, OpaqueObject) or not meta.__qualname_full__.endswith(".Metadata"):
+        raise FormatError("not a torch.distributed.checkpoint Metadata pickle")
+    fields = meta.fields()
+    sd_meta = fields.get("state_dict_metadata")
+    if not isinstance(sd_meta, dict):
+        raise FormatError("Metadata has no state_dict_metadata")
+    planner = fields.get("planner_data") if isinstance(fields.get("planner_data"), dict) else {}
+    tensors: list[TensorRecord] = []
+    storages: dict[str, int] = {}
+    nontensors: list[str] = []
+    for fqn, entry in sd_meta.items():
+        name = str(fqn)
+        if not isinstance(entry, OpaqueObject) or not entry.__qualname_full__.endswith(
+                "TensorStorageMetadata"):
+            nontensors.append(name)
+            continue
+        ef = entry.fields()
+        props = ef.get("properties")
+        state = props.state if isinstance(props, OpaqueObject) else None
+        if isinstance(state, tuple) and state:
+            dtype_obj = state[0]
+        else:
+            dtype_obj = _fields(props).get("dtype", "torch.float32")
+        dtype = str(dtype_obj).removeprefix("torch.")
+        shape = tuple(int(d) for d in ef.get("size") or ())
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * ELEMENT_SIZE.get(dtype, 1)
+        key_path = planner.get(fqn)
+        tpath = tuple(str(k) for k in key_path) if isinstance(key_path, (tuple, list)) else (name,)
+        tensors.append(TensorRecord(name="/".join(tpath), path=tpath, dtype=dtype, shape=shape,
+                                    nbytes=nbytes, storage=name))
+        storages[name] = nbytes
+    # Check each data file is there and long enough for the chunks it should hold.
+    need: dict[str, int] = {}
+    storage_data = fields.get("storage_data")
+    if isinstance(storage_data, dict):
+        for info in storage_data.values():
+            sf = _fields(info)
+            rel = sf.get("relative_path")
+            if isinstance(rel, str):
+                end = int(sf.get("offset") or 0) + int(sf.get("length") or 0)
+                need[rel] = max(need.get(rel, 0), end)
+    missing, short = [], []
+    folder = path.parent
+    for rel, end in sorted(need.items()):
+        try:
+            have = os.stat(folder / rel).st_size
+        except OSError:
+            missing.append(rel)
+            continue
+        if have < end:
+            short.append(f"{rel} has {have} bytes, chunks need {end}")
+    return FileIndex(str(path), "dcp", size, tensors=tensors, storages=storages,
+                     globals=sorted(result.globals), unsafe_globals=result.unsafe_globals,
+                     data=None, metadata={"data_files": sorted(need), "missing_files": missing,
+                                          "short_files": short, "non_tensor_entries": nontensors})

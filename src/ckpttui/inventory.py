@@ -1,0 +1,277 @@
+"""Walk a path, read every checkpoint file's index, group files into logical checkpoints, account.
+
+This is what ``ckpttui inspect`` prints and what the UI's folder view fills in from. It reads
+directory entries, sidecars, headers and pickles only; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ckpttui.accounting import Breakdown, breakdown, classify
+from ckpttui.formats import is_checkpoint_name, read_file
+from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS
+from ckpttui.records import Checkpoint, FileIndex, TensorRecord
+
+_TMP = re.compile(r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
+                  r"ckpt|safetensors|pth)$")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a name is a checkpoint still being written (``x.pt.tmp``, ``x.tmp-1234``)."""
+    return bool(_TMP.search(name))
+
+
+@dataclass
+class Inventory:
+    """Everything `scan` found under one root."""
+
+    root: Path
+    """The path as given."""
+    files: dict[str, FileIndex] = field(default_factory=dict)
+    """Every file that was read, by absolute path."""
+    records: dict[str, list[TensorRecord]] = field(default_factory=dict)
+    """Classified tensor records of each read file."""
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    """Logical checkpoints, in walk order."""
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    """(absolute path, one line) for every file or link that could not be read."""
+    layout_of: dict[str, str] = field(default_factory=dict)
+    """Layout of the checkpoint each read file belongs to."""
+
+    def rel(self, path: str) -> str:
+        """Path relative to the root, with '/' separators ('' for the root itself)."""
+        root = str(self.root)
+        if path == root or path == os.path.abspath(root):
+            return ""
+        try:
+            rel = os.path.relpath(path, os.path.abspath(root))
+        except ValueError:
+            return path
+        return "" if rel == "." else rel.replace(os.sep, "/")
+
+    def file_breakdown(self, path: str) -> Breakdown:
+        """Sums for one read file."""
+        return breakdown(self.records.get(path, []))
+
+    def checkpoint_breakdown(self, ckpt: Checkpoint) -> Breakdown:
+        """Sums over a checkpoint's files."""
+        total = Breakdown()
+        for f in ckpt.files:
+            total.merge(self.file_breakdown(f))
+        return total
+
+
+def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = None) -> Inventory:
+    """Inventory a file or folder (recursively; symlinks followed, loops reported, not entered)."""
+    inv = Inventory(Path(root))
+    top = Path(os.path.abspath(root))
+    try:
+        st = top.stat()
+    except OSError as exc:
+        raise OSError(f"{root}: {_reason(exc, top)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        _walk(inv, top, None, {(st.st_dev, st.st_ino)}, progress)
+    elif stat.S_ISREG(st.st_mode):
+        _loose_file(inv, top, progress)
+    else:
+        raise OSError(f"{root}: not a regular file or folder")
+    return inv
+
+
+def _reason(exc: OSError, path: Path) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        try:
+            return f"dangling symlink to {os.readlink(path)}"
+        except OSError:
+            return "dangling symlink"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+def _read(inv: Inventory, path: Path, progress: Callable[[str], None] | None) -> FileIndex:
+    if progress:
+        progress(str(path))
+    index = read_file(path)
+    inv.files[str(path)] = index
+    if index.error:
+        inv.errors.append((str(path), index.error))
+    return index
+
+
+def _walk(inv: Inventory, folder: Path, owner: Checkpoint | None,
+          seen: set[tuple[int, int]], progress: Callable[[str], None] | None) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        inv.errors.append((str(folder), f"cannot list folder: {_reason(exc, folder)}"))
+        return
+    names = {e.name for e in entries}
+    claimed = None
+    if owner is None:
+        for layout in DIR_LAYOUTS:
+            if layout.claims(folder, names):
+                claimed = Checkpoint(str(folder), layout.name)
+                inv.checkpoints.append(claimed)
+                owner = claimed
+                break
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            st = entry.stat(follow_symlinks=True)
+        except OSError as exc:
+            inv.errors.append((str(path), _reason(exc, path)))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                inv.errors.append((str(path), f"symlink loop: leads back to {os.path.realpath(path)}"))
+                continue
+            _walk(inv, path, owner, seen | {key}, progress)
+        elif stat.S_ISREG(st.st_mode):
+            if owner is not None:
+                owner.files.append(str(path))
+                if is_checkpoint_name(entry.name) and not is_temporary(entry.name) and not (
+                        entry.name.endswith(".distcp")):
+                    _read(inv, path, progress)
+            else:
+                _loose_file(inv, path, progress)
+    if claimed is not None:
+        _describe_dir(inv, claimed)
+
+
+def _describe_dir(inv: Inventory, ckpt: Checkpoint) -> None:
+    layout = next(L for L in DIR_LAYOUTS if L.name == ckpt.layout)
+    indexes = {f: inv.files[f] for f in ckpt.files if f in inv.files}
+    try:
+        layout.describe(ckpt, indexes)
+    except OSError as exc:
+        ckpt.problems.append(f"cannot read folder: {exc}")
+    _finish(inv, ckpt)
+
+
+def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | None) -> None:
+    """A file outside any checkpoint folder: it is a checkpoint of its own if it looks like one."""
+    name = path.name
+    if is_temporary(name):
+        ckpt = Checkpoint(str(path), _guess_layout(name), files=[str(path)], complete=False,
+                          problems=["still being written (temporary file name)"])
+        inv.checkpoints.append(ckpt)
+        return
+    if not is_checkpoint_name(name):
+        return
+    index = _read(inv, path, progress)
+    if index.format == "text" and not index.error:
+        return
+    readable = index if index.error is None else None
+    layout = next(L for L in FILE_LAYOUTS if L.claims(path, readable))
+    ckpt = Checkpoint(str(path), layout.name, files=[str(path)])
+    try:
+        layout.describe(ckpt, readable)
+    except OSError as exc:
+        ckpt.problems.append(f"cannot read sidecar: {exc}")
+    inv.checkpoints.append(ckpt)
+    _finish(inv, ckpt)
+
+
+def _guess_layout(name: str) -> str:
+    if name.startswith("model.pt"):
+        return "funasr"
+    if re.match(r"(epoch|step)_\d+\.pt", name):
+        return "wenet"
+    if name.startswith("checkpoint"):
+        return "fairseq"
+    return "torch"
+
+
+def _finish(inv: Inventory, ckpt: Checkpoint) -> None:
+    """Classify each read file under the checkpoint's layout; file errors make it incomplete."""
+    for f in ckpt.files:
+        index = inv.files.get(f)
+        if index is None:
+            continue
+        inv.layout_of[f] = ckpt.layout
+        if index.error:
+            ckpt.complete = False
+            ckpt.problems.append(f"{inv.rel(f) or Path(f).name}: {index.error}")
+            continue
+        inv.records[f] = classify(ckpt.layout, Path(f).name, index)
+        if "dangerous" not in ckpt.info:
+            from ckpttui.formats.unpickler import is_dangerous_global
+
+            bad = [g for g in index.unsafe_globals if is_dangerous_global(g)]
+            if bad:
+                ckpt.info["dangerous"] = True
+                ckpt.problems.append(f"{inv.rel(f) or Path(f).name}: pickle names code-running "
+                                     f"globals ({', '.join(bad[:3])}); never load it with "
+                                     f"torch.load(weights_only=False)")
+
+
+def _categories(b: Breakdown) -> dict[str, dict[str, int]]:
+    return {k: dict(v) for k, v in b.categories.items()}
+
+
+def report_dict(inv: Inventory) -> dict[str, Any]:
+    """The ``inspect --json`` document (see README, "inspect --json")."""
+    files = []
+    for path, index in inv.files.items():
+        if not (index.tensors or index.unsafe_globals or index.error):
+            continue
+        b = inv.file_breakdown(path)
+        files.append({
+            "path": inv.rel(path),
+            "format": index.format,
+            "size": index.size,
+            "tensors": len(index.tensors),
+            "storage_bytes": index.storage_bytes,
+            "categories": _categories(b),
+            "dtypes": dict(sorted(b.dtypes.items())),
+            "globals": index.globals,
+            "unsafe_globals": index.unsafe_globals,
+            "error": index.error,
+            "layout": inv.layout_of.get(path),
+            "tensor_bytes": b.bytes,
+            "reclaimable_bytes": b.reclaimable,
+            "parts": dict(sorted(b.parts.items())),
+        })
+    checkpoints = []
+    for ckpt in inv.checkpoints:
+        b = inv.checkpoint_breakdown(ckpt)
+        size = 0
+        for f in ckpt.files:
+            try:
+                size += os.stat(f).st_size
+            except OSError:
+                pass
+        checkpoints.append({
+            "path": inv.rel(ckpt.path),
+            "layout": ckpt.layout,
+            "files": [inv.rel(f) for f in ckpt.files],
+            "step": ckpt.step,
+            "epoch": ckpt.epoch,
+            "complete": ckpt.complete,
+            "problems": ckpt.problems,
+            "categories": _categories(b),
+            "size": size,
+            "tensor_bytes": b.bytes,
+            "storage_bytes": sum(inv.files[f].storage_bytes for f in ckpt.files
+                                 if f in inv.files),
+            "reclaimable_bytes": b.reclaimable,
+            "parts": dict(sorted(b.parts.items())),
+            "info": ckpt.info,
+        })
+    return {
+        "root": str(inv.root),
+        "files": files,
+        "checkpoints": checkpoints,
+        "errors": [{"path": inv.rel(p), "error": e} for p, e in inv.errors],
+    }

@@ -1,0 +1,118 @@
+"""DeepSpeed checkpoint tag folders (deepspeed/runtime/engine.py ``save_checkpoint``).
+
+``engine.save_checkpoint(save_dir, tag)`` writes ``save_dir/latest`` (the tag) and ``save_dir/<tag>/``:
+
+* ``mp_rank_{mp:02d}_model_states.pt``: ``module`` (weights), ``dp_world_size``, ``ds_config``,
+  ``global_steps``, ... (ZeRO 0/1/2); under ZeRO-3 one ``zero_pp_rank_{dp}_mp_rank_{mp:02d}_
+  model_states.pt`` per data-parallel rank, with empty placeholders in ``module``;
+* ``[bf16_]zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt``: one per data-parallel rank, the
+  rank's fp32 master partition and its optimizer state.
+
+The tag defaults to ``global_step{N}``; WeNet names it ``epoch_{N}.pt`` and FunASR ``model.pt.ep{N}``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ckpttui.layouts.base import as_int, dig, number_in
+from ckpttui.records import Checkpoint, FileIndex
+
+_MODEL = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
+_OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+
+
+class DeepSpeed:
+    """A DeepSpeed tag folder (``global_step100/``, WeNet ``epoch_3.pt/``, FunASR ``model.pt.ep3/``)."""
+
+    name = "deepspeed"
+
+    def claims(self, folder: Path, names: set[str]) -> bool:
+        """Folders with a ``*_model_states.pt`` or ``*_optim_states.pt`` file."""
+        return any(_MODEL.match(n) or _OPTIM.match(n) for n in names)
+
+    def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:
+        """Step/epoch from the tag, ZeRO stage and world size, and which rank files are missing."""
+        folder = Path(ckpt.path)
+        names = {p.name for p in folder.iterdir()}
+        tag = folder.name
+        ckpt.info["tag"] = tag
+        ckpt.step = number_in(r"^global_step(\d+)$", tag)
+        ckpt.epoch = number_in(r"^epoch_(\d+)\.pt$", tag) or number_in(r"\.ep(\d+)", tag)
+        if re.match(r"^epoch_\d+\.pt$|^step_\d+\.pt$", tag):
+            ckpt.info["variant"] = "wenet"
+        elif tag.startswith("model.pt"):
+            ckpt.info["variant"] = "funasr"
+        latest = folder.parent / "latest"
+        try:
+            ckpt.info["latest"] = latest.read_text(encoding="utf-8").strip() == tag
+        except (OSError, UnicodeDecodeError):
+            pass
+
+        model_files = sorted(n for n in names if _MODEL.match(n))
+        optim_files = sorted(n for n in names if _OPTIM.match(n))
+        states = None
+        for name in model_files:
+            idx = indexes.get(str(folder / name))
+            if idx is not None and idx.error is None and isinstance(idx.data, dict):
+                states = idx.data
+                break
+        dp = mp = stage = None
+        if states is not None:
+            dp = as_int(states.get("dp_world_size"))
+            mp = as_int(states.get("mp_world_size")) or 1
+            stage = as_int(dig(states, "ds_config", "zero_optimization", "stage"))
+            ckpt.step = as_int(states.get("global_steps")) if ckpt.step is None else ckpt.step
+            for key in ("global_steps", "global_samples", "skipped_steps", "ds_version",
+                        "dp_world_size", "mp_world_size"):
+                if key in states and isinstance(states[key], (int, float, str)):
+                    ckpt.info[key] = states[key]
+            for key in ("epoch", "step", "cv_loss", "val_loss", "loss", "lr"):
+                value = states.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    ckpt.info.setdefault(key, value)
+            if ckpt.epoch is None:
+                ckpt.epoch = as_int(states.get("epoch"))
+            if "bf16" in str(dig(states, "ds_config", "bf16")):
+                pass
+        if stage is None:
+            for name in optim_files:
+                idx = indexes.get(str(folder / name))
+                if idx is not None and isinstance(idx.data, dict):
+                    stage = as_int(dig(idx.data, "optimizer_state_dict", "zero_stage"))
+                    if stage is not None:
+                        break
+        if stage is None:
+            stage = 3 if any(m.startswith("zero_pp_rank") for m in model_files) else (
+                1 if optim_files else 0)
+        ckpt.info["zero_stage"] = stage
+        if any(n.startswith("bf16_") for n in optim_files):
+            ckpt.info["bf16_optimizer"] = True
+        if not model_files:
+            ckpt.complete = False
+            ckpt.problems.append("no mp_rank_*_model_states.pt file: model states missing")
+        if dp is None:
+            ranks = {int(_OPTIM.match(n).group(1)) for n in optim_files}  # type: ignore[union-attr]
+            dp = max(ranks) + 1 if ranks else 1
+            if states is None and model_files:
+                ckpt.problems.append("model states could not be read; world size guessed from "
+                                     "rank files")
+        ckpt.info["world_size"] = dp * (mp or 1)
+        missing = []
+        prefix = "bf16_" if any(n.startswith("bf16_") for n in optim_files) else ""
+        for m in range(mp or 1):
+            if stage == 3:
+                missing += [f"zero_pp_rank_{r}_mp_rank_{m:02d}_model_states.pt" for r in range(dp)
+                            if f"zero_pp_rank_{r}_mp_rank_{m:02d}_model_states.pt" not in names]
+            elif model_files and f"mp_rank_{m:02d}_model_states.pt" not in names:
+                missing.append(f"mp_rank_{m:02d}_model_states.pt")
+            if stage and stage > 0 or optim_files:
+                missing += [f"{prefix}zero_pp_rank_{r}_mp_rank_{m:02d}_optim_states.pt"
+                            for r in range(dp)
+                            if f"{prefix}zero_pp_rank_{r}_mp_rank_{m:02d}_optim_states.pt"
+                            not in names]
+        if missing:
+            ckpt.complete = False
+            ckpt.problems.append(f"missing rank file(s) for data-parallel world size {dp}: "
+                                 + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))

@@ -1,0 +1,70 @@
+"""FunASR checkpoints (funasr/train_utils/trainer.py ``save_checkpoint``).
+
+``model.pt.ep{N}`` (``model.pt.ep{N}.{step}`` mid-epoch), ``model.pt`` (latest), ``model.pt.best``
+and ``model.pt.avg{K}`` are ``torch.save`` of a dict: ``state_dict`` (weights), ``optimizer``,
+``scheduler``, ``scaler``, ``epoch``, ``step``, ``saved_ckpts``, ``val_acc_step_or_eoch``,
+``val_loss_step_or_eoch``, ``best_step_or_epoch``... ``model.pt.avg{K}`` holds weights only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ckpttui.layouts.base import as_int, plain
+from ckpttui.records import Checkpoint, FileIndex
+
+_NAME = re.compile(r"^model\.pt(\.ep(\d+)(\.(\d+))?|\.best|\.avg(\d+))?$")
+_KEYS = {"saved_ckpts", "val_acc_step_or_eoch", "val_loss_step_or_eoch", "best_step_or_epoch",
+         "avg_keep_nbest_models_type", "step_in_epoch", "data_split_i"}
+
+
+class FunASR:
+    """``model.pt.epN`` and friends."""
+
+    name = "funasr"
+
+    def claims(self, path: Path, index: FileIndex | None) -> bool:
+        """FunASR names (``model.pt`` only with FunASR keys or ``model.pt.ep*`` siblings)."""
+        m = _NAME.match(path.name)
+        if not m:
+            return False
+        data = index.data if index else None
+        if m.group(1):
+            return True
+        if isinstance(data, dict) and _KEYS & set(map(str, data)):
+            return True
+        return any(p.name.startswith("model.pt.ep") for p in path.parent.iterdir())
+
+    def describe(self, ckpt: Checkpoint, index: FileIndex | None) -> None:
+        """Epoch and step from the name and the dict; validation metrics where recorded."""
+        m = _NAME.match(Path(ckpt.path).name)
+        if m and m.group(2):
+            ckpt.epoch = int(m.group(2))
+            ckpt.step = int(m.group(4)) if m.group(4) else None
+        if m and m.group(5):
+            ckpt.info["averaged"] = int(m.group(5))
+        data: Any = index.data if index else None
+        if isinstance(data, dict):
+            if ckpt.epoch is None:
+                ckpt.epoch = as_int(data.get("epoch"))
+            if ckpt.step is None:
+                ckpt.step = as_int(data.get("step"))
+            for key in ("epoch", "step", "step_in_epoch", "best_step_or_epoch", "train_loss_avg",
+                        "train_acc_avg", "val_acc_step_or_eoch", "val_loss_step_or_eoch",
+                        "saved_ckpts", "avg_keep_nbest_models_type", "batch_total"):
+                if key in data and not _has_tensors(data[key]):
+                    ckpt.info[key] = plain(data[key])
+
+
+def _has_tensors(value: Any) -> bool:
+    from ckpttui.formats.unpickler import TensorRef
+
+    if isinstance(value, TensorRef):
+        return True
+    if isinstance(value, dict):
+        return any(_has_tensors(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_tensors(v) for v in value)
+    return False

@@ -1,0 +1,46 @@
+"""Human output of ``ckpttui inspect``: one table row per checkpoint, then errors."""
+
+from __future__ import annotations
+
+from ckpttui.inventory import Inventory
+from ckpttui.units import human_bytes
+
+
+def print_report(inv: Inventory) -> None:
+    """Print the inventory as a table on stdout (rich, no colour when piped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{inv.root}", title_justify="left", expand=False, pad_edge=False)
+    for col, justify in (("checkpoint", "left"), ("layout", "left"), ("step", "right"),
+                         ("epoch", "right"), ("weights", "right"), ("optimizer", "right"),
+                         ("other", "right"), ("reclaimable", "right"), ("status", "left")):
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    totals = {"weights": 0, "optimizer": 0, "other": 0, "reclaimable": 0}
+    for ckpt in inv.checkpoints:
+        b = inv.checkpoint_breakdown(ckpt)
+        cats = {k: v["bytes"] for k, v in b.categories.items()}
+        for k in ("weights", "optimizer", "other"):
+            totals[k] += cats[k]
+        totals["reclaimable"] += b.reclaimable
+        status = "ok" if ckpt.complete else "INCOMPLETE"
+        if ckpt.problems:
+            status += ": " + "; ".join(ckpt.problems)
+        table.add_row(inv.rel(ckpt.path) or ckpt.path, ckpt.layout,
+                      "" if ckpt.step is None else str(ckpt.step),
+                      "" if ckpt.epoch is None else str(ckpt.epoch),
+                      human_bytes(cats["weights"]), human_bytes(cats["optimizer"]),
+                      human_bytes(cats["other"]), human_bytes(b.reclaimable), status)
+    if len(inv.checkpoints) > 1:
+        table.add_section()
+        table.add_row(f"{len(inv.checkpoints)} checkpoints", "", "", "",
+                      human_bytes(totals["weights"]), human_bytes(totals["optimizer"]),
+                      human_bytes(totals["other"]), human_bytes(totals["reclaimable"]), "")
+    console.print(table)
+    unsafe = sorted({g for f in inv.files.values() for g in f.unsafe_globals})
+    if unsafe:
+        console.print(f"[yellow]pickles name {len(unsafe)} non-data global(s), recorded, never "
+                      f"imported:[/] " + ", ".join(unsafe[:12]) + (" ..." if len(unsafe) > 12 else ""))
+    for path, error in inv.errors:
+        console.print(f"[red]error[/] {inv.rel(path) or path}: {error}", highlight=False)
