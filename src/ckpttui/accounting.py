@@ -20,7 +20,8 @@ W, O, X = Category.WEIGHTS, Category.OPTIMIZER, Category.OTHER
 
 # Top-level keys under which frameworks keep the model, the optimizer, and the rest.
 WEIGHT_KEYS = {"state_dict", "model", "module", "model_state_dict", "model_state", "net",
-               "network", "weights", "params", "params_ema_no", "generator", "model_state_dicts"}
+               "network", "weights", "params", "generator", "model_state_dicts",
+               "frozen_param_fragments"}
 OPTIMIZER_KEYS = {"optimizer", "optimizers", "optimizer_states", "optimizer_state_dict",
                   "optimizer_state", "optim", "optim_state", "optim_state_dict",
                   "last_optimizer_state", "opt", "base_optimizer_state"}

@@ -201,19 +201,13 @@ def _finish(inv: Inventory, ckpt: Checkpoint) -> None:
             continue
         inv.layout_of[f] = ckpt.layout
         if index.error:
-            ckpt.complete = False
             ckpt.problems.append(f"{inv.rel(f) or Path(f).name}: {index.error}")
-            continue
-        inv.records[f] = classify(ckpt.layout, Path(f).name, index)
-        if "dangerous" not in ckpt.info:
-            from ckpttui.formats.unpickler import is_dangerous_global
-
-            bad = [g for g in index.unsafe_globals if is_dangerous_global(g)]
-            if bad:
+            if "dangerous_globals" in index.metadata:
                 ckpt.info["dangerous"] = True
-                ckpt.problems.append(f"{inv.rel(f) or Path(f).name}: pickle names code-running "
-                                     f"globals ({', '.join(bad[:3])}); never load it with "
-                                     f"torch.load(weights_only=False)")
+            else:
+                ckpt.complete = False
+                continue
+        inv.records[f] = classify(ckpt.layout, Path(f).name, index)
 
 
 def _categories(b: Breakdown) -> dict[str, dict[str, int]]:

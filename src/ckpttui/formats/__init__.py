@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ckpttui.formats import dcp, safetensors, torch_legacy, torch_zip
 from ckpttui.formats.errors import FormatError
+from ckpttui.formats.unpickler import is_dangerous_global
 from ckpttui.records import FileIndex
 
 __all__ = ["FormatError", "read_file", "sniff", "is_checkpoint_name"]
@@ -71,11 +72,17 @@ def read_file(path: str | os.PathLike[str]) -> FileIndex:
                          error="not a checkpoint format ckpttui knows (no zip, pickle or "
                                "safetensors header)")
     try:
-        return reader(p, size)
+        index = reader(p, size)
     except FormatError as exc:
         return FileIndex(str(p), fmt or "unknown", size, error=str(exc))
     except OSError as exc:
         return FileIndex(str(p), fmt or "unknown", size, error=_os_error(exc))
+    dangerous = [g for g in index.unsafe_globals if is_dangerous_global(g)]
+    if dangerous:
+        index.metadata["dangerous_globals"] = dangerous
+        index.error = ("pickle would run code on load: it names " + ", ".join(dangerous[:4])
+                       + " (recorded, not executed)")
+    return index
 
 
 def _is_text(head: bytes) -> bool:

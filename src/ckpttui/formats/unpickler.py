@@ -94,8 +94,16 @@ _DANGEROUS_MODULES = {
     "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty",
     "webbrowser", "code", "codeop", "pickle", "_pickle", "marshal", "ctypes", "builtins.eval",
     "multiprocessing", "asyncio", "threading", "signal", "pdb", "timeit", "commands",
-    "platform", "tempfile", "glob", "io", "zipimport", "types",
+    "platform", "tempfile", "glob", "io", "zipimport", "types", "functools", "operator",
+    "pydoc", "shelve", "dill", "joblib", "cloudpickle", "imp", "ensurepip", "pip", "venv",
+    "urllib", "http", "ftplib", "smtplib", "telnetlib", "xmlrpc", "gc", "inspect", "atexit",
+    "sysconfig", "site", "distutils", "setuptools", "pkgutil", "bdb", "trace", "profile",
+    "cProfile", "doctest", "unittest", "idlelib", "tkinter", "turtle", "numpy.lib.npyio",
 }
+_DANGEROUS_NAMES = {"torch.load", "torch.serialization.load", "torch.hub.load", "numpy.load",
+                    "torch.storage._load_from_bytes", "torch.jit.load", "torch._C._jit_compile",
+                    "yaml.load", "yaml.unsafe_load", "torch.ops.load_library",
+                    "numpy.testing._private.utils.runstring", "torch.utils.cpp_extension.load"}
 _DANGEROUS_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr",
                        "delattr", "globals", "locals", "vars", "input", "breakpoint", "apply",
                        "execfile", "file", "reload"}
@@ -104,6 +112,8 @@ _DANGEROUS_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr
 def is_dangerous_global(qualname: str) -> bool:
     """Whether a global is one that attacks use to run code (os.system, builtins.eval...)."""
     module, _, name = qualname.rpartition(".")
+    if qualname in _DANGEROUS_NAMES or module.startswith(("torch.hub", "torch.utils.cpp_extension")):
+        return True
     if module in ("builtins", "__builtin__"):
         return name in _DANGEROUS_BUILTINS
     return module.split(".")[0] in _DANGEROUS_MODULES or module in _DANGEROUS_MODULES
