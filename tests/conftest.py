@@ -6,3 +6,26 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def hf_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Trainer runs, save_pretrained folders, a PEFT adapter, DCP and torch.save files."""
+    from ckpttui.demo.hf_writer import write_all
+
+    root = tmp_path_factory.mktemp("hf")
+    write_all(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real DeepSpeed ZeRO 0-3 checkpoints (fp32, bf16, frozen + tied), one and two ranks."""
+    from ckpttui.demo.ds_writer import default_configs, write_deepspeed_checkpoints
+
+    root = tmp_path_factory.mktemp("ds")
+    for ws in (1, 2):
+        write_deepspeed_checkpoints(root / f"ws{ws}", default_configs(), world_size=ws)
+    return root

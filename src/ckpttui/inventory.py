@@ -117,13 +117,15 @@ def _walk(inv: Inventory, folder: Path, owner: Checkpoint | None,
         return
     names = {e.name for e in entries}
     claimed = None
-    if owner is None:
-        for layout in DIR_LAYOUTS:
-            if layout.claims(folder, names):
+    for layout in DIR_LAYOUTS:
+        if layout.claims(folder, names):
+            # A checkpoint folder nested in another is its own checkpoint (checkpoint-N/ inside a
+            # model folder), except the ZeRO folder the HF Trainer writes inside checkpoint-N/.
+            if owner is None or not (owner.layout == "hf-trainer" and layout.name == "deepspeed"):
                 claimed = Checkpoint(str(folder), layout.name)
                 inv.checkpoints.append(claimed)
                 owner = claimed
-                break
+            break
     for entry in entries:
         path = Path(entry.path)
         try:

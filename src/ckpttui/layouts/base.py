@@ -124,3 +124,12 @@ def check_index(folder: Path, index_name: str, ckpt: Checkpoint) -> None:
         ckpt.complete = False
         ckpt.problems.append(f"{index_name} lists {len(missing)} missing shard(s): "
                              + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+
+
+def enum_value(value: Any) -> int | None:
+    """The int behind a pickled enum (``ZeroStageEnum(2)`` arrives as an opaque object), or an int."""
+    from ckpttui.formats.unpickler import OpaqueObject
+
+    if isinstance(value, OpaqueObject) and value.args:
+        return as_int(value.args[0])
+    return as_int(value)

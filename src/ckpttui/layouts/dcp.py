@@ -14,8 +14,8 @@ class DCP:
     name = "dcp"
 
     def claims(self, folder: Path, names: set[str]) -> bool:
-        """Folders with ``.metadata`` and at least one ``.distcp`` file."""
-        return ".metadata" in names and any(n.endswith(".distcp") for n in names)
+        """Folders with a ``.metadata`` file (data files may be missing: then it is incomplete)."""
+        return ".metadata" in names
 
     def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:
         """Incomplete when a data file the metadata names is missing or short."""

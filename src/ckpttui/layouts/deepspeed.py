@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, dig, number_in
+from ckpttui.layouts.base import as_int, dig, enum_value, number_in, plain, read_yaml
 from ckpttui.records import Checkpoint, FileIndex
 
 _MODEL = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
@@ -44,6 +44,15 @@ class DeepSpeed:
             ckpt.info["variant"] = "wenet"
         elif tag.startswith("model.pt"):
             ckpt.info["variant"] = "funasr"
+        sidecar = folder.parent / (tag[: -len(".pt")] + ".yaml") if tag.endswith(".pt") else None
+        if sidecar is not None and sidecar.is_file():
+            # WeNet writes epoch_N.yaml beside the epoch_N.pt/ tag folder (wenet/utils/checkpoint.py).
+            ckpt.files.append(str(sidecar))
+            info, _ = read_yaml(sidecar)
+            if isinstance(info, dict):
+                for key in ("epoch", "step", "cv_loss", "lr"):
+                    if key in info:
+                        ckpt.info[key] = plain(info[key])
         latest = folder.parent / "latest"
         try:
             ckpt.info["latest"] = latest.read_text(encoding="utf-8").strip() == tag
@@ -74,13 +83,13 @@ class DeepSpeed:
                     ckpt.info.setdefault(key, value)
             if ckpt.epoch is None:
                 ckpt.epoch = as_int(states.get("epoch"))
-            if "bf16" in str(dig(states, "ds_config", "bf16")):
-                pass
+        if stage is None and states is not None and "ds_config" in states:
+            stage = 0 if dig(states, "ds_config", "zero_optimization") is None else None
         if stage is None:
             for name in optim_files:
                 idx = indexes.get(str(folder / name))
                 if idx is not None and isinstance(idx.data, dict):
-                    stage = as_int(dig(idx.data, "optimizer_state_dict", "zero_stage"))
+                    stage = enum_value(dig(idx.data, "optimizer_state_dict", "zero_stage"))
                     if stage is not None:
                         break
         if stage is None:

@@ -40,9 +40,9 @@ class HFTrainer:
     name = "hf-trainer"
 
     def claims(self, folder: Path, names: set[str]) -> bool:
-        """``checkpoint-N`` / ``tmp-checkpoint-N`` folders, or any folder with trainer_state.json."""
+        """``checkpoint-N`` / ``tmp-checkpoint-N`` folders, or trainer state beside optimizer state."""
         return bool(re.fullmatch(r"(tmp-)?checkpoint-\d+", folder.name)) or (
-            "trainer_state.json" in names)
+            "trainer_state.json" in names and bool({"optimizer.pt", "scheduler.pt"} & names))
 
     def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:
         """Step from the name and trainer_state.json; best metric; completeness."""
