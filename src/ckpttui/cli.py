@@ -77,6 +77,18 @@ def open_app(path: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``ckpttui`` and ``python -m ckpttui``."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `ckpttui inspect ... | head`: the reader went away; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "inspect":
         return cmd_inspect(_inspect_parser().parse_args(argv[1:]))

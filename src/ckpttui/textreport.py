@@ -11,12 +11,16 @@ def print_report(inv: Inventory) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    # Piped output is for reading later: do not squeeze it to 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"{inv.root}", title_justify="left", expand=False, pad_edge=False)
     for col, justify in (("checkpoint", "left"), ("layout", "left"), ("step", "right"),
-                         ("epoch", "right"), ("weights", "right"), ("optimizer", "right"),
-                         ("other", "right"), ("reclaimable", "right"), ("status", "left")):
-        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+                         ("epoch", "right"), ("weights", "right"), ("optim", "right"),
+                         ("other", "right"), ("reclaim", "right"), ("status", "left")):
+        table.add_column(col, justify=justify, overflow="fold",  # type: ignore[arg-type]
+                         no_wrap=col not in ("checkpoint", "status"))
     totals = {"weights": 0, "optimizer": 0, "other": 0, "reclaimable": 0}
     for ckpt in inv.checkpoints:
         b = inv.checkpoint_breakdown(ckpt)
@@ -27,7 +31,7 @@ def print_report(inv: Inventory) -> None:
         status = "ok" if ckpt.complete else "INCOMPLETE"
         if ckpt.problems:
             status += ": " + "; ".join(ckpt.problems)
-        table.add_row(inv.rel(ckpt.path) or ckpt.path, ckpt.layout,
+        table.add_row(inv.rel(ckpt.path) or ".", ckpt.layout,
                       "" if ckpt.step is None else str(ckpt.step),
                       "" if ckpt.epoch is None else str(ckpt.epoch),
                       human_bytes(cats["weights"]), human_bytes(cats["optimizer"]),

@@ -964,13 +964,14 @@ def write_fairseq_run(
         )
         conds["checkpoint_best.pt"] = val_loss is not None and val_loss <= best
         if val_loss is not None and keep_best_checkpoints > 0:
-            rand = (epoch * 7 + num_updates) % keep_best_checkpoints
-            name = (
-                f"checkpoint.best_loss_{val_loss:.3f}{rand}.pt"
-                if style == "hydra"
-                else (f"checkpoint.best_loss_{val_loss:.2f}.pt")
-            )
-            conds[name] = val_loss <= best
+            if style == "hydra":
+                worst = _fairseq_best_files(out)
+                worst_best = float(worst[0].name.rsplit("_")[-1][:-3]) if worst else best
+                conds[f"checkpoint.best_loss_{val_loss:.3f}{rand_sfx(epoch, val_loss)}.pt"] = (
+                    worst_best is None or val_loss <= worst_best
+                )
+            else:  # fairseq 0.10: "{:.2f}", no random digit, compared with the running best
+                conds[f"checkpoint.best_loss_{val_loss:.2f}.pt"] = val_loss <= best
         conds["checkpoint_last.pt"] = True
         names = [n for n, c in conds.items() if c]
         if not names:
@@ -983,6 +984,22 @@ def write_fairseq_run(
         for other in names[1:]:
             shutil.copyfile(first, out / other)  # PathManager.copy
             written.append(out / other)
+        if keep_best_checkpoints > 0:  # keep only the best N checkpoint.best_* files
+            for old in _fairseq_best_files(out)[::-1][keep_best_checkpoints:]:
+                old.unlink()
+                if old in written:
+                    written.remove(old)
+
+    def rand_sfx(epoch: int, val_loss: float) -> int:
+        """``np.random.randint(0, keep_best_checkpoints)`` under data_utils.numpy_seed(...)."""
+        import numpy as np
+
+        state = np.random.get_state()
+        np.random.seed(int(hash((epoch, num_updates, val_loss)) % 1e6))
+        try:
+            return int(np.random.randint(0, keep_best_checkpoints))
+        finally:
+            np.random.set_state(state)
 
     for epoch in range(1, epochs + 1):
         loss = 0.0
@@ -1003,6 +1020,16 @@ def write_fairseq_run(
     if average_last > 0:
         written.append(_fairseq_average(out, average_last))
     return _dedupe(written)
+
+
+def _fairseq_best_files(out: Path) -> list[Path]:
+    """checkpoint_utils.checkpoint_paths for ``checkpoint.best_loss_*.pt``, largest value first."""
+    entries = []
+    for f in os.listdir(out):
+        m = re.fullmatch(r"checkpoint\.best_loss_(\d+\.?\d*)\.pt", f)
+        if m:
+            entries.append((float(m.group(1)), f))  # upstream's key includes the random digit
+    return [out / f for _, f in sorted(entries, reverse=True)]
 
 
 def _fairseq_average(out: Path, n: int) -> Path:
