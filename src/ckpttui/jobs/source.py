@@ -1,0 +1,247 @@
+"""Tensor data read in place: one checkpoint file, memory-mapped once, tensors as views of it.
+
+`TensorSource` indexes a file with `ckpttui.formats.read_file` (no torch, no code from the pickle),
+maps the whole file copy-on-write (``mmap.ACCESS_COPY``: pages are read on demand, and a stray
+in-place write can never reach the file), and hands out torch tensors that *view* the mapping:
+
+* torch zip: storage ``<root>/data/<key>`` starts after its local file header, at
+  ``header_offset + 30 + name length + extra length`` (both lengths read from the local header,
+  which may differ from the central directory's). ``torch.save`` stores entries uncompressed;
+  a compressed entry cannot be mapped and is refused.
+* legacy torch: each storage's first byte, as the reader found it (``metadata["storage_offsets"]``).
+* safetensors: the tensor's ``data_offset`` (each tensor is its own storage).
+
+A tensor is ``storage.view(dtype).as_strided(shape, stride, storage_offset)``, so views, 0-d
+tensors and tensors that share a storage (tied weights) share memory exactly as ``torch.load``
+gives them. Files declaring ``byteorder`` ``big`` are byte-swapped into a copy per storage.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpttui.formats import read_file
+from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
+from ckpttui.jobs.events import JobError
+from ckpttui.records import FileIndex, TensorRecord
+
+if TYPE_CHECKING:
+    import torch
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+_LOCAL_MAGIC = b"PK\x03\x04"
+MAPPABLE = ("torch-zip", "torch-legacy", "safetensors")
+_SUB_BYTE = {f"{kind}{bits}" for kind in ("int", "uint") for bits in range(1, 8)}
+
+
+def torch_dtype(name: str, where: str = "") -> torch.dtype:
+    """The torch dtype for a dtype name (``bfloat16``), or a `JobError` naming `where`."""
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or name.startswith(("q", "bits")) or name in _SUB_BYTE:
+        raise JobError(f"{where}: tensors of dtype {name} cannot be read as plain numbers")
+    return dtype
+
+
+class TensorSource:
+    """One checkpoint file opened for reading tensor data in place (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], index: FileIndex | None = None) -> None:
+        self.path = Path(path)
+        self.index = index if index is not None else read_file(self.path)
+        if self.index.error:
+            raise JobError(f"{self.path}: {self.index.error}")
+        if self.index.format not in MAPPABLE:
+            raise JobError(f"{self.path}: {self.index.format} files hold no tensor data to read")
+        self.big_endian = self.index.metadata.get("byteorder", "little") == "big"
+        self._file = open(self.path, "rb")
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            if size != self.index.size:
+                raise JobError(f"{self.path}: file changed size while being read "
+                               f"({self.index.size} -> {size} bytes)")
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._offsets = self._storage_offsets()
+        except BaseException:
+            self._file.close()
+            raise
+        self._bases: dict[tuple[str, int], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def data(self) -> Any:
+        """The unpickled skeleton (dicts, lists, scalars, `TensorRef` leaves); None for safetensors."""
+        return self.index.data
+
+    @property
+    def records(self) -> list[TensorRecord]:
+        """Every tensor in the file, in the order the reader met them."""
+        return self.index.tensors
+
+    def walk(self, *prefix: str) -> list[TensorRecord]:
+        """Records whose key path starts with `prefix` (``walk("optimizer_state_dict", "state")``)."""
+        n = len(prefix)
+        return [r for r in self.index.tensors if r.path[:n] == prefix]
+
+    def get(self, *keys: Any, default: Any = KeyError) -> Any:
+        """The skeleton value at a key path; dict keys match by value or by their string form."""
+        node = self.index.data
+        for key in keys:
+            try:
+                node = _child(node, key)
+            except (KeyError, IndexError, TypeError, ValueError):
+                if default is KeyError:
+                    raise JobError(f"{self.path}: no {'/'.join(map(str, keys))!r} in the "
+                                   "checkpoint") from None
+                return default
+        return node
+
+    # ------------------------------------------------------------------ tensors
+
+    def tensor(self, item: TensorRecord | TensorRef) -> torch.Tensor:
+        """The tensor a record (or skeleton leaf) describes, viewing the mapped file (no copy)."""
+        import torch
+
+        if isinstance(item, TensorRef):
+            if item.storage is None:
+                raise JobError(f"{self.path}: a {item.kind} tensor has no data in the file")
+            key, name = item.storage.key, f"storage {item.storage.key}"
+        else:
+            if item.storage is None:
+                raise JobError(f"{self.path}: tensor {item.name!r} has no data in the file")
+            key, name = item.storage, f"tensor {item.name!r}"
+        dtype = torch_dtype(item.dtype, f"{self.path}: {name}")
+        shape = tuple(item.shape)
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel == 0:
+            return torch.empty(shape, dtype=dtype)
+        stride = item.stride if item.stride is not None else _contiguous_stride(shape)
+        elsize = dtype.itemsize
+        base = self._base(key, elsize)
+        usable = base.numel() - base.numel() % elsize
+        return base[:usable].view(dtype).as_strided(shape, stride, item.storage_offset)
+
+    def _base(self, key: str, elsize: int) -> torch.Tensor:
+        """A storage's bytes as a uint8 tensor over the mapping (swapped once if big-endian)."""
+        import torch
+
+        swap = self.big_endian and elsize > 1
+        cached = self._bases.get((key, elsize if swap else 1))
+        if cached is not None:
+            return cached
+        offset = self._offsets.get(key)
+        nbytes = self.index.storages.get(key)
+        if offset is None or nbytes is None:
+            raise JobError(f"{self.path}: storage {key!r} is not in the file")
+        base = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=offset)
+        if swap:
+            usable = nbytes - nbytes % elsize
+            base = base[:usable].view(-1, elsize).flip(1).contiguous().view(-1)
+        self._bases[(key, elsize if swap else 1)] = base
+        return base
+
+    def _storage_offsets(self) -> dict[str, int]:
+        fmt = self.index.format
+        size = self.index.size
+        if fmt == "torch-legacy":
+            offsets = dict(self.index.metadata.get("storage_offsets", {}))
+        elif fmt == "safetensors":
+            offsets = {r.storage: int(r.data_offset) for r in self.index.tensors
+                       if r.storage is not None and r.data_offset is not None}
+        else:
+            offsets = self._zip_offsets()
+        for key, nbytes in self.index.storages.items():
+            start = offsets.get(key)
+            if start is not None and start + nbytes > size:
+                raise JobError(f"{self.path}: storage {key!r} at byte {start} ends past the end "
+                               f"of the file ({size} bytes)")
+        return offsets
+
+    def _zip_offsets(self) -> dict[str, int]:
+        root = self.index.metadata.get("root", "")
+        prefix = f"{root}/data/"
+        try:
+            with zipfile.ZipFile(self._file) as archive:
+                infos = [i for i in archive.infolist() if i.filename.startswith(prefix)]
+        except zipfile.BadZipFile as exc:
+            raise JobError(f"{self.path}: damaged zip archive ({exc})") from None
+        wanted = set(self.index.storages)
+        offsets: dict[str, int] = {}
+        for info in infos:
+            key = info.filename[len(prefix):]
+            if key not in wanted:
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise JobError(f"{self.path}: entry {info.filename} is compressed "
+                               f"(method {info.compress_type}); torch.save stores entries "
+                               "uncompressed, re-save the file to read it in place")
+            at = info.header_offset
+            head = self._map[at:at + _LOCAL_HEADER.size]
+            if len(head) < _LOCAL_HEADER.size:
+                raise JobError(f"{self.path}: local header of {info.filename} at byte {at} is "
+                               "truncated")
+            magic, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+            if magic != _LOCAL_MAGIC:
+                raise JobError(f"{self.path}: no local file header for {info.filename} at "
+                               f"byte {at}")
+            offsets[key] = at + _LOCAL_HEADER.size + name_len + extra_len
+        return offsets
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Drop the mapping (tensors still viewing it keep it alive until they are freed)."""
+        self._bases.clear()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # tensors handed out still view it; the mapping goes when they do
+        self._file.close()
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _child(node: Any, key: Any) -> Any:
+    if isinstance(node, dict):
+        if key in node:
+            return node[key]
+        for k, v in node.items():
+            if str(k) == str(key):
+                return v
+        raise KeyError(key)
+    if isinstance(node, (list, tuple)):
+        return node[int(key)]
+    if isinstance(node, OpaqueObject):
+        fields = node.fields()
+        if key in fields:
+            return fields[key]
+        return _child(node.items, key)
+    raise KeyError(key)
+
+
+def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride = []
+    acc = 1
+    for d in reversed(shape):
+        stride.append(acc)
+        acc *= max(d, 1)
+    return tuple(reversed(stride))
+
+
+def element_size(dtype: str) -> int:
+    """Bytes per element of a dtype name."""
+    return ELEMENT_SIZE.get(dtype, 1)
+
