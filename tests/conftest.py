@@ -29,3 +29,19 @@ def ds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for ws in (1, 2):
         write_deepspeed_checkpoints(root / f"ws{ws}", default_configs(), world_size=ws)
     return root
+
+
+@pytest.fixture(scope="session")
+def tk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FunASR, WeNet, fairseq, SpeechBrain, Lightning and adapters layouts (ckpttui.demo.toolkit_writers).
+
+    These toolkits cannot be installed here; each writer cites the upstream file it mirrors.
+    """
+    import os
+    import subprocess
+
+    root = tmp_path_factory.mktemp("toolkits")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    subprocess.run([sys.executable, "-m", "ckpttui.demo.toolkit_writers", str(root)], check=True,
+                   env=env, capture_output=True, timeout=600)
+    return root

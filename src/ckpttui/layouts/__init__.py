@@ -15,10 +15,10 @@ from ckpttui.layouts.hf import HFModel, HFTrainer, PeftAdapter
 from ckpttui.layouts.lightning import Lightning
 from ckpttui.layouts.plain import PlainTorch
 from ckpttui.layouts.speechbrain import SpeechBrain
-from ckpttui.layouts.wenet import WeNet
+from ckpttui.layouts.wenet import WeNet, WeNetFolder
 
 DIR_LAYOUTS: tuple[DirLayout, ...] = (HFTrainer(), DeepSpeed(), SpeechBrain(), DCP(),
-                                      PeftAdapter(), HFModel())
+                                      PeftAdapter(), WeNetFolder(), HFModel())
 FILE_LAYOUTS: tuple[FileLayout, ...] = (Lightning(), Fairseq(), FunASR(), WeNet(), PlainTorch())
 
 __all__ = ["DIR_LAYOUTS", "FILE_LAYOUTS", "DirLayout", "FileLayout"]

@@ -50,16 +50,51 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 
 
 def read_yaml(path: Path) -> tuple[Any, str | None]:
-    """Parse a YAML sidecar with ``yaml.safe_load``; (None, error line) when it cannot be read."""
+    """Parse a YAML sidecar safely; (None, error line) when it cannot be read.
+
+    Python-object tags (``!!python/object:numpy.float64`` from a ``yaml.dump`` of numpy metrics)
+    are read as the plain mapping, sequence or scalar under the tag, never constructed.
+    """
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f), None
+            return yaml.load(f, Loader=_TagTolerantLoader), None
     except FileNotFoundError:
         return None, f"{path.name} is missing"
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         return None, f"{path.name}: {str(exc).splitlines()[0]}"
+
+
+def _tolerant_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that reads unknown tags as plain data instead of failing."""
+
+    def construct_any(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+    Loader.add_multi_constructor("", construct_any)  # type: ignore[no-untyped-call]
+    return Loader
+
+
+class _LazyLoader:
+    """Builds the YAML loader class on first use, so importing layouts does not import yaml."""
+
+    _cls: type | None = None
+
+    def __call__(self, stream: Any) -> Any:
+        if _LazyLoader._cls is None:
+            _LazyLoader._cls = _tolerant_loader()
+        return _LazyLoader._cls(stream)
+
+
+_TagTolerantLoader = _LazyLoader()
 
 
 def number_in(pattern: str, text: str) -> int | None:

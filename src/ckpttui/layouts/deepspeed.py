@@ -39,13 +39,15 @@ class DeepSpeed:
         tag = folder.name
         ckpt.info["tag"] = tag
         ckpt.step = number_in(r"^global_step(\d+)$", tag)
-        ckpt.epoch = number_in(r"^epoch_(\d+)\.pt$", tag) or number_in(r"\.ep(\d+)", tag)
-        if re.match(r"^epoch_\d+\.pt$|^step_\d+\.pt$", tag):
+        ckpt.epoch = number_in(r"^epoch_(\d+)(?:\.pt)?$", tag)
+        if ckpt.epoch is None:
+            ckpt.epoch = number_in(r"\.ep(\d+)", tag)
+        if re.match(r"^(epoch|step)_\d+(\.pt)?$", tag):
             ckpt.info["variant"] = "wenet"
         elif tag.startswith("model.pt"):
             ckpt.info["variant"] = "funasr"
-        sidecar = folder.parent / (tag[: -len(".pt")] + ".yaml") if tag.endswith(".pt") else None
-        if sidecar is not None and sidecar.is_file():
+        sidecar = folder.parent / (tag.removesuffix(".pt") + ".yaml")
+        if ckpt.info.get("variant") == "wenet" and sidecar.is_file():
             # WeNet writes epoch_N.yaml beside the epoch_N.pt/ tag folder (wenet/utils/checkpoint.py).
             ckpt.files.append(str(sidecar))
             info, _ = read_yaml(sidecar)

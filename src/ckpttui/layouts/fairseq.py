@@ -35,8 +35,13 @@ class Fairseq:
         ckpt.step = number_in(r"^checkpoint_\d+_(\d+)\.pt$", name)
         if not isinstance(data, dict):
             return
+        # The iterator has already moved on at the end of an epoch: (epoch + 1, 0 iterations).
         epoch = as_int(dig(data, "extra_state", "train_iterator", "epoch"))
-        ckpt.epoch = epoch if epoch is not None else ckpt.epoch
+        if epoch is not None and dig(data, "extra_state", "train_iterator",
+                                     "iterations_in_epoch") == 0:
+            epoch -= 1
+        if ckpt.epoch is None:
+            ckpt.epoch = epoch
         history = data.get("optimizer_history")
         if isinstance(history, list) and history and isinstance(history[-1], dict):
             last = history[-1]

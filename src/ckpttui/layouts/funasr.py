@@ -2,8 +2,10 @@
 
 ``model.pt.ep{N}`` (``model.pt.ep{N}.{step}`` mid-epoch), ``model.pt`` (latest), ``model.pt.best``
 and ``model.pt.avg{K}`` are ``torch.save`` of a dict: ``state_dict`` (weights), ``optimizer``,
-``scheduler``, ``scaler``, ``epoch``, ``step``, ``saved_ckpts``, ``val_acc_step_or_eoch``,
-``val_loss_step_or_eoch``, ``best_step_or_epoch``... ``model.pt.avg{K}`` holds weights only.
+``scheduler``, ``epoch``, ``step``, ``saved_ckpts``, ``val_acc_step_or_epoch``,
+``val_loss_step_or_epoch``, ``best_step_or_epoch``... ``model.pt.avg{K}`` holds ``state_dict`` only
+(funasr/train_utils/average_nbest_models.py). Mid-epoch names count epochs from 0
+(``model.pt.ep0.5000`` precedes ``model.pt.ep1``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from ckpttui.layouts.base import as_int, plain
 from ckpttui.records import Checkpoint, FileIndex
 
 _NAME = re.compile(r"^model\.pt(\.ep(\d+)(\.(\d+))?|\.best|\.avg(\d+))?$")
-_KEYS = {"saved_ckpts", "val_acc_step_or_eoch", "val_loss_step_or_eoch", "best_step_or_epoch",
-         "avg_keep_nbest_models_type", "step_in_epoch", "data_split_i"}
+# FunASR spelled two keys "..._step_or_eoch" from 2024-03 to 2024-09 (2025-01 in trainer_ds.py).
+_KEYS = {"saved_ckpts", "val_acc_step_or_eoch", "val_loss_step_or_eoch", "val_acc_step_or_epoch",
+         "val_loss_step_or_epoch", "best_step_or_epoch", "avg_keep_nbest_models_type",
+         "step_in_epoch", "data_split_i"}
 
 
 class FunASR:
@@ -52,10 +56,15 @@ class FunASR:
             if ckpt.step is None:
                 ckpt.step = as_int(data.get("step"))
             for key in ("epoch", "step", "step_in_epoch", "best_step_or_epoch", "train_loss_avg",
-                        "train_acc_avg", "val_acc_step_or_eoch", "val_loss_step_or_eoch",
-                        "saved_ckpts", "avg_keep_nbest_models_type", "batch_total"):
+                        "train_acc_avg", "saved_ckpts", "avg_keep_nbest_models_type",
+                        "batch_total"):
                 if key in data and not _has_tensors(data[key]):
                     ckpt.info[key] = plain(data[key])
+            for metric in ("acc", "loss"):
+                for spelling in ("epoch", "eoch"):
+                    value = data.get(f"val_{metric}_step_or_{spelling}")
+                    if isinstance(value, dict):
+                        ckpt.info[f"val_{metric}"] = plain(value)
 
 
 def _has_tensors(value: Any) -> bool:

@@ -100,12 +100,12 @@ class HFModel:
 
 
 class PeftAdapter:
-    """A PEFT adapter folder: ``adapter_config.json`` + ``adapter_model.safetensors``."""
+    """An adapter folder: PEFT's ``adapter_model.safetensors`` or ``adapters``' ``pytorch_adapter.bin``."""
 
     name = "peft-adapter"
 
     def claims(self, folder: Path, names: set[str]) -> bool:
-        """Folders holding ``adapter_config.json``."""
+        """Folders holding ``adapter_config.json`` (PEFT, or the ``adapters`` library)."""
         return "adapter_config.json" in names
 
     def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:
@@ -120,6 +120,13 @@ class PeftAdapter:
         elif err:
             ckpt.problems.append(err)
         names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        if names & {"pytorch_adapter.bin", "adapter.safetensors"}:
+            # adapters/loading.py AdapterLoader.save (adapter-transformers' successor)
+            ckpt.info["library"] = "adapters"
+            if isinstance(config, dict) and isinstance(config.get("config"), dict):
+                ckpt.info["adapter_type"] = plain(config["config"].get("architecture")
+                                                  or config["config"].get("reduction_factor"))
+            return
         if not any(n.startswith("adapter_model.") for n in names):
             ckpt.complete = False
             ckpt.problems.append("adapter_config.json without adapter_model.safetensors/.bin")

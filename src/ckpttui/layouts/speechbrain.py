@@ -1,9 +1,10 @@
 """SpeechBrain checkpoint folders (speechbrain/utils/checkpoints.py ``Checkpointer``).
 
-``save_checkpoint`` makes ``CKPT+<YYYY-MM-DD+HH-MM-SS+NN>/``, writes one ``<name>.ckpt`` per
+``save_checkpoint`` makes ``CKPT+<YYYY-MM-DD+HH-MM-SS+NN>/``, writes ``CKPT.yaml`` first
+(``end-of-epoch``, ``unixtime`` and the metrics passed as ``meta``), then one ``<name>.ckpt`` per
 recoverable (``torch.save`` of a state_dict for modules and optimizers; ``EpochCounter`` writes its
-epoch as text; ``Brain`` writes YAML), and ``CKPT.yaml`` with ``end-of-epoch``, ``unixtime`` and the
-metrics passed as ``meta``.
+epoch as text; ``Brain`` writes YAML). Because CKPT.yaml comes first, a crash mid-save leaves a
+folder that looks valid: a recoverable its sibling folders have and it lacks marks it incomplete.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ class SpeechBrain:
         meta, err = read_yaml(folder / "CKPT.yaml")
         if err:
             ckpt.complete = False
-            ckpt.problems.append(f"{err}: the save did not finish (Checkpointer writes it last)"
-                                 if "missing" in err else err)
+            ckpt.problems.append(err)
         elif isinstance(meta, dict):
             ckpt.info["meta"] = plain(meta)
             ckpt.info["end_of_epoch"] = bool(meta.get("end-of-epoch"))
@@ -43,6 +43,16 @@ class SpeechBrain:
             if as_int(text) is not None:
                 ckpt.epoch = as_int(text)
                 break
+        mine = {p.name for p in folder.iterdir() if p.suffix == ".ckpt"}
+        expected: set[str] = set()
+        for sibling in folder.parent.iterdir():
+            if sibling != folder and sibling.name.startswith("CKPT+") and sibling.is_dir():
+                expected |= {p.name for p in sibling.iterdir() if p.suffix == ".ckpt"}
+        missing = sorted(expected - mine)
+        if missing:
+            ckpt.complete = False
+            ckpt.problems.append("missing " + ", ".join(missing[:4]) + " (present in the other "
+                                 "CKPT+ folders: the save was interrupted?)")
         brain, _ = read_yaml(folder / "brain.ckpt")
         if isinstance(brain, dict):
             ckpt.step = as_int(brain.get("step")) or as_int(brain.get("optimizer_step"))
