@@ -1,0 +1,225 @@
+"""Writing a planned state dict: one safetensors file, safetensors shards + index, or a torch file.
+
+A job first *plans* its output as a list of `Planned` tensors (name, dtype, shape, and a function
+that produces the values when called), without reading tensor data; `write_planned` then checks
+the target (`AtomicOutput`), writes, verifies, and yields the events:
+
+* ``.safetensors``: streamed, one tensor in memory at a time (`SafetensorsWriter`). Safetensors
+  refuses aliased storage, so an alias (tied weight) is written under its own name with its own
+  copy of the bytes (the keys stay those of the state dict), and the pairs are recorded in the
+  header metadata as ``ckpttui.aliases`` (JSON ``{alias: owner}``).
+* a folder (when ``max_shard_size`` is given): safetensors shards + ``model.safetensors.index.json``.
+* ``.pt``/``.bin``/``.pth``/``.ckpt``: ``torch.save`` of an ``OrderedDict``; aliases are the same
+  tensor object, as in ``torch.load`` results. This holds the whole result: peak memory is about
+  the output size.
+
+The ``done`` event's data is the verification: the output re-read with our own readers (tensor
+count and bytes must match the plan), its size on disk, and the sha256 of each file (computed
+while writing safetensors, by reading the file back for torch files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpttui.formats import read_file
+from ckpttui.formats.unpickler import ELEMENT_SIZE
+from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
+from ckpttui.jobs.st_writer import (
+    DEFAULT_METADATA,
+    SafetensorsWriter,
+    ShardedWriter,
+    TensorSpec,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+TORCH_SUFFIXES = (".pt", ".bin", ".pth", ".ckpt")
+ALIASES_KEY = "ckpttui.aliases"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One output tensor: what it will be, and how to produce its values (None for an alias)."""
+
+    name: str
+    """Key in the output state dict."""
+    dtype: str
+    """torch dtype name of the output values."""
+    shape: tuple[int, ...]
+    """Output shape."""
+    load: Callable[[], torch.Tensor] | None = None
+    """Produces the values (a view of the input files or a fresh tensor)."""
+    alias_of: str | None = None
+    """For a tied weight: the name of the tensor it shares values with."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its values."""
+        n = ELEMENT_SIZE.get(self.dtype, 1)
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def output_kind(out: Path, max_shard_size: int | None) -> str:
+    """``safetensors``, ``sharded`` or ``torch``, from the output name and options."""
+    suffix = out.suffix.lower()
+    if max_shard_size is not None:
+        if suffix in TORCH_SUFFIXES or suffix == ".safetensors":
+            raise JobError(f"{out}: a sharded output is a folder; give a folder name, not a "
+                           f"{suffix} file")
+        return "sharded"
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    raise JobError(f"{out}: name the output .safetensors, .pt or .bin (or give a max shard "
+                   "size to write a folder of shards)")
+
+
+def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str], *,
+                  inputs: Sequence[str | os.PathLike[str]], force: bool = False,
+                  cancel: threading.Event | None = None, max_shard_size: int | None = None,
+                  metadata: dict[str, str] | None = None,
+                  start_data: dict[str, Any] | None = None,
+                  notes: Sequence[str] = ()) -> Iterator[Event]:
+    """Check the target, write the plan atomically, verify it, and yield start/progress/done."""
+    target = Path(os.path.abspath(out))
+    kind = output_kind(target, max_shard_size)
+    by_name = {p.name: p for p in plan}
+    for p in plan:
+        if p.alias_of is not None and by_name.get(p.alias_of, p).load is None:
+            raise JobError(f"{target}: alias {p.name!r} refers to {p.alias_of!r}, which is not "
+                           "in the output")
+    copies = kind != "torch"
+    total = sum(p.nbytes for p in plan if copies or p.alias_of is None)
+    estimate = total + 65536 + 256 * len(plan)
+    meta = dict(DEFAULT_METADATA)
+    meta.update(metadata or {})
+    aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
+    if aliases and copies:
+        meta[ALIASES_KEY] = json.dumps(aliases, separators=(",", ":"))
+    atomic = AtomicOutput(target, inputs=inputs, force=force, estimate=estimate,
+                          folder=kind == "sharded")
+    atomic.check()
+    yield Event("start", job, 0, total, f"writing {target.name}",
+                {"output": str(target), "format": kind, "tensors": len(plan),
+                 **(start_data or {})})
+    for note in notes:
+        yield Event("log", job, 0, total, note)
+    clock = ProgressClock(job, total)
+    with atomic as temp:
+        if kind == "torch":
+            yield from _write_torch(temp, plan, by_name, clock, cancel)
+            hashes = {target.name: ""}
+        else:
+            hashes = yield from _write_safetensors(temp, target.name, kind, plan, by_name,
+                                                   clock, cancel, meta, max_shard_size)
+        last = clock.flush()
+        if last is not None:
+            yield last
+        check_cancel(cancel)
+    files = [target] if kind != "sharded" else [target / name for name in hashes]
+    if kind == "torch":
+        hashes = {target.name: sha256_file(target)}
+    yield _verify(job, target, kind, plan, files, hashes, total)
+
+
+def _values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
+    src = by_name[p.alias_of] if p.alias_of is not None else p
+    assert src.load is not None
+    tensor = src.load()
+    if str(tensor.dtype).removeprefix("torch.") != p.dtype or tuple(tensor.shape) != p.shape:
+        raise JobError(f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read "
+                       f"{tensor.dtype}{list(tensor.shape)}")
+    return tensor
+
+
+def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned],
+                       by_name: dict[str, Planned], clock: ProgressClock,
+                       cancel: threading.Event | None, meta: dict[str, str],
+                       max_shard_size: int | None) -> Iterator[Event]:
+    specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
+    done = 0
+    if kind == "sharded":
+        assert max_shard_size is not None
+        sharded = ShardedWriter(temp, specs, max_shard_size, meta)
+        try:
+            for p in plan:
+                check_cancel(cancel)
+                done += sharded.write(p.name, _values(p, by_name))
+                event = clock.tick(done, p.name)
+                if event is not None:
+                    yield event
+            return sharded.finish()
+        finally:
+            sharded.close()
+    with open(temp, "wb") as f:
+        writer = SafetensorsWriter(f, specs, meta, name=temp.name)
+        for p in plan:
+            check_cancel(cancel)
+            done += writer.write(p.name, _values(p, by_name))
+            event = clock.tick(done, p.name)
+            if event is not None:
+                yield event
+        return {name: writer.finish()}
+
+
+def _write_torch(temp: Path, plan: Sequence[Planned], by_name: dict[str, Planned],
+                 clock: ProgressClock, cancel: threading.Event | None) -> Iterator[Event]:
+    import torch
+
+    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+    done = 0
+    for p in plan:
+        check_cancel(cancel)
+        if p.alias_of is not None:
+            state[p.name] = state[p.alias_of]
+            continue
+        tensor = _values(p, by_name)
+        # A view of a mapped input would drag its whole storage into the file: own the bytes.
+        if (tensor.storage_offset() != 0 or not tensor.is_contiguous()
+                or tensor.untyped_storage().nbytes() != tensor.nbytes):
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        state[p.name] = tensor
+        done += p.nbytes
+        event = clock.tick(done, p.name)
+        if event is not None:
+            yield event
+    check_cancel(cancel)
+    with open(temp, "wb") as f:
+        torch.save(state, f)
+
+
+def _verify(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],
+            hashes: dict[str, str], total: int) -> Event:
+    count = 0
+    tensor_bytes = 0
+    for path in files:
+        if path.name.endswith(".json"):
+            continue
+        index = read_file(path)
+        if index.error:
+            raise JobError(f"{path}: written but does not read back: {index.error}")
+        count += len(index.tensors)
+        tensor_bytes += sum(t.nbytes for t in index.tensors)
+    expected_bytes = sum(p.nbytes for p in plan)
+    if count != len(plan) or tensor_bytes != expected_bytes:
+        raise JobError(f"{target}: read back {count} tensors, {tensor_bytes} bytes; planned "
+                       f"{len(plan)} tensors, {expected_bytes} bytes")
+    size = sum(path.stat().st_size for path in files)
+    listing = ", ".join(f"{name} {digest}" for name, digest in hashes.items())
+    return Event("done", job, total, total,
+                 f"verified: {count} tensors, {size} bytes, sha256 {listing}",
+                 {"output": str(target), "format": kind, "tensors": count, "bytes": size,
+                  "tensor_bytes": tensor_bytes, "sha256": hashes})

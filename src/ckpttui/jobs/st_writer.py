@@ -1,0 +1,232 @@
+"""Streaming safetensors writer: the header from a plan, then each tensor's bytes as it comes.
+
+``safetensors.torch.save_file`` needs the whole state dict in memory at once. The format does not:
+(huggingface/safetensors README, "Format")::
+
+    8 bytes   N, u64 little-endian
+    N bytes   JSON {"<name>": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]},
+                    "__metadata__": {"<str>": "<str>"}}, padded with spaces to a multiple of 8
+    rest      the tensors' bytes, contiguous, little-endian, in header order, no gaps
+
+so given the names, dtypes and shapes up front the header can be written first and each tensor
+appended when it is ready; only one tensor is held at a time. Every name gets its own bytes
+(safetensors refuses aliased storage), so callers write tied weights once per name.
+
+Sharded outputs follow transformers' ``save_pretrained``: greedy shards in order up to
+``max_shard_size`` (a tensor larger than that gets a shard of its own), named
+``model-00001-of-0000N.safetensors``, with ``model.safetensors.index.json``
+(``{"metadata": {"total_size": ...}, "weight_map": {name: file}}``); a single shard is
+``model.safetensors`` with no index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from ckpttui.formats.safetensors import DTYPES
+from ckpttui.formats.unpickler import ELEMENT_SIZE
+from ckpttui.jobs.events import JobError
+
+if TYPE_CHECKING:
+    import torch
+
+ST_DTYPE: dict[str, str] = {name: code for code, name in DTYPES.items() if code != "F4"}
+"""torch dtype name -> safetensors dtype code (``float32`` -> ``F32``)."""
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+DEFAULT_METADATA = {"format": "pt"}  # transformers refuses safetensors files without it
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor to be written: its name, torch dtype name and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its values."""
+        n = ELEMENT_SIZE.get(self.dtype, 1)
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
+    """The 8-byte length and the space-padded JSON header for tensors written in `specs` order."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for spec in specs:
+        code = ST_DTYPE.get(spec.dtype)
+        if code is None:
+            raise JobError(f"tensor {spec.name!r}: safetensors has no dtype for {spec.dtype}")
+        if spec.name in header or spec.name == "__metadata__":
+            raise JobError(f"tensor name {spec.name!r} appears twice")
+        header[spec.name] = {"dtype": code, "shape": list(spec.shape),
+                             "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's values as contiguous little-endian bytes (no copy when already contiguous)."""
+    import torch
+
+    flat = tensor.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file to an open binary file, tensor by tensor, hashing as it goes."""
+
+    def __init__(self, f: BinaryIO, specs: Sequence[TensorSpec],
+                 metadata: dict[str, str] | None = None, name: str = "") -> None:
+        self.f = f
+        self.specs = list(specs)
+        self.name = name or getattr(f, "name", "output")
+        self._hash = hashlib.sha256()
+        self._next = 0
+        self.bytes_written = 0
+        self._emit(header_bytes(self.specs, metadata))
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self._hash.update(data)
+        self.bytes_written += len(data)
+
+    @property
+    def done(self) -> bool:
+        """Whether every planned tensor has been written."""
+        return self._next == len(self.specs)
+
+    def write(self, name: str, tensor: torch.Tensor) -> int:
+        """Append the next planned tensor's bytes; returns how many were written."""
+        if self._next >= len(self.specs):
+            raise JobError(f"{self.name}: tensor {name!r} was not planned")
+        spec = self.specs[self._next]
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if spec.name != name or spec.dtype != dtype or spec.shape != tuple(tensor.shape):
+            raise JobError(f"{self.name}: expected {spec.name!r} {spec.dtype}{list(spec.shape)}, "
+                           f"got {name!r} {dtype}{list(tensor.shape)}")
+        data = tensor_bytes(tensor)
+        self._emit(data)
+        self._next += 1
+        return len(data)
+
+    def finish(self) -> str:
+        """Check every tensor was written, flush, and return the file's sha256."""
+        if not self.done:
+            raise JobError(f"{self.name}: {len(self.specs) - self._next} planned tensors "
+                           "were never written")
+        self.f.flush()
+        return self._hash.hexdigest()
+
+
+def plan_shards(specs: Sequence[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
+    """Split tensors in order into shards of at most `max_shard_size` bytes (as transformers does)."""
+    shards: list[list[TensorSpec]] = []
+    current: list[TensorSpec] = []
+    size = 0
+    for spec in specs:
+        if spec.nbytes > max_shard_size:
+            if current:
+                shards.append(current)
+            shards.append([spec])
+            current, size = [], 0
+            continue
+        if current and size + spec.nbytes > max_shard_size:
+            shards.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += spec.nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_names(count: int, stem: str = "model", ext: str = "safetensors") -> list[str]:
+    """``model-00001-of-00002.safetensors``...; one shard is ``model.safetensors``."""
+    if count == 1:
+        return [f"{stem}.{ext}"]
+    return [f"{stem}-{i:05d}-of-{count:05d}.{ext}" for i in range(1, count + 1)]
+
+
+def index_bytes(shards: Sequence[tuple[str, Sequence[TensorSpec]]]) -> bytes:
+    """``model.safetensors.index.json`` content, formatted as transformers writes it."""
+    weight_map = {spec.name: fname for fname, specs in shards for spec in specs}
+    total = sum(spec.nbytes for _, specs in shards for spec in specs)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    return (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+class ShardedWriter:
+    """Writes a plan of tensors into a folder as safetensors shards plus index, one file open at a time."""
+
+    def __init__(self, folder: str | os.PathLike[str], specs: Sequence[TensorSpec],
+                 max_shard_size: int, metadata: dict[str, str] | None = None) -> None:
+        self.folder = Path(folder)
+        self.metadata = metadata
+        groups = plan_shards(specs, max_shard_size)
+        self.shards = list(zip(shard_names(len(groups)), groups))
+        self.hashes: dict[str, str] = {}
+        self.bytes_written = 0
+        self._shard = -1
+        self._file: BinaryIO | None = None
+        self._writer: SafetensorsWriter | None = None
+
+    def write(self, name: str, tensor: torch.Tensor) -> int:
+        """Append the next planned tensor, moving on to the next shard when one is full."""
+        while self._writer is None or self._writer.done:
+            self._open_next()
+        assert self._writer is not None
+        return self._writer.write(name, tensor)
+
+    def _open_next(self) -> None:
+        self._close_current()
+        self._shard += 1
+        if self._shard >= len(self.shards):
+            raise JobError(f"{self.folder}: more tensors than planned")
+        fname, specs = self.shards[self._shard]
+        self._file = open(self.folder / fname, "wb")
+        self._writer = SafetensorsWriter(self._file, specs, self.metadata, name=fname)
+
+    def _close_current(self) -> None:
+        if self._writer is not None and self._file is not None:
+            fname = self.shards[self._shard][0]
+            self.hashes[fname] = self._writer.finish()
+            self.bytes_written += self._writer.bytes_written
+            self._file.close()
+            self._writer, self._file = None, None
+
+    def finish(self) -> dict[str, str]:
+        """Close the last shard (and write empty ones), write the index; return sha256 per file."""
+        while self._shard < len(self.shards) - 1:
+            self._open_next()
+        self._close_current()
+        if len(self.shards) > 1:
+            data = index_bytes(self.shards)
+            with open(self.folder / INDEX_NAME, "wb") as f:
+                f.write(data)
+            self.hashes[INDEX_NAME] = hashlib.sha256(data).hexdigest()
+            self.bytes_written += len(data)
+        return self.hashes
+
+    def close(self) -> None:
+        """Close any open shard file without checking (on failure)."""
+        if self._file is not None:
+            self._file.close()
+            self._file, self._writer = None, None

@@ -1,0 +1,344 @@
+"""DeepSpeed ZeRO 1/2/3 checkpoints read as DeepSpeed's ``zero_to_fp32`` reads them, without torch.load.
+
+Follows ``deepspeed/utils/zero_to_fp32.py`` (0.19.8) step by step, on skeletons from our own
+readers and tensors viewing the memory-mapped files (see /work/notes/deepspeed.md for the files):
+
+* tag: the argument, else ``<dir>/latest``; a folder holding the rank files is also accepted.
+* files: ``[prefix]zero_pp_rank_R_mp_rank_00_optim_states.pt`` for R in 0..N-1 (N from
+  ``partition_count``, a list for stage 1/2, an int for stage 3) and ``mp_rank_00_model_states.pt``
+  (stage 1/2) or ``zero_pp_rank_R_mp_rank_00_model_states.pt`` for each R (stage 3). Each missing
+  or surplus rank file is an error that names it.
+* order of keys: buffers (model order, half-precision floats cast to fp32), frozen parameters,
+  trainable parameters, then aliases (``shared_params``: alias -> owner, rank 0's).
+* stage 1/2: per group, the ranks' ``single_partition_of_fp32_groups[g]`` concatenated; each
+  parameter in ``param_shapes[g]`` order takes the next numel elements (plus its
+  ``param_alignment_paddings``); the total, rounded up to 2N, must match.
+* stage 3: each rank's ``fp32_flat_groups`` concatenated; each parameter takes ``ceil(numel/N)``
+  elements from every rank, concatenated in rank order and cut to numel. Frozen parameters
+  likewise from the ranks' ``frozen_param_fragments``.
+
+Where DeepSpeed is wrong ckpttui is right, unless ``compat=True`` asks for DeepSpeed's result
+exactly: ZeRO-1 checkpoints record no frozen parameters (``frozen_param_shapes`` is None,
+deepspeed#5439) and DeepSpeed drops them; ckpttui takes them from ``module``, where rank 0 saved
+them whole. Frozen parameters come back from DeepSpeed in the model's dtype (bf16 in bf16 runs);
+ckpttui upcasts half-precision frozen values to fp32 (exact) unless ``upcast_frozen=False``.
+DeepSpeed also casts float64 buffers to fp32 (lossy); ckpttui keeps them float64.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
+from ckpttui.jobs.events import JobError
+from ckpttui.jobs.output import Planned
+from ckpttui.jobs.source import TensorSource, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+_OPTIM = re.compile(r"^(.*)zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_MODEL3 = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
+MODEL_FILE = "mp_rank_00_model_states.pt"
+
+
+def resolve_tag_dir(src: str | os.PathLike[str], tag: str | None = None) -> Path:
+    """The folder holding the rank files: ``src/tag``, ``src/<latest>``, or `src` itself."""
+    root = Path(src)
+    if not root.is_dir():
+        raise JobError(f"{root}: not a folder")
+    if tag is not None:
+        folder = root / tag
+        if not folder.is_dir():
+            raise JobError(f"{folder}: no such checkpoint folder (tag {tag!r})")
+        return folder
+    latest = root / "latest"
+    if latest.is_file():
+        name = latest.read_text(encoding="utf-8", errors="replace").strip()
+        folder = root / name
+        if not name or not folder.is_dir():
+            raise JobError(f"{latest} names tag {name!r}, but {folder} is not a folder")
+        return folder
+    if any(_OPTIM.match(p.name) for p in root.iterdir()):
+        return root
+    raise JobError(f"{latest}: no such file, and {root} holds no ZeRO optimizer files; "
+                   "pass --tag")
+
+
+def _stage_of(value: Any, where: Path) -> int:
+    if isinstance(value, OpaqueObject) and value.args and isinstance(value.args[0], int):
+        value = value.args[0]
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2, 3):
+        return value
+    raise JobError(f"{where}: unreadable zero_stage {value!r}")
+
+
+@dataclass
+class ZeroCheckpoint:
+    """The files of one ZeRO checkpoint tag, opened for in-place reading."""
+
+    folder: Path
+    stage: int
+    world_size: int
+    model: list[TensorSource]
+    optim: list[TensorSource]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        """Every input file."""
+        return [s.path for s in (*self.model, *self.optim)]
+
+    def close(self) -> None:
+        """Unmap every file."""
+        for source in (*self.model, *self.optim):
+            source.close()
+
+
+def open_zero(folder: Path) -> ZeroCheckpoint:
+    """Find, check and open the rank files of a ZeRO checkpoint folder."""
+    ranks: dict[int, Path] = {}
+    prefixes: set[str] = set()
+    for path in sorted(folder.iterdir()):
+        match = _OPTIM.match(path.name)
+        if match is None:
+            continue
+        prefix, rank, mp = match.group(1), int(match.group(2)), int(match.group(3))
+        if mp != 0:
+            raise JobError(f"{path}: model-parallel ZeRO checkpoints (mp_rank_{mp:02d}) are not "
+                           "supported")
+        prefixes.add(prefix)
+        ranks[rank] = path
+    if not ranks:
+        raise JobError(f"{folder}: no *_optim_states.pt files: not a ZeRO 1/2/3 checkpoint "
+                       "(stage 0 keeps its weights in mp_rank_00_model_states.pt)")
+    if len(prefixes) > 1:
+        raise JobError(f"{folder}: optimizer files of several runs are mixed "
+                       f"({', '.join(sorted(repr(p) for p in prefixes))} prefixes)")
+    prefix = prefixes.pop()
+    first = TensorSource(ranks[min(ranks)])
+    sources = [first]
+    try:
+        osd = first.get("optimizer_state_dict")
+        stage = _stage_of(first.get("optimizer_state_dict", "zero_stage"), first.path)
+        count = osd.get("partition_count") if isinstance(osd, dict) else None
+        if isinstance(count, list) and count:
+            count = max(count)
+        if not isinstance(count, int) or count < 1:
+            raise JobError(f"{first.path}: unreadable partition_count {count!r}")
+        for rank in range(count):
+            path = folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+            if rank not in ranks:
+                raise JobError(f"{path}: missing (partition_count is {count}; rank {rank} "
+                               "did not save, or the folder was copied partly)")
+        extra = sorted(r for r in ranks if r >= count)
+        if extra:
+            raise JobError(f"{ranks[extra[0]]}: rank {extra[0]} file, but partition_count is "
+                           f"{count} (left over from an earlier run?)")
+        optim = [first] + [TensorSource(ranks[r]) for r in range(1, count)]
+        sources = list(optim)
+        if stage <= 2:
+            names = [MODEL_FILE]
+        else:
+            names = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(count)]
+        model = []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise JobError(f"{path}: missing (stage {stage}, {count} ranks)")
+            model.append(TensorSource(path))
+            sources.append(model[-1])
+        if not isinstance(model[0].get("buffer_names", default=None), list):
+            raise JobError(f"{model[0].path}: no buffer_names: not a model state checkpoint")
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    return ZeroCheckpoint(folder, stage, count, model, optim)
+
+
+class FlatVector:
+    """Several 1-D tensors in the files read as one vector; a slice may cross pieces."""
+
+    def __init__(self, pieces: Sequence[tuple[TensorSource, TensorRef]]) -> None:
+        self.pieces = list(pieces)
+        self.starts = []
+        n = 0
+        for _, ref in self.pieces:
+            if len(ref.shape) != 1:
+                raise JobError(f"flat group of shape {list(ref.shape)} is not 1-D")
+            self.starts.append(n)
+            n += ref.shape[0]
+        self.numel = n
+        dtypes = {ref.dtype for _, ref in self.pieces}
+        if len(dtypes) > 1:
+            raise JobError(f"flat groups disagree on dtype ({', '.join(sorted(dtypes))})")
+        self.dtype = dtypes.pop() if dtypes else "float32"
+
+    def take(self, start: int, length: int) -> list[torch.Tensor]:
+        """The tensors covering elements ``[start, start + length)``."""
+        out = []
+        end = start + length
+        for (source, ref), first in zip(self.pieces, self.starts):
+            last = first + ref.shape[0]
+            if last <= start or first >= end or length == 0:
+                continue
+            lo, hi = max(start, first), min(end, last)
+            out.append(source.tensor(ref)[lo - first:hi - first])
+        if sum(t.numel() for t in out) != length:
+            raise JobError(f"elements [{start}, {end}) lie past the flat groups' {self.numel}")
+        return out
+
+
+def _joined(parts: list[torch.Tensor], numel: int, shape: tuple[int, ...]) -> torch.Tensor:
+    import torch
+
+    flat = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+    return flat[:numel].view(shape)
+
+
+def _cast(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
+    return tensor if str(tensor.dtype) == f"torch.{dtype}" else tensor.to(torch_dtype(dtype))
+
+
+def _loader(fn: Callable[[], torch.Tensor], dtype: str) -> Callable[[], torch.Tensor]:
+    return lambda: _cast(fn(), dtype)
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
+
+
+def _narrow_float(dtype: str) -> bool:
+    """Floating with fewer than 32 bits: upcasting it to float32 is exact."""
+    return _is_float(dtype) and ELEMENT_SIZE.get(dtype, 8) < 4
+
+
+def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool = True,
+              exclude_frozen: bool = False) -> list[Planned]:
+    """The consolidated state dict, in DeepSpeed's key order, as `Planned` tensors (no data read)."""
+    rank0 = ckpt.model[0]
+    module = rank0.get("module")
+    buffer_names = set(rank0.get("buffer_names"))
+    param_shapes = rank0.get("param_shapes")
+    if not isinstance(module, dict) or not isinstance(param_shapes, list):
+        raise JobError(f"{rank0.path}: no module or param_shapes: not a ZeRO model state file")
+    plan: OrderedDict[str, Planned] = OrderedDict()
+
+    for name, ref in module.items():
+        if name in buffer_names and isinstance(ref, TensorRef):
+            dtype = ref.dtype
+            if _is_float(dtype) and (compat or dtype != "float64"):
+                dtype = "float32"
+            plan[name] = Planned(name, dtype, ref.shape,
+                                 _loader(lambda r=ref: rank0.tensor(r), dtype))
+
+    def frozen_dtype(dtype: str) -> str:
+        return "float32" if upcast_frozen and not compat and _narrow_float(dtype) else dtype
+
+    frozen_shapes = rank0.get("frozen_param_shapes", default=None)
+    if not exclude_frozen and frozen_shapes:
+        if ckpt.stage <= 2:
+            fragments = rank0.get("frozen_param_fragments")
+            for name in frozen_shapes:
+                ref = fragments[name]
+                dtype = frozen_dtype(ref.dtype)
+                plan[name] = Planned(name, dtype, ref.shape,
+                                     _loader(lambda r=ref: rank0.tensor(r), dtype))
+        else:
+            for name, shape in frozen_shapes.items():
+                refs = [(m, m.get("frozen_param_fragments", name)) for m in ckpt.model]
+                dtype = frozen_dtype(refs[0][1].dtype)
+                shape = tuple(shape)
+                plan[name] = Planned(name, dtype, shape, _loader(
+                    lambda rs=refs, n=_numel(shape), s=shape:
+                    _joined([m.tensor(r) for m, r in rs], n, s), dtype))
+
+    trainable = [(name, tuple(shape)) for group in param_shapes for name, shape in group.items()]
+    shared = rank0.get("shared_params", default=None) or {}
+    if (not exclude_frozen and not compat and frozen_shapes is None and ckpt.stage <= 2):
+        # ZeRO-1 records no frozen parameters (deepspeed#5439): rank 0 saved them whole in module.
+        known = {n for n, _ in trainable} | set(shared) | buffer_names
+        kept = []
+        for name, ref in module.items():
+            if name in known or not isinstance(ref, TensorRef) or name in plan:
+                continue
+            dtype = frozen_dtype(ref.dtype)
+            plan[name] = Planned(name, dtype, ref.shape,
+                                 _loader(lambda r=ref: rank0.tensor(r), dtype))
+            kept.append(name)
+        if kept:
+            ckpt.notes.append(f"kept {len(kept)} frozen parameter(s) that DeepSpeed's zero_to_fp32 "
+                              f"drops on ZeRO-1 (deepspeed#5439): {', '.join(kept)}")
+
+    if ckpt.stage <= 2:
+        _plan_zero2(ckpt, param_shapes, plan)
+    else:
+        _plan_zero3(ckpt, trainable, plan)
+
+    for alias, owner in shared.items():
+        if owner in plan:
+            target = plan[owner]
+            plan[alias] = Planned(alias, target.dtype, target.shape, alias_of=owner)
+    return list(plan.values())
+
+
+def _plan_zero2(ckpt: ZeroCheckpoint, param_shapes: list[Any],
+                plan: OrderedDict[str, Planned]) -> None:
+    n = ckpt.world_size
+    groups = [o.get("optimizer_state_dict", "single_partition_of_fp32_groups")
+              for o in ckpt.optim]
+    if any(len(g) != len(groups[0]) for g in groups) or len(groups[0]) != len(param_shapes):
+        raise JobError(f"{ckpt.optim[0].path}: {len(groups[0])} fp32 groups for "
+                       f"{len(param_shapes)} param_shapes groups")
+    paddings = ckpt.optim[0].get("optimizer_state_dict", "param_alignment_paddings", default=None)
+    for g, shapes in enumerate(param_shapes):
+        vector = FlatVector([(o, grp[g]) for o, grp in zip(ckpt.optim, groups)])
+        pads = paddings[g] if paddings is not None else None
+        if pads is not None and len(pads) != len(shapes):
+            raise JobError(f"{ckpt.optim[0].path}: group {g} has {len(pads)} alignment paddings "
+                           f"for {len(shapes)} parameters")
+        offset = 0
+        for i, (name, shape) in enumerate(shapes.items()):
+            shape = tuple(shape)
+            numel = _numel(shape)
+            plan[name] = Planned(name, vector.dtype, shape,
+                                 lambda v=vector, o=offset, k=numel, s=shape:
+                                 _joined(v.take(o, k), k, s))
+            offset += numel + (pads[i] if pads is not None else 0)
+        align = 2 * n
+        if align * math.ceil(offset / align) != align * math.ceil(vector.numel / align):
+            raise JobError(f"{ckpt.folder}: group {g}: parameters use {offset} elements of "
+                           f"{vector.numel} in the fp32 partitions: shapes and partitions "
+                           "disagree")
+
+
+def _plan_zero3(ckpt: ZeroCheckpoint, trainable: list[tuple[str, tuple[int, ...]]],
+                plan: OrderedDict[str, Planned]) -> None:
+    n = ckpt.world_size
+    vectors = [FlatVector([(o, ref) for ref in o.get("optimizer_state_dict", "fp32_flat_groups")])
+               for o in ckpt.optim]
+    shapes = dict(trainable)  # later groups win, first position kept, as zero_to_fp32 merges
+    offset = 0
+    for name, shape in shapes.items():
+        numel = _numel(shape)
+        part = math.ceil(numel / n)
+        plan[name] = Planned(name, vectors[0].dtype, shape,
+                             lambda o=offset, p=part, k=numel, s=shape:
+                             _joined([t for v in vectors for t in v.take(o, p)], k, s))
+        offset += part
+    if offset * n != vectors[0].numel * n or any(v.numel != vectors[0].numel for v in vectors):
+        raise JobError(f"{ckpt.folder}: parameters use {offset * n} elements of "
+                       f"{vectors[0].numel * n} in the fp32 flat groups: shapes and partitions "
+                       "disagree")
