@@ -1,0 +1,115 @@
+"""Training curves: the metric each framework recorded per step or epoch, and where checkpoints sit.
+
+Sources: HF ``trainer_state.json`` log_history (loss, eval_loss); WeNet ``epoch_N.yaml``
+(``loss_dict.loss`` in 3.x, ``cv_loss`` in 2.x); SpeechBrain ``CKPT.yaml`` meta (WER, ACC, loss);
+FunASR ``val_acc_step_or_epoch`` / ``val_loss_step_or_epoch``; fairseq ``extra_state.val_loss``;
+DeepSpeed client state (``cv_loss``, ``loss``). Everything comes from an `Inventory`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ckpttui.inventory import Inventory
+
+
+@dataclass
+class Series:
+    """One metric over training: x is the step (or epoch when no steps are known)."""
+
+    name: str
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Curve:
+    """Metric series plus the positions of the checkpoints on the same x axis."""
+
+    x_label: str = "step"
+    series: list[Series] = field(default_factory=list)
+    checkpoints: list[tuple[float, str]] = field(default_factory=list)
+    """(x, label) of each checkpoint."""
+    lower_is_better: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """No metric was recorded."""
+        return not any(s.x for s in self.series)
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _add(series: dict[str, Series], name: str, x: float | None, y: object) -> None:
+    v = _num(y)
+    if x is None or v is None:
+        return
+    s = series.setdefault(name, Series(name))
+    s.x.append(x)
+    s.y.append(v)
+
+
+def build_curve(inv: Inventory) -> Curve:
+    """Collect every recorded metric of the checkpoints in an inventory."""
+    series: dict[str, Series] = {}
+    curve = Curve()
+    # Epoch-based toolkits (FunASR, WeNet, SpeechBrain, fairseq) plot per epoch; HF per step.
+    by_epoch = bool(inv.checkpoints) and all(
+        c.epoch is not None for c in inv.checkpoints if c.layout != "hf-trainer") and not any(
+        c.layout == "hf-trainer" for c in inv.checkpoints)
+    hf_history: list[dict[str, object]] = []
+    for ckpt in inv.checkpoints:
+        info = ckpt.info
+        x: float | None = ckpt.epoch if by_epoch else ckpt.step
+        if by_epoch and x is not None and ckpt.layout == "funasr" and ckpt.step is not None:
+            x += 0.5  # model.pt.ep1.3: mid-way through (0-based) epoch 1
+        label = inv.rel(ckpt.path) or "."
+        if ckpt.layout == "hf-trainer" and isinstance(info.get("log_history"), list):
+            if len(info["log_history"]) > len(hf_history):
+                hf_history = info["log_history"]
+        elif ckpt.layout == "wenet" or info.get("variant") == "wenet":
+            loss = info.get("loss_dict", {}).get("loss") if isinstance(
+                info.get("loss_dict"), dict) else info.get("cv_loss")
+            _add(series, "cv_loss", x, loss)
+        elif ckpt.layout == "speechbrain":
+            meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
+            for key, value in meta.items():
+                if key not in ("unixtime", "end-of-epoch", "epoch") and _num(value) is not None:
+                    _add(series, key, x, value)
+        elif ckpt.layout == "funasr":
+            for metric in ("val_acc", "val_loss"):
+                values = info.get(metric)
+                if isinstance(values, dict):
+                    for name, value in values.items():
+                        m = re.match(r"(?:model\.pt\.)?ep(\d+)(?:\.(\d+))?$", str(name))
+                        if m:
+                            ex = float(m.group(1)) + (0.5 if m.group(2) else 0.0)
+                            _add(series, metric, ex, value)
+        elif ckpt.layout == "fairseq":
+            _add(series, "val_loss", x, info.get("val_loss"))
+        elif ckpt.layout == "deepspeed":
+            for key in ("cv_loss", "val_loss", "loss"):
+                _add(series, key, x, info.get(key))
+        if x is not None:
+            curve.checkpoints.append((float(x), label))
+    for entry in hf_history:
+        if not isinstance(entry, dict):
+            continue
+        step = _num(entry.get("step"))
+        for key in ("loss", "eval_loss"):
+            _add(series, key, step, entry.get(key))
+    for s in series.values():
+        pairs = sorted(set(zip(s.x, s.y)))
+        s.x = [p[0] for p in pairs]
+        s.y = [p[1] for p in pairs]
+    curve.series = sorted(series.values(), key=lambda s: s.name)
+    curve.x_label = "epoch" if by_epoch else "step"
+    curve.checkpoints.sort()
+    curve.lower_is_better = {s.name: not any(k in s.name.lower() for k in ("acc", "bleu", "f1"))
+                             for s in curve.series}
+    return curve

@@ -1,0 +1,1 @@
+"""The Textual app: renders what the core computes; holds no format knowledge."""

@@ -1,0 +1,138 @@
+"""Rich renderables for checkpoints: stacked bars, breakdown tables, summaries (no Textual here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ckpttui.accounting import Breakdown
+from ckpttui.inventory import Inventory
+from ckpttui.records import Checkpoint
+from ckpttui.units import human_bytes
+
+COLORS = {"weights": "green", "optimizer": "magenta", "other": "yellow"}
+BLOCK = "█"
+
+
+def pct(part: int, whole: int) -> str:
+    """A percentage with one decimal (``66.7%``), or ``-`` for an empty whole."""
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def stacked_bar(weights: int, optimizer: int, other: int, width: int, scale: int | None = None
+                ) -> Text:
+    """A bar split into weights / optimizer / other, `width` cells for `scale` bytes."""
+    total = weights + optimizer + other
+    scale = scale or total
+    text = Text()
+    if not scale or width <= 0:
+        return text.append("·" * max(width, 0), style="dim")
+    used = 0
+    for value, cat in ((weights, "weights"), (optimizer, "optimizer"), (other, "other")):
+        cells = round(width * value / scale)
+        cells = min(cells, width - used)
+        if value and cells == 0 and used < width:
+            cells = 1
+        text.append(BLOCK * cells, style=COLORS[cat])
+        used += cells
+    text.append("·" * (width - used), style="dim")
+    return text
+
+
+def category_bytes(b: Breakdown) -> tuple[int, int, int]:
+    """(weights, optimizer, other) bytes."""
+    c = b.categories
+    return c["weights"]["bytes"], c["optimizer"]["bytes"], c["other"]["bytes"]
+
+
+def breakdown_renderable(b: Breakdown, width: int = 60) -> RenderableType:
+    """The Breakdown tab: a stacked bar, then categories, optimizer parts, dtypes, modules."""
+    w, o, x = category_bytes(b)
+    total = w + o + x
+    head = Text.assemble(
+        ("tensor bytes ", "bold"), human_bytes(total), ("   reclaimable ", "bold"),
+        human_bytes(b.reclaimable), f" ({pct(b.reclaimable, total)})")
+    cats = Table(title="By category", title_justify="left", expand=False, box=None,
+                 padding=(0, 1))
+    for col, justify in (("category", "left"), ("tensors", "right"), ("bytes", "right"),
+                         ("share", "right")):
+        cats.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for name, value in (("weights", w), ("optimizer", o), ("other", x)):
+        cats.add_row(Text(BLOCK + " " + name, style=COLORS[name]),
+                     str(b.categories[name]["tensors"]), human_bytes(value), pct(value, total))
+    parts = Table(title="By part", title_justify="left", box=None, padding=(0, 1))
+    for col, justify in (("part", "left"), ("bytes", "right"), ("share", "right")):
+        parts.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for key, value in sorted(b.parts.items(), key=lambda kv: -kv[1]):
+        cat, _, part = key.partition("/")
+        parts.add_row(Text.assemble((cat, COLORS.get(cat, "")), "/", part), human_bytes(value),
+                      pct(value, total))
+    dtypes = Table(title="By dtype", title_justify="left", box=None, padding=(0, 1))
+    for col, justify in (("dtype", "left"), ("tensors", "right"), ("bytes", "right"),
+                         ("share", "right")):
+        dtypes.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for dtype, value in sorted(b.dtype_bytes.items(), key=lambda kv: -kv[1]):
+        dtypes.add_row(dtype, str(b.dtypes[dtype]), human_bytes(value), pct(value, total))
+    modules = Table(title="Weights by module", title_justify="left", box=None, padding=(0, 1))
+    for col, justify in (("module", "left"), ("bytes", "right"), ("of weights", "right")):
+        modules.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for module, value in b.modules.most_common(12):
+        modules.add_row(module, human_bytes(value), pct(value, w))
+    return Group(head, stacked_bar(w, o, x, width), Text(""), cats, Text(""), parts, Text(""),
+                 dtypes, Text(""), modules)
+
+
+def _info_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        text = str(value)
+        return text if len(text) < 80 else text[:77] + "..."
+    return str(value)
+
+
+def summary_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType:
+    """The Summary tab: layout, position, completeness, framework metadata, globals, files."""
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("path", ckpt.path)
+    t.add_row("layout", ckpt.layout)
+    if ckpt.step is not None:
+        t.add_row("step", str(ckpt.step))
+    if ckpt.epoch is not None:
+        t.add_row("epoch", str(ckpt.epoch))
+    t.add_row("complete", Text("yes", style="green") if ckpt.complete
+              else Text("NO", style="bold red"))
+    for problem in ckpt.problems:
+        t.add_row("problem", Text(problem, style="red"))
+    for key, value in ckpt.info.items():
+        if key == "log_history":
+            continue
+        t.add_row(key, _info_value(value))
+    unsafe = sorted({g for f in ckpt.files if f in inv.files for g in inv.files[f].unsafe_globals})
+    if unsafe:
+        t.add_row("unsafe globals", Text("\n".join(unsafe), style="yellow"))
+    files = Table(title="Files", title_justify="left", box=None, padding=(0, 2))
+    for col, justify in (("file", "left"), ("format", "left"), ("size", "right"),
+                         ("tensors", "right"), ("note", "left")):
+        files.add_column(col, justify=justify)  # type: ignore[arg-type]
+    import os
+
+    for f in ckpt.files:
+        index = inv.files.get(f)
+        rel = os.path.relpath(f, ckpt.path) if f != ckpt.path else os.path.basename(f)
+        if index is None:
+            try:
+                size = os.stat(f).st_size
+            except OSError:
+                size = 0
+            files.add_row(rel, "", human_bytes(size), "", "")
+            continue
+        note = Text(index.error, style="red") if index.error else Text(
+            ", ".join(index.unsafe_globals[:2]), style="yellow")
+        files.add_row(rel, index.format, human_bytes(index.size), str(len(index.tensors)), note)
+    return Group(t, Text(""), files)
