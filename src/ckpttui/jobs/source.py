@@ -66,7 +66,8 @@ class TensorSource:
             if size != self.index.size:
                 raise JobError(f"{self.path}: file changed size while being read "
                                f"({self.index.size} -> {size} bytes)")
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._map: mmap.mmap | None = mmap.mmap(self._file.fileno(), 0,
+                                                    access=mmap.ACCESS_COPY)
             self._offsets = self._storage_offsets()
         except BaseException:
             self._file.close()
@@ -138,6 +139,8 @@ class TensorSource:
         cached = self._bases.get((key, elsize if swap else 1))
         if cached is not None:
             return cached
+        if self._map is None:
+            raise JobError(f"{self.path}: read after the source was closed")
         offset = self._offsets.get(key)
         nbytes = self.index.storages.get(key)
         if offset is None or nbytes is None:
@@ -199,12 +202,11 @@ class TensorSource:
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Drop the mapping (tensors still viewing it keep it alive until they are freed)."""
+        """Let go of the mapping: it is unmapped once no tensor handed out still views it."""
+        # torch.frombuffer keeps a reference to the mmap object but exports no buffer, so
+        # mmap.close() would succeed and leave those tensors pointing at unmapped memory.
         self._bases.clear()
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # tensors handed out still view it; the mapping goes when they do
+        self._map = None
         self._file.close()
 
     def __enter__(self) -> TensorSource:
