@@ -46,7 +46,7 @@ print("CKPTTUI_REF " + json.dumps(result))
 
 @pytest.fixture(scope="session")
 def ds_reference(ds_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """``{"ws1/z2_fp32": Path to DeepSpeed's state dict .pt, ..., "sharded": {...}}``."""
+    """``{"ws1/z2_fp32": DeepSpeed's state dict (.pt), ..., "hf_bin": folder, "hf_bin_from": name}``."""
     from ckpttui.demo.ds_writer import child_env
 
     out = tmp_path_factory.mktemp("ds_ref")
@@ -72,5 +72,7 @@ def ds_reference(ds_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             raise RuntimeError(f"DeepSpeed's zero_to_fp32 failed: {entry['error']}")
     refs_out: dict[str, Any] = {k: Path(v["path"]) for k, v in result.items()}
     refs_out["hf_safetensors"] = out / "hf_safetensors"
+    refs_out["hf_safetensors_from"] = SHARDED_SAFETENSORS_FROM
     refs_out["hf_bin"] = out / "hf_bin"
+    refs_out["hf_bin_from"] = SHARDED_BIN_FROM
     return refs_out
