@@ -1,4 +1,4 @@
-"""merge_hf_shards on real HF-style sharded folders (written by DeepSpeed's convert via huggingface_hub)."""
+"""merge_hf_shards on real HF sharded folders (DeepSpeed's convert, sharded by huggingface_hub)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def _copy(ds_reference: dict[str, Any], tmp_path: Path, kind: str = "hf_safetens
 
 def test_missing_shard_is_named(ds_reference: dict[str, Any], tmp_path: Path) -> None:
     folder = _copy(ds_reference, tmp_path)
-    victim = sorted(folder.glob("*.safetensors"))[-1]
+    victim = max(folder.glob("*.safetensors"))
     victim.unlink()
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -91,7 +91,7 @@ def test_index_naming_an_absent_tensor(ds_reference: dict[str, Any], tmp_path: P
     folder = _copy(ds_reference, tmp_path)
     index_path = folder / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
-    first = sorted(index["weight_map"].values())[0]
+    first = min(index["weight_map"].values())
     index["weight_map"]["ghost.weight"] = first
     index_path.write_text(json.dumps(index))
     with pytest.raises(JobError, match=f"{first}: has no tensor 'ghost.weight'"):

@@ -1,4 +1,4 @@
-"""merge_zero against DeepSpeed's own zero_to_fp32, on real ZeRO 1/2/3 checkpoints (1 and 2 ranks)."""
+"""merge_zero against DeepSpeed's own zero_to_fp32 on real ZeRO 1/2/3 checkpoints, 1 and 2 ranks."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_compat_equals_deepspeed_bit_for_bit(ds_root: Path, ds_reference: dict[s
     ref = torch.load(ds_reference[f"ws{ws}/{cfg.name}"], weights_only=True)
     src = save_dir(ds_root, ws, cfg)
     events = run(merge_zero(src, tmp_path / "m.safetensors", compat=True))
-    assert [e.kind for e in events][0] == "start" and events[-1].kind == "done"
+    assert events[0].kind == "start" and events[-1].kind == "done"
     assert written_order(tmp_path / "m.safetensors") == list(ref)
     ours = load_file(tmp_path / "m.safetensors")
     for key, value in ref.items():
@@ -204,7 +204,7 @@ def test_surplus_rank_file_is_named(ds_root: Path, tmp_path: Path) -> None:
     tag = src / "global_step2"
     shutil.copy(tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt",
                 tag / "zero_pp_rank_2_mp_rank_00_optim_states.pt")
-    with pytest.raises(JobError, match="zero_pp_rank_2_mp_rank_00_optim_states.pt"):
+    with pytest.raises(JobError, match=r"zero_pp_rank_2_mp_rank_00_optim_states\.pt"):
         run(merge_zero(src, tmp_path / "m.safetensors"))
 
 

@@ -74,7 +74,7 @@ def check_not_input(target: Path, inputs: Iterable[str | os.PathLike[str]]) -> N
 
 
 def check_free_space(folder: Path, needed: int, target: Path) -> None:
-    """Raise a `JobError` naming both numbers when `folder`'s file system has less than `needed` free."""
+    """Raise a `JobError` naming both numbers when `folder` has less than `needed` bytes free."""
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise JobError(f"{target}: not enough free space in {folder}: the output needs "
@@ -83,7 +83,7 @@ def check_free_space(folder: Path, needed: int, target: Path) -> None:
 
 
 class AtomicOutput:
-    """Write a file (or, with ``folder=True``, a folder) at `target` atomically; see the module doc."""
+    """Write a file (or with ``folder=True`` a folder) at `target` atomically; see the module."""
 
     def __init__(self, target: str | os.PathLike[str], *,
                  inputs: Iterable[str | os.PathLike[str]] = (), force: bool = False,

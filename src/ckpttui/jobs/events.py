@@ -3,7 +3,8 @@
 A job is a plain generator function ``def job(..., cancel=None) -> Iterator[Event]``: it yields a
 ``start`` event, ``progress`` events batched in time by `ProgressClock`, ``log`` lines, and ends
 with a ``done`` event carrying the verification line. It raises `JobError` (one line naming the
-file) or `JobCancelled`; `drive` turns those into a final ``error`` event for the runner and the CLI.
+file) or `JobCancelled`; `drive` turns those into a final ``error`` event for the runner and
+the CLI.
 """
 
 from __future__ import annotations

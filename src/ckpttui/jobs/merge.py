@@ -1,4 +1,4 @@
-"""Merge jobs: a DeepSpeed ZeRO checkpoint into one fp32 state dict; HF shards into one file or new shards.
+"""Merge jobs: DeepSpeed ZeRO into one fp32 state dict; HF shards into one file or new shards.
 
 Both are generators of `Event`s (``start``, ``log``, ``progress``, ``done``) that read tensor data
 in place from memory-mapped inputs and stream it to the output (see `jobs.output` for formats,
@@ -13,6 +13,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from ckpttui.jobs.events import Event, JobError
@@ -151,5 +152,5 @@ def _plan_shard(source: TensorSource, seen: dict[str, Path]) -> list[Planned]:
             plan.append(Planned(name, rec.dtype, rec.shape, alias_of=owner))
             continue
         owners[key] = name
-        plan.append(Planned(name, rec.dtype, rec.shape, lambda s=source, r=rec: s.tensor(r)))
+        plan.append(Planned(name, rec.dtype, rec.shape, partial(source.tensor, rec)))
     return plan

@@ -8,7 +8,8 @@ the target (`AtomicOutput`), writes, verifies, and yields the events:
   refuses aliased storage, so an alias (tied weight) is written under its own name with its own
   copy of the bytes (the keys stay those of the state dict), and the pairs are recorded in the
   header metadata as ``ckpttui.aliases`` (JSON ``{alias: owner}``).
-* a folder (when ``max_shard_size`` is given): safetensors shards + ``model.safetensors.index.json``.
+* a folder (when ``max_shard_size`` is given): safetensors shards and
+  ``model.safetensors.index.json``.
 * ``.pt``/``.bin``/``.pth``/``.ckpt``: ``torch.save`` of an ``OrderedDict``; aliases are the same
   tensor object, as in ``torch.load`` results. This holds the whole result: peak memory is about
   the output size.
@@ -24,7 +25,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,7 +149,7 @@ def _values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
 def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned],
                        by_name: dict[str, Planned], clock: ProgressClock,
                        cancel: threading.Event | None, meta: dict[str, str],
-                       max_shard_size: int | None) -> Iterator[Event]:
+                       max_shard_size: int | None) -> Generator[Event, None, dict[str, str]]:
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     done = 0
     if kind == "sharded":

@@ -32,6 +32,7 @@ from ckpttui.records import FileIndex, TensorRecord
 
 if TYPE_CHECKING:
     import torch
+    from typing_extensions import Self
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -60,7 +61,7 @@ class TensorSource:
         if self.index.format not in MAPPABLE:
             raise JobError(f"{self.path}: {self.index.format} files hold no tensor data to read")
         self.big_endian = self.index.metadata.get("byteorder", "little") == "big"
-        self._file = open(self.path, "rb")
+        self._file = open(self.path, "rb")  # noqa: SIM115 - lives as long as the source
         try:
             size = os.fstat(self._file.fileno()).st_size
             if size != self.index.size:
@@ -78,7 +79,7 @@ class TensorSource:
 
     @property
     def data(self) -> Any:
-        """The unpickled skeleton (dicts, lists, scalars, `TensorRef` leaves); None for safetensors."""
+        """The unpickled skeleton (dicts, lists, scalars, `TensorRef` leaves); None: safetensors."""
         return self.index.data
 
     @property
@@ -87,7 +88,7 @@ class TensorSource:
         return self.index.tensors
 
     def walk(self, *prefix: str) -> list[TensorRecord]:
-        """Records whose key path starts with `prefix` (``walk("optimizer_state_dict", "state")``)."""
+        """Records whose key path starts with `prefix` (``walk("optimizer", "state")``)."""
         n = len(prefix)
         return [r for r in self.index.tensors if r.path[:n] == prefix]
 
@@ -178,6 +179,8 @@ class TensorSource:
         except zipfile.BadZipFile as exc:
             raise JobError(f"{self.path}: damaged zip archive ({exc})") from None
         wanted = set(self.index.storages)
+        mapped = self._map
+        assert mapped is not None
         offsets: dict[str, int] = {}
         for info in infos:
             key = info.filename[len(prefix):]
@@ -188,7 +191,7 @@ class TensorSource:
                                f"(method {info.compress_type}); torch.save stores entries "
                                "uncompressed, re-save the file to read it in place")
             at = info.header_offset
-            head = self._map[at:at + _LOCAL_HEADER.size]
+            head = mapped[at:at + _LOCAL_HEADER.size]
             if len(head) < _LOCAL_HEADER.size:
                 raise JobError(f"{self.path}: local header of {info.filename} at byte {at} is "
                                "truncated")
@@ -209,7 +212,7 @@ class TensorSource:
         self._map = None
         self._file.close()
 
-    def __enter__(self) -> TensorSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -230,7 +233,7 @@ def _child(node: Any, key: Any) -> Any:
         fields = node.fields()
         if key in fields:
             return fields[key]
-        return _child(node.items, key)
+        return _child(getattr(node, "items", {}), key)
     raise KeyError(key)
 
 

@@ -87,7 +87,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 class SafetensorsWriter:
@@ -137,7 +137,7 @@ class SafetensorsWriter:
 
 
 def plan_shards(specs: Sequence[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
-    """Split tensors in order into shards of at most `max_shard_size` bytes (as transformers does)."""
+    """Split tensors in order into shards of at most `max_shard_size` bytes (like transformers)."""
     shards: list[list[TensorSpec]] = []
     current: list[TensorSpec] = []
     size = 0
@@ -174,14 +174,14 @@ def index_bytes(shards: Sequence[tuple[str, Sequence[TensorSpec]]]) -> bytes:
 
 
 class ShardedWriter:
-    """Writes a plan of tensors into a folder as safetensors shards plus index, one file open at a time."""
+    """Writes planned tensors into a folder as safetensors shards plus index, one file at a time."""
 
     def __init__(self, folder: str | os.PathLike[str], specs: Sequence[TensorSpec],
                  max_shard_size: int, metadata: dict[str, str] | None = None) -> None:
         self.folder = Path(folder)
         self.metadata = metadata
         groups = plan_shards(specs, max_shard_size)
-        self.shards = list(zip(shard_names(len(groups)), groups))
+        self.shards = list(zip(shard_names(len(groups)), groups, strict=True))
         self.hashes: dict[str, str] = {}
         self.bytes_written = 0
         self._shard = -1
@@ -201,7 +201,7 @@ class ShardedWriter:
         if self._shard >= len(self.shards):
             raise JobError(f"{self.folder}: more tensors than planned")
         fname, specs = self.shards[self._shard]
-        self._file = open(self.folder / fname, "wb")
+        self._file = open(self.folder / fname, "wb")  # noqa: SIM115 - closed per shard
         self._writer = SafetensorsWriter(self._file, specs, self.metadata, name=fname)
 
     def _close_current(self) -> None:

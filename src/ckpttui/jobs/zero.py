@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO 1/2/3 checkpoints read as DeepSpeed's ``zero_to_fp32`` reads them, without torch.load.
+"""DeepSpeed ZeRO 1/2/3 checkpoints read as ``zero_to_fp32`` reads them, without torch.load.
 
 Follows ``deepspeed/utils/zero_to_fp32.py`` (0.19.8) step by step, on skeletons from our own
 readers and tensors viewing the memory-mapped files (see /work/notes/deepspeed.md for the files):
@@ -31,8 +31,9 @@ import math
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +74,9 @@ def resolve_tag_dir(src: str | os.PathLike[str], tag: str | None = None) -> Path
 
 
 def _stage_of(value: Any, where: Path) -> int:
-    if isinstance(value, OpaqueObject) and value.args and isinstance(value.args[0], int):
-        value = value.args[0]
+    args = getattr(value, "args", ()) if isinstance(value, OpaqueObject) else ()
+    if args and isinstance(args[0], int):
+        value = args[0]
     if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2, 3):
         return value
     raise JobError(f"{where}: unreadable zero_stage {value!r}")
@@ -186,7 +188,7 @@ class FlatVector:
         """The tensors covering elements ``[start, start + length)``."""
         out = []
         end = start + length
-        for (source, ref), first in zip(self.pieces, self.starts):
+        for (source, ref), first in zip(self.pieces, self.starts, strict=True):
             last = first + ref.shape[0]
             if last <= start or first >= end or length == 0:
                 continue
@@ -208,8 +210,21 @@ def _cast(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
     return tensor if str(tensor.dtype) == f"torch.{dtype}" else tensor.to(torch_dtype(dtype))
 
 
-def _loader(fn: Callable[[], torch.Tensor], dtype: str) -> Callable[[], torch.Tensor]:
-    return lambda: _cast(fn(), dtype)
+def _read(source: TensorSource, ref: TensorRef, dtype: str) -> torch.Tensor:
+    """One tensor of a file, cast to `dtype`."""
+    return _cast(source.tensor(ref), dtype)
+
+
+def _gather(parts: list[tuple[TensorSource, TensorRef]], numel: int, shape: tuple[int, ...],
+            dtype: str) -> torch.Tensor:
+    """Ranks' fragments of one tensor, concatenated, cut to `numel` and shaped."""
+    return _cast(_joined([source.tensor(ref) for source, ref in parts], numel, shape), dtype)
+
+
+def _slice(vectors: list[FlatVector], offset: int, count: int, numel: int,
+           shape: tuple[int, ...]) -> torch.Tensor:
+    """`count` elements at `offset` of each flat vector, concatenated, cut to `numel`, shaped."""
+    return _joined([t for v in vectors for t in v.take(offset, count)], numel, shape)
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -227,7 +242,7 @@ def _narrow_float(dtype: str) -> bool:
 
 def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool = True,
               exclude_frozen: bool = False) -> list[Planned]:
-    """The consolidated state dict, in DeepSpeed's key order, as `Planned` tensors (no data read)."""
+    """The consolidated state dict in DeepSpeed's key order, as `Planned` tensors (no data read)."""
     rank0 = ckpt.model[0]
     module = rank0.get("module")
     buffer_names = set(rank0.get("buffer_names"))
@@ -242,7 +257,7 @@ def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool
             if _is_float(dtype) and (compat or dtype != "float64"):
                 dtype = "float32"
             plan[name] = Planned(name, dtype, ref.shape,
-                                 _loader(lambda r=ref: rank0.tensor(r), dtype))
+                                 partial(_read, rank0, ref, dtype))
 
     def frozen_dtype(dtype: str) -> str:
         return "float32" if upcast_frozen and not compat and _narrow_float(dtype) else dtype
@@ -255,15 +270,15 @@ def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool
                 ref = fragments[name]
                 dtype = frozen_dtype(ref.dtype)
                 plan[name] = Planned(name, dtype, ref.shape,
-                                     _loader(lambda r=ref: rank0.tensor(r), dtype))
+                                     partial(_read, rank0, ref, dtype))
         else:
             for name, shape in frozen_shapes.items():
                 refs = [(m, m.get("frozen_param_fragments", name)) for m in ckpt.model]
                 dtype = frozen_dtype(refs[0][1].dtype)
                 shape = tuple(shape)
-                plan[name] = Planned(name, dtype, shape, _loader(
-                    lambda rs=refs, n=_numel(shape), s=shape:
-                    _joined([m.tensor(r) for m, r in rs], n, s), dtype))
+                numel = _numel(shape)
+                plan[name] = Planned(name, dtype, shape,
+                                     partial(_gather, refs, numel, shape, dtype))
 
     trainable = [(name, tuple(shape)) for group in param_shapes for name, shape in group.items()]
     shared = rank0.get("shared_params", default=None) or {}
@@ -276,7 +291,7 @@ def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool
                 continue
             dtype = frozen_dtype(ref.dtype)
             plan[name] = Planned(name, dtype, ref.shape,
-                                 _loader(lambda r=ref: rank0.tensor(r), dtype))
+                                 partial(_read, rank0, ref, dtype))
             kept.append(name)
         if kept:
             ckpt.notes.append(f"kept {len(kept)} frozen parameter(s) that DeepSpeed's zero_to_fp32 "
@@ -304,7 +319,7 @@ def _plan_zero2(ckpt: ZeroCheckpoint, param_shapes: list[Any],
                        f"{len(param_shapes)} param_shapes groups")
     paddings = ckpt.optim[0].get("optimizer_state_dict", "param_alignment_paddings", default=None)
     for g, shapes in enumerate(param_shapes):
-        vector = FlatVector([(o, grp[g]) for o, grp in zip(ckpt.optim, groups)])
+        vector = FlatVector([(o, grp[g]) for o, grp in zip(ckpt.optim, groups, strict=True)])
         pads = paddings[g] if paddings is not None else None
         if pads is not None and len(pads) != len(shapes):
             raise JobError(f"{ckpt.optim[0].path}: group {g} has {len(pads)} alignment paddings "
@@ -314,8 +329,7 @@ def _plan_zero2(ckpt: ZeroCheckpoint, param_shapes: list[Any],
             shape = tuple(shape)
             numel = _numel(shape)
             plan[name] = Planned(name, vector.dtype, shape,
-                                 lambda v=vector, o=offset, k=numel, s=shape:
-                                 _joined(v.take(o, k), k, s))
+                                 partial(_slice, [vector], offset, numel, numel, shape))
             offset += numel + (pads[i] if pads is not None else 0)
         align = 2 * n
         if align * math.ceil(offset / align) != align * math.ceil(vector.numel / align):
@@ -335,8 +349,7 @@ def _plan_zero3(ckpt: ZeroCheckpoint, trainable: list[tuple[str, tuple[int, ...]
         numel = _numel(shape)
         part = math.ceil(numel / n)
         plan[name] = Planned(name, vectors[0].dtype, shape,
-                             lambda o=offset, p=part, k=numel, s=shape:
-                             _joined([t for v in vectors for t in v.take(o, p)], k, s))
+                             partial(_slice, vectors, offset, part, numel, shape))
         offset += part
     if offset * n != vectors[0].numel * n or any(v.numel != vectors[0].numel for v in vectors):
         raise JobError(f"{ckpt.folder}: parameters use {offset * n} elements of "
