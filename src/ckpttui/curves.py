@@ -59,8 +59,9 @@ def build_curve(inv: Inventory) -> Curve:
     series: dict[str, Series] = {}
     curve = Curve()
     # Epoch-based toolkits (FunASR, WeNet, SpeechBrain, fairseq) plot per epoch; HF per step.
-    by_epoch = bool(inv.checkpoints) and all(
-        c.epoch is not None for c in inv.checkpoints if c.layout != "hf-trainer") and not any(
+    with_epoch = sum(c.epoch is not None for c in inv.checkpoints)
+    with_step = sum(c.step is not None for c in inv.checkpoints)
+    by_epoch = with_epoch > 0 and with_epoch >= with_step and not any(
         c.layout == "hf-trainer" for c in inv.checkpoints)
     hf_history: list[dict[str, object]] = []
     for ckpt in inv.checkpoints:

@@ -10,13 +10,13 @@ the target (`AtomicOutput`), writes, verifies, and yields the events:
   header metadata as ``ckpttui.aliases`` (JSON ``{alias: owner}``).
 * a folder (when ``max_shard_size`` is given): safetensors shards and
   ``model.safetensors.index.json``.
-* ``.pt``/``.bin``/``.pth``/``.ckpt``: ``torch.save`` of an ``OrderedDict``; aliases are the same
-  tensor object, as in ``torch.load`` results. This holds the whole result: peak memory is about
-  the output size.
+* ``.pt``/``.bin``/``.pth``/``.ckpt``: the zip ``torch.save`` writes, streamed (`TorchZipWriter`);
+  ``torch.load`` returns an ``OrderedDict`` in which an alias is the same tensor object as its
+  owner, as for ``torch.save`` output.
 
 The ``done`` event's data is the verification: the output re-read with our own readers (tensor
 count and bytes must match the plan), its size on disk, and the sha256 of each file (computed
-while writing safetensors, by reading the file back for torch files).
+while writing safetensors, by reading the file back for torch zips, whose headers are patched).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import ELEMENT_SIZE
 from ckpttui.jobs.atomic import AtomicOutput, sha256_file
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
+from ckpttui.jobs.pt_writer import TorchZipWriter
 from ckpttui.jobs.st_writer import (
     DEFAULT_METADATA,
     SafetensorsWriter,
@@ -121,7 +122,7 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     clock = ProgressClock(job, total)
     with atomic as temp:
         if kind == "torch":
-            yield from _write_torch(temp, plan, by_name, clock, cancel)
+            yield from _write_torch(temp, target.stem or "archive", plan, by_name, clock, cancel)
             hashes = {target.name: ""}
         else:
             hashes = yield from _write_safetensors(temp, target.name, kind, plan, by_name,
@@ -176,30 +177,22 @@ def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned]
         return {name: writer.finish()}
 
 
-def _write_torch(temp: Path, plan: Sequence[Planned], by_name: dict[str, Planned],
+def _write_torch(temp: Path, root: str, plan: Sequence[Planned], by_name: dict[str, Planned],
                  clock: ProgressClock, cancel: threading.Event | None) -> Iterator[Event]:
-    import torch
-
-    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+    specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
+    aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     done = 0
-    for p in plan:
-        check_cancel(cancel)
-        if p.alias_of is not None:
-            state[p.name] = state[p.alias_of]
-            continue
-        tensor = _values(p, by_name)
-        # A view of a mapped input would drag its whole storage into the file: own the bytes.
-        if (tensor.storage_offset() != 0 or not tensor.is_contiguous()
-                or tensor.untyped_storage().nbytes() != tensor.nbytes):
-            tensor = tensor.clone(memory_format=torch.contiguous_format)
-        state[p.name] = tensor
-        done += p.nbytes
-        event = clock.tick(done, p.name)
-        if event is not None:
-            yield event
-    check_cancel(cancel)
     with open(temp, "wb") as f:
-        torch.save(state, f)
+        writer = TorchZipWriter(f, specs, aliases, root=root)
+        for p in plan:
+            check_cancel(cancel)
+            if p.alias_of is not None:
+                continue
+            done += writer.write(p.name, _values(p, by_name))
+            event = clock.tick(done, p.name)
+            if event is not None:
+                yield event
+        writer.finish()
 
 
 def _verify(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],

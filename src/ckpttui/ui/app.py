@@ -61,6 +61,9 @@ class CkptApp(App[int]):
     def on_mount(self) -> None:
         """Show the root folder, or the file given on the command line with its breakdown."""
         self.query_one("#folder-filter", Input).display = False
+        base = os.path.dirname(self.root_path.rstrip(os.sep))
+        self.query_one(FolderView).base = base
+        self.query_one(CheckpointView).base = base
         if self.start_file:
             self._show_checkpoint(self.start_file, ())
             self.query_one(CheckpointView).show_tab("tab-breakdown")
@@ -145,7 +148,10 @@ class CkptApp(App[int]):
             self.query_one(CheckpointView).open_filter()
 
     def action_close_filter(self) -> None:
-        """Hide the folder filter (clearing it) and go back to the list."""
+        """Leave a filter: the folder filter is cleared and hidden, the tensor filter kept."""
+        if self.focused is self.query_one("#tensor-filter", Input):
+            self.query_one("#tensor-table").focus()
+            return
         box = self.query_one("#folder-filter", Input)
         if box.display:
             box.value = ""

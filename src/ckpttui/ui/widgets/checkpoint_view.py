@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.text import Text
@@ -38,6 +39,8 @@ class CheckpointView(Vertical):
         self.records: list[tuple[str, TensorRecord]] = []
         self.sort_by = "bytes"
         self.filter_text = ""
+        self.base = ""
+        """Paths are shown relative to this folder (the parent of the app's root)."""
 
     def compose(self) -> ComposeResult:
         """Three tabs."""
@@ -65,7 +68,8 @@ class CheckpointView(Vertical):
         self.token += 1
         self.inventory = None
         self.records = []
-        waiting = Text(f"reading {path} ...", style="dim")
+        shown = os.path.relpath(path, self.base) if self.base else path
+        waiting = Text(f"reading {shown} ...", style="dim")
         self.query_one("#summary", Static).update(waiting)
         self.query_one("#breakdown", Static).update(waiting)
         self.query_one("#tensor-table", DataTable).clear()
@@ -92,7 +96,7 @@ class CheckpointView(Vertical):
             self.query_one("#breakdown", Static).update(error)
             return
         inv = self.inventory = message.inventory
-        summary = [summary_renderable(inv, c) for c in inv.checkpoints]
+        summary = [summary_renderable(inv, c, self.base) for c in inv.checkpoints]
         from rich.console import Group
 
         errors = [Text(f"{inv.rel(p) or p}: {e}", style="red") for p, e in inv.errors]

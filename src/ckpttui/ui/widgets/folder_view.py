@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ class FolderView(Vertical):
         self.sort_by = "size"
         self.filter_text = ""
         self.inventory: Inventory | None = None
+        self.base = ""
+        """Paths are shown relative to this folder (the parent of the app's root)."""
 
     def compose(self) -> ComposeResult:
         """Totals line, filter, table."""
@@ -98,7 +101,8 @@ class FolderView(Vertical):
         self.stats = {}
         self.inventory = None
         self.query_one("#folder-table", DataTable).clear()
-        self.query_one("#folder-totals", Static).update(Text(f"{path}  scanning...", style="dim"))
+        self.query_one("#folder-totals", Static).update(
+            Text(f"{self._shown(path)}  scanning...", style="dim"))
         self._scan(self.token, path)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="folder")
@@ -148,7 +152,7 @@ class FolderView(Vertical):
         message.stop()
         if message.error:
             self.query_one("#folder-totals", Static).update(
-                Text(f"{message.path}: {message.error}", style="red"))
+                Text(f"{self._shown(message.path)}: {message.error}", style="red"))
             return
         for entry in message.entries:
             self.stats[entry.path] = ChildStats(entry, size=entry.size)
@@ -225,13 +229,16 @@ class FolderView(Vertical):
         bad = sum(s.incomplete for s in rows)
         pending = sum(not s.scanned for s in rows)
         text = Text.assemble(
-            (f"{self.path}\n", "bold"),
+            (f"{self._shown(self.path or '')}\n", "bold"),
             ("optimizer state: ", COLORS["optimizer"]), f"{human_bytes(optimizer)} of "
             f"{human_bytes(size)}", ("   reclaimable: ", "bold"), human_bytes(reclaim),
             f"   {ckpts} checkpoints", (f"   {bad} incomplete" if bad else "", "red"),
             (f"   scanning {pending} more..." if pending and not done else "", "dim"),
             (f"   sorted by {self.sort_by}", "dim"))
         self.query_one("#folder-totals", Static).update(text)
+
+    def _shown(self, path: str) -> str:
+        return os.path.relpath(path, self.base) if self.base else path
 
     def cycle_sort(self) -> str:
         """Sort by the next key (size, name, step)."""

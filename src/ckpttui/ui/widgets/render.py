@@ -94,12 +94,14 @@ def _info_value(value: Any) -> str:
     return str(value)
 
 
-def summary_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType:
+def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> RenderableType:
     """The Summary tab: layout, position, completeness, framework metadata, globals, files."""
+    import os
+
     t = Table.grid(padding=(0, 2))
-    t.add_column(style="bold")
+    t.add_column(style="bold", no_wrap=True)
     t.add_column()
-    t.add_row("path", ckpt.path)
+    t.add_row("path", os.path.relpath(ckpt.path, base) if base else ckpt.path)
     t.add_row("layout", ckpt.layout)
     if ckpt.step is not None:
         t.add_row("step", str(ckpt.step))
@@ -120,8 +122,6 @@ def summary_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType:
     for col, justify in (("file", "left"), ("format", "left"), ("size", "right"),
                          ("tensors", "right"), ("note", "left")):
         files.add_column(col, justify=justify)  # type: ignore[arg-type]
-    import os
-
     for f in ckpt.files:
         index = inv.files.get(f)
         rel = os.path.relpath(f, ckpt.path) if f != ckpt.path else os.path.basename(f)
