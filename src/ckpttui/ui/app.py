@@ -13,6 +13,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, TabbedContent, TabPane, Tree
 
+from ckpttui.browse import dir_layout
 from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.curve import CurveView
@@ -43,12 +44,13 @@ class CkptApp(App[int]):
         path = os.path.abspath(path)
         self.start_file = path if os.path.isfile(path) else None
         self.root_path = os.path.dirname(path) if self.start_file else path
+        self.root_layout = None if self.start_file else dir_layout(self.root_path)
         self.selected: NodeData | None = None
 
     def compose(self) -> ComposeResult:
         """Tree | (folder view with curve) or checkpoint view; footer."""
         with Horizontal(id="main"):
-            yield CheckpointTree(self.root_path, id="tree")
+            yield CheckpointTree(self.root_path, self.root_layout, id="tree")
             with ContentSwitcher(initial="folder-pane", id="right"):
                 with TabbedContent(id="folder-pane"):
                     with TabPane("Contents", id="tab-contents"):
@@ -67,6 +69,8 @@ class CkptApp(App[int]):
         if self.start_file:
             self._show_checkpoint(self.start_file, ())
             self.query_one(CheckpointView).show_tab("tab-breakdown")
+        elif self.root_layout:
+            self._show_checkpoint(self.root_path, ())
         else:
             self._show_folder(self.root_path)
         self.query_one(CheckpointTree).focus()

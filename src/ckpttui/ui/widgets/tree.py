@@ -92,9 +92,12 @@ class CheckpointTree(Tree[NodeData]):
             self.records = records
             self.error = error
 
-    def __init__(self, root_path: str, **kwargs: Any) -> None:
+    def __init__(self, root_path: str, root_layout: str | None = None, **kwargs: Any) -> None:
         label = Text(os.path.basename(root_path.rstrip(os.sep)) or root_path, style="bold")
-        super().__init__(label, NodeData("dir", root_path), **kwargs)
+        if root_layout:
+            label.append(f"  {root_layout}", style="cyan")
+        kind = "checkpoint" if root_layout else "dir"
+        super().__init__(label, NodeData(kind, root_path), **kwargs)
         self.show_root = True
         self.guide_depth = 2
 
