@@ -128,3 +128,19 @@ def test_cancel_and_drive() -> None:
     events = list(drive(job(), "x"))
     assert [e.kind for e in events] == ["start", "error"]
     assert events[-1].message == "/a/b.pt: broken" and events[-1].data == {"cancelled": False}
+
+
+def test_jobs_import_neither_torch_nor_ui() -> None:
+    """torch is imported inside job functions only; nothing under jobs imports textual or rich."""
+    import json
+    import subprocess
+    import sys
+
+    modules = ["events", "atomic", "source", "st_writer", "pt_writer", "output", "zero", "merge"]
+    probe = ("import json, sys\n" + "".join(f"import ckpttui.jobs.{m}\n" for m in modules)
+             + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={"PYTHONPATH": src}, check=True)
+    loaded = set(json.loads(proc.stdout))
+    assert not loaded & {"torch", "numpy", "textual", "rich", "safetensors", "deepspeed"}

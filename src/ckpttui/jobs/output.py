@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,15 +183,19 @@ def _write_torch(temp: Path, root: str, plan: Sequence[Planned], by_name: dict[s
     done = 0
     with open(temp, "wb") as f:
         writer = TorchZipWriter(f, specs, aliases, root=root)
-        for p in plan:
-            check_cancel(cancel)
-            if p.alias_of is not None:
-                continue
-            done += writer.write(p.name, _values(p, by_name))
-            event = clock.tick(done, p.name)
-            if event is not None:
-                yield event
-        writer.finish()
+        try:
+            for p in plan:
+                check_cancel(cancel)
+                if p.alias_of is not None:
+                    continue
+                done += writer.write(p.name, _values(p, by_name))
+                event = clock.tick(done, p.name)
+                if event is not None:
+                    yield event
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
 
 
 def _verify(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],

@@ -4,9 +4,10 @@
 with ``PyTorchFileWriter``, torch 2.x) does not: a zip of *stored* entries, in this order::
 
     <root>/data.pkl                 pickle (protocol 2) of an OrderedDict name ->
-                                    torch._utils._rebuild_tensor_v2(
-                                        persistent id ('storage', torch.<X>Storage, key, 'cpu', numel),
-                                        0, size, stride, False, OrderedDict())
+                                    torch._utils._rebuild_tensor_v2(storage, 0, size, stride,
+                                                                    False, OrderedDict())
+                                    with each storage a persistent id
+                                    ('storage', torch.<X>Storage, key, 'cpu', numel)
     <root>/.format_version          b"1"
     <root>/.storage_alignment       b"64"
     <root>/byteorder                b"little"
@@ -70,7 +71,7 @@ class _Tensor:
 
 
 class _Pickler(pickle.Pickler):
-    def persistent_id(self, obj: Any) -> Any:  # noqa: D102 - pickle API
+    def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, _Storage):
             return ("storage", obj.storage_type, obj.key, "cpu", obj.numel)
         return None
@@ -153,6 +154,10 @@ class TorchZipWriter:
         self._record(".data/serialization_id", f"{digest % 10**40:040d}".encode())
         self.zip.close()
         self.f.flush()
+
+    def abort(self) -> None:
+        """Drop the archive without writing its directory (the caller discards the file)."""
+        self.zip.fp = None  # ZipFile.close(), also run by __del__, then does nothing
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -1,0 +1,97 @@
+"""The streaming torch zip writer: torch.load (plain and mmap) reads it like torch.save output."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpttui.formats import read_file
+from ckpttui.jobs.events import JobError
+from ckpttui.jobs.pt_writer import ALIGNMENT, TorchZipWriter
+from ckpttui.jobs.st_writer import TensorSpec
+
+
+def values() -> OrderedDict[str, torch.Tensor]:
+    """Mixed dtypes, 0-d, empty, non-contiguous input."""
+    gen = torch.Generator().manual_seed(5)
+    return OrderedDict([
+        ("w", torch.randn(3, 4, generator=gen).t()),
+        ("bf", torch.randn(5, generator=gen).bfloat16()),
+        ("n", torch.tensor(7, dtype=torch.int64)),
+        ("e", torch.zeros(0, 2)),
+        ("m", torch.tensor([True, False])),
+        ("d", torch.randn(2, generator=gen, dtype=torch.float64)),
+    ])
+
+
+def write(path: Path, vals: OrderedDict[str, torch.Tensor], aliases: dict[str, str]) -> None:
+    """Write `vals` plus aliases (listed last) with TorchZipWriter."""
+    specs = [TensorSpec(k, str(v.dtype).removeprefix("torch."), tuple(v.shape))
+             for k, v in vals.items()]
+    specs += [TensorSpec(a, specs[list(vals).index(o)].dtype, tuple(vals[o].shape))
+              for a, o in aliases.items()]
+    with open(path, "wb") as f:
+        writer = TorchZipWriter(f, specs, aliases, root=path.stem)
+        for name, value in vals.items():
+            writer.write(name, value)
+        writer.finish()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_torch_load_reads_it(tmp_path: Path, mmap: bool) -> None:
+    path = tmp_path / "out.pt"
+    vals = values()
+    write(path, vals, {"w_alias": "w"})
+    loaded = torch.load(path, weights_only=True, mmap=mmap)
+    assert isinstance(loaded, OrderedDict) and list(loaded) == [*vals, "w_alias"]
+    for name, value in vals.items():
+        assert loaded[name].dtype == value.dtype and torch.equal(loaded[name], value), name
+        assert loaded[name].is_contiguous()
+    assert loaded["w_alias"] is loaded["w"]
+
+
+def test_layout_matches_torch_save(tmp_path: Path) -> None:
+    path = tmp_path / "out.pt"
+    write(path, values(), {})
+    with zipfile.ZipFile(path) as z:
+        names = [i.filename for i in z.infolist()]
+        assert names[:4] == ["out/data.pkl", "out/.format_version", "out/.storage_alignment",
+                             "out/byteorder"]
+        assert names[-2:] == ["out/version", "out/.data/serialization_id"]
+        for info in z.infolist():
+            assert info.compress_type == zipfile.ZIP_STORED
+    index = read_file(path)
+    assert index.error is None and len(index.tensors) == 6
+    assert not index.unsafe_globals
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if "/data/" in info.filename:
+                name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:][:2], "little"), \
+                    int.from_bytes(raw[info.header_offset + 28:][:2], "little")
+                assert (info.header_offset + 30 + name_len + extra_len) % ALIGNMENT == 0
+
+
+def test_output_is_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.pt", tmp_path / "b" / "a.pt"
+    b.parent.mkdir()
+    write(a, values(), {"x": "n"})
+    write(b, values(), {"x": "n"})
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
+def test_refuses_what_torch_files_cannot_hold_and_out_of_order_writes(tmp_path: Path) -> None:
+    with open(tmp_path / "q.pt", "wb") as f, pytest.raises(JobError, match="safetensors"):
+        TorchZipWriter(f, [TensorSpec("q", "qint8", (2,))], {})
+    with open(tmp_path / "o.pt", "wb") as f:
+        writer = TorchZipWriter(f, [TensorSpec("a", "float32", (2,))], {})
+        with pytest.raises(JobError, match="expected 'a'"):
+            writer.write("b", torch.zeros(2))
+        with pytest.raises(JobError, match="never written"):
+            writer.finish()
+        writer.abort()
