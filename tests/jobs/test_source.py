@@ -103,6 +103,19 @@ def test_in_place_writes_never_reach_the_file(tmp_path: Path) -> None:
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
+def test_released_pages_are_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "big.pt"
+    value = torch.arange(300_000, dtype=torch.float32)  # spans many pages
+    torch.save({"v": value, "tail": value[-5:]}, path)
+    with TensorSource(path) as source:
+        view = source.tensor(source.walk("v")[0])
+        assert float(view.sum()) == float(value.sum())
+        source.release()
+        assert torch.equal(view, value)  # the mapping faults the pages back in from the file
+        assert torch.equal(source.tensor(source.walk("tail")[0]), value[-5:])
+        source.release()
+
+
 def test_read_after_close_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "sample.pt"
     torch.save(sample(), path)

@@ -49,8 +49,8 @@ def merge_zero(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
     `ckpttui.jobs.zero`): frozen parameters of ZeRO-1 checkpoints are kept (deepspeed#5439) and
     half-precision frozen parameters are upcast to fp32 (exact) unless ``upcast_frozen=False``;
     ``compat=True`` reproduces DeepSpeed's output exactly. ``out`` is ``.safetensors`` (streamed),
-    ``.pt``/``.bin`` (torch.save, memory = output size) or, with ``max_shard_size``, a folder of
-    safetensors shards plus index.
+    ``.pt``/``.bin`` (torch.save's zip) or, with ``max_shard_size``, a folder of safetensors
+    shards plus index; all are streamed, one tensor in memory at a time.
     """
     shard = _shard_size(max_shard_size)
     folder = resolve_tag_dir(src, tag)
@@ -62,7 +62,8 @@ def merge_zero(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  "tag": folder.name, "zero_stage": ckpt.stage, "world_size": ckpt.world_size}
         yield from write_planned("merge", plan, out, inputs=[*ckpt.files, folder],
                                  force=force, cancel=cancel, max_shard_size=shard,
-                                 start_data=start, notes=ckpt.notes)
+                                 start_data=start, notes=ckpt.notes,
+                                 sources=[*ckpt.model, *ckpt.optim])
     finally:
         ckpt.close()
 
@@ -128,7 +129,8 @@ def merge_hf_shards(folder: str | os.PathLike[str], out: str | os.PathLike[str],
         inputs = [*paths, *([index] if index is not None else [])]
         yield from write_planned("merge-hf", plan, out, inputs=inputs, force=force,
                                  cancel=cancel, max_shard_size=shard, metadata=metadata,
-                                 start_data={"inputs": [str(p) for p in inputs]})
+                                 start_data={"inputs": [str(p) for p in inputs]},
+                                 sources=sources)
     finally:
         for source in sources:
             source.close()

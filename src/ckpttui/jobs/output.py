@@ -34,6 +34,7 @@ from ckpttui.formats.unpickler import ELEMENT_SIZE
 from ckpttui.jobs.atomic import AtomicOutput, sha256_file
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.pt_writer import TorchZipWriter
+from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.st_writer import (
     DEFAULT_METADATA,
     SafetensorsWriter,
@@ -93,8 +94,12 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
                   cancel: threading.Event | None = None, max_shard_size: int | None = None,
                   metadata: dict[str, str] | None = None,
                   start_data: dict[str, Any] | None = None,
-                  notes: Sequence[str] = ()) -> Iterator[Event]:
-    """Check the target, write the plan atomically, verify it, and yield start/progress/done."""
+                  notes: Sequence[str] = (),
+                  sources: Sequence[TensorSource] = ()) -> Iterator[Event]:
+    """Check the target, write the plan atomically, verify it, and yield start/progress/done.
+
+    `sources` are the mapped inputs; their pages are released after each tensor is written.
+    """
     target = Path(os.path.abspath(out))
     kind = output_kind(target, max_shard_size)
     by_name = {p.name: p for p in plan}
@@ -119,13 +124,15 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     for note in notes:
         yield Event("log", job, 0, total, note)
     clock = ProgressClock(job, total)
+    release = _releaser(sources)
     with atomic as temp:
         if kind == "torch":
-            yield from _write_torch(temp, target.stem or "archive", plan, by_name, clock, cancel)
+            yield from _write_torch(temp, target.stem or "archive", plan, by_name, clock, cancel,
+                                    release)
             hashes = {target.name: ""}
         else:
             hashes = yield from _write_safetensors(temp, target.name, kind, plan, by_name,
-                                                   clock, cancel, meta, max_shard_size)
+                                                   clock, cancel, meta, max_shard_size, release)
         last = clock.flush()
         if last is not None:
             yield last
@@ -134,6 +141,13 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     if kind == "torch":
         hashes = {target.name: sha256_file(target)}
     yield _verify(job, target, kind, plan, files, hashes, total)
+
+
+def _releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
+    def release() -> None:
+        for source in sources:
+            source.release()
+    return release
 
 
 def _values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
@@ -149,7 +163,8 @@ def _values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
 def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned],
                        by_name: dict[str, Planned], clock: ProgressClock,
                        cancel: threading.Event | None, meta: dict[str, str],
-                       max_shard_size: int | None) -> Generator[Event, None, dict[str, str]]:
+                       max_shard_size: int | None, release: Callable[[], None]
+                       ) -> Generator[Event, None, dict[str, str]]:
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     done = 0
     if kind == "sharded":
@@ -159,6 +174,7 @@ def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned]
             for p in plan:
                 check_cancel(cancel)
                 done += sharded.write(p.name, _values(p, by_name))
+                release()
                 event = clock.tick(done, p.name)
                 if event is not None:
                     yield event
@@ -170,6 +186,7 @@ def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned]
         for p in plan:
             check_cancel(cancel)
             done += writer.write(p.name, _values(p, by_name))
+            release()
             event = clock.tick(done, p.name)
             if event is not None:
                 yield event
@@ -177,7 +194,8 @@ def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned]
 
 
 def _write_torch(temp: Path, root: str, plan: Sequence[Planned], by_name: dict[str, Planned],
-                 clock: ProgressClock, cancel: threading.Event | None) -> Iterator[Event]:
+                 clock: ProgressClock, cancel: threading.Event | None,
+                 release: Callable[[], None]) -> Iterator[Event]:
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     done = 0
@@ -189,6 +207,7 @@ def _write_torch(temp: Path, root: str, plan: Sequence[Planned], by_name: dict[s
                 if p.alias_of is not None:
                     continue
                 done += writer.write(p.name, _values(p, by_name))
+                release()
                 event = clock.tick(done, p.name)
                 if event is not None:
                     yield event

@@ -74,6 +74,7 @@ class TensorSource:
             self._file.close()
             raise
         self._bases: dict[tuple[str, int], torch.Tensor] = {}
+        self._touched: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ structure
 
@@ -130,7 +131,29 @@ class TensorSource:
         elsize = dtype.itemsize
         base = self._base(key, elsize)
         usable = base.numel() - base.numel() % elsize
-        return base[:usable].view(dtype).as_strided(shape, stride, item.storage_offset)
+        view = base[:usable].view(dtype).as_strided(shape, stride, item.storage_offset)
+        start = self._offsets.get(key)
+        if start is not None and not (self.big_endian and elsize > 1):
+            reach = sum((d - 1) * abs(s) for d, s in zip(shape, stride, strict=True))
+            first = start + item.storage_offset * elsize
+            self._touched.append((first, first + (reach + 1) * elsize))
+        return view
+
+    def release(self) -> None:
+        """Give back the pages of tensors handed out so far (they are re-read if used again).
+
+        Pages of a file mapping count in the process's resident size until dropped; a job calls
+        this after each tensor it has written, so reading a 100 GB checkpoint never shows as
+        100 GB resident. Sources are read-only: in-place changes to a handed-out tensor are lost.
+        """
+        touched, self._touched = self._touched, []
+        if self._map is None or not hasattr(self._map, "madvise"):
+            return
+        for start, end in touched:
+            lo = start - start % mmap.PAGESIZE
+            hi = min(end + (-end % mmap.PAGESIZE), len(self._map))
+            if hi > lo:
+                self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def _base(self, key: str, elsize: int) -> torch.Tensor:
         """A storage's bytes as a uint8 tensor over the mapping (swapped once if big-endian)."""
