@@ -10,6 +10,7 @@ checkpoints, which serve as real HF sharded folders.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from ckpttui.demo.ds_writer import default_configs
 ZERO_CONFIGS = [c for c in default_configs() if c.stage > 0]
 SHARDED_SAFETENSORS_FROM = "z3_fp32"  # DeepSpeed cannot write tied weights as safetensors
 SHARDED_BIN_FROM = "z2_fp32_frozen_tied"
+FP16_FROM = ["z1_bf16_frozen_tied", "z2_bf16_frozen_tied", "z3_bf16_frozen_tied"]
 
 _SCRIPT = r"""
 import json, sys, traceback
@@ -44,6 +46,35 @@ print("CKPTTUI_REF " + json.dumps(result))
 """
 
 
+def make_fp16_variant(save_dir: Path, dest: Path) -> Path:
+    """A bf16 ZeRO checkpoint rewritten as an fp16 run saves it (fp16 cannot train on this CPU).
+
+    Model states: every bf16 tensor becomes fp16 and ``ds_config`` enables fp16; optimizer files
+    (fp32 masters either way) lose the ``bf16_`` prefix, as DeepSpeed names fp16 runs' files.
+    """
+    import torch
+
+    shutil.copytree(save_dir, dest)
+    tag = dest / (dest / "latest").read_text().strip()
+    for path in sorted(tag.iterdir()):
+        if path.name.endswith("_optim_states.pt"):
+            path.rename(tag / path.name.removeprefix("bf16_"))
+        elif path.name.endswith("_model_states.pt"):
+            state = torch.load(path, weights_only=True)
+            convert = lambda t: t.half() if t.dtype == torch.bfloat16 else t  # noqa: E731
+            state["module"] = type(state["module"])(
+                (k, convert(v)) for k, v in state["module"].items())
+            if state.get("frozen_param_fragments"):
+                state["frozen_param_fragments"] = {
+                    k: convert(v) for k, v in state["frozen_param_fragments"].items()}
+            config = dict(state["ds_config"])
+            config.pop("bf16", None)
+            config["fp16"] = {"enabled": True}
+            state["ds_config"] = config
+            torch.save(state, path)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def ds_reference(ds_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``{"ws1/z2_fp32": DeepSpeed's state dict .pt, "hf_bin": folder, "hf_bin_from": name...}``."""
@@ -56,6 +87,10 @@ def ds_reference(ds_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             key = f"ws{ws}/{cfg.name}"
             refs.append([key, str(ds_root / f"ws{ws}" / cfg.subdir),
                          str(out / (key.replace("/", "_") + ".pt"))])
+    for name in FP16_FROM:
+        key = f"fp16/{name.replace('bf16', 'fp16')}"
+        variant = make_fp16_variant(ds_root / "ws2" / name, out / key)
+        refs.append([key, str(variant), str(out / (key.replace("/", "_") + ".pt"))])
     sharded = [[str(ds_root / "ws2" / SHARDED_SAFETENSORS_FROM), str(out / "hf_safetensors"), True],
                [str(ds_root / "ws2" / SHARDED_BIN_FROM), str(out / "hf_bin"), False]]
     proc = subprocess.run([sys.executable, "-c", _SCRIPT,
@@ -71,6 +106,9 @@ def ds_reference(ds_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         if not entry["ok"]:
             raise RuntimeError(f"DeepSpeed's zero_to_fp32 failed: {entry['error']}")
     refs_out: dict[str, Any] = {k: Path(v["path"]) for k, v in result.items()}
+    for name in FP16_FROM:
+        key = f"fp16/{name.replace('bf16', 'fp16')}"
+        refs_out[key + "/src"] = out / key
     refs_out["hf_safetensors"] = out / "hf_safetensors"
     refs_out["hf_safetensors_from"] = SHARDED_SAFETENSORS_FROM
     refs_out["hf_bin"] = out / "hf_bin"

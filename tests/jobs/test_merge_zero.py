@@ -109,6 +109,31 @@ def test_default_keeps_frozen_and_upcasts(ds_root: Path, ds_reference: dict[str,
     assert all(v.dtype in (torch.float32, torch.int64) for v in ours.values())
 
 
+@pytest.mark.parametrize("name", ["z1_fp16_frozen_tied", "z2_fp16_frozen_tied",
+                                  "z3_fp16_frozen_tied"])
+def test_fp16_checkpoints(ds_reference: dict[str, Any], tmp_path: Path, name: str) -> None:
+    """fp16 runs (bf16 ones rewritten as fp16 ones are saved: this CPU cannot train in fp16)."""
+    src = ds_reference[f"fp16/{name}/src"]
+    assert not list(src.rglob("bf16_*"))
+    ref = torch.load(ds_reference[f"fp16/{name}"], weights_only=True)
+    run(merge_zero(src, tmp_path / "c.pt", compat=True))
+    compat = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert list(compat) == list(ref)
+    assert all(identical(compat[k], v) for k, v in ref.items())
+    assert compat["head.weight"] is compat["embed.weight"]
+
+    run(merge_zero(src, tmp_path / "d.safetensors"))
+    ours = load_file(tmp_path / "d.safetensors")
+    if name.startswith("z1"):
+        assert "enc.weight" not in ref  # deepspeed#5439
+        frozen = module_state(src)["enc.weight"]
+    else:
+        frozen = ref["enc.weight"]
+    assert frozen.dtype == torch.float16
+    assert identical(ours["enc.weight"], frozen.float())
+    assert all(identical(ours[k], v) for k, v in ref.items() if k != "enc.weight")
+
+
 @pytest.mark.parametrize("cfg", [c for c in ZERO_CONFIGS if c.frozen and c.dtype == "bf16"],
                          ids=lambda c: c.name)
 def test_keep_frozen_dtype_option(ds_root: Path, tmp_path: Path, cfg: Any) -> None:
