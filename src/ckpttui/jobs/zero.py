@@ -144,8 +144,9 @@ def open_zero(folder: Path) -> ZeroCheckpoint:
         if extra:
             raise JobError(f"{ranks[extra[0]]}: rank {extra[0]} file, but partition_count is "
                            f"{count} (left over from an earlier run?)")
-        optim = [first] + [TensorSource(ranks[r]) for r in range(1, count)]
-        sources = list(optim)
+        for rank in range(1, count):
+            sources.append(TensorSource(ranks[rank]))
+        optim = list(sources)
         if stage <= 2:
             names = [MODEL_FILE]
         else:
@@ -224,6 +225,10 @@ def _gather(parts: list[tuple[TensorSource, TensorRef]], numel: int, shape: tupl
 def _slice(vectors: list[FlatVector], offset: int, count: int, numel: int,
            shape: tuple[int, ...]) -> torch.Tensor:
     """`count` elements at `offset` of each flat vector, concatenated, cut to `numel`, shaped."""
+    if numel == 0:  # zero_to_fp32 fails on these under ZeRO-3; they are just empty
+        import torch
+
+        return torch.empty(shape, dtype=torch_dtype(vectors[0].dtype))
     return _joined([t for v in vectors for t in v.take(offset, count)], numel, shape)
 
 
