@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,12 @@ class FolderView(Vertical):
             super().__init__()
             self.token, self.path, self.entries, self.error = token, path, entries, error
 
-    class ChildScanned(Message):
-        """One child has been scanned."""
+    class ChildrenScanned(Message):
+        """Some children have been scanned (batched in time, so a big folder is not 1000 repaints)."""
 
-        def __init__(self, token: int, stats: ChildStats, inventory: Inventory | None) -> None:
+        def __init__(self, token: int, stats: list[ChildStats]) -> None:
             super().__init__()
-            self.token, self.stats, self.inventory = token, stats, inventory
+            self.token, self.stats = token, stats
 
     class ScanDone(Message):
         """Every child has been scanned; carries the folder-wide inventory for the curve."""
@@ -82,6 +83,8 @@ class FolderView(Vertical):
         self.sort_by = "size"
         self.filter_text = ""
         self.inventory: Inventory | None = None
+        self._last_refill = 0.0
+        self._biggest = 0
         self.base = ""
         """Paths are shown relative to this folder (the parent of the app's root)."""
 
@@ -115,6 +118,8 @@ class FolderView(Vertical):
             return
         self.post_message(self.Listed(token, path, entries, None))
         total = Inventory(root=Path(path))
+        batch: list[ChildStats] = []
+        last_post = time.monotonic()
         # Files first (cheap), then folders, so the list fills in quickly.
         for entry in sorted(entries, key=lambda e: (e.kind != "file", e.name)):
             if worker.is_cancelled:
@@ -129,11 +134,12 @@ class FolderView(Vertical):
             if inv is not None:
                 stats.size = disk_usage(entry.path)
                 for ckpt in inv.checkpoints:
-                    w, o, x = category_bytes(inv.checkpoint_breakdown(ckpt))
+                    b = inv.checkpoint_breakdown(ckpt)
+                    w, o, x = category_bytes(b)
                     stats.weights += w
                     stats.optimizer += o
                     stats.other += x
-                    stats.reclaimable += inv.checkpoint_breakdown(ckpt).reclaimable
+                    stats.reclaimable += b.reclaimable
                     stats.incomplete += not ckpt.complete
                 stats.checkpoints = len(inv.checkpoints)
                 stats.errors = len(inv.errors)
@@ -142,7 +148,11 @@ class FolderView(Vertical):
                 total.records.update(inv.records)
                 total.errors.extend(inv.errors)
             stats.scanned = True
-            self.post_message(self.ChildScanned(token, stats, inv))
+            batch.append(stats)
+            if time.monotonic() - last_post > 0.2:
+                self.post_message(self.ChildrenScanned(token, batch))
+                batch, last_post = [], time.monotonic()
+        self.post_message(self.ChildrenScanned(token, batch))
         self.post_message(self.ScanDone(token, total))
 
     @on(Listed)
@@ -158,19 +168,28 @@ class FolderView(Vertical):
             self.stats[entry.path] = ChildStats(entry, size=entry.size)
         self._refill()
 
-    @on(ChildScanned)
-    def _child(self, message: ChildScanned) -> None:
+    @on(ChildrenScanned)
+    def _children(self, message: ChildrenScanned) -> None:
         if message.token != self.token:
             return
         message.stop()
-        self.stats[message.stats.entry.path] = message.stats
-        self._refill()
+        for stats in message.stats:
+            self.stats[stats.entry.path] = stats
+        # Re-sorting rebuilds the table and moves rows under the cursor: while scanning, only for
+        # small folders and at most once a second; big folders are sorted when the scan ends.
+        now = time.monotonic()
+        if len(self.stats) <= 100 and now - self._last_refill > 1.0:
+            self._refill()
+        else:
+            self._update_rows(message.stats)
+            self._update_totals(done=False)
 
     @on(ScanDone)
     def _done(self, message: ScanDone) -> None:
         if message.token != self.token:
             return
         self.inventory = message.inventory
+        self._refill()
         self._update_totals(done=True)
 
     def _rows(self) -> list[ChildStats]:
@@ -190,35 +209,48 @@ class FolderView(Vertical):
         if table.row_count and table.cursor_row < table.row_count:
             cursor_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
+        self._last_refill = time.monotonic()
         rows = self._rows()
-        biggest = max((s.size for s in rows), default=0)
+        self._biggest = max((s.size for s in rows), default=0)
         for s in rows:
-            e = s.entry
-            label = e.name + ("/" if e.kind == "dir" else "")
-            if len(label) > NAME_WIDTH:
-                label = label[: NAME_WIDTH - 1] + "…"
-            name = Text(label, style="bold" if e.kind != "file" else "")
-            if e.kind == "checkpoint":
-                name.append(f"  {e.layout}", style="cyan")
-            if e.error:
-                name.append(f"  {e.error}", style="red")
-            if s.incomplete or s.errors:
-                name.append("  !", style="bold red")
-            scanned = s.scanned
-            bar = stacked_bar(s.weights, s.optimizer, s.other, 16,
-                              scale=max(biggest, 1)) if scanned else Text("…", style="dim")
-            table.add_row(
-                name, human_bytes(s.size), human_bytes(s.reclaimable) if scanned else "",
-                bar,
-                human_bytes(s.weights) if scanned else "", human_bytes(s.optimizer) if scanned
-                else "", human_bytes(s.other) if scanned else "",
-                "" if e.step is None else str(e.step), key=e.path)
+            table.add_row(*self._cells(s), key=s.entry.path)
         if cursor_key is not None and cursor_key in self.stats:
             try:
                 table.move_cursor(row=table.get_row_index(cursor_key))
             except Exception:  # noqa: BLE001 - row vanished under a filter
                 pass
         self._update_totals(done=False)
+
+    def _update_rows(self, changed: list[ChildStats]) -> None:
+        table = self.query_one("#folder-table", DataTable)
+        for s in changed:
+            if s.entry.path not in table.rows:
+                continue
+            for (key, _), value in zip(COLUMNS, self._cells(s)):
+                table.update_cell(s.entry.path, key, value)
+
+    def _cells(self, s: ChildStats) -> tuple[Any, ...]:
+        biggest = max(self._biggest, s.size)
+        e = s.entry
+        label = e.name + ("/" if e.kind == "dir" else "")
+        if len(label) > NAME_WIDTH:
+            label = label[: NAME_WIDTH - 1] + "…"
+        name = Text(label, style="bold" if e.kind != "file" else "")
+        if e.kind == "checkpoint":
+            name.append(f"  {e.layout}", style="cyan")
+        if e.error:
+            name.append(f"  {e.error}", style="red")
+        if s.incomplete or s.errors:
+            name.append("  !", style="bold red")
+        scanned = s.scanned
+        bar = stacked_bar(s.weights, s.optimizer, s.other, 16,
+                          scale=max(biggest, 1)) if scanned else Text("…", style="dim")
+        return (
+            name, human_bytes(s.size), human_bytes(s.reclaimable) if scanned else "",
+            bar,
+            human_bytes(s.weights) if scanned else "", human_bytes(s.optimizer) if scanned
+            else "", human_bytes(s.other) if scanned else "",
+            "" if e.step is None else str(e.step))
 
     def _update_totals(self, done: bool) -> None:
         rows = list(self.stats.values())
