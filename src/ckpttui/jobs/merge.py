@@ -46,11 +46,12 @@ def merge_zero(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
     The values equal ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint``
     bit for bit, with the same keys in the same order, except where DeepSpeed is wrong (see
-    `ckpttui.jobs.zero`): frozen parameters of ZeRO-1 checkpoints are kept (deepspeed#5439) and
-    half-precision frozen parameters are upcast to fp32 (exact) unless ``upcast_frozen=False``;
-    ``compat=True`` reproduces DeepSpeed's output exactly. ``out`` is ``.safetensors`` (streamed),
-    ``.pt``/``.bin`` (torch.save's zip) or, with ``max_shard_size``, a folder of safetensors
-    shards plus index; all are streamed, one tensor in memory at a time.
+    `ckpttui.jobs.zero`): ZeRO-1 frozen parameters are kept (DeepSpeed drops them,
+    deepspeed#5439); half-precision frozen parameters are upcast to fp32, which is exact
+    (``upcast_frozen=False`` keeps DeepSpeed's bf16/fp16); float64 buffers stay float64.
+    ``compat=True`` reproduces DeepSpeed's output exactly, faults included. ``out`` is
+    ``.safetensors``, ``.pt``/``.bin`` (torch.save's zip) or, with ``max_shard_size``, a folder
+    of safetensors shards plus index; all are streamed, one tensor in memory at a time.
     """
     shard = _shard_size(max_shard_size)
     folder = resolve_tag_dir(src, tag)

@@ -14,6 +14,8 @@ in-place write can never reach the file), and hands out torch tensors that *view
 A tensor is ``storage.view(dtype).as_strided(shape, stride, storage_offset)``, so views, 0-d
 tensors and tensors that share a storage (tied weights) share memory exactly as ``torch.load``
 gives them. Files declaring ``byteorder`` ``big`` are byte-swapped into a copy per storage.
+The mapping lives until the last tensor viewing it is freed; `TensorSource.release` gives back
+the pages read so far (jobs call it after each tensor they write, so resident memory stays flat).
 """
 
 from __future__ import annotations
