@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpttui.formats import read_file
-from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
+from ckpttui.formats.unpickler import OpaqueObject, TensorRef
 from ckpttui.jobs.events import JobError
 from ckpttui.records import FileIndex, TensorRecord
 
@@ -269,9 +269,3 @@ def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
         stride.append(acc)
         acc *= max(d, 1)
     return tuple(reversed(stride))
-
-
-def element_size(dtype: str) -> int:
-    """Bytes per element of a dtype name."""
-    return ELEMENT_SIZE.get(dtype, 1)
-
