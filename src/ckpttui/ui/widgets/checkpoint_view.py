@@ -107,8 +107,7 @@ class CheckpointView(Vertical):
         total = Breakdown()
         for c in inv.checkpoints:
             total.merge(inv.checkpoint_breakdown(c))
-        width = max(20, min(80, self.size.width - 6))
-        self.query_one("#breakdown", Static).update(breakdown_renderable(total, width))
+        self.query_one("#breakdown", Static).update(breakdown_renderable(total))
         self.records = [(inv.rel(f), r) for f, recs in inv.records.items() for r in recs]
         self._set_filter(self._pending_filter)
 

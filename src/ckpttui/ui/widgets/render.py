@@ -42,13 +42,24 @@ def stacked_bar(weights: int, optimizer: int, other: int, width: int, scale: int
     return text
 
 
+class FitBar:
+    """A stacked bar as wide as the space it is drawn in (at most `max_width` cells)."""
+
+    def __init__(self, weights: int, optimizer: int, other: int, max_width: int = 80) -> None:
+        self.parts = (weights, optimizer, other)
+        self.max_width = max_width
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield stacked_bar(*self.parts, width=min(options.max_width, self.max_width))
+
+
 def category_bytes(b: Breakdown) -> tuple[int, int, int]:
     """(weights, optimizer, other) bytes."""
     c = b.categories
     return c["weights"]["bytes"], c["optimizer"]["bytes"], c["other"]["bytes"]
 
 
-def breakdown_renderable(b: Breakdown, width: int = 60) -> RenderableType:
+def breakdown_renderable(b: Breakdown, width: int = 80) -> RenderableType:
     """The Breakdown tab: a stacked bar, then categories, optimizer parts, dtypes, modules."""
     w, o, x = category_bytes(b)
     total = w + o + x
@@ -81,7 +92,7 @@ def breakdown_renderable(b: Breakdown, width: int = 60) -> RenderableType:
         modules.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for module, value in b.modules.most_common(12):
         modules.add_row(module, human_bytes(value), pct(value, w))
-    return Group(head, stacked_bar(w, o, x, width), Text(""), cats, Text(""), parts, Text(""),
+    return Group(head, FitBar(w, o, x, width), Text(""), cats, Text(""), parts, Text(""),
                  dtypes, Text(""), modules)
 
 
