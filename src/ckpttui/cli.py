@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-COMMANDS = ("inspect", "demo")
+COMMANDS = ("inspect", "demo", "merge", "average", "export")
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
@@ -94,10 +94,15 @@ def _main(argv: Sequence[str] | None) -> int:
         return cmd_inspect(_inspect_parser().parse_args(argv[1:]))
     if argv and argv[0] == "demo":
         return cmd_demo(_demo_parser().parse_args(argv[1:]))
+    if argv and argv[0] in ("merge", "average", "export"):
+        from ckpttui.jobcli import run_job_command
+
+        return run_job_command(argv[0], argv[1:])
     p = argparse.ArgumentParser(
         prog="ckpttui",
         description="Browse checkpoint folders: weights vs optimizer state, completeness, "
-                    "what can be reclaimed. Commands: inspect PATH [--json], demo.")
+                    "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
+                    "export (see `ckpttui COMMAND --help`), demo.")
     p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
     args = p.parse_args(argv)
     if not os.path.exists(args.path):

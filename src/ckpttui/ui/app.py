@@ -14,10 +14,12 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, TabbedContent, TabPane, Tree
 
 from ckpttui.browse import dir_layout
+from ckpttui.jobs.runner import JobSpec
 from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.curve import CurveView
 from ckpttui.ui.widgets.folder_view import FolderView
+from ckpttui.ui.widgets.jobs import JobsPane
 from ckpttui.ui.widgets.tree import CheckpointTree, NodeData
 
 
@@ -31,8 +33,13 @@ class CkptApp(App[int]):
         Binding("question_mark", "help", "Help"),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
-        Binding("r", "refresh", "Refresh"),
+        Binding("r", "refresh", "Refresh", show=False),
         Binding("c", "curve", "Curve"),
+        Binding("m", "job('merge')", "Merge"),
+        Binding("a", "job('average')", "Average"),
+        Binding("e", "job('export')", "Export"),
+        Binding("x", "cancel_job", "Cancel job"),
+        Binding("j", "toggle_jobs", "Jobs", show=False),
         Binding("1", "tab('tab-summary')", "Summary", show=False),
         Binding("2", "tab('tab-breakdown')", "Breakdown", show=False),
         Binding("3", "tab('tab-tensors')", "Tensors", show=False),
@@ -58,11 +65,13 @@ class CkptApp(App[int]):
                     with TabPane("Curve", id="tab-curve"):
                         yield CurveView(id="curve")
                 yield CheckpointView(id="ckpt-pane")
+        yield JobsPane(id="jobs")
         yield Footer()
 
     def on_mount(self) -> None:
         """Show the root folder, or the file given on the command line with its breakdown."""
         self.query_one("#folder-filter", Input).display = False
+        self.query_one(JobsPane).display = False
         base = os.path.dirname(self.root_path.rstrip(os.sep))
         self.query_one(FolderView).base = base
         self.query_one(CheckpointView).base = base
@@ -202,6 +211,78 @@ class CkptApp(App[int]):
         if not self._right_is_folder():
             self.query_one(CheckpointView).show_tab(tab)
 
+    # --- jobs --------------------------------------------------------------------------------
+
+    def action_job(self, kind: str) -> None:
+        """Open the form for a merge, average or export job on the selection."""
+        from ckpttui.ui.jobrequest import JobRequestError, request_for
+
+        tree = self.query_one(CheckpointTree)
+        view = self.query_one(CheckpointView)
+        try:
+            request = request_for(kind, self.selected, tree.marked_paths(), view)
+        except JobRequestError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        from ckpttui.ui.screens.job_form import JobForm
+
+        self.push_screen(JobForm(request), self._start_job)
+
+    def _start_job(self, spec: JobSpec | None) -> None:
+        if spec is None:
+            return
+        pane = self.query_one(JobsPane)
+        job_id = pane.start(spec)
+        self.notify(f"job #{job_id} started: {spec.title}", timeout=2)
+
+    @on(JobsPane.JobEnded)
+    def _job_ended(self, message: JobsPane.JobEnded) -> None:
+        event = message.event
+        if event.kind == "done":
+            self.notify(f"job #{message.job_id} done: {message.spec.output}", timeout=5)
+            self._reload_folder(os.path.dirname(os.path.abspath(message.spec.output)))
+        elif event.data.get("cancelled"):
+            self.notify(f"job #{message.job_id} cancelled; nothing written", severity="warning")
+        else:
+            self.notify(f"job #{message.job_id} failed: {event.message}", severity="error",
+                        timeout=10)
+
+    def _reload_folder(self, folder: str) -> None:
+        """Show a new output: reload the tree node of its folder and the folder view."""
+        tree = self.query_one(CheckpointTree)
+        for node in [tree.root, *tree.root.children]:
+            stack = [node]
+            while stack:
+                current = stack.pop()
+                data = current.data
+                if data is not None and data.path == folder and data.loaded:
+                    data.loaded = False
+                    current.remove_children()
+                    if current.is_expanded:
+                        current.collapse()
+                        current.expand()
+                    break
+                stack.extend(current.children)
+        folder_view = self.query_one(FolderView)
+        if self._right_is_folder() and folder_view.path == folder:
+            self._show_folder(folder)
+
+    def action_cancel_job(self) -> None:
+        """Cancel the selected (or newest) running job."""
+        row = self.query_one(JobsPane).cancel_selected()
+        if row is None:
+            self.notify("no running job", timeout=1.5)
+
+    def action_toggle_jobs(self) -> None:
+        """Show or hide the jobs pane."""
+        pane = self.query_one(JobsPane)
+        pane.display = not pane.display
+
+    async def action_quit(self) -> None:
+        """Quit; running jobs are cancelled and clean up their temporary files first."""
+        self.query_one(JobsPane).stop_all()
+        self.exit(0)
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """Every action, in the command palette."""
         yield from super().get_system_commands(screen)
@@ -211,6 +292,15 @@ class CkptApp(App[int]):
         yield SystemCommand("Refresh", "Read the selection again from disk", self.action_refresh)
         yield SystemCommand("Training curve", "Metrics per step/epoch of the selected folder",
                             self.action_curve)
+        yield SystemCommand("Merge", "DeepSpeed ZeRO folder or HF shards into one file",
+                            lambda: self.action_job("merge"))
+        yield SystemCommand("Average", "Marked checkpoints, or the last/best N of a run",
+                            lambda: self.action_job("average"))
+        yield SystemCommand("Export", "Weights only: safetensors, slim .pt or HF folder",
+                            lambda: self.action_job("export"))
+        yield SystemCommand("Cancel job", "Cancel the selected running job",
+                            self.action_cancel_job)
+        yield SystemCommand("Jobs pane", "Show or hide the jobs pane", self.action_toggle_jobs)
         for tab, title in (("tab-summary", "Summary"), ("tab-breakdown", "Breakdown"),
                            ("tab-tensors", "Tensors")):
             yield SystemCommand(f"{title} tab", f"Show the checkpoint's {title} tab",

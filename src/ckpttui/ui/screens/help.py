@@ -24,6 +24,11 @@ runs a pickle: headers and pickles are read with a restricted unpickler.
 | `r` | re-read the selection from disk |
 | `1` `2` `3` | Summary, Breakdown, Tensors tabs of a checkpoint |
 | `c` | training curve of the selected folder |
+| space | mark a checkpoint (for averaging) |
+| `m` | merge the selected DeepSpeed checkpoint (or HF shards) into one file |
+| `a` | average the marked checkpoints, or the last / best N of the selected run folder |
+| `e` | export the selection's weights: safetensors, slim .pt, or an HF folder |
+| `x` | cancel the selected (or newest) running job; `j` shows or hides the jobs pane |
 | ctrl+p | command palette: every action |
 | `q` | quit |
 
@@ -31,6 +36,9 @@ runs a pickle: headers and pickles are read with a restricted unpickler.
 scheduler, EMA, normaliser). **Reclaimable** is what is not needed to run the model.
 
 A red `!` marks folders holding incomplete or unreadable checkpoints; the Summary tab says why.
+
+Jobs run in child processes and never change their inputs: they write `NAME.tmp-XXXX` beside
+the output, check it, then rename it. Cancelling or a failure leaves nothing behind.
 """
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.text import Text
 from textual import on, work
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
@@ -79,7 +80,9 @@ def entry_label(entry: Entry) -> Text:
 class CheckpointTree(Tree[NodeData]):
     """A tree that lists folders on expansion, in a worker, with a placeholder meanwhile."""
 
-    BINDINGS = [("right", "expand_node", "Expand"), ("left", "collapse_node", "Collapse")]
+    BINDINGS = [Binding("right", "expand_node", "Expand", show=False),
+                Binding("left", "collapse_node", "Collapse", show=False),
+                Binding("space", "mark", "Mark")]
 
     class Loaded(Message):
         """A worker finished listing a node's children."""
@@ -100,6 +103,7 @@ class CheckpointTree(Tree[NodeData]):
         super().__init__(label, NodeData(kind, root_path), **kwargs)
         self.show_root = True
         self.guide_depth = 2
+        self.marked: dict[str, TreeNode[NodeData]] = {}
 
     def on_mount(self) -> None:
         """Load the root's children."""
@@ -109,6 +113,27 @@ class CheckpointTree(Tree[NodeData]):
         """Expand the node under the cursor."""
         if self.cursor_node is not None:
             self.cursor_node.expand()
+
+    def action_mark(self) -> None:
+        """Mark or unmark the checkpoint under the cursor (for averaging)."""
+        node = self.cursor_node
+        if node is None or node.data is None or node.data.kind not in ("checkpoint", "file"):
+            return
+        path = node.data.path
+        label = node.label.copy() if isinstance(node.label, Text) else Text(str(node.label))
+        if path in self.marked:
+            del self.marked[path]
+            if label.plain.startswith("● "):
+                label = label[2:]
+        else:
+            self.marked[path] = node
+            label = Text.assemble(("● ", "bold magenta"), label)
+        node.set_label(label)
+        self.action_cursor_down()
+
+    def marked_paths(self) -> list[str]:
+        """Marked checkpoints, in the order they were marked."""
+        return list(self.marked)
 
     def action_collapse_node(self) -> None:
         """Collapse the node under the cursor, or go to its parent."""

@@ -1,0 +1,168 @@
+"""``ckpttui merge | average | export``: run a job headless, a progress bar on stderr or JSON lines.
+
+Exit codes: 0 done, 1 the job failed (one line on stderr naming the file), 2 usage error,
+130 interrupted (the job removed its temporary files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+from ckpttui.jobs.runner import JobSpec
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output: NAME.safetensors, NAME.pt/.bin, or a folder with "
+                        "--max-shard-size")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON event per line on stdout instead of a progress bar")
+
+
+def merge_parser() -> argparse.ArgumentParser:
+    """``ckpttui merge``."""
+    p = argparse.ArgumentParser(
+        prog="ckpttui merge",
+        description="Consolidate DeepSpeed ZeRO 1/2/3 rank files into one fp32 state dict "
+                    "(equal to DeepSpeed's zero_to_fp32, without its faults), or join HF shards.")
+    p.add_argument("src", help="DeepSpeed save folder (with `latest`), tag folder, or an HF "
+                               "sharded folder")
+    _common(p)
+    p.add_argument("--tag", help="DeepSpeed tag (default: the `latest` file)")
+    p.add_argument("--max-shard-size", help="write shards + index into OUT, e.g. 5GB")
+    p.add_argument("--exclude-frozen", action="store_true", help="leave frozen parameters out")
+    p.add_argument("--keep-half-frozen", action="store_true",
+                   help="keep bf16/fp16 frozen parameters in their dtype (DeepSpeed's behaviour)")
+    p.add_argument("--deepspeed-compat", action="store_true",
+                   help="reproduce zero_to_fp32 exactly, including dropping ZeRO-1 frozen params")
+    return p
+
+
+def average_parser() -> argparse.ArgumentParser:
+    """``ckpttui average``."""
+    p = argparse.ArgumentParser(
+        prog="ckpttui average",
+        description="Average the weights of N checkpoints of one model (float tensors summed in "
+                    "float32, integer tensors from the last input). Give the checkpoints, or a "
+                    "run folder with --last N or --best N.")
+    p.add_argument("src", nargs="+", help="checkpoints, or one run folder with --last/--best")
+    _common(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--last", type=int, metavar="N", help="the last N checkpoints of RUN_DIR")
+    group.add_argument("--best", type=int, metavar="N",
+                       help="the best N by the metric the framework recorded")
+    p.add_argument("--metric", help="metric for --best (default: what the framework recorded)")
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    """``ckpttui export``."""
+    p = argparse.ArgumentParser(
+        prog="ckpttui export",
+        description="Weights only (optimizer, scheduler, rng dropped), as safetensors, a slim .pt "
+                    "in the framework's layout, or an HF folder (--config).")
+    p.add_argument("src", help="a checkpoint file or folder")
+    _common(p)
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="cast floating tensors")
+    p.add_argument("--strip-prefix", metavar="P", help="remove a key prefix, e.g. module.")
+    p.add_argument("--max-shard-size", help="write shards + index into OUT, e.g. 5GB")
+    p.add_argument("--config", help="HF config.json (or model folder): write an HF model folder")
+    return p
+
+
+def _spec(kind: str, args: argparse.Namespace) -> JobSpec:
+    common: dict[str, Any] = {"out": args.output, "force": args.force}
+    if kind == "merge":
+        return JobSpec("merge", {**common, "src": args.src, "tag": args.tag,
+                                 "max_shard_size": args.max_shard_size,
+                                 "exclude_frozen": args.exclude_frozen,
+                                 "upcast_frozen": not args.keep_half_frozen,
+                                 "compat": args.deepspeed_compat})
+    if kind == "average":
+        inputs = list(args.src)
+        if args.last or args.best:
+            if len(inputs) != 1:
+                raise SystemExit("ckpttui average: --last/--best take exactly one run folder")
+            from ckpttui.jobs.select import select_checkpoints
+
+            picked = select_checkpoints(inputs[0], last=args.last, best=args.best,
+                                        metric=args.metric)
+            inputs = [str(p) for p in picked]
+        elif len(inputs) < 2:
+            raise SystemExit("ckpttui average: give at least two checkpoints, or a run folder "
+                             "with --last N / --best N")
+        return JobSpec("average", {**common, "inputs": inputs})
+    return JobSpec("export", {**common, "src": args.src, "dtype": args.dtype,
+                              "strip_prefix": args.strip_prefix,
+                              "max_shard_size": args.max_shard_size, "config": args.config})
+
+
+PARSERS = {"merge": merge_parser, "average": average_parser, "export": export_parser}
+
+
+def run_job_command(kind: str, argv: list[str]) -> int:
+    """Parse, run the job in this process, report; the exit code."""
+    args = PARSERS[kind]().parse_args(argv)
+    try:
+        spec = _spec(kind, args)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
+    except (OSError, ValueError) as exc:
+        print(f"ckpttui {kind}: {exc}", file=sys.stderr)
+        return 1
+    from ckpttui.jobs.runner import run_spec
+
+    cancel = threading.Event()
+    if args.json:
+        return _run_json(spec, cancel, run_spec)
+    return _run_bar(spec, cancel, run_spec)
+
+
+def _run_json(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
+    last = None
+    try:
+        for event in run_spec(spec, cancel):
+            print(event.to_json(), flush=True)
+            last = event
+    except KeyboardInterrupt:
+        return 130
+    return 0 if last is not None and last.kind == "done" else 1
+
+
+def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    console = Console(stderr=True, highlight=False)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=console,
+                        transient=True)
+    last = None
+    try:
+        with progress:
+            task = progress.add_task(spec.title, total=None)
+            for event in run_spec(spec, cancel):
+                last = event
+                if event.bytes_total:
+                    progress.update(task, total=event.bytes_total, completed=event.bytes_done)
+                if event.kind == "log":
+                    progress.console.print(f"  {event.message}")
+    except KeyboardInterrupt:
+        console.print(f"ckpttui {spec.kind}: interrupted; no output written")
+        return 130
+    if last is None:
+        return 1
+    if last.kind == "error":
+        console.print(f"ckpttui {spec.kind}: {last.message}")
+        return 1
+    console.print(f"wrote {spec.output}")
+    console.print(last.message)
+    return 0

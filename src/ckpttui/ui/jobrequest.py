@@ -1,0 +1,89 @@
+"""From the app's selection to a job request: which inputs, a suggested output, a size estimate."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ckpttui.browse import dir_layout
+from ckpttui.ui.screens.job_form import JobRequest
+from ckpttui.ui.widgets.checkpoint_view import CheckpointView
+from ckpttui.ui.widgets.tree import NodeData
+
+
+class JobRequestError(Exception):
+    """The selection does not fit the job; the message tells the user what to select."""
+
+
+def _estimate(view: CheckpointView, path: str, part: str | None = None) -> int:
+    """Bytes of the selection's weights (or of one part), if the view has read it."""
+    inv = view.inventory
+    if inv is None or view.path != path:
+        return 0
+    total = 0
+    for ckpt in inv.checkpoints:
+        b = inv.checkpoint_breakdown(ckpt)
+        total += b.parts.get(part, 0) if part else b.categories["weights"]["bytes"]
+    return total
+
+
+def _free_name(path: Path) -> str:
+    """`path`, or `path` with -2, -3 ... before the suffix when it exists."""
+    if not path.exists():
+        return str(path)
+    stem, suffix = (path.name.split(".", 1) + [""])[:2]
+    for i in range(2, 1000):
+        candidate = path.with_name(f"{stem}-{i}" + (f".{suffix}" if suffix else ""))
+        if not candidate.exists():
+            return str(candidate)
+    return str(path)
+
+
+def request_for(kind: str, selected: NodeData | None, marked: list[str],
+                view: CheckpointView) -> JobRequest:
+    """The request for a job on the current selection, or JobRequestError."""
+    if kind == "average":
+        if len(marked) >= 2:
+            common = os.path.commonpath([os.path.dirname(p) for p in marked])
+            return JobRequest("average", marked,
+                              _free_name(Path(common) / f"average-{len(marked)}.safetensors"),
+                              notes=[f"{len(marked)} marked checkpoints, averaged in this order"])
+        if selected is not None and selected.kind == "dir":
+            return JobRequest("average", [], _free_name(Path(selected.path) /
+                                                        "average.safetensors"),
+                              run_folder=selected.path)
+        raise JobRequestError("Mark two or more checkpoints with space, or select a run folder "
+                              "to average its last or best N")
+    if selected is None or selected.kind in ("placeholder",):
+        raise JobRequestError("Select a checkpoint first")
+    path = selected.path
+    if kind == "merge":
+        src = _merge_source(selected)
+        if src is None:
+            raise JobRequestError("Select a DeepSpeed checkpoint (global_stepN/ or its save "
+                                  "folder with `latest`) or an HF sharded folder to merge")
+        name = Path(src).name
+        out = Path(src).parent / f"{name}-fp32.safetensors"
+        estimate = _estimate(view, src, "optimizer/master") or _estimate(view, src)
+        return JobRequest("merge", [src], _free_name(out), estimate)
+    if selected.kind == "key":
+        path = selected.path
+    if selected.kind == "dir":
+        raise JobRequestError("Select a checkpoint file or folder to export")
+    base = Path(path)
+    out = base.parent / f"{base.name}-weights.safetensors"
+    return JobRequest("export", [path], _free_name(out), _estimate(view, path))
+
+
+def _merge_source(selected: NodeData) -> str | None:
+    path = Path(selected.path)
+    candidates = [path] if path.is_dir() else [path.parent]
+    for folder in candidates:
+        if (folder / "latest").is_file():
+            return str(folder)
+        layout = dir_layout(str(folder))
+        if layout == "deepspeed":
+            return str(folder)
+        if layout == "hf-model" and any(folder.glob("*.index.json")):
+            return str(folder)
+    return None
