@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import Any
 
+from ckpttui.jobs.events import JobError
 from ckpttui.jobs.runner import JobSpec
 
 
@@ -87,11 +88,15 @@ def _spec(kind: str, args: argparse.Namespace) -> JobSpec:
         if args.last or args.best:
             if len(inputs) != 1:
                 raise SystemExit("ckpttui average: --last/--best take exactly one run folder")
-            from ckpttui.jobs.select import select_checkpoints
+            from ckpttui.jobs.select import select_best, select_last
 
-            picked = select_checkpoints(inputs[0], last=args.last, best=args.best,
-                                        metric=args.metric)
-            inputs = [str(p) for p in picked]
+            chosen = (select_last(inputs[0], args.last) if args.last else
+                      select_best(inputs[0], args.best, metric=args.metric))
+            print(f"ckpttui average: {chosen.rule}: "
+                  + ", ".join(p.name for p in chosen.paths), file=sys.stderr)
+            for note in chosen.notes:
+                print(f"  {note}", file=sys.stderr)
+            inputs = [str(p) for p in chosen.paths]
         elif len(inputs) < 2:
             raise SystemExit("ckpttui average: give at least two checkpoints, or a run folder "
                              "with --last N / --best N")
@@ -114,7 +119,7 @@ def run_job_command(kind: str, argv: list[str]) -> int:
             print(exc.code, file=sys.stderr)
             return 2
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, JobError) as exc:
         print(f"ckpttui {kind}: {exc}", file=sys.stderr)
         return 1
     from ckpttui.jobs.runner import run_spec

@@ -152,11 +152,12 @@ class JobForm(ModalScreen[JobSpec | None]):
             if not n_text.isdigit() or int(n_text) < 1:
                 raise ValueError("N must be a positive number")
             mode = self.query_one("#form-mode", Select).value
-            from ckpttui.jobs.select import select_checkpoints
+            from ckpttui.jobs.select import select_best, select_last
 
-            picked = select_checkpoints(r.run_folder, last=int(n_text) if mode == "last" else None,
-                                        best=int(n_text) if mode == "best" else None)
-            inputs = [str(p) for p in picked]
+            chosen = (select_last(r.run_folder, int(n_text)) if mode == "last" else
+                      select_best(r.run_folder, int(n_text)))
+            self.notify(f"{chosen.rule}: " + ", ".join(p.name for p in chosen.paths), timeout=6)
+            inputs = [str(p) for p in chosen.paths]
         if len(inputs) < 2:
             raise ValueError("averaging needs at least two checkpoints")
         args["inputs"] = inputs
