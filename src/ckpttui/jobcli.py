@@ -88,15 +88,8 @@ def _spec(kind: str, args: argparse.Namespace) -> JobSpec:
         if args.last or args.best:
             if len(inputs) != 1:
                 raise SystemExit("ckpttui average: --last/--best take exactly one run folder")
-            from ckpttui.jobs.select import select_best, select_last
-
-            chosen = (select_last(inputs[0], args.last) if args.last else
-                      select_best(inputs[0], args.best, metric=args.metric))
-            print(f"ckpttui average: {chosen.rule}: "
-                  + ", ".join(p.name for p in chosen.paths), file=sys.stderr)
-            for note in chosen.notes:
-                print(f"  {note}", file=sys.stderr)
-            inputs = [str(p) for p in chosen.paths]
+            return JobSpec("average", {**common, "select": {
+                "root": inputs[0], "last": args.last, "best": args.best, "metric": args.metric}})
         elif len(inputs) < 2:
             raise SystemExit("ckpttui average: give at least two checkpoints, or a run folder "
                              "with --last N / --best N")

@@ -92,6 +92,14 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
                 args["folder"] = args.pop("src")
             events = fn(cancel=cancel, **args)
         elif spec.kind == "average":
+            select = args.pop("select", None)
+            if select:
+                chosen = _select(select)
+                yield Event("log", "average", message=f"{chosen.rule}: "
+                            + ", ".join(p.name for p in chosen.paths))
+                for note in chosen.notes:
+                    yield Event("log", "average", message=note)
+                args["inputs"] = [str(p) for p in chosen.paths]
             events = fn(args.pop("inputs"), args.pop("out"), cancel=cancel, **args)
         else:
             events = fn(args.pop("src"), args.pop("out"), cancel=cancel, **args)
@@ -99,6 +107,15 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
         yield Event("error", spec.kind, message=str(exc), data={"cancelled": False})
         return
     yield from drive(_guard(events, spec.kind), spec.kind)
+
+
+def _select(select: dict[str, Any]) -> Any:
+    """Pick the checkpoints of a run: ``{"root": DIR, "last": N}`` or ``{"root", "best", "metric"}``."""
+    from ckpttui.jobs.select import select_best, select_last
+
+    if select.get("last"):
+        return select_last(select["root"], int(select["last"]))
+    return select_best(select["root"], int(select["best"]), metric=select.get("metric"))
 
 
 def _guard(events: Iterator[Event], job: str) -> Iterator[Event]:

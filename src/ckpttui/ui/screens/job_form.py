@@ -15,7 +15,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
-from ckpttui.jobs.events import JobError
 from ckpttui.jobs.runner import JobSpec
 from ckpttui.units import human_bytes, parse_size
 
@@ -152,12 +151,9 @@ class JobForm(ModalScreen[JobSpec | None]):
             if not n_text.isdigit() or int(n_text) < 1:
                 raise ValueError("N must be a positive number")
             mode = self.query_one("#form-mode", Select).value
-            from ckpttui.jobs.select import select_best, select_last
-
-            chosen = (select_last(r.run_folder, int(n_text)) if mode == "last" else
-                      select_best(r.run_folder, int(n_text)))
-            self.notify(f"{chosen.rule}: " + ", ".join(p.name for p in chosen.paths), timeout=6)
-            inputs = [str(p) for p in chosen.paths]
+            # The child process picks them (reading the run's metadata is disk work).
+            args["select"] = {"root": r.run_folder, mode: int(n_text)}
+            return JobSpec("average", args)
         if len(inputs) < 2:
             raise ValueError("averaging needs at least two checkpoints")
         args["inputs"] = inputs
@@ -167,7 +163,7 @@ class JobForm(ModalScreen[JobSpec | None]):
         """Start the job."""
         try:
             spec = self.build_spec()
-        except (ValueError, OSError, JobError) as exc:
+        except (ValueError, OSError) as exc:
             self.notify(str(exc), severity="error")
             return
         self.dismiss(spec)
