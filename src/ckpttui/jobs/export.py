@@ -1,0 +1,464 @@
+"""Export: a checkpoint's weights alone, as safetensors, a slim ``.pt`` in its framework's layout,
+or an HF model folder; and the ``.pt`` layouts and writers that `jobs.average` shares.
+
+Outputs, by the name of OUT and the options:
+
+* ``*.safetensors``: the flat state dict (`jobs.output.write_planned`). A tied weight (two names,
+  one storage) is written under each name with its own copy of the bytes, as safetensors refuses
+  aliased storage; the pairs are listed in the header metadata (``ckpttui.aliases``). Views that
+  only overlap (DeepSpeed's flat buffers) are written as each view's own values.
+* a folder, with ``max_shard_size``: safetensors shards + ``model.safetensors.index.json``
+  (transformers' names, `jobs.st_writer.ShardedWriter`).
+* a folder, with ``config`` (an HF ``config.json`` or a model folder holding one): an HF model
+  folder, ``config.json`` + ``model.safetensors`` (shards + index above ``max_shard_size``, default
+  5GB, huggingface_hub's default), so ``from_pretrained`` loads it. Use ``strip_prefix`` to take an
+  HF model out of a toolkit's wrapper (SpeechBrain's ``wav2vec2.ckpt`` keeps it under ``model.``).
+* ``*.pt``/``.bin``/``.pth``/``.ckpt`` (also ``model.pt.avg5``): the slim layout of the source,
+  streamed by `LayoutZipWriter`, so the framework's own loader still reads it:
+
+  - FunASR: ``{"state_dict": ...}``, as ``model.pt.avgN`` (funasr average_nbest_models.py).
+  - fairseq: ``args``, ``cfg``, ``model``, ``criterion``, ``optimizer_history``, ``task_state``,
+    ``extra_state``: ``checkpoint_utils._upgrade_state_dict`` indexes ``optimizer_history[-1]`` and
+    ``extra_state["train_iterator"]``, and ``load_model_ensemble_and_task`` reads ``args``/``cfg``
+    and ``model``; ``last_optimizer_state`` is left out (the trainer reads it with ``.get``).
+  - Lightning: what ``dump_checkpoint(weights_only=True)`` writes: ``epoch``, ``global_step``,
+    ``pytorch-lightning_version`` (its migration reads it), ``state_dict``, ``loops``,
+    ``hparams_name``, ``hyper_parameters`` (+ datamodule hyper-parameters).
+  - anything else: the state dict under the same keys as in the source (``{"model": ...}``), or
+    the plain state dict (WeNet, SpeechBrain recoverables, HF ``pytorch_model.bin``).
+
+  Metadata is copied from our restricted unpickler's skeleton, never by running the source
+  pickle: plain data as is, ``argparse.Namespace`` rebuilt from its recorded state (the one
+  class rebuilt), Lightning's ``AttributeDict`` as a plain dict, torch dtypes as dtypes; anything
+  else (other classes, tensors, numpy arrays) is dropped and named in a ``log`` event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ckpttui.formats import read_file
+from ckpttui.formats.unpickler import OpaqueObject, TensorRef, TorchConst
+from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
+from ckpttui.jobs.output import ALIASES_KEY, Planned, write_planned
+from ckpttui.jobs.pt_writer import (
+    ALIGNMENT,
+    TorchZipWriter,
+    _Pickler,
+    _Storage,
+    _storage_type,
+    _Tensor,
+)
+from ckpttui.jobs.select import WeightSet, open_weights
+from ckpttui.jobs.source import TensorSource, torch_dtype
+from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
+from ckpttui.units import parse_size
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16",
+          "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32"}
+HF_DEFAULT_SHARD = 5 * 10**9
+_TORCH_NAME = re.compile(r"\.(pt|bin|pth|ckpt)(\.[A-Za-z0-9_]+)?$", re.IGNORECASE)
+KEEP: dict[str, tuple[str, ...]] = {
+    "funasr": ("state_dict",),
+    "fairseq": ("args", "cfg", "model", "criterion", "optimizer_history", "task_state",
+                "extra_state"),
+    "lightning": ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops",
+                  "hparams_name", "hyper_parameters", "hparams_type", "datamodule_hparams_name",
+                  "datamodule_hyper_parameters"),
+}
+_DROP = object()
+_STATE = object()
+
+
+def is_torch_name(path: str | os.PathLike[str]) -> bool:
+    """Whether an output name asks for a torch file (``x.pt``, ``x.ckpt``, ``model.pt.avg5``)."""
+    return bool(_TORCH_NAME.search(Path(path).name))
+
+
+def parse_dtype(dtype: str | None) -> str | None:
+    """``fp16``/``bf16``/``fp32`` (or torch's names) as a torch dtype name; None stays None."""
+    if dtype is None:
+        return None
+    name = DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise JobError(f"dtype must be fp16, bf16 or fp32, not {dtype!r}")
+    return name
+
+
+def shard_size(value: int | str | None) -> int | None:
+    """A max shard size in bytes from an int or ``5GB``-style text; None stays None."""
+    if value is None:
+        return None
+    try:
+        size = value if isinstance(value, int) else parse_size(value)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    if size <= 0:
+        raise JobError(f"max shard size must be positive, not {value}")
+    return size
+
+
+# ------------------------------------------------------------------------------- metadata
+
+
+def carry(value: Any, where: str, dropped: list[str]) -> Any:
+    """A copy of pickled metadata made of plain data only; `_DROP` (noted) for what is not."""
+    if value is None or type(value) in (bool, int, float, str, bytes, complex):
+        return value
+    if isinstance(value, TorchConst):
+        import torch
+
+        dtype = getattr(torch, value.removeprefix("torch."), None)
+        if value.startswith("torch.") and isinstance(dtype, torch.dtype):
+            return dtype
+        dropped.append(f"{where} (torch constant {str(value)!r})")
+        return _DROP
+    if isinstance(value, TensorRef):
+        dropped.append(f"{where} (a tensor)")
+        return _DROP
+    if isinstance(value, dict):
+        out: dict[Any, Any] = OrderedDict() if isinstance(value, OrderedDict) else {}
+        for key, item in value.items():
+            k = carry(key, f"{where}[{key!r}]", dropped)
+            v = carry(item, f"{where}.{key}", dropped) if k is not _DROP else _DROP
+            if v is not _DROP:
+                out[k] = v
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [carry(v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
+        if any(v is _DROP for v in items):
+            return _DROP
+        kind = type(value) if type(value) in (list, tuple, set, frozenset) else list
+        return kind(items)
+    if isinstance(value, OpaqueObject):
+        qualname = type(value).__qualname_full__
+        if qualname == "argparse.Namespace":
+            fields = carry(value.fields(), where, dropped)
+            return argparse.Namespace(**{str(k): v for k, v in fields.items()})
+        if qualname.endswith(".AttributeDict") and not value.fields():
+            return carry(dict(value.items), where, dropped)
+        dropped.append(f"{where} ({qualname})")
+        return _DROP
+    dropped.append(f"{where} ({type(value).__name__})")
+    return _DROP
+
+
+def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
+    """How a ``.pt`` output wraps the state dict in `ws`'s layout, and notes on what was left out."""
+    notes: list[str] = []
+    keep = KEEP.get(ws.layout)
+    skeleton = ws.skeleton
+    path = ws.container
+    if keep is None or not isinstance(skeleton, dict) or len(path) != 1:
+        def nest(state: Any) -> Any:
+            for key in reversed(path):
+                state = {key: state}
+            return state
+        return nest, notes
+    entries: list[tuple[Any, Any]] = []
+    left: list[str] = []
+    dropped: list[str] = []
+    for key, value in skeleton.items():
+        if key == path[0]:
+            entries.append((key, _STATE))
+        elif key in keep:
+            copied = carry(value, str(key), dropped)
+            if copied is not _DROP:
+                entries.append((key, copied))
+        else:
+            left.append(str(key))
+    if left:
+        notes.append(f"{ws.layout} layout: left out {', '.join(left)}")
+    notes.extend(f"dropped {d}: only plain data and argparse.Namespace are carried"
+                 for d in dropped)
+
+    def wrap(state: Any) -> Any:
+        return {k: state if v is _STATE else v for k, v in entries}
+    return wrap, notes
+
+
+# ------------------------------------------------------------------------------- writers
+
+
+class LayoutZipWriter(TorchZipWriter):
+    """A `TorchZipWriter` whose pickle is ``wrap(state_dict)``: the state dict inside a layout."""
+
+    def __init__(self, f: BinaryIO, specs: Sequence[TensorSpec], aliases: dict[str, str],
+                 root: str, wrap: Callable[[Any], Any]) -> None:
+        # The same records as TorchZipWriter.__init__, around a wrapped pickle.
+        self.f = f
+        self.root = root
+        self.order = [s for s in specs if s.name not in aliases]
+        self.bytes_written = 0
+        self._next = 0
+        tensors: dict[str, _Tensor] = {}
+        state: OrderedDict[str, _Tensor] = OrderedDict()
+        for spec in specs:
+            if spec.name in aliases:
+                state[spec.name] = tensors[aliases[spec.name]]
+                continue
+            numel = 1
+            for d in spec.shape:
+                numel *= d
+            storage = _Storage(str(len(tensors)), _storage_type(spec.dtype), numel)
+            tensors[spec.name] = state[spec.name] = _Tensor(storage, spec.shape)
+        buf = io.BytesIO()
+        _Pickler(buf, protocol=2).dump(wrap(state))
+        self._pickle = buf.getvalue()
+        self._keys = {name: t.storage.key for name, t in tensors.items()}
+        self.zip = zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._record("data.pkl", self._pickle)
+        self._record(".format_version", b"1")
+        self._record(".storage_alignment", str(ALIGNMENT).encode())
+        self._record("byteorder", sys.byteorder.encode())
+
+
+def _values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
+    src = by_name[p.alias_of] if p.alias_of is not None else p
+    assert src.load is not None
+    tensor = src.load()
+    if str(tensor.dtype).removeprefix("torch.") != p.dtype or tuple(tensor.shape) != p.shape:
+        raise JobError(f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read "
+                       f"{tensor.dtype}{list(tensor.shape)}")
+    return tensor
+
+
+def _stream(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: ProgressClock,
+            cancel: threading.Event | None, sources: Sequence[TensorSource],
+            skip_aliases: bool) -> Iterator[Event]:
+    by_name = {p.name: p for p in plan}
+    done = 0
+    for p in plan:
+        check_cancel(cancel)
+        if skip_aliases and p.alias_of is not None:
+            continue
+        done += write(p.name, _values(p, by_name))
+        for source in sources:
+            source.release()
+        event = clock.tick(done, p.name)
+        if event is not None:
+            yield event
+    last = clock.flush()
+    if last is not None:
+        yield last
+    check_cancel(cancel)
+
+
+def _verify(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],
+            hashes: dict[str, str], total: int) -> Event:
+    count = tensor_bytes = 0
+    for path in files:
+        if path.suffix == ".json":
+            continue
+        index = read_file(path)
+        if index.error:
+            raise JobError(f"{path}: written but does not read back: {index.error}")
+        count += len(index.tensors)
+        tensor_bytes += sum(t.nbytes for t in index.tensors)
+    planned = sum(p.nbytes for p in plan)
+    if count != len(plan) or tensor_bytes != planned:
+        raise JobError(f"{target}: read back {count} tensors, {tensor_bytes} bytes; planned "
+                       f"{len(plan)} tensors, {planned} bytes")
+    size = sum(path.stat().st_size for path in files)
+    listing = ", ".join(f"{name} {digest}" for name, digest in hashes.items())
+    return Event("done", job, total, total, f"verified: {count} tensors, {size} bytes, "
+                 f"sha256 {listing}", {"output": str(target), "format": kind, "tensors": count,
+                                       "bytes": size, "tensor_bytes": tensor_bytes,
+                                       "sha256": hashes})
+
+
+def write_torch(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
+                wrap: Callable[[Any], Any], *, inputs: Sequence[str | os.PathLike[str]],
+                force: bool = False, cancel: threading.Event | None = None,
+                start_data: dict[str, Any] | None = None, notes: Sequence[str] = (),
+                sources: Sequence[TensorSource] = ()) -> Iterator[Event]:
+    """Write the plan as a torch.save zip whose object is ``wrap(state_dict)``, atomically."""
+    target = Path(os.path.abspath(out))
+    total = sum(p.nbytes for p in plan if p.alias_of is None)
+    atomic = AtomicOutput(target, inputs=inputs, force=force,
+                          estimate=total + 65536 + 256 * len(plan))
+    atomic.check()
+    yield Event("start", job, 0, total, f"writing {target.name}",
+                {"output": str(target), "format": "torch", "tensors": len(plan),
+                 **(start_data or {})})
+    for note in notes:
+        yield Event("log", job, 0, total, note)
+    specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
+    aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
+    root = os.path.splitext(target.name)[0] or "archive"  # what torch.save names the root
+    with atomic as temp, open(temp, "wb") as f:
+        writer = LayoutZipWriter(f, specs, aliases, root, wrap)
+        try:
+            yield from _stream(plan, writer.write, ProgressClock(job, total), cancel, sources,
+                               skip_aliases=True)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+    yield _verify(job, target, "torch", plan, [target], {target.name: sha256_file(target)}, total)
+
+
+def write_hf_folder(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
+                    config: str | os.PathLike[str], *, max_shard_size: int | None = None,
+                    dtype: str | None = None, inputs: Sequence[str | os.PathLike[str]] = (),
+                    force: bool = False, cancel: threading.Event | None = None,
+                    start_data: dict[str, Any] | None = None, notes: Sequence[str] = (),
+                    sources: Sequence[TensorSource] = ()) -> Iterator[Event]:
+    """Write an HF model folder: config.json (+ generation_config.json) and safetensors weights."""
+    target = Path(os.path.abspath(out))
+    if target.suffix.lower() in (".safetensors", ".pt", ".bin", ".pth", ".ckpt"):
+        raise JobError(f"{target}: an HF model output is a folder; give a folder name")
+    cfg_path = Path(config)
+    cfg_file = cfg_path / "config.json" if cfg_path.is_dir() else cfg_path
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise JobError(f"{cfg_file}: not a readable config.json ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise JobError(f"{cfg_file}: not a config.json (a JSON object)")
+    if dtype is not None:
+        for key in ("dtype", "torch_dtype"):
+            if key in cfg:
+                cfg[key] = dtype
+    extra = {"config.json": (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode("utf-8")}
+    generation = cfg_file.parent / "generation_config.json"
+    if generation.is_file():
+        extra["generation_config.json"] = generation.read_bytes()
+    meta = dict(DEFAULT_METADATA)
+    aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
+    if aliases:
+        meta[ALIASES_KEY] = json.dumps(aliases, separators=(",", ":"))
+    total = sum(p.nbytes for p in plan)
+    atomic = AtomicOutput(target, inputs=[*inputs, cfg_file], force=force, folder=True,
+                          estimate=total + 65536 + 256 * len(plan) + sum(map(len, extra.values())))
+    atomic.check()
+    yield Event("start", job, 0, total, f"writing {target.name}",
+                {"output": str(target), "format": "hf-folder", "tensors": len(plan),
+                 "config": str(cfg_file), **(start_data or {})})
+    for note in notes:
+        yield Event("log", job, 0, total, note)
+    specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
+    with atomic as temp:
+        sharded = ShardedWriter(temp, specs, max_shard_size or HF_DEFAULT_SHARD, meta)
+        try:
+            yield from _stream(plan, sharded.write, ProgressClock(job, total), cancel, sources,
+                               skip_aliases=False)
+            hashes = sharded.finish()
+        finally:
+            sharded.close()
+        for name, data in extra.items():
+            (temp / name).write_bytes(data)
+            hashes[name] = hashlib.sha256(data).hexdigest()
+    files = [target / name for name in hashes]
+    yield _verify(job, target, "hf-folder", plan, files, hashes, total)
+
+
+# ------------------------------------------------------------------------------- export
+
+
+def _cast(ws: WeightSet, name: str, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = ws.tensor(name)
+    return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
+def rename_map(names: Sequence[str], strip_prefix: str | None, where: Path
+               ) -> tuple[dict[str, str], list[str]]:
+    """Output name of each input name after stripping a prefix; collisions are errors."""
+    if not strip_prefix:
+        return {n: n for n in names}, []
+    renamed: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    kept = 0
+    for name in names:
+        new = name[len(strip_prefix):] if name.startswith(strip_prefix) else name
+        kept += new == name
+        if not new or new in owner:
+            raise JobError(f"{where}: stripping {strip_prefix!r} makes {name!r} and "
+                           f"{owner.get(new, '')!r} the same name {new!r}")
+        owner[new] = name
+        renamed[name] = new
+    if kept == len(names):
+        raise JobError(f"{where}: no tensor name starts with {strip_prefix!r} "
+                       f"(the first is {names[0]!r})")
+    notes = [f"{kept} names do not start with {strip_prefix!r} and are kept as they are"] \
+        if kept else []
+    return renamed, notes
+
+
+def plan_export(ws: WeightSet, *, dtype: str | None = None, strip_prefix: str | None = None
+                ) -> tuple[list[Planned], list[str]]:
+    """The output tensors of an export: every weight, renamed, floats cast to `dtype`."""
+    target = torch_dtype(dtype, str(ws.path)) if dtype is not None else None
+    rename, notes = rename_map(ws.names, strip_prefix, ws.path)
+    plan = []
+    cast = 0
+    for name in ws.names:
+        rec = ws.record(name)
+        out_dtype = rec.dtype
+        if target is not None and torch_dtype(rec.dtype, str(ws.path)).is_floating_point:
+            out_dtype = dtype  # type: ignore[assignment]
+            cast += out_dtype != rec.dtype
+        alias = ws.aliases.get(name)
+        if alias is not None:
+            plan.append(Planned(rename[name], out_dtype, rec.shape, alias_of=rename[alias]))
+        else:
+            load = partial(_cast, ws, name, target if out_dtype != rec.dtype else None)
+            plan.append(Planned(rename[name], out_dtype, rec.shape, load))
+    if target is not None:
+        notes.append(f"cast {cast} floating tensors to {dtype}; others kept as they are")
+    return plan, notes
+
+
+def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
+           dtype: str | None = None, strip_prefix: str | None = None,
+           max_shard_size: int | str | None = None, config: str | os.PathLike[str] | None = None,
+           cancel: threading.Event | None = None, force: bool = False) -> Iterator[Event]:
+    """Write a checkpoint's weights alone (no optimizer, scheduler, scaler or rng state).
+
+    `out` decides the format (see the module): ``.safetensors``, a folder of shards with
+    `max_shard_size`, an HF model folder with `config`, or a slim ``.pt``/``.ckpt`` in the
+    source's layout. `dtype` (fp16, bf16, fp32) casts floating tensors only; `strip_prefix`
+    (``module.``) is removed from the names that start with it.
+    """
+    name = parse_dtype(dtype)
+    shard = shard_size(max_shard_size)
+    ws = open_weights(src)
+    try:
+        plan, notes = plan_export(ws, dtype=name, strip_prefix=strip_prefix)
+        notes = [*ws.notes, *notes]
+        inputs = [ws.path, *ws.files]
+        start = {"inputs": [str(ws.path)], "layout": ws.layout}
+        if config is not None:
+            yield from write_hf_folder("export", plan, out, config, max_shard_size=shard,
+                                       dtype=name, inputs=inputs, force=force, cancel=cancel,
+                                       start_data=start, notes=notes, sources=ws.sources)
+        elif is_torch_name(out):
+            if shard is not None:
+                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
+            wrap, layout_notes = slim_layout(ws)
+            yield from write_torch("export", plan, out, wrap, inputs=inputs, force=force,
+                                   cancel=cancel, start_data=start, notes=[*notes, *layout_notes],
+                                   sources=ws.sources)
+        else:
+            yield from write_planned("export", plan, out, inputs=inputs, force=force,
+                                     cancel=cancel, max_shard_size=shard, start_data=start,
+                                     notes=notes, sources=ws.sources)
+    finally:
+        ws.close()
