@@ -1,0 +1,168 @@
+"""Average: N checkpoints of one model into one, streamed tensor by tensor across the N inputs.
+
+Inputs are checkpoints as `jobs.select.open_weights` reads them: FunASR ``model.pt.epN``, WeNet
+``epoch_N.pt``, fairseq ``checkpointN.pt``, Lightning ``.ckpt``, SpeechBrain ``CKPT+...`` folders,
+HF ``checkpoint-N`` folders, plain state dicts, safetensors files (`jobs.select.select_last` and
+`select_best` choose them from a run). Only the weights are read (category weights in our
+accounting); optimizer state is never touched.
+
+* Keys, shapes and dtypes must agree; the `JobError` names the first mismatch and both files,
+  before any output exists.
+* Floating tensors: summed in float32 (float64 for float64, complex128 for complex128 inputs), in
+  the order given, divided by N, and cast back to the input dtype. This differs on purpose from
+  the toolkits' scripts, which sum in the input dtype (bf16/fp16 sums lose bits).
+* Integer and bool tensors (BatchNorm ``num_batches_tracked``, position ids...) are the last
+  input's, unchanged. The toolkits disagree here: FunASR sums them, WeNet and SpeechBrain divide
+  them into floats, fairseq floor-divides them; a count or an index averaged is no longer one.
+* Tensors tied in every input (one storage, two names) stay tied in a ``.pt`` output.
+
+Output (see `jobs.export` for each layout): ``.safetensors`` (flat), a folder with
+``max_shard_size`` (shards + index), or a ``.pt``/``.ckpt``/``model.pt.avgN`` in the layout of the
+last input, with its metadata carried (fairseq ``args``/``cfg``, Lightning ``hyper_parameters``).
+
+Peak memory does not grow with N or with the model: each output tensor is computed when the
+writer asks for it (one accumulator), from views of the memory-mapped inputs whose pages are
+given back after each input's contribution.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ckpttui.jobs.events import Event, JobError
+from ckpttui.jobs.export import is_torch_name, shard_size, slim_layout, write_torch
+from ckpttui.jobs.output import Planned, write_planned
+from ckpttui.jobs.select import WeightSet, open_weights
+from ckpttui.jobs.source import torch_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _describe(ws: WeightSet, name: str) -> str:
+    rec = ws.record(name)
+    return f"{rec.dtype}{list(rec.shape)}"
+
+
+def check_agree(sets: Sequence[WeightSet]) -> None:
+    """Raise a `JobError` naming the first tensor whose presence, shape or dtype differs."""
+    first = sets[0]
+    for name in first.names:
+        rec = first.record(name)
+        for other in sets[1:]:
+            if name not in other.entries:
+                raise JobError(f"cannot average: tensor {name!r} is in {first.path} but not in "
+                               f"{other.path}")
+            theirs = other.record(name)
+            if theirs.shape != rec.shape or theirs.dtype != rec.dtype:
+                what = "shape" if theirs.shape != rec.shape else "dtype"
+                raise JobError(f"cannot average: tensor {name!r} differs in {what}: "
+                               f"{_describe(first, name)} in {first.path}, "
+                               f"{_describe(other, name)} in {other.path}")
+    for other in sets[1:]:
+        extra = [n for n in other.names if n not in first.entries]
+        if extra:
+            raise JobError(f"cannot average: tensor {extra[0]!r} is in {other.path} but not in "
+                           f"{first.path}")
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a mean of `dtype` values is summed in; None for integer and bool tensors."""
+    import torch
+
+    if dtype in (torch.float64, torch.complex128):
+        return dtype
+    if dtype.is_complex:
+        return torch.complex64
+    if dtype.is_floating_point:
+        return torch.float32
+    return None
+
+
+def _mean(sets: Sequence[WeightSet], name: str, dtype: torch.dtype, acc_dtype: torch.dtype
+          ) -> torch.Tensor:
+    import torch
+
+    direct = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64,
+              torch.complex128)
+    acc = None
+    for ws in sets:
+        values = ws.tensor(name)
+        if acc is None:
+            acc = values.to(acc_dtype, copy=True)
+        else:
+            acc.add_(values if values.dtype in direct else values.to(acc_dtype))
+        del values
+        ws.release(name)  # this input's pages are done with: resident memory stays flat
+    assert acc is not None
+    acc.div_(len(sets))
+    return acc.to(dtype)
+
+
+def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
+    """One planned tensor per name of the first input: a mean, or the last input's integers."""
+    first, last = sets[0], sets[-1]
+    plan = []
+    for name in first.names:
+        rec = first.record(name)
+        owner = first.aliases.get(name)
+        if owner is not None and all(ws.aliases.get(name) == owner for ws in sets[1:]):
+            plan.append(Planned(name, rec.dtype, rec.shape, alias_of=owner))
+            continue
+        dtype = torch_dtype(rec.dtype, str(first.path))
+        acc = accumulator_dtype(dtype)
+        load = partial(last.tensor, name) if acc is None else partial(_mean, sets, name, dtype,
+                                                                       acc)
+        plan.append(Planned(name, rec.dtype, rec.shape, load))
+    return plan
+
+
+def average(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+            cancel: threading.Event | None = None, force: bool = False,
+            max_shard_size: int | str | None = None,
+            recoverable: str | None = None) -> Iterator[Event]:
+    """Average the weights of `inputs` (same model) into `out`; see the module for the rules.
+
+    `recoverable` picks one weights file of SpeechBrain ``CKPT+...`` folders (``model``);
+    without it every weights file is averaged, its names prefixed by its recoverable name.
+    """
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise JobError("average needs at least one input checkpoint")
+    shard = shard_size(max_shard_size)
+    sets: list[WeightSet] = []
+    try:
+        for path in paths:
+            sets.append(open_weights(path, recoverable=recoverable))
+        check_agree(sets)
+        plan = plan_average(sets)
+        last = sets[-1]
+        notes = [f"averaging {len(sets)} checkpoints: floats summed in float32 (float64 stays "
+                 "float64), integer and bool tensors from the last input"]
+        layouts = sorted({ws.layout for ws in sets})
+        if len(layouts) > 1:
+            notes.append(f"inputs are of layouts {', '.join(layouts)}; a .pt output follows "
+                         f"the last one ({last.layout})")
+        notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
+        inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
+        sources = [s for ws in sets for s in ws.sources]
+        start = {"inputs": [str(ws.path) for ws in sets], "layout": last.layout}
+        if is_torch_name(out):
+            if shard is not None:
+                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
+            wrap, layout_notes = slim_layout(last)
+            yield from write_torch("average", plan, out, wrap, inputs=inputs_all, force=force,
+                                   cancel=cancel, start_data=start,
+                                   notes=[*notes, *layout_notes], sources=sources)
+        else:
+            yield from write_planned("average", plan, out, inputs=inputs_all, force=force,
+                                     cancel=cancel, max_shard_size=shard, start_data=start,
+                                     notes=notes, sources=sources)
+    finally:
+        for ws in sets:
+            ws.close()
