@@ -152,15 +152,16 @@ def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
                 if event.bytes_total:
                     progress.update(task, total=event.bytes_total, completed=event.bytes_done)
                 if event.kind == "log":
-                    progress.console.print(f"  {event.message}")
+                    progress.console.print(f"  {event.message}", soft_wrap=True)
     except KeyboardInterrupt:
-        console.print(f"ckpttui {spec.kind}: interrupted; no output written")
+        print(f"ckpttui {spec.kind}: interrupted; no output written", file=sys.stderr)
         return 130
+    # Plain prints: one line each however wide the terminal (scripts grep them).
     if last is None:
         return 1
     if last.kind == "error":
-        console.print(f"ckpttui {spec.kind}: {last.message}")
+        print(f"ckpttui {spec.kind}: {last.message}", file=sys.stderr)
         return 1
-    console.print(f"wrote {spec.output}")
-    console.print(last.message)
+    print(f"wrote {spec.output}", file=sys.stderr)
+    print(last.message, file=sys.stderr)
     return 0

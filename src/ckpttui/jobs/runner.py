@@ -54,7 +54,8 @@ class JobSpec:
     @property
     def title(self) -> str:
         """``merge global_step500 -> model.safetensors``."""
-        src = self.args.get("src") or self.args.get("inputs") or ""
+        src = (self.args.get("src") or self.args.get("inputs")
+               or (self.args.get("select") or {}).get("root") or "")
         if isinstance(src, list):
             src = f"{len(src)} checkpoints" if len(src) > 1 else (src[0] if src else "")
         return f"{self.kind} {Path(str(src)).name or src} -> {Path(self.output).name}"
