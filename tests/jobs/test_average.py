@@ -14,11 +14,11 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from weights_ref import CancelAfter, digests, identical, load
 
 from ckpttui.jobs.average import average
 from ckpttui.jobs.events import Event, JobCancelled, JobError
 from ckpttui.jobs.select import select_best, select_last
-from weights_ref import CancelAfter, digests, identical, load
 
 SB_CKPTS = "speechbrain/save"
 

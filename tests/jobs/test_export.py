@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from weights_ref import AttributeDict, CancelAfter, digests, identical, load
 
 from ckpttui.jobs.events import Event, JobCancelled, JobError
 from ckpttui.jobs.export import export
-from weights_ref import CancelAfter, digests, identical, load
 
 LIGHTNING = "lightning/lightning_logs/version_0/checkpoints/last.ckpt"
 SB_FOLDER = "speechbrain/save"
@@ -29,7 +29,7 @@ def run(src: Path, out: Path, **kw: Any) -> list[Event]:
 
 def first_sb(tk_root: Path) -> Path:
     """The first SpeechBrain CKPT+ folder."""
-    return sorted((tk_root / SB_FOLDER).iterdir())[0]
+    return min((tk_root / SB_FOLDER).iterdir())
 
 
 # source (relative to its root fixture) -> the weights its framework loads
@@ -136,10 +136,14 @@ def test_opaque_metadata_is_dropped_and_named(tmp_path: Path) -> None:
     torch.save({"pytorch-lightning_version": "2.6.2", "epoch": 0, "global_step": 1,
                 "state_dict": {"w": torch.ones(2)},
                 "hyper_parameters": {"lr": 0.1, "ratio": fractions.Fraction(1, 3),
-                                     "dtype": torch.bfloat16}}, src)
+                                     "dtype": torch.bfloat16,
+                                     "optim": AttributeDict(name="adamw", betas=(0.9, 0.98))}},
+               src)
     events = run(src, tmp_path / "slim.ckpt")
     out = torch.load(tmp_path / "slim.ckpt", weights_only=True)
-    assert out["hyper_parameters"] == {"lr": 0.1, "dtype": torch.bfloat16}
+    assert out["hyper_parameters"] == {"lr": 0.1, "dtype": torch.bfloat16,
+                                       "optim": {"name": "adamw", "betas": (0.9, 0.98)}}
+    assert type(out["hyper_parameters"]["optim"]) is dict
     logs = [e.message for e in events if e.kind == "log"]
     assert any("hyper_parameters.ratio (fractions.Fraction)" in m for m in logs)
 

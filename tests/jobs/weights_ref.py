@@ -49,3 +49,7 @@ class CancelAfter(threading.Event):
     def is_set(self) -> bool:
         self.checks += 1
         return self.checks >= self.n or super().is_set()
+
+
+class AttributeDict(dict):  # type: ignore[type-arg]
+    """Stands for Lightning's ``AttributeDict`` (a dict subclass pickled into hyper_parameters)."""

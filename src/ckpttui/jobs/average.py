@@ -142,8 +142,8 @@ def average(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
         check_agree(sets)
         plan = plan_average(sets)
         last = sets[-1]
-        notes = [f"averaging {len(sets)} checkpoints: floats summed in float32 (float64 stays "
-                 "float64), integer and bool tensors from the last input"]
+        notes = [(f"averaging {len(sets)} checkpoints: floats summed in float32 (float64 "
+                  "stays float64), integer and bool tensors from the last input")]
         layouts = sorted({ws.layout for ws in sets})
         if len(layouts) > 1:
             notes.append(f"inputs are of layouts {', '.join(layouts)}; a .pt output follows "

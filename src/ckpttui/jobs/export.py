@@ -153,7 +153,7 @@ def carry(value: Any, where: str, dropped: list[str]) -> Any:
             fields = carry(value.fields(), where, dropped)
             return argparse.Namespace(**{str(k): v for k, v in fields.items()})
         if qualname.endswith(".AttributeDict") and not value.fields():
-            return carry(dict(value.items), where, dropped)
+            return carry(dict(getattr(value, "items", {})), where, dropped)
         dropped.append(f"{where} ({qualname})")
         return _DROP
     dropped.append(f"{where} ({type(value).__name__})")
@@ -387,7 +387,7 @@ def rename_map(names: Sequence[str], strip_prefix: str | None, where: Path
     owner: dict[str, str] = {}
     kept = 0
     for name in names:
-        new = name[len(strip_prefix):] if name.startswith(strip_prefix) else name
+        new = name.removeprefix(strip_prefix)
         kept += new == name
         if not new or new in owner:
             raise JobError(f"{where}: stripping {strip_prefix!r} makes {name!r} and "
