@@ -242,6 +242,20 @@ def test_fairseq_selection_and_layout(tk_root: Path, tmp_path: Path) -> None:
                for k, v in theirs.items())
 
 
+def test_best_fairseq_kept_best_files(tmp_path: Path) -> None:
+    from ckpttui.demo.toolkit_writers import write_fairseq_run
+
+    write_fairseq_run(tmp_path, epochs=4, style="hydra", keep_best_checkpoints=2)
+    kept = sorted(tmp_path.glob("checkpoint.best_loss_*.pt"))
+    assert len(kept) == 2
+    chosen = select_best(tmp_path, 2)
+    assert set(chosen.paths) == set(kept)  # fairseq's keep_best_checkpoints already ranked them
+    val = {p.name: load(p)["extra_state"]["val_loss"] for p in tmp_path.glob("checkpoint[0-9]*.pt")}
+    assert sorted(load(p)["extra_state"]["val_loss"] for p in kept) == sorted(val.values())[:2]
+    with pytest.raises(JobError, match="asked for 3 checkpoints but found 2"):
+        select_best(tmp_path, 3)
+
+
 def test_lightning_layout(tk_root: Path, tmp_path: Path) -> None:
     ckpts = tk_root / "lightning" / "lightning_logs" / "version_0" / "checkpoints"
     inputs = [ckpts / "epoch=2-step=30.ckpt", ckpts / "last.ckpt"]

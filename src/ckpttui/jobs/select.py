@@ -166,7 +166,7 @@ def select_best(root: str | os.PathLike[str], n: int, *, metric: str | None = No
         raise JobError(f"{root}: {layout} checkpoints record no validation metric; "
                        "choose the inputs, or take the last N")
     ranked, rule = scorer(inv, ckpts, metric, mode, Path(root))
-    _check_n(root, n, len(ranked), f"checkpoints with {rule.split(' ', 1)[0]}")
+    _check_n(root, n, len(ranked), f"checkpoints ranked by {rule}")
     best = ranked[:n]
     order = {c.path: _progress(c) for c in inv.checkpoints}
     best.sort(key=lambda item: order.get(str(item[0]), (-math.inf, _natural(item[0].name))))
