@@ -242,6 +242,17 @@ def test_cancel_midway_leaves_nothing(tk_root: Path, hf_root: Path, tmp_path: Pa
     assert digests(src, hf_root / "model_bin") == before
 
 
+def test_a_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+    from helpers import RunsCode
+
+    marker = tmp_path / "ran"
+    src = tmp_path / "model.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hook": RunsCode(marker)}, src)
+    with pytest.raises(JobError, match="would run code"):
+        list(export(src, tmp_path / "w.safetensors"))
+    assert not marker.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
 def test_refusals(tk_root: Path, tmp_path: Path) -> None:
     src = tk_root / "funasr" / "model.pt.ep3"
     with pytest.raises(JobError, match="input"):

@@ -399,9 +399,10 @@ def open_weights(path: str | os.PathLike[str], *, recoverable: str | None = None
         index = read_file(p)
         if index.error:
             raise JobError(f"{p}: {index.error}")
-        inv.files[str(p.absolute())] = index
-        inv.records[str(p.absolute())] = classify("torch", p.name, index)
-        ckpt = Checkpoint(str(p.absolute()), "torch", files=[str(p.absolute())])
+        key = os.path.abspath(p)
+        inv.files[key] = index
+        inv.records[key] = classify("torch", p.name, index)
+        ckpt = Checkpoint(key, "torch", files=[key])
     if ckpt is None:
         inside = [inv.rel(c.path) for c in inv.checkpoints]
         raise JobError(f"{p}: not one checkpoint" + (f" (it holds {len(inside)}: "
@@ -458,7 +459,7 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
 
 
 def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
-    key = str(file.absolute())
+    key = os.path.abspath(file)
     index = inv.files.get(key) or read_file(file)
     records = inv.records.get(key) or classify(ws.layout, file.name, index)
     source = TensorSource(file, index)
