@@ -172,4 +172,4 @@ async def test_help_and_command_palette(ui_root: Path) -> None:
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Help", "Filter", "Sort", "Refresh", "Training curve", "Breakdown tab"} <= titles
         footer_keys = {b.key for b in app.BINDINGS if b.show}
-        assert {"q", "question_mark", "slash", "s", "r"} <= footer_keys
+        assert {"q", "question_mark", "slash", "s", "m", "a", "e", "x"} <= footer_keys

@@ -208,7 +208,10 @@ class FolderView(Vertical):
         cursor_key = None
         if table.row_count and table.cursor_row < table.row_count:
             cursor_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        table.clear()
+        # Columns too: their widths then follow what is shown now, not what was shown before.
+        table.clear(columns=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
         self._last_refill = time.monotonic()
         rows = self._rows()
         self._biggest = max((s.size for s in rows), default=0)
