@@ -113,3 +113,87 @@ async def test_cancel_a_running_job_leaves_nothing(shards: Path) -> None:
         assert row.state == "cancelled"
         assert not out.exists()
         assert not [p for p in shards.iterdir() if ".tmp-" in p.name]
+
+
+def _funasr_run(tk_root: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "exp"
+    run.mkdir()
+    for name in ("model.pt.ep1", "model.pt.ep2", "model.pt.ep3", "model.pt"):
+        shutil.copy(tk_root / "funasr" / name, run / name)
+    return run
+
+
+async def test_average_marked_checkpoints(tk_root: Path, tmp_path: Path) -> None:
+    import torch
+
+    from expected import load_torch
+
+    run = _funasr_run(tk_root, tmp_path)
+    app = make_app(str(run))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await select(app, pilot, "model.pt.ep1")
+        await pilot.press("space", "space")  # marks ep1, the cursor moves on, marks ep2
+        tree = app.query_one(CheckpointTree)
+        assert [Path(p).name for p in tree.marked_paths()] == ["model.pt.ep1", "model.pt.ep2"]
+        await pilot.press("a")
+        await pilot.pause()
+        assert isinstance(app.screen, JobForm)
+        out = Path(app.screen.query_one("#form-output").value)
+        assert out == run / "average-2.safetensors"
+        await pilot.press("ctrl+s")
+        row = await wait_job(app, pilot)
+        assert row.state == "done", row.log_lines
+    from safetensors.torch import load_file
+
+    got = load_file(out)
+    a = load_torch(run / "model.pt.ep1")["state_dict"]
+    b = load_torch(run / "model.pt.ep2")["state_dict"]
+    for key, value in got.items():
+        if value.is_floating_point():
+            ref = (a[key].double() + b[key].double()) / 2
+            assert torch.allclose(value.double(), ref, rtol=1e-6, atol=1e-7), key
+
+
+async def test_average_last_n_of_a_run_folder(tk_root: Path, tmp_path: Path) -> None:
+    run = _funasr_run(tk_root, tmp_path)
+    app = make_app(str(run))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("a")
+        await pilot.pause()
+        assert isinstance(app.screen, JobForm)
+        app.screen.query_one("#form-n").value = "2"
+        out = Path(app.screen.query_one("#form-output").value)
+        await pilot.press("ctrl+s")
+        row = await wait_job(app, pilot)
+        assert row.state == "done", row.log_lines
+        assert out.exists()
+        assert "last 2" in " ".join(row.log_lines)
+
+
+async def test_export_weights_as_bf16(tk_root: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from expected import load_torch
+
+    run = _funasr_run(tk_root, tmp_path)
+    app = make_app(str(run))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await select(app, pilot, "model.pt.ep3")
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, JobForm)
+        app.screen.query_one("#form-dtype").value = "bf16"
+        out = Path(app.screen.query_one("#form-output").value)
+        await pilot.press("ctrl+s")
+        row = await wait_job(app, pilot)
+        assert row.state == "done", row.log_lines
+    got = load_file(out)
+    src = load_torch(run / "model.pt.ep3")["state_dict"]
+    assert set(got) == set(src)
+    for key, value in got.items():
+        expected = src[key].to(torch.bfloat16) if src[key].is_floating_point() else src[key]
+        assert torch.equal(value, expected), key

@@ -65,14 +65,14 @@ class JobRow(Vertical, can_focus=True):
             self.meter.update(event.bytes_done)
             bar.update(total=event.bytes_total, progress=event.bytes_done)
         if event.kind in ("log", "start") and event.message:
-            self.log_lines = (self.log_lines + [event.message])[-3:]
+            self.log_lines = (self.log_lines + [event.message])[-200:]
         if event.kind == "done":
             self.state = "done"
             bar.update(total=max(event.bytes_total, 1), progress=max(event.bytes_total, 1))
-            self.log_lines = (self.log_lines + [event.message])[-3:]
+            self.log_lines = (self.log_lines + [event.message])[-200:]
         elif event.kind == "error":
             self.state = "cancelled" if event.data.get("cancelled") else "failed"
-            self.log_lines = (self.log_lines + [event.message])[-3:]
+            self.log_lines = (self.log_lines + [event.message])[-200:]
         stats = ""
         if event.bytes_total:
             stats = (f"{human_bytes(event.bytes_done)} / {human_bytes(event.bytes_total)}  "
@@ -82,8 +82,8 @@ class JobRow(Vertical, can_focus=True):
         self.query_one(".job-stats", Label).update(stats)
         self.query_one(".job-title", Label).update(self._title())
         log_style = "red" if self.state == "failed" else "dim"
-        self.query_one(".job-log", Static).update(Text("\n".join(self.log_lines), style=log_style,
-                                                       overflow="ellipsis"))
+        self.query_one(".job-log", Static).update(Text("\n".join(self.log_lines[-3:]),
+                                                       style=log_style, overflow="ellipsis"))
 
     @property
     def running(self) -> bool:
@@ -144,8 +144,8 @@ class JobsPane(VerticalScroll):
             rows[-1] if rows else None)
         if target is not None and target.child is not None:
             target.child.cancel()
-            target.log_lines = (target.log_lines + ["cancelling..."])[-3:]
-            target.query_one(".job-log", Static).update(Text("\n".join(target.log_lines),
+            target.log_lines = (target.log_lines + ["cancelling..."])[-200:]
+            target.query_one(".job-log", Static).update(Text("\n".join(target.log_lines[-3:]),
                                                              style="yellow"))
         return target
 
