@@ -65,6 +65,26 @@ asyncio.run(main())
 """
 
 
+LAG = r"""
+import asyncio, json, sys, time
+from ckpttui.ui.app import make_app
+
+async def main():
+    app = make_app(sys.argv[1])
+    async with app.run_test(size=(120, 40)) as pilot:
+        lags = []
+        end = time.perf_counter() + 6
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+        lags.sort()
+        print(json.dumps({"median_ms": 1000 * lags[len(lags) // 2],
+                          "p95_ms": 1000 * lags[int(0.95 * len(lags))], "max_ms": 1000 * lags[-1]}))
+asyncio.run(main())
+"""
+
+
 def make_tree(root: Path, runs: int, files: int) -> int:
     """RUNS folders of FILES small torch.save checkpoints each; returns the file count."""
     import torch
@@ -114,6 +134,22 @@ def main() -> None:
 
         print(f"| {i} | {r['first_screen_s']:.3f} s | {r['presses_during_scan']} | "
               f"{ms('median_ms')} | {ms('p95_ms')} | {ms('max_ms')} | {r['torch_imported']} |")
+    # One flat folder of 10,000 entries: how long the event loop is held up while it loads.
+    flat = Path(args.dir) / "flat-10000"
+    if not flat.exists():
+        tmp = flat.with_name(flat.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for i in range(10000):
+            (tmp / f"f{i:05d}.txt").write_bytes(b"")
+        tmp.rename(flat)
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    out = subprocess.run([sys.executable, "-c", LAG, str(flat)], capture_output=True, text=True,
+                         env=env, check=True)
+    lag = json.loads(out.stdout.strip().splitlines()[-1])
+    print("\nflat folder of 10,000 entries, event-loop lag during the first 6 s: "
+          f"median {lag['median_ms']:.1f} ms, p95 {lag['p95_ms']:.1f} ms, "
+          f"max {lag['max_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

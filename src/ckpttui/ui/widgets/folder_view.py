@@ -26,6 +26,7 @@ COLUMNS = (("name", "name"), ("size", "size"), ("reclaim", "reclaimable"),
            ("bar", "weights|optim|other"), ("weights", "weights"), ("optim", "optimizer"),
            ("other", "other"), ("step", "step"))
 NAME_WIDTH = 30
+MAX_ROWS = 1000
 
 
 @dataclass
@@ -215,13 +216,15 @@ class FolderView(Vertical):
         self._last_refill = time.monotonic()
         rows = self._rows()
         self._biggest = max((s.size for s in rows), default=0)
-        for s in rows:
+        # DataTable measures every row when it first renders: a 10,000-entry folder shows its
+        # first MAX_ROWS in the current order; the filter reaches the rest.
+        for s in rows[:MAX_ROWS]:
             table.add_row(*self._cells(s), key=s.entry.path)
-        if cursor_key is not None and cursor_key in self.stats:
-            try:
-                table.move_cursor(row=table.get_row_index(cursor_key))
-            except Exception:  # noqa: BLE001 - row vanished under a filter
-                pass
+        if len(rows) > MAX_ROWS:
+            table.add_row(Text(f"... {len(rows) - MAX_ROWS} more (/ to filter)", style="dim"),
+                          *[""] * (len(COLUMNS) - 1), key="--more--")
+        if cursor_key is not None and cursor_key in table.rows:
+            table.move_cursor(row=table.get_row_index(cursor_key))
         self._update_totals(done=False)
 
     def _update_rows(self, changed: list[ChildStats]) -> None:
@@ -294,5 +297,5 @@ class FolderView(Vertical):
 
     @on(DataTable.RowSelected, "#folder-table")
     def _open(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value:
+        if event.row_key.value and event.row_key.value != "--more--":
             self.post_message(self.Open(str(event.row_key.value)))

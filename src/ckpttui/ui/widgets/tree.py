@@ -18,6 +18,7 @@ from ckpttui.records import TensorRecord
 from ckpttui.units import human_bytes
 
 LOADING = "loading..."
+CHUNK = 1000
 
 
 @dataclass
@@ -181,19 +182,25 @@ class CheckpointTree(Tree[NodeData]):
         if message.error:
             node.add_leaf(Text(message.error, style="red"), NodeData("placeholder", ""))
         if message.entries is not None:
-            for entry in message.entries:
-                kind = entry.kind if entry.kind != "other" else "file"
-                data = NodeData(kind, entry.path, entry)
-                expandable = kind in ("dir", "checkpoint") or entry.is_tensor_file
-                if expandable:
-                    node.add(entry_label(entry), data)
-                else:
-                    node.add_leaf(entry_label(entry), data)
+            self._add_entries(node, message.entries)
         if message.records is not None:
             tree = key_tree(message.records)
             assert node.data is not None
             node.data.children = tree
             self._add_keys(node, tree)
+
+    def _add_entries(self, node: TreeNode[NodeData], entries: list[Entry]) -> None:
+        """Add children a chunk at a time, so a folder of 10,000 entries never stalls the keys."""
+        chunk, rest = entries[:CHUNK], entries[CHUNK:]
+        for entry in chunk:
+            kind = entry.kind if entry.kind != "other" else "file"
+            data = NodeData(kind, entry.path, entry)
+            if kind in ("dir", "checkpoint") or entry.is_tensor_file:
+                node.add(entry_label(entry), data)
+            else:
+                node.add_leaf(entry_label(entry), data)
+        if rest:
+            self.set_timer(0.001, lambda: self._add_entries(node, rest))
 
     def _add_keys(self, node: TreeNode[NodeData], tree: dict[str, Any]) -> None:
         assert node.data is not None
