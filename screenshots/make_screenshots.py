@@ -36,14 +36,54 @@ async def _shot(path: Path, name: str, keys: tuple[str, ...] = (), size: tuple[i
     print(f"wrote {HERE / name}.svg")
 
 
+async def _jobs(app: Any, pilot: Any) -> None:
+    """Run a merge and an export from the app, writing into a temporary folder."""
+    import asyncio
+    import tempfile
+
+    from ckpttui.ui.widgets.jobs import JobsPane
+    from ckpttui.ui.widgets.tree import CheckpointTree
+
+    out = Path(tempfile.mkdtemp(prefix="ckpttui-shots-"))
+    tree = app.query_one(CheckpointTree)
+    for name, key, target in (("lm-deepspeed-zero2", "m", "zero2-fp32.safetensors"),
+                              ("asr-paraformer-funasr", "e", None)):
+        node = next(n for n in tree.root.children if Path(n.data.path).name == name)
+        tree.move_cursor(node)
+        await pilot.pause()
+        if target is None:  # export: the FunASR epoch file inside exp/
+            node.expand()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            exp = node.children[0]
+            exp.expand()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            ep = next(n for n in exp.children if Path(n.data.path).name == "model.pt.ep5")
+            tree.move_cursor(ep)
+            await pilot.pause()
+            target = "model.pt.ep5-weights.safetensors"
+        await pilot.press(key)
+        await pilot.pause()
+        app.screen.query_one("#form-output").value = str(out / target)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    for _ in range(600):
+        if all(not r.running for r in app.query_one(JobsPane).rows()):
+            break
+        await asyncio.sleep(0.1)
+    await pilot.pause()
+
+
 async def main() -> None:
-    """Folder view, FunASR epoch breakdown, training curve."""
+    """Folder view, FunASR epoch breakdown, training curve, jobs pane."""
     demo = ensure_demo()
     await _shot(demo, "folder-view")
     await _shot(demo / "asr-paraformer-funasr" / "exp" / "model.pt.ep3", "funasr-breakdown")
     await _shot(demo / "asr-paraformer-funasr" / "exp", "training-curve", keys=("c",))
     await _shot(demo / "lm-gpt2-hf-trainer" / "checkpoint-6", "hf-checkpoint-summary",
                 keys=("1",))
+    await _shot(demo, "jobs-pane", before=_jobs)
 
 
 if __name__ == "__main__":

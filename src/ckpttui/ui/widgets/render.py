@@ -123,7 +123,7 @@ def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> Rend
     for problem in ckpt.problems:
         t.add_row("problem", Text(problem, style="red"))
     for key, value in ckpt.info.items():
-        if key == "log_history":
+        if key in ("log_history", "epoch", "step") or value is None:
             continue
         t.add_row(key, _info_value(value))
     unsafe = sorted({g for f in ckpt.files if f in inv.files for g in inv.files[f].unsafe_globals})
