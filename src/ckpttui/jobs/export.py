@@ -14,7 +14,7 @@ Outputs, by the name of OUT and the options:
   5GB, huggingface_hub's default), so ``from_pretrained`` loads it. Use ``strip_prefix`` to take an
   HF model out of a toolkit's wrapper (SpeechBrain's ``wav2vec2.ckpt`` keeps it under ``model.``).
 * ``*.pt``/``.bin``/``.pth``/``.ckpt`` (also ``model.pt.avg5``): the slim layout of the source,
-  streamed by `LayoutZipWriter`, so the framework's own loader still reads it:
+  streamed by `TorchZipWriter` with a ``wrap``, so the framework's own loader still reads it:
 
   - FunASR: ``{"state_dict": ...}``, as ``model.pt.avgN`` (funasr average_nbest_models.py).
   - fairseq: ``args``, ``cfg``, ``model``, ``criterion``, ``optimizer_history``, ``task_state``,
@@ -37,33 +37,30 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import re
-import sys
 import threading
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import OpaqueObject, TensorRef, TorchConst
 from ckpttui.jobs.atomic import AtomicOutput, sha256_file
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
-from ckpttui.jobs.output import ALIASES_KEY, Planned, write_planned
-from ckpttui.jobs.pt_writer import (
-    ALIGNMENT,
-    TorchZipWriter,
-    _Pickler,
-    _Storage,
-    _storage_type,
-    _Tensor,
+from ckpttui.jobs.output import (
+    ALIASES_KEY,
+    Planned,
+    planned_values,
+    verify_output,
+    write_planned,
 )
-from ckpttui.jobs.select import WeightSet, open_weights
+from ckpttui.jobs.pt_writer import (
+    TorchZipWriter,
+)
+from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
 from ckpttui.units import parse_size
@@ -197,49 +194,6 @@ def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
 # ------------------------------------------------------------------------------- writers
 
 
-class LayoutZipWriter(TorchZipWriter):
-    """A `TorchZipWriter` whose pickle is ``wrap(state_dict)``: the state dict inside a layout."""
-
-    def __init__(self, f: BinaryIO, specs: Sequence[TensorSpec], aliases: dict[str, str],
-                 root: str, wrap: Callable[[Any], Any]) -> None:
-        # The same records as TorchZipWriter.__init__, around a wrapped pickle.
-        self.f = f
-        self.root = root
-        self.order = [s for s in specs if s.name not in aliases]
-        self.bytes_written = 0
-        self._next = 0
-        tensors: dict[str, _Tensor] = {}
-        state: OrderedDict[str, _Tensor] = OrderedDict()
-        for spec in specs:
-            if spec.name in aliases:
-                state[spec.name] = tensors[aliases[spec.name]]
-                continue
-            numel = 1
-            for d in spec.shape:
-                numel *= d
-            storage = _Storage(str(len(tensors)), _storage_type(spec.dtype), numel)
-            tensors[spec.name] = state[spec.name] = _Tensor(storage, spec.shape)
-        buf = io.BytesIO()
-        _Pickler(buf, protocol=2).dump(wrap(state))
-        self._pickle = buf.getvalue()
-        self._keys = {name: t.storage.key for name, t in tensors.items()}
-        self.zip = zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._record("data.pkl", self._pickle)
-        self._record(".format_version", b"1")
-        self._record(".storage_alignment", str(ALIGNMENT).encode())
-        self._record("byteorder", sys.byteorder.encode())
-
-
-def _values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
-    src = by_name[p.alias_of] if p.alias_of is not None else p
-    assert src.load is not None
-    tensor = src.load()
-    if str(tensor.dtype).removeprefix("torch.") != p.dtype or tuple(tensor.shape) != p.shape:
-        raise JobError(f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read "
-                       f"{tensor.dtype}{list(tensor.shape)}")
-    return tensor
-
-
 def _stream(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: ProgressClock,
             cancel: threading.Event | None, sources: Sequence[TensorSource],
             skip_aliases: bool) -> Iterator[Event]:
@@ -249,7 +203,7 @@ def _stream(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: Pr
         check_cancel(cancel)
         if skip_aliases and p.alias_of is not None:
             continue
-        done += write(p.name, _values(p, by_name))
+        done += write(p.name, planned_values(p, by_name))
         for source in sources:
             source.release()
         event = clock.tick(done, p.name)
@@ -259,29 +213,6 @@ def _stream(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: Pr
     if last is not None:
         yield last
     check_cancel(cancel)
-
-
-def _verify(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],
-            hashes: dict[str, str], total: int) -> Event:
-    count = tensor_bytes = 0
-    for path in files:
-        if path.suffix == ".json":
-            continue
-        index = read_file(path)
-        if index.error:
-            raise JobError(f"{path}: written but does not read back: {index.error}")
-        count += len(index.tensors)
-        tensor_bytes += sum(t.nbytes for t in index.tensors)
-    planned = sum(p.nbytes for p in plan)
-    if count != len(plan) or tensor_bytes != planned:
-        raise JobError(f"{target}: read back {count} tensors, {tensor_bytes} bytes; planned "
-                       f"{len(plan)} tensors, {planned} bytes")
-    size = sum(path.stat().st_size for path in files)
-    listing = ", ".join(f"{name} {digest}" for name, digest in hashes.items())
-    return Event("done", job, total, total, f"verified: {count} tensors, {size} bytes, "
-                 f"sha256 {listing}", {"output": str(target), "format": kind, "tensors": count,
-                                       "bytes": size, "tensor_bytes": tensor_bytes,
-                                       "sha256": hashes})
 
 
 def write_torch(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
@@ -304,7 +235,7 @@ def write_torch(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     root = os.path.splitext(target.name)[0] or "archive"  # what torch.save names the root
     with atomic as temp, open(temp, "wb") as f:
-        writer = LayoutZipWriter(f, specs, aliases, root, wrap)
+        writer = TorchZipWriter(f, specs, aliases, root, wrap)
         try:
             yield from _stream(plan, writer.write, ProgressClock(job, total), cancel, sources,
                                skip_aliases=True)
@@ -312,7 +243,7 @@ def write_torch(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
         except BaseException:
             writer.abort()
             raise
-    yield _verify(job, target, "torch", plan, [target], {target.name: sha256_file(target)}, total)
+    yield verify_output(job, target, "torch", plan, [target], {target.name: sha256_file(target)}, total)
 
 
 def write_hf_folder(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
@@ -367,7 +298,7 @@ def write_hf_folder(job: str, plan: Sequence[Planned], out: str | os.PathLike[st
             (temp / name).write_bytes(data)
             hashes[name] = hashlib.sha256(data).hexdigest()
     files = [target / name for name in hashes]
-    yield _verify(job, target, "hf-folder", plan, files, hashes, total)
+    yield verify_output(job, target, "hf-folder", plan, files, hashes, total)
 
 
 # ------------------------------------------------------------------------------- export

@@ -140,7 +140,7 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     files = [target] if kind != "sharded" else [target / name for name in hashes]
     if kind == "torch":
         hashes = {target.name: sha256_file(target)}
-    yield _verify(job, target, kind, plan, files, hashes, total)
+    yield verify_output(job, target, kind, plan, files, hashes, total)
 
 
 def _releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
@@ -150,7 +150,7 @@ def _releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
     return release
 
 
-def _values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
+def planned_values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
     src = by_name[p.alias_of] if p.alias_of is not None else p
     assert src.load is not None
     tensor = src.load()
@@ -173,7 +173,7 @@ def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned]
         try:
             for p in plan:
                 check_cancel(cancel)
-                done += sharded.write(p.name, _values(p, by_name))
+                done += sharded.write(p.name, planned_values(p, by_name))
                 release()
                 event = clock.tick(done, p.name)
                 if event is not None:
@@ -185,7 +185,7 @@ def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned]
         writer = SafetensorsWriter(f, specs, meta, name=temp.name)
         for p in plan:
             check_cancel(cancel)
-            done += writer.write(p.name, _values(p, by_name))
+            done += writer.write(p.name, planned_values(p, by_name))
             release()
             event = clock.tick(done, p.name)
             if event is not None:
@@ -206,7 +206,7 @@ def _write_torch(temp: Path, root: str, plan: Sequence[Planned], by_name: dict[s
                 check_cancel(cancel)
                 if p.alias_of is not None:
                     continue
-                done += writer.write(p.name, _values(p, by_name))
+                done += writer.write(p.name, planned_values(p, by_name))
                 release()
                 event = clock.tick(done, p.name)
                 if event is not None:
@@ -217,7 +217,7 @@ def _write_torch(temp: Path, root: str, plan: Sequence[Planned], by_name: dict[s
             raise
 
 
-def _verify(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],
+def verify_output(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],
             hashes: dict[str, str], total: int) -> Event:
     count = 0
     tensor_bytes = 0

@@ -31,7 +31,7 @@ import struct
 import sys
 import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckpttui.jobs.events import JobError
@@ -91,7 +91,8 @@ class TorchZipWriter:
     """Writes a planned flat state dict as a torch zip file, tensor by tensor (see the module)."""
 
     def __init__(self, f: BinaryIO, specs: Sequence[TensorSpec], aliases: dict[str, str],
-                 root: str = "archive") -> None:
+                 root: str = "archive", wrap: Callable[[Any], Any] | None = None) -> None:
+        """`wrap` puts the state dict inside a layout (``{"state_dict": sd, "epoch": 3}``)."""
         self.f = f
         self.root = root
         self.order = [s for s in specs if s.name not in aliases]
@@ -106,7 +107,7 @@ class TorchZipWriter:
             storage = _Storage(str(len(tensors)), _storage_type(spec.dtype), _numel(spec.shape))
             tensors[spec.name] = state[spec.name] = _Tensor(storage, spec.shape)
         buf = io.BytesIO()
-        _Pickler(buf, protocol=2).dump(state)
+        _Pickler(buf, protocol=2).dump(wrap(state) if wrap is not None else state)
         self._pickle = buf.getvalue()
         self._keys = {name: t.storage.key for name, t in tensors.items()}
         self.zip = zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True)

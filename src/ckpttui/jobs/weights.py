@@ -1,0 +1,206 @@
+"""One checkpoint's weight tensors, read in place, under their state-dict names.
+
+`open_weights` opens one checkpoint (a file, or an HF ``checkpoint-N/``, SpeechBrain ``CKPT+...``
+or WeNet ``epoch_N.pt/`` folder) as its weight tensors under their state-dict names, read in
+place; optimizer and other training state are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpttui.accounting import classify
+from ckpttui.formats import read_file
+from ckpttui.inventory import Inventory
+from ckpttui.jobs.events import JobError
+from ckpttui.jobs.merge import find_hf_shards
+from ckpttui.jobs.select import natural_key, scan_or_fail
+from ckpttui.jobs.source import TensorSource
+from ckpttui.records import Category, Checkpoint, TensorRecord
+from ckpttui.units import human_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class WeightSet:
+    """The weight tensors of one checkpoint, read in place, under their state-dict names."""
+
+    path: Path
+    """The checkpoint as given (file or folder)."""
+    layout: str
+    """Its layout (``funasr``, ``fairseq``, ``hf-trainer``, ``torch``...)."""
+    files: list[Path]
+    """The files the weights come from."""
+    names: list[str]
+    """State-dict names, in file order."""
+    entries: dict[str, tuple[TensorSource, TensorRecord]]
+    """Where each name's values are."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Names that are the very same tensor as an earlier name (tied weights): alias -> owner."""
+    container: tuple[str, ...] = ()
+    """Key path of the state dict inside its (single) torch file; () when the file is the dict."""
+    skeleton: Any = None
+    """The single torch file's unpickled top-level object, for metadata; None otherwise."""
+    notes: list[str] = field(default_factory=list)
+    """What was left out (optimizer and other state), one line each."""
+
+    @property
+    def sources(self) -> list[TensorSource]:
+        """The mapped files."""
+        seen: dict[int, TensorSource] = {}
+        for source, _ in self.entries.values():
+            seen.setdefault(id(source), source)
+        return list(seen.values())
+
+    def record(self, name: str) -> TensorRecord:
+        """The record of a name."""
+        return self.entries[name][1]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The values of a name, viewing the mapped file."""
+        source, rec = self.entries[name]
+        return source.tensor(rec)
+
+    def release(self, name: str) -> None:
+        """Give back the pages read for a name (see `TensorSource.release`)."""
+        self.entries[name][0].release()
+
+    def close(self) -> None:
+        """Unmap every file."""
+        for source in self.sources:
+            source.close()
+
+
+def _find(inv: Inventory, path: Path) -> Checkpoint | None:
+    target = os.path.abspath(path)
+    return next((c for c in inv.checkpoints if c.path == target), None)
+
+
+def open_weights(path: str | os.PathLike[str], *, recoverable: str | None = None,
+                 inventory: Inventory | None = None) -> WeightSet:
+    """Open a checkpoint's weights (category weights in our accounting) for reading in place.
+
+    A SpeechBrain folder with several weight recoverables (``model.ckpt``, ``wav2vec2.ckpt``)
+    gives each file's names prefixed by its recoverable name, unless `recoverable` picks one.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise JobError(f"{p}: no such file or folder")
+    inv = inventory if inventory is not None else scan_or_fail(p)
+    ckpt = _find(inv, p)
+    if ckpt is None and p.is_file():
+        index = read_file(p)
+        if index.error:
+            raise JobError(f"{p}: {index.error}")
+        key = os.path.abspath(p)
+        inv.files[key] = index
+        inv.records[key] = classify("torch", p.name, index)
+        ckpt = Checkpoint(key, "torch", files=[key])
+    if ckpt is None:
+        inside = [inv.rel(c.path) for c in inv.checkpoints]
+        raise JobError(f"{p}: not one checkpoint" + (f" (it holds {len(inside)}: "
+                       + ", ".join(inside[:4]) + ")" if inside else " (none found inside)"))
+    if ckpt.layout == "deepspeed":
+        raise JobError(f"{p}: a DeepSpeed ZeRO checkpoint; consolidate it with merge first")
+    if ckpt.layout == "dcp":
+        raise JobError(f"{p}: torch.distributed.checkpoint folders are not supported here")
+    if not ckpt.complete or ckpt.info.get("dangerous"):
+        raise JobError(f"{p}: " + ("; ".join(ckpt.problems[:2]) or "incomplete checkpoint"))
+    files = _weight_files(inv, ckpt, p, recoverable)
+    prefixed = ckpt.layout == "speechbrain" and len(files) > 1
+    ws = WeightSet(p, ckpt.layout, files, [], {})
+    if prefixed:
+        ws.notes.append("names prefixed by their recoverable: "
+                        + ", ".join(f.stem + "." for f in files))
+    try:
+        for file in files:
+            _add_file(ws, inv, file, f"{file.stem}." if prefixed else "")
+    except BaseException:
+        ws.close()
+        raise
+    if len(files) > 1:
+        ws.container, ws.skeleton = (), None
+    if not ws.names:
+        ws.close()
+        raise JobError(f"{p}: no weight tensors found")
+    return ws
+
+
+def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | None
+                  ) -> list[Path]:
+    if p.is_dir() and ckpt.layout in ("hf-trainer", "hf-model", "wenet"):
+        try:
+            return find_hf_shards(p)[1]
+        except JobError:
+            if any(c.layout == "deepspeed" and c.path.startswith(ckpt.path + os.sep)
+                   for c in inv.checkpoints) or any(q.name.startswith("global_step")
+                                                    for q in p.iterdir()):
+                raise JobError(f"{p}: the weights are in a DeepSpeed ZeRO folder inside; "
+                               "consolidate it with merge first") from None
+            raise
+    files = [Path(f) for f in ckpt.files
+             if any(r.category is Category.WEIGHTS for r in inv.records.get(f, []))]
+    if recoverable is not None:
+        wanted = [f for f in files if f.stem == recoverable]
+        if not wanted:
+            raise JobError(f"{p}: no weights recoverable {recoverable!r} (has "
+                           + (", ".join(f.stem for f in files) or "none") + ")")
+        files = wanted
+    if not files:
+        raise JobError(f"{p}: no weight tensors found")
+    return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
+    key = os.path.abspath(file)
+    index = inv.files.get(key) or read_file(file)
+    records = inv.records.get(key) or classify(ws.layout, file.name, index)
+    source = TensorSource(file, index)
+    weights = [r for r in records if r.category is Category.WEIGHTS]
+    left = [r for r in records if r.category is not Category.WEIGHTS]
+    if left:
+        by_cat: dict[str, list[int]] = {}
+        for r in left:
+            by_cat.setdefault(r.category.value, [0, 0])
+            by_cat[r.category.value][0] += 1
+            by_cat[r.category.value][1] += r.nbytes
+        ws.notes.append(f"{file.name}: left out " + ", ".join(
+            f"{n} {cat} tensors ({human_bytes(b)})" for cat, (n, b) in by_cat.items()))
+    container = _common_prefix([r.path[:-1] for r in weights])
+    owners: dict[tuple[Any, ...], str] = {}
+    taken = {name: src.path for name, (src, _) in ws.entries.items()}
+    for rec in weights:
+        name = prefix + ".".join(rec.path[len(container):])
+        if name in taken:
+            source.close()
+            raise JobError(f"{file}: tensor {name!r} is also in {taken[name]}")
+        taken[name] = file
+        ws.names.append(name)
+        ws.entries[name] = (source, rec)
+        if index.format != "safetensors":
+            ident = (rec.storage, rec.storage_offset, rec.shape, rec.stride, rec.dtype)
+            owner = owners.setdefault(ident, name)
+            if owner != name:
+                ws.aliases[name] = owner
+    if not weights:
+        source.close()
+    ws.container, ws.skeleton = container, index.data if index.format != "safetensors" else None
+
+
+def _common_prefix(paths: list[tuple[str, ...]]) -> tuple[str, ...]:
+    if not paths:
+        return ()
+    first = paths[0]
+    n = len(first)
+    for other in paths[1:]:
+        n = min(n, len(other))
+        for i in range(n):
+            if other[i] != first[i]:
+                n = i
+                break
+    return first[:n]
