@@ -78,7 +78,8 @@ def build_curve(inv: Inventory) -> Curve:
                 info.get("loss_dict"), dict) else info.get("cv_loss")
             _add(series, "cv_loss", x, loss)
         elif ckpt.layout == "speechbrain":
-            meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
+            meta_value = info.get("meta")
+            meta: dict[str, object] = meta_value if isinstance(meta_value, dict) else {}
             for key, value in meta.items():
                 if key not in ("unixtime", "end-of-epoch", "epoch") and _num(value) is not None:
                     _add(series, key, x, value)

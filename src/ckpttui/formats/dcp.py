@@ -45,7 +45,8 @@ def read(path: Path, size: int) -> FileIndex:
     sd_meta = fields.get("state_dict_metadata")
     if not isinstance(sd_meta, dict):
         raise FormatError("Metadata has no state_dict_metadata")
-    planner = fields.get("planner_data") if isinstance(fields.get("planner_data"), dict) else {}
+    planner_data = fields.get("planner_data")
+    planner: dict[Any, Any] = planner_data if isinstance(planner_data, dict) else {}
     tensors: list[TensorRecord] = []
     storages: dict[str, int] = {}
     nontensors: list[str] = []

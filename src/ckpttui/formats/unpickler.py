@@ -164,6 +164,11 @@ class OpaqueObject:
     """An object of a class the unpickler refused to import; it keeps what the pickle gave it."""
 
     __qualname_full__ = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
+    list_items: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OpaqueObject:
         self = object.__new__(cls)
