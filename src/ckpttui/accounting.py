@@ -51,7 +51,8 @@ def _file_role(layout: str, name: str) -> Category | None:
     lower = name.lower()
     if lower.endswith("optim_states.pt") or re.match(r"optimizer(_\d+)?\.(pt|bin|pth)$", lower):
         return O
-    if re.match(r"(rng_state.*|scheduler|scaler|lr_scheduler)\.(pt|pth|bin)$", lower):
+    if re.match(r"(rng_state.*|scheduler|scaler|lr_scheduler)\.(pt|pth|bin)$", lower) or re.match(
+            r"random_states(_\d+)?\.(pkl|pt|pth|bin)$", lower):  # accelerate save_state
         return X
     if lower.endswith(".safetensors") or re.match(r"(pytorch_model|adapter_model|model)"
                                                   r"(-\d+-of-\d+)?\.(bin|pt)$", lower):
@@ -120,6 +121,8 @@ def _category_in_tree(layout: str, index: FileIndex, rec: TensorRecord, flat: bo
         if top in WEIGHT_KEYS or len(rec.path) == 1:
             return W
         return X
+    if "_parameters" in rec.path or "_buffers" in rec.path:
+        return W  # torch.save(model): an nn.Module pickled whole
     node: Any = index.data
     for depth, key in enumerate(rec.path[:-1]):
         if is_optimizer_state(node):

@@ -172,3 +172,31 @@ def test_legacy_storage_offsets_point_at_the_data(hf_root: Path) -> None:
         start = offsets[rec.storage] + rec.storage_offset * t.element_size()
         got = raw[start:start + rec.nbytes]
         assert got == t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes(), rec.name
+
+
+def test_whole_module_pickle_counts_its_parameters_as_weights(tmp_path: Path) -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    torch.save(model, tmp_path / "model.pt")  # the discouraged torch.save(model) form
+    (f,) = inspect_json(tmp_path)["files"]
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert f["error"] is None and f["categories"]["weights"]["bytes"] == nbytes
+    assert "torch.nn.modules.linear.Linear" in f["unsafe_globals"]
+
+
+def test_accelerate_save_state_names(tmp_path: Path) -> None:
+    import torch
+
+    # accelerate/checkpointing.py save_accelerator_state: model.safetensors, optimizer.bin,
+    # scheduler.bin, random_states_0.pkl (torch.save of the rng states)
+    torch.save({"step": 3, "random_state": (1, 2), "torch_manual_seed": torch.zeros(16, dtype=torch.uint8)},
+               tmp_path / "random_states_0.pkl")
+    m = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(m.parameters())
+    m(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "optimizer.bin")
+    files = by_path(inspect_json(tmp_path), "files")
+    assert files["random_states_0.pkl"]["categories"]["other"]["bytes"] == 16
+    assert files["optimizer.bin"]["categories"]["optimizer"]["tensors"] == 6
