@@ -58,6 +58,10 @@ class DSConfig:
     client_state: dict[str, Any] = field(default_factory=dict, hash=False)
     frozen: bool = False
     tied: bool = False
+    # Size knobs (benchmarks): the defaults give the tiny model, byte for byte. ``hidden`` widens
+    # enc/dec; ``layers`` inserts that many Linear(hidden, hidden) as ``blocks`` between them.
+    hidden: int = HIDDEN
+    layers: int = 0
 
     def __post_init__(self) -> None:
         """Reject combinations DeepSpeed cannot run on this CPU."""
@@ -70,6 +74,8 @@ class DSConfig:
             )
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"{self.name}: dtype must be 'fp32' or 'bf16', not {self.dtype!r}")
+        if self.hidden < 1 or self.layers < 0:
+            raise ValueError(f"{self.name}: need hidden >= 1 and layers >= 0")
         json.dumps(self.client_state)  # plain data only
 
     def tag_for(self, steps: int) -> str:
@@ -279,18 +285,28 @@ def zero_to_fp32_reference(
 
 
 def _build_model(cfg: DSConfig) -> Any:
-    """The tiny model: embedding (optionally tied to the output layer), linears, a buffer."""
+    """The tiny model: embedding (optionally tied to the output layer), linears, a buffer.
+
+    ``cfg.hidden`` / ``cfg.layers`` scale it up (``blocks``: a stack of Linear(hidden, hidden)
+    between ``enc`` and ``dec``); at their defaults the model is the tiny one, unchanged.
+    """
     import torch
     from torch import nn
+
+    hidden = cfg.hidden
 
     class TinyNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Embedding(VOCAB, DIM)  # 91
-            self.enc = nn.Linear(DIM, HIDDEN)  # 77 + 11
-            self.dec = nn.Linear(HIDDEN, DIM)  # 77 + 7
+            self.enc = nn.Linear(DIM, hidden)  # 77 + 11
+            if cfg.layers:
+                self.blocks = nn.Sequential(
+                    *[nn.Linear(hidden, hidden) for _ in range(cfg.layers)]
+                )
+            self.dec = nn.Linear(hidden, DIM)  # 77 + 7
             self.head = nn.Linear(DIM, VOCAB)  # 91 + 13
-            self.register_buffer("running_mean", torch.zeros(HIDDEN))
+            self.register_buffer("running_mean", torch.zeros(hidden))
             self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
             self.register_buffer("scratch", torch.zeros(3), persistent=False)
             if cfg.tied:
@@ -300,9 +316,11 @@ def _build_model(cfg: DSConfig) -> Any:
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             h = torch.tanh(self.enc(self.embed(ids)))
+            if cfg.layers:
+                h = self.blocks(h)
             if self.training:
                 with torch.no_grad():
-                    mean = h.detach().reshape(-1, HIDDEN).mean(0).to(self.running_mean.dtype)
+                    mean = h.detach().reshape(-1, hidden).mean(0).to(self.running_mean.dtype)
                     self.running_mean.mul_(0.9).add_(0.1 * mean)
                     self.num_batches.add_(1)
             return self.head(self.dec(h))
