@@ -136,8 +136,14 @@ def _run_json(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
 
 def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     console = Console(stderr=True, highlight=False)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),

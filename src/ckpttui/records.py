@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def shape_numel(shape: tuple[int, ...]) -> int:
+    """Number of elements of a tensor of this shape (1 for a 0-d tensor)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 class Category(str, enum.Enum):
     """What a tensor is for, from the point of view of someone who wants to run the model."""
 
@@ -48,10 +56,7 @@ class TensorRecord:
     @property
     def numel(self) -> int:
         """Number of elements."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return shape_numel(self.shape)
 
 
 @dataclass(frozen=True)

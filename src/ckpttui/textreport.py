@@ -8,10 +8,10 @@ from ckpttui.units import human_bytes
 
 def print_report(inv: Inventory) -> None:
     """Print the inventory as a table on stdout (rich, no colour when piped)."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
-
-    import sys
 
     # Piped output is for reading later: do not squeeze it to 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 200)

@@ -23,6 +23,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
+from ckpttui.records import shape_numel
+
 # Element sizes by torch dtype name. Sub-byte integer types are stored one per byte.
 ELEMENT_SIZE: dict[str, int] = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
@@ -149,10 +151,7 @@ class TensorRef:
     @property
     def numel(self) -> int:
         """Number of elements."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return shape_numel(self.shape)
 
     @property
     def nbytes(self) -> int:

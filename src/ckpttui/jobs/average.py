@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.export import is_torch_name, shard_size, slim_layout, write_torch
 from ckpttui.jobs.output import Planned, write_planned
-from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.jobs.source import torch_dtype
+from ckpttui.jobs.weights import WeightSet, open_weights
 
 if TYPE_CHECKING:
     import torch

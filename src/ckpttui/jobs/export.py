@@ -60,9 +60,9 @@ from ckpttui.jobs.output import (
 from ckpttui.jobs.pt_writer import (
     TorchZipWriter,
 )
-from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
+from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.units import parse_size
 
 if TYPE_CHECKING:

@@ -41,6 +41,7 @@ from ckpttui.jobs.st_writer import (
     ShardedWriter,
     TensorSpec,
 )
+from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
     import torch
@@ -67,10 +68,7 @@ class Planned:
     @property
     def nbytes(self) -> int:
         """Bytes of its values."""
-        n = ELEMENT_SIZE.get(self.dtype, 1)
-        for d in self.shape:
-            n *= d
-        return n
+        return ELEMENT_SIZE.get(self.dtype, 1) * shape_numel(self.shape)
 
 
 def output_kind(out: Path, max_shard_size: int | None) -> str:

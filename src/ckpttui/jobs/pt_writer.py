@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckpttui.jobs.events import JobError
 from ckpttui.jobs.st_writer import TensorSpec, tensor_bytes
+from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
     import torch
@@ -104,7 +105,7 @@ class TorchZipWriter:
             if spec.name in aliases:
                 state[spec.name] = tensors[aliases[spec.name]]
                 continue
-            storage = _Storage(str(len(tensors)), _storage_type(spec.dtype), _numel(spec.shape))
+            storage = _Storage(str(len(tensors)), _storage_type(spec.dtype), shape_numel(spec.shape))
             tensors[spec.name] = state[spec.name] = _Tensor(storage, spec.shape)
         buf = io.BytesIO()
         _Pickler(buf, protocol=2).dump(wrap(state) if wrap is not None else state)
@@ -161,8 +162,3 @@ class TorchZipWriter:
         self.zip.fp = None  # ZipFile.close(), also run by __del__, then does nothing
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

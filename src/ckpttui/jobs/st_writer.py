@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ckpttui.formats.safetensors import DTYPES
 from ckpttui.formats.unpickler import ELEMENT_SIZE
 from ckpttui.jobs.events import JobError
+from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +55,7 @@ class TensorSpec:
     @property
     def nbytes(self) -> int:
         """Bytes of its values."""
-        n = ELEMENT_SIZE.get(self.dtype, 1)
-        for d in self.shape:
-            n *= d
-        return n
+        return ELEMENT_SIZE.get(self.dtype, 1) * shape_numel(self.shape)
 
 
 def header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
