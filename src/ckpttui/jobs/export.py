@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttui.formats.unpickler import OpaqueObject, TensorRef, TorchConst
 from ckpttui.jobs.atomic import AtomicOutput, sha256_file
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
+from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import (
     ALIASES_KEY,
     Planned,
@@ -221,6 +222,7 @@ def write_torch(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
                 start_data: dict[str, Any] | None = None, notes: Sequence[str] = (),
                 sources: Sequence[TensorSource] = ()) -> Iterator[Event]:
     """Write the plan as a torch.save zip whose object is ``wrap(state_dict)``, atomically."""
+    return_large_blocks()
     target = Path(os.path.abspath(out))
     total = sum(p.nbytes for p in plan if p.alias_of is None)
     atomic = AtomicOutput(target, inputs=inputs, force=force,

@@ -33,6 +33,7 @@ from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import ELEMENT_SIZE
 from ckpttui.jobs.atomic import AtomicOutput, sha256_file
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
+from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.pt_writer import TorchZipWriter
 from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.st_writer import (
@@ -121,6 +122,7 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
                  **(start_data or {})})
     for note in notes:
         yield Event("log", job, 0, total, note)
+    return_large_blocks()
     clock = ProgressClock(job, total)
     release = _releaser(sources)
     with atomic as temp:

@@ -204,8 +204,6 @@ class TensorSource:
         except zipfile.BadZipFile as exc:
             raise JobError(f"{self.path}: damaged zip archive ({exc})") from None
         wanted = set(self.index.storages)
-        mapped = self._map
-        assert mapped is not None
         offsets: dict[str, int] = {}
         for info in infos:
             key = info.filename[len(prefix):]
@@ -216,7 +214,9 @@ class TensorSource:
                                f"(method {info.compress_type}); torch.save stores entries "
                                "uncompressed, re-save the file to read it in place")
             at = info.header_offset
-            head = mapped[at:at + _LOCAL_HEADER.size]
+            # pread, not the map: touching one cached page through the map can map (and count
+            # as resident) the whole cached block around it, optimizer storages included.
+            head = os.pread(self._file.fileno(), _LOCAL_HEADER.size, at)
             if len(head) < _LOCAL_HEADER.size:
                 raise JobError(f"{self.path}: local header of {info.filename} at byte {at} is "
                                "truncated")
