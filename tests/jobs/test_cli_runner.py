@@ -102,3 +102,25 @@ def test_child_job_done(big_shards: Path, tmp_path: Path) -> None:
     assert events[-1].kind == "done", events[-1].message
     assert events[-1].data and out.stat().st_size > 400 * 2**20
     assert time.monotonic() - t0 < 60
+
+
+def test_cli_average_last_n_and_export(tk_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "exp"
+    run.mkdir()
+    for name in ("model.pt.ep1", "model.pt.ep2", "model.pt.ep3", "model.pt"):
+        shutil.copy(tk_root / "funasr" / name, run / name)
+    avg = tmp_path / "model.pt.avg2"
+    proc = run_cli("average", str(run), "--last", "2", "-o", str(avg))
+    assert proc.returncode == 0, proc.stderr
+    assert "last 2" in proc.stderr and "verified:" in proc.stderr
+    import torch
+
+    state = torch.load(avg, weights_only=True)
+    assert set(state) == {"state_dict"}  # FunASR's own model.pt.avgN layout
+    out = tmp_path / "weights.safetensors"
+    proc = run_cli("export", str(run / "model.pt.ep3"), "-o", str(out), "--dtype", "fp16")
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(out).values() if t.is_floating_point()} == {torch.float16}
+    assert out.stat().st_size < (run / "model.pt.ep3").stat().st_size / 4
