@@ -73,6 +73,9 @@ class JobForm(ModalScreen[JobSpec | None]):
                                      value="last", allow_blank=False, id="form-mode")
                         yield Label("N")
                         yield Input("5", id="form-n", type="integer")
+                        yield Label("metric for best N (empty: what the framework recorded; "
+                                    "SpeechBrain runs with several need one, e.g. WER)")
+                        yield Input("", id="form-metric")
                 else:
                     yield Label("dtype")
                     yield Select([("keep", "keep"), ("fp16", "fp16"), ("bf16", "bf16"),
@@ -152,7 +155,8 @@ class JobForm(ModalScreen[JobSpec | None]):
                 raise ValueError("N must be a positive number")
             mode = self.query_one("#form-mode", Select).value
             # The child process picks them (reading the run's metadata is disk work).
-            args["select"] = {"root": r.run_folder, mode: int(n_text)}
+            args["select"] = {"root": r.run_folder, mode: int(n_text),
+                              "metric": self._value("#form-metric") or None}
             return JobSpec("average", args)
         if len(inputs) < 2:
             raise ValueError("averaging needs at least two checkpoints")
