@@ -54,7 +54,8 @@ from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import (
     ALIASES_KEY,
     Planned,
-    planned_values,
+    releaser,
+    stream_plan,
     verify_output,
     write_planned,
 )
@@ -198,18 +199,7 @@ def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
 def _stream(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: ProgressClock,
             cancel: threading.Event | None, sources: Sequence[TensorSource],
             skip_aliases: bool) -> Iterator[Event]:
-    by_name = {p.name: p for p in plan}
-    done = 0
-    for p in plan:
-        check_cancel(cancel)
-        if skip_aliases and p.alias_of is not None:
-            continue
-        done += write(p.name, planned_values(p, by_name))
-        for source in sources:
-            source.release()
-        event = clock.tick(done, p.name)
-        if event is not None:
-            yield event
+    yield from stream_plan(plan, write, clock, cancel, releaser(sources), skip_aliases)
     last = clock.flush()
     if last is not None:
         yield last

@@ -124,15 +124,14 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
         yield Event("log", job, 0, total, note)
     return_large_blocks()
     clock = ProgressClock(job, total)
-    release = _releaser(sources)
+    release = releaser(sources)
     with atomic as temp:
         if kind == "torch":
-            yield from _write_torch(temp, target.stem or "archive", plan, by_name, clock, cancel,
-                                    release)
+            yield from _write_torch(temp, target.stem or "archive", plan, clock, cancel, release)
             hashes = {target.name: ""}
         else:
-            hashes = yield from _write_safetensors(temp, target.name, kind, plan, by_name,
-                                                   clock, cancel, meta, max_shard_size, release)
+            hashes = yield from _write_safetensors(temp, target.name, kind, plan, clock, cancel,
+                                                   meta, max_shard_size, release)
         last = clock.flush()
         if last is not None:
             yield last
@@ -143,7 +142,30 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     yield verify_output(job, target, kind, plan, files, hashes, total)
 
 
-def _releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
+def stream_plan(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: ProgressClock,
+                cancel: threading.Event | None, release: Callable[[], None],
+                skip_aliases: bool = False) -> Iterator[Event]:
+    """Write each planned tensor through `write`, in order, yielding progress batched in time.
+
+    Aliases are skipped when the format stores them once (torch zip); `release` gives back the
+    input pages after each tensor, so resident memory stays near one tensor.
+    """
+    by_name = {p.name: p for p in plan}
+    done = 0
+    for p in plan:
+        check_cancel(cancel)
+        if skip_aliases and p.alias_of is not None:
+            continue
+        done += write(p.name, planned_values(p, by_name))
+        release()
+        event = clock.tick(done, p.name)
+        if event is not None:
+            yield event
+
+
+def releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
+    """A callable that gives back the pages every source has mapped so far."""
+
     def release() -> None:
         for source in sources:
             source.release()
@@ -161,56 +183,34 @@ def planned_values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
 
 
 def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned],
-                       by_name: dict[str, Planned], clock: ProgressClock,
+                       clock: ProgressClock,
                        cancel: threading.Event | None, meta: dict[str, str],
                        max_shard_size: int | None, release: Callable[[], None]
                        ) -> Generator[Event, None, dict[str, str]]:
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
-    done = 0
     if kind == "sharded":
         assert max_shard_size is not None
         sharded = ShardedWriter(temp, specs, max_shard_size, meta)
         try:
-            for p in plan:
-                check_cancel(cancel)
-                done += sharded.write(p.name, planned_values(p, by_name))
-                release()
-                event = clock.tick(done, p.name)
-                if event is not None:
-                    yield event
+            yield from stream_plan(plan, sharded.write, clock, cancel, release)
             return sharded.finish()
         finally:
             sharded.close()
     with open(temp, "wb") as f:
         writer = SafetensorsWriter(f, specs, meta, name=temp.name)
-        for p in plan:
-            check_cancel(cancel)
-            done += writer.write(p.name, planned_values(p, by_name))
-            release()
-            event = clock.tick(done, p.name)
-            if event is not None:
-                yield event
+        yield from stream_plan(plan, writer.write, clock, cancel, release)
         return {name: writer.finish()}
 
 
-def _write_torch(temp: Path, root: str, plan: Sequence[Planned], by_name: dict[str, Planned],
+def _write_torch(temp: Path, root: str, plan: Sequence[Planned],
                  clock: ProgressClock, cancel: threading.Event | None,
                  release: Callable[[], None]) -> Iterator[Event]:
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
-    done = 0
     with open(temp, "wb") as f:
         writer = TorchZipWriter(f, specs, aliases, root=root)
         try:
-            for p in plan:
-                check_cancel(cancel)
-                if p.alias_of is not None:
-                    continue
-                done += writer.write(p.name, planned_values(p, by_name))
-                release()
-                event = clock.tick(done, p.name)
-                if event is not None:
-                    yield event
+            yield from stream_plan(plan, writer.write, clock, cancel, release, skip_aliases=True)
             writer.finish()
         except BaseException:
             writer.abort()

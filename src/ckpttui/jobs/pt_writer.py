@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckpttui.jobs.events import JobError
-from ckpttui.jobs.st_writer import TensorSpec, tensor_bytes
+from ckpttui.jobs.st_writer import TensorSpec, next_planned, tensor_bytes
 from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
@@ -134,13 +134,7 @@ class TorchZipWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
         """Append the next planned (non-alias) tensor's bytes as its storage record."""
-        if self._next >= len(self.order):
-            raise JobError(f"tensor {name!r} was not planned")
-        spec = self.order[self._next]
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        if spec.name != name or spec.dtype != dtype or spec.shape != tuple(tensor.shape):
-            raise JobError(f"expected {spec.name!r} {spec.dtype}{list(spec.shape)}, got "
-                           f"{name!r} {dtype}{list(tensor.shape)}")
+        next_planned(self.order, self._next, name, tensor, self.root)
         data = tensor_bytes(tensor)
         self._record(f"data/{self._keys[name]}", data)
         self._next += 1

@@ -88,6 +88,19 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return flat.view(torch.uint8).numpy().data
 
 
+def next_planned(specs: Sequence[TensorSpec], index: int, name: str, tensor: torch.Tensor,
+                 where: str) -> TensorSpec:
+    """The spec at `index`, checked against the tensor the writer was given (a JobError if not)."""
+    if index >= len(specs):
+        raise JobError(f"{where}: tensor {name!r} was not planned")
+    spec = specs[index]
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if spec.name != name or spec.dtype != dtype or spec.shape != tuple(tensor.shape):
+        raise JobError(f"{where}: expected {spec.name!r} {spec.dtype}{list(spec.shape)}, "
+                       f"got {name!r} {dtype}{list(tensor.shape)}")
+    return spec
+
+
 class SafetensorsWriter:
     """Writes one safetensors file to an open binary file, tensor by tensor, hashing as it goes."""
 
@@ -113,13 +126,7 @@ class SafetensorsWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
         """Append the next planned tensor's bytes; returns how many were written."""
-        if self._next >= len(self.specs):
-            raise JobError(f"{self.name}: tensor {name!r} was not planned")
-        spec = self.specs[self._next]
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        if spec.name != name or spec.dtype != dtype or spec.shape != tuple(tensor.shape):
-            raise JobError(f"{self.name}: expected {spec.name!r} {spec.dtype}{list(spec.shape)}, "
-                           f"got {name!r} {dtype}{list(tensor.shape)}")
+        next_planned(self.specs, self._next, name, tensor, self.name)
         data = tensor_bytes(tensor)
         self._emit(data)
         self._next += 1
