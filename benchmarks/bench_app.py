@@ -94,7 +94,9 @@ def make_tree(root: Path, runs: int, files: int) -> int:
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 64)).sum().backward()
     opt.step()
-    torch.save({"epoch": 1, "state_dict": model.state_dict(), "optimizer": opt.state_dict()}, sample)
+    torch.save(
+        {"epoch": 1, "state_dict": model.state_dict(), "optimizer": opt.state_dict()}, sample
+    )
     for r in range(runs):
         run = root / f"run{r:04d}" / "exp"
         run.mkdir(parents=True)
@@ -121,19 +123,29 @@ def main() -> None:
     results = []
     for _ in range(3):
         env = dict(os.environ, PYTHONPATH=str(SRC))
-        out = subprocess.run([sys.executable, "-c", CHILD, str(root), repr(time.time())],
-                             capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(root), repr(time.time())],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"folder: {count} checkpoint files in {args.runs} runs\n")
-    print("| run | start to first screen | key presses during scan | median latency | p95 | max "
-          "| torch imported |")
+    print(
+        "| run | start to first screen | key presses during scan | median latency | p95 | max "
+        "| torch imported |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---|")
     for i, r in enumerate(results, 1):
+
         def ms(key: str) -> str:
             return f"{r[key]:.1f} ms" if r[key] is not None else "-"
 
-        print(f"| {i} | {r['first_screen_s']:.3f} s | {r['presses_during_scan']} | "
-              f"{ms('median_ms')} | {ms('p95_ms')} | {ms('max_ms')} | {r['torch_imported']} |")
+        print(
+            f"| {i} | {r['first_screen_s']:.3f} s | {r['presses_during_scan']} | "
+            f"{ms('median_ms')} | {ms('p95_ms')} | {ms('max_ms')} | {r['torch_imported']} |"
+        )
     # One flat folder of 10,000 entries: how long the event loop is held up while it loads.
     flat = Path(args.dir) / "flat-10000"
     if not flat.exists():
@@ -144,12 +156,15 @@ def main() -> None:
             (tmp / f"f{i:05d}.txt").write_bytes(b"")
         tmp.rename(flat)
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    out = subprocess.run([sys.executable, "-c", LAG, str(flat)], capture_output=True, text=True,
-                         env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LAG, str(flat)], capture_output=True, text=True, env=env, check=True
+    )
     lag = json.loads(out.stdout.strip().splitlines()[-1])
-    print("\nflat folder of 10,000 entries, event-loop lag during the first 6 s: "
-          f"median {lag['median_ms']:.1f} ms, p95 {lag['p95_ms']:.1f} ms, "
-          f"max {lag['max_ms']:.1f} ms")
+    print(
+        "\nflat folder of 10,000 entries, event-loop lag during the first 6 s: "
+        f"median {lag['median_ms']:.1f} ms, p95 {lag['p95_ms']:.1f} ms, "
+        f"max {lag['max_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,15 @@ def make_checkpoint(path: Path, size_mb: int) -> None:
         p.grad = torch.randn_like(p) * 1e-3
     opt.step()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    state = {"epoch": 3, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "saved_ckpts": {"model.pt.ep1": 0.8},
-             "step": 3000, "val_acc_step_or_eoch": {"ep3": 0.91}}
+    state = {
+        "epoch": 3,
+        "state_dict": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "saved_ckpts": {"model.pt.ep1": 0.8},
+        "step": 3000,
+        "val_acc_step_or_eoch": {"ep3": 0.91},
+    }
     tmp = path.with_name(path.name + ".tmp-bench")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -77,8 +83,10 @@ READERS = {
 }
 # VmHWM (peak RSS of this process image): unlike ru_maxrss it does not inherit the parent's peak
 # across fork + exec.
-_TAIL = ("hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-         "print(t2 - t1, hwm)\n")
+_TAIL = (
+    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+    "print(t2 - t1, hwm)\n"
+)
 
 
 def run_once(code: str, path: Path) -> tuple[float, float, int]:
@@ -86,8 +94,9 @@ def run_once(code: str, path: Path) -> tuple[float, float, int]:
     env = dict(os.environ, PYTHONPATH=str(SRC))
     script = f"PATH = {str(path)!r}\n" + code + _TAIL
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
     wall = time.perf_counter() - t0
     read_s, rss_kib = proc.stdout.split()
     return wall, float(read_s), int(rss_kib) * 1024
@@ -114,14 +123,19 @@ def main() -> None:
         results[name] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
     base = results["ckpttui inspect --json"]
     print(f"input: {path.name}, {size / 1e9:.2f} GB, median of {args.repeat} runs, warm cache\n")
-    print(f"| reader | command wall | x ckpttui | read time | x ckpttui | peak RSS | x ckpttui |")
+    print("| reader | command wall | x ckpttui | read time | x ckpttui | peak RSS | x ckpttui |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (wall, read_s, rss) in results.items():
-        print(f"| {name} | {wall:.3f} s | {wall / base[0]:.1f}x | {read_s * 1000:.1f} ms | "
-              f"{read_s / base[1]:.1f}x | {rss / 2**20:.0f} MiB | {rss / base[2]:.1f}x |")
+        print(
+            f"| {name} | {wall:.3f} s | {wall / base[0]:.1f}x | {read_s * 1000:.1f} ms | "
+            f"{read_s / base[1]:.1f}x | {rss / 2**20:.0f} MiB | {rss / base[2]:.1f}x |"
+        )
     print()
-    print(json.dumps({k: {"wall_s": v[0], "read_s": v[1], "peak_rss": v[2]}
-                      for k, v in results.items()}))
+    print(
+        json.dumps(
+            {k: {"wall_s": v[0], "read_s": v[1], "peak_rss": v[2]} for k, v in results.items()}
+        )
+    )
 
 
 if __name__ == "__main__":

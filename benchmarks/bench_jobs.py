@@ -54,8 +54,10 @@ from ckpttui.formats import read_file  # no torch
 
 MARK = "BENCH_RESULT "
 EPOCHS = 5
-_HWM = ("hwm = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
-        f"print({MARK!r} + json.dumps([t1 - t0, t2 - t1, hwm * 1024, INFO]), flush=True)\n")
+_HWM = (
+    "hwm = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
+    f"print({MARK!r} + json.dumps([t1 - t0, t2 - t1, hwm * 1024, INFO]), flush=True)\n"
+)
 
 BASELINE_CODE = (
     "import json, time\n"
@@ -186,27 +188,30 @@ GENERATE_CODE = (
 )
 
 
-def child(code: str, variables: dict[str, object], env_extra: dict[str, str] | None = None
-          ) -> subprocess.CompletedProcess[str]:
+def child(
+    code: str, variables: dict[str, object], env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter with `variables` bound (as Python literals)."""
     env = dict(os.environ, PYTHONPATH=str(SRC), **(env_extra or {}))
     head = "".join(f"{k} = {v!r}\n" for k, v in variables.items())
-    proc = subprocess.run([sys.executable, "-c", head + code], capture_output=True, text=True,
-                          env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", head + code], capture_output=True, text=True, env=env, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
 
 
-def measure(code: str, variables: dict[str, object], env_extra: dict[str, str] | None = None
-            ) -> dict[str, float]:
+def measure(
+    code: str, variables: dict[str, object], env_extra: dict[str, str] | None = None
+) -> dict[str, float]:
     """Wall seconds of the whole child, its job seconds (after imports), peak RSS bytes, info."""
     subprocess.run(["sync"], check=True)
     t0 = time.perf_counter()
     proc = child(code, variables, env_extra)
     wall = time.perf_counter() - t0
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(MARK))
-    imports, job, rss, info = json.loads(line[len(MARK):])
+    imports, job, rss, info = json.loads(line[len(MARK) :])
     return {"wall": wall, "imports": imports, "job": job, "rss": rss, "info": info or 0}
 
 
@@ -273,16 +278,20 @@ def prepare(folder: Path, size_mb: int) -> list[Path]:
     return paths
 
 
-def bench_average(paths: list[Path], ns: list[int], repeat: int, out_dir: Path, what_if: bool
-                  ) -> dict:
+def bench_average(
+    paths: list[Path], ns: list[int], repeat: int, out_dir: Path, what_if: bool
+) -> dict:
     one_model = weight_bytes(paths[-1])
     warm(paths)
     methods: dict[str, tuple[str, dict[str, str] | None]] = {
         "ckpttui average": (CK_AVERAGE_CODE, None),
-        "fairseq algorithm": (FAIRSEQ_CODE, None)}
+        "fairseq algorithm": (FAIRSEQ_CODE, None),
+    }
     if what_if:
         methods["what-if: ckpttui average, headers by pread + fixed mmap threshold"] = (
-            WHAT_IF_PATCH + CK_AVERAGE_CODE, WHAT_IF_ENV)
+            WHAT_IF_PATCH + CK_AVERAGE_CODE,
+            WHAT_IF_ENV,
+        )
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     base_runs = []
     for i in range(repeat):
@@ -293,7 +302,8 @@ def bench_average(paths: list[Path], ns: list[int], repeat: int, out_dir: Path, 
                 out = out_dir / f"{('ck', 'fs', 'wi')[k]}.model.pt.avg{n}"
                 unlink(out)  # each run writes a new file (no replacing: not timed)
                 runs.setdefault((name, n), []).append(
-                    measure(code, {"INPUTS": inputs, "OUT": str(out)}, env))
+                    measure(code, {"INPUTS": inputs, "OUT": str(out)}, env)
+                )
                 if n != ns[-1] or i != repeat - 1:
                     unlink(out)
     # outputs of the last run with the largest N: the same values?
@@ -305,27 +315,40 @@ def bench_average(paths: list[Path], ns: list[int], repeat: int, out_dir: Path, 
     base = median(base_runs)
     res = {k: median(v) for k, v in runs.items()}
     in_size = paths[-1].stat().st_size
-    print(f"### average: inputs {in_size / 1e9:.2f} GB each, one model's weights "
-          f"{one_model / 1e6:.1f} MB ({mib(one_model)}); median of {repeat} runs, warm cache\n")
-    print(f"Baseline (python + import torch, ckpttui.jobs.average): peak RSS "
-          f"{mib(base['rss'])}, {base['wall']:.3f} s.\n")
-    print("| N | method | command wall | x fairseq | job time | x fairseq | peak RSS | "
-          "RSS above baseline | peak RSS / weights | above baseline / weights | x fairseq |")
+    print(
+        f"### average: inputs {in_size / 1e9:.2f} GB each, one model's weights "
+        f"{one_model / 1e6:.1f} MB ({mib(one_model)}); median of {repeat} runs, warm cache\n"
+    )
+    print(
+        f"Baseline (python + import torch, ckpttui.jobs.average): peak RSS "
+        f"{mib(base['rss'])}, {base['wall']:.3f} s.\n"
+    )
+    print(
+        "| N | method | command wall | x fairseq | job time | x fairseq | peak RSS | "
+        "RSS above baseline | peak RSS / weights | above baseline / weights | x fairseq |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in ns:
         ref = res[("fairseq algorithm", n)]
         for name in methods:
             r = res[(name, n)]
             above = r["rss"] - base["rss"]
-            print(f"| {n} | {name} | {r['wall']:.2f} s | {r['wall'] / ref['wall']:.2f}x | "
-                  f"{r['job']:.2f} s | {r['job'] / ref['job']:.2f}x | {mib(r['rss'])} | "
-                  f"{mib(above)} | {r['rss'] / one_model:.2f}x | {above / one_model:.2f}x | "
-                  f"{r['rss'] / ref['rss']:.2f}x |")
-    print(f"\nN={ns[-1]} outputs: {count} tensors, {bad} differ (torch.equal); ckpttui's "
-          f"model.pt.avg{ns[-1]} is {out_size / 1e6:.1f} MB.\n")
-    return {"weight_bytes": one_model, "baseline": base,
-            "runs": {f"{name} N={n}": r for (name, n), r in res.items()},
-            "equal": [int(count), int(bad)]}
+            print(
+                f"| {n} | {name} | {r['wall']:.2f} s | {r['wall'] / ref['wall']:.2f}x | "
+                f"{r['job']:.2f} s | {r['job'] / ref['job']:.2f}x | {mib(r['rss'])} | "
+                f"{mib(above)} | {r['rss'] / one_model:.2f}x | {above / one_model:.2f}x | "
+                f"{r['rss'] / ref['rss']:.2f}x |"
+            )
+    print(
+        f"\nN={ns[-1]} outputs: {count} tensors, {bad} differ (torch.equal); ckpttui's "
+        f"model.pt.avg{ns[-1]} is {out_size / 1e6:.1f} MB.\n"
+    )
+    return {
+        "weight_bytes": one_model,
+        "baseline": base,
+        "runs": {f"{name} N={n}": r for (name, n), r in res.items()},
+        "equal": [int(count), int(bad)],
+    }
 
 
 def bench_export(src: Path, repeat: int, out_dir: Path, what_if: bool) -> dict:
@@ -335,22 +358,36 @@ def bench_export(src: Path, repeat: int, out_dir: Path, what_if: bool) -> dict:
     dd_out = out_dir / "dd.out"
     methods: dict[str, tuple[str | None, dict[str, object] | list[str]]] = {
         "cat FILE > /dev/null": (None, ["cat", str(src)]),
-        "ckpttui export -> .safetensors": (CK_EXPORT_CODE, {
-            "SRC_FILE": str(src), "OUT": str(out_dir / "ck.fp32.safetensors"), "DTYPE": None}),
-        "ckpttui export --dtype bf16 -> .safetensors": (CK_EXPORT_CODE, {
-            "SRC_FILE": str(src), "OUT": str(out_dir / "ck.bf16.safetensors"),
-            "DTYPE": "bf16"}),
-        "context: dd weight-size bytes of FILE to the output folder, conv=fsync": (None, [
-            "dd", f"if={src}", f"of={dd_out}", "bs=4M", f"count={w}", "iflag=count_bytes",
-            "conv=fsync"]),
+        "ckpttui export -> .safetensors": (
+            CK_EXPORT_CODE,
+            {"SRC_FILE": str(src), "OUT": str(out_dir / "ck.fp32.safetensors"), "DTYPE": None},
+        ),
+        "ckpttui export --dtype bf16 -> .safetensors": (
+            CK_EXPORT_CODE,
+            {"SRC_FILE": str(src), "OUT": str(out_dir / "ck.bf16.safetensors"), "DTYPE": "bf16"},
+        ),
+        "context: dd weight-size bytes of FILE to the output folder, conv=fsync": (
+            None,
+            [
+                "dd",
+                f"if={src}",
+                f"of={dd_out}",
+                "bs=4M",
+                f"count={w}",
+                "iflag=count_bytes",
+                "conv=fsync",
+            ],
+        ),
     }
     if what_if:
         methods["what-if: ckpttui export, headers by pread + fixed mmap threshold"] = (
-            WHAT_IF_PATCH + CK_EXPORT_CODE, {
-                "SRC_FILE": str(src), "OUT": str(out_dir / "wi.fp32.safetensors"),
-                "DTYPE": None})
-        methods["what-if: same, --dtype bf16"] = (WHAT_IF_PATCH + CK_EXPORT_CODE, {
-            "SRC_FILE": str(src), "OUT": str(out_dir / "wi.bf16.safetensors"), "DTYPE": "bf16"})
+            WHAT_IF_PATCH + CK_EXPORT_CODE,
+            {"SRC_FILE": str(src), "OUT": str(out_dir / "wi.fp32.safetensors"), "DTYPE": None},
+        )
+        methods["what-if: same, --dtype bf16"] = (
+            WHAT_IF_PATCH + CK_EXPORT_CODE,
+            {"SRC_FILE": str(src), "OUT": str(out_dir / "wi.bf16.safetensors"), "DTYPE": "bf16"},
+        )
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(repeat):
         for name, (code, spec) in methods.items():
@@ -362,24 +399,33 @@ def bench_export(src: Path, repeat: int, out_dir: Path, what_if: bool) -> dict:
                 assert isinstance(spec, dict)
                 unlink(Path(str(spec["OUT"])))  # each run writes a new file (not timed)
                 runs.setdefault(name, []).append(
-                    measure(code, spec, WHAT_IF_ENV if name.startswith("what-if") else None))
+                    measure(code, spec, WHAT_IF_ENV if name.startswith("what-if") else None)
+                )
     checks = {}
     for name, (code, spec) in methods.items():
         if code is not None:
             assert isinstance(spec, dict)
-            checks[name] = child(CHECK_EXPORT_CODE, {**spec, "DTYPE": (
-                "bfloat16" if spec["DTYPE"] == "bf16" else None)}).stdout.split()
+            checks[name] = child(
+                CHECK_EXPORT_CODE,
+                {**spec, "DTYPE": ("bfloat16" if spec["DTYPE"] == "bf16" else None)},
+            ).stdout.split()
             unlink(Path(str(spec["OUT"])))
     res = {k: median(v) for k, v in runs.items()}
     cat = res["cat FILE > /dev/null"]
     cat_rate = size / cat["wall"]
-    print(f"### export: {src.name}, {size / 1e9:.3f} GB file, weights {w / 1e6:.1f} MB "
-          f"({w / size:.0%} of it); median of {repeat} runs, warm cache\n")
-    print("Rates: cat = file bytes / cat wall; export = weight bytes produced (written) / job "
-          "time (after interpreter start and imports), and / command wall; in-rate = source "
-          "weight bytes / job time.\n")
-    print("| method | command wall | x cat | job time | x cat | bytes produced | rate (job) | "
-          "x cat rate | rate (wall) | x cat rate | in-rate (job) | x cat rate | peak RSS |")
+    print(
+        f"### export: {src.name}, {size / 1e9:.3f} GB file, weights {w / 1e6:.1f} MB "
+        f"({w / size:.0%} of it); median of {repeat} runs, warm cache\n"
+    )
+    print(
+        "Rates: cat = file bytes / cat wall; export = weight bytes produced (written) / job "
+        "time (after interpreter start and imports), and / command wall; in-rate = source "
+        "weight bytes / job time.\n"
+    )
+    print(
+        "| method | command wall | x cat | job time | x cat | bytes produced | rate (job) | "
+        "x cat rate | rate (wall) | x cat rate | in-rate (job) | x cat rate | peak RSS |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in res.items():
         if name.startswith("cat"):
@@ -391,15 +437,19 @@ def bench_export(src: Path, repeat: int, out_dir: Path, what_if: bool) -> dict:
         rate_job = produced / r["job"]
         rate_wall = produced / r["wall"]
         in_rate = (w if not name.startswith("cat") else size) / r["job"]
-        print(f"| {name} | {r['wall']:.3f} s | {r['wall'] / cat['wall']:.2f}x | "
-              f"{r['job']:.3f} s | {r['job'] / cat['wall']:.2f}x | {produced / 1e6:.0f} MB | "
-              f"{rate_job / 1e9:.2f} GB/s | {rate_job / cat_rate:.0%} | "
-              f"{rate_wall / 1e9:.2f} GB/s | {rate_wall / cat_rate:.0%} | "
-              f"{in_rate / 1e9:.2f} GB/s | {in_rate / cat_rate:.0%} | "
-              f"{mib(r['rss']) if r['rss'] else '-'} |")
-    print("\nOutputs equal to torch.load's state_dict (cast for bf16): "
-          + "; ".join(f"{k}: {n} tensors, {bad} differ" for k, (n, bad) in checks.items())
-          + "\n")
+        print(
+            f"| {name} | {r['wall']:.3f} s | {r['wall'] / cat['wall']:.2f}x | "
+            f"{r['job']:.3f} s | {r['job'] / cat['wall']:.2f}x | {produced / 1e6:.0f} MB | "
+            f"{rate_job / 1e9:.2f} GB/s | {rate_job / cat_rate:.0%} | "
+            f"{rate_wall / 1e9:.2f} GB/s | {rate_wall / cat_rate:.0%} | "
+            f"{in_rate / 1e9:.2f} GB/s | {in_rate / cat_rate:.0%} | "
+            f"{mib(r['rss']) if r['rss'] else '-'} |"
+        )
+    print(
+        "\nOutputs equal to torch.load's state_dict (cast for bf16): "
+        + "; ".join(f"{k}: {n} tensors, {bad} differ" for k, (n, bad) in checks.items())
+        + "\n"
+    )
     return {"file_bytes": size, "weight_bytes": w, "runs": res, "checks": checks}
 
 
@@ -411,8 +461,11 @@ def main() -> None:
     ap.add_argument("--n", default="2,5", help="numbers of checkpoints to average (<= 5)")
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "ckpttui-bench"))
     ap.add_argument("--only", choices=["average", "export"])
-    ap.add_argument("--what-if", action="store_true",
-                    help="also run ckpttui with the proposed memory fixes applied from outside")
+    ap.add_argument(
+        "--what-if",
+        action="store_true",
+        help="also run ckpttui with the proposed memory fixes applied from outside",
+    )
     args = ap.parse_args()
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)

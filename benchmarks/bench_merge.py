@@ -43,8 +43,10 @@ sys.path.insert(0, str(SRC))
 from ckpttui.demo import ds_writer  # imports neither torch nor deepspeed
 
 MARK = "BENCH_RESULT "
-_HWM = ("hwm = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
-        f"print({MARK!r} + json.dumps([t1 - t0, t2 - t1, hwm * 1024]), flush=True)\n")
+_HWM = (
+    "hwm = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
+    f"print({MARK!r} + json.dumps([t1 - t0, t2 - t1, hwm * 1024]), flush=True)\n"
+)
 
 # DeepSpeed's CLI, as a user runs it (`python SAVE_DIR/zero_to_fp32.py SAVE_DIR OUT_DIR ...`).
 DS_CODE = (
@@ -71,8 +73,11 @@ CK_CODE = (
 # name -> (kind, output name inside the run folder, extra CLI args for DeepSpeed)
 METHODS = {
     "DeepSpeed zero_to_fp32.py -> .bin": ("ds", "pytorch_model.bin", []),
-    "DeepSpeed zero_to_fp32.py --safe_serialization": ("ds", "model.safetensors",
-                                                        ["--safe_serialization"]),
+    "DeepSpeed zero_to_fp32.py --safe_serialization": (
+        "ds",
+        "model.safetensors",
+        ["--safe_serialization"],
+    ),
     "ckpttui merge_zero -> .pt": ("ck", "merged.pt", None),
     "ckpttui merge_zero -> .safetensors": ("ck", "merged.safetensors", None),
 }
@@ -85,8 +90,13 @@ REFERENCE = {  # ratio of each row to DeepSpeed writing the same format
 def n_params(hidden: int, layers: int) -> int:
     """Parameter count of ds_writer's model with the given size knobs (no tying)."""
     v, d = ds_writer.VOCAB, ds_writer.DIM
-    return v * d + (d * hidden + hidden) + layers * (hidden * hidden + hidden) + (
-        hidden * d + d) + (d * v + v)
+    return (
+        v * d
+        + (d * hidden + hidden)
+        + layers * (hidden * hidden + hidden)
+        + (hidden * d + d)
+        + (d * v + v)
+    )
 
 
 def generate(root: Path, stages: list[int], dtype: str, hidden: int, layers: int) -> dict:
@@ -96,15 +106,23 @@ def generate(root: Path, stages: list[int], dtype: str, hidden: int, layers: int
         return json.loads(done.read_text())
     if root.exists():
         shutil.rmtree(root)
-    configs = [ds_writer.DSConfig(f"z{s}_{dtype}", s, dtype, hidden=hidden, layers=layers)
-               for s in stages]
-    print(f"training + saving {n_params(hidden, layers) / 1e6:.1f}M params, stages {stages}, "
-          f"{dtype}, 2 ranks, into {root} ...", file=sys.stderr, flush=True)
+    configs = [
+        ds_writer.DSConfig(f"z{s}_{dtype}", s, dtype, hidden=hidden, layers=layers) for s in stages
+    ]
+    print(
+        f"training + saving {n_params(hidden, layers) / 1e6:.1f}M params, stages {stages}, "
+        f"{dtype}, 2 ranks, into {root} ...",
+        file=sys.stderr,
+        flush=True,
+    )
     t0 = time.perf_counter()
     dirs = ds_writer.write_deepspeed_checkpoints(root, configs, world_size=2, steps=1)
     took = time.perf_counter() - t0
-    info = {"seconds": round(took, 1), "params": n_params(hidden, layers),
-            "save_dirs": {str(c.stage): str(dirs[c.name]) for c in configs}}
+    info = {
+        "seconds": round(took, 1),
+        "params": n_params(hidden, layers),
+        "save_dirs": {str(c.stage): str(dirs[c.name]) for c in configs},
+    }
     done.write_text(json.dumps(info))
     return info
 
@@ -129,14 +147,21 @@ def run_once(method: str, save: Path, run_dir: Path) -> tuple[float, float, floa
         script = f"SAVE = {str(save)!r}\nOUT = {str(run_dir / out_name)!r}\n" + CK_CODE
     os.sync()  # the previous run's dirty pages are not this run's work
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=child_env(), stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode != 0 or not lines or not (run_dir / out_name).is_file():
-        raise RuntimeError(f"{method} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                           f"{proc.stderr[-3000:]}")
-    imp, conv, hwm = json.loads(lines[-1][len(MARK):])
+        raise RuntimeError(
+            f"{method} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    imp, conv, hwm = json.loads(lines[-1][len(MARK) :])
     return wall, imp, conv, hwm
 
 
@@ -168,17 +193,28 @@ def verify(outputs: dict[str, Path]) -> str:
                 if set(keys) != set(ref):
                     notes.append(f"{name}: KEYS DIFFER {sorted(set(keys) ^ set(ref))[:5]}")
                     continue
-                bad = [k for k in ref if not (f.get_tensor(k).dtype == ref[k].dtype
-                                              and torch.equal(f.get_tensor(k), ref[k]))]
+                bad = [
+                    k
+                    for k in ref
+                    if not (
+                        f.get_tensor(k).dtype == ref[k].dtype
+                        and torch.equal(f.get_tensor(k), ref[k])
+                    )
+                ]
             order = "same key set"
         else:
             other = torch.load(path, mmap=True, weights_only=True)
             if set(other) != set(ref):
                 notes.append(f"{name}: KEYS DIFFER {sorted(set(other) ^ set(ref))[:5]}")
                 continue
-            bad = [k for k in ref if not (other[k].dtype == ref[k].dtype
-                                          and torch.equal(other[k], ref[k]))]
-            order = "same keys, same order" if list(other) == list(ref) else "same keys, order differs"
+            bad = [
+                k
+                for k in ref
+                if not (other[k].dtype == ref[k].dtype and torch.equal(other[k], ref[k]))
+            ]
+            order = (
+                "same keys, same order" if list(other) == list(ref) else "same keys, order differs"
+            )
         status = "EQUAL" if not bad else f"{len(bad)} TENSORS DIFFER (e.g. {bad[:3]})"
         notes.append(f"{name}: {status} to the .bin ({len(ref)} tensors, {order})")
     return "\n".join(notes)
@@ -196,10 +232,14 @@ def main() -> None:
     args = ap.parse_args()
     stages = [int(s) for s in args.stages.split(",")]
     base = Path(args.dir)
-    root = base / f"ds-merge-h{args.hidden}-l{args.layers}-{args.dtype}-z{''.join(map(str, stages))}"
+    root = (
+        base / f"ds-merge-h{args.hidden}-l{args.layers}-{args.dtype}-z{''.join(map(str, stages))}"
+    )
     info = generate(root, stages, args.dtype, args.hidden, args.layers)
-    print(f"model: {info['params'] / 1e6:.1f}M params ({args.dtype} weights, fp32 masters), "
-          f"2 ranks, 1 AdamW step; generated in {info['seconds']:.0f} s (cached in {root})")
+    print(
+        f"model: {info['params'] / 1e6:.1f}M params ({args.dtype} weights, fp32 masters), "
+        f"2 ranks, 1 AdamW step; generated in {info['seconds']:.0f} s (cached in {root})"
+    )
 
     rows = []
     checks = []
@@ -225,20 +265,34 @@ def main() -> None:
         shutil.rmtree(work)
 
     print(f"\nmedian of {args.repeat} runs, warm page cache, each run in its own process\n")
-    print("| ZeRO | converter | command wall | x DS | conversion (min-max) | x DS | peak RSS "
-          "| x DS |")
+    print(
+        "| ZeRO | converter | command wall | x DS | conversion (min-max) | x DS | peak RSS | x DS |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     by = {(s, m): med for s, m, med, _ in rows}
     for stage, method, (wall, _imp, conv, rss), (lo, hi) in rows:
         ref = by[(stage, REFERENCE.get(method, method))]
-        print(f"| {stage} | {method} | {wall:.2f} s | {wall / ref[0]:.2f}x | {conv:.2f} s "
-              f"({lo:.1f}-{hi:.1f}) | {conv / ref[2]:.2f}x | {rss / 2**20:.0f} MiB | "
-              f"{rss / ref[3]:.2f}x |")
+        print(
+            f"| {stage} | {method} | {wall:.2f} s | {wall / ref[0]:.2f}x | {conv:.2f} s "
+            f"({lo:.1f}-{hi:.1f}) | {conv / ref[2]:.2f}x | {rss / 2**20:.0f} MiB | "
+            f"{rss / ref[3]:.2f}x |"
+        )
     print()
     print("\n".join(checks))
     print()
-    print(json.dumps({f"z{s} {m}": {"wall_s": med[0], "import_s": med[1], "convert_s": med[2],
-                                    "peak_rss": med[3]} for s, m, med, _ in rows}))
+    print(
+        json.dumps(
+            {
+                f"z{s} {m}": {
+                    "wall_s": med[0],
+                    "import_s": med[1],
+                    "convert_s": med[2],
+                    "peak_rss": med[3],
+                }
+                for s, m, med, _ in rows
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Regenerate the SVG screenshots in this folder from the demo experiments tree.
 
-    ./dev ckpttui demo --no-open      # once: writes the demo folder
-    .venv/bin/python screenshots/make_screenshots.py
+./dev ckpttui demo --no-open      # once: writes the demo folder
+.venv/bin/python screenshots/make_screenshots.py
 """
 
 from __future__ import annotations
@@ -14,12 +14,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from ckpttui.demo import ensure_demo  # noqa: E402
-from ckpttui.ui.app import make_app  # noqa: E402
+from ckpttui.demo import ensure_demo
+from ckpttui.ui.app import make_app
 
 
-async def _shot(path: Path, name: str, keys: tuple[str, ...] = (), size: tuple[int, int] = (120, 40),
-                before: Any = None) -> None:
+async def _shot(
+    path: Path,
+    name: str,
+    keys: tuple[str, ...] = (),
+    size: tuple[int, int] = (120, 40),
+    before: Any = None,
+) -> None:
     app = make_app(str(path))
     async with app.run_test(size=size) as pilot:
         for _ in range(3):
@@ -46,8 +51,10 @@ async def _jobs(app: Any, pilot: Any) -> None:
 
     out = Path(tempfile.mkdtemp(prefix="ckpttui-shots-"))
     tree = app.query_one(CheckpointTree)
-    for name, key, target in (("lm-deepspeed-zero2", "m", "zero2-fp32.safetensors"),
-                              ("asr-paraformer-funasr", "e", None)):
+    for name, key, target in (
+        ("lm-deepspeed-zero2", "m", "zero2-fp32.safetensors"),
+        ("asr-paraformer-funasr", "e", None),
+    ):
         node = next(n for n in tree.root.children if Path(n.data.path).name == name)
         tree.move_cursor(node)
         await pilot.pause()
@@ -81,8 +88,7 @@ async def main() -> None:
     await _shot(demo, "folder-view")
     await _shot(demo / "asr-paraformer-funasr" / "exp" / "model.pt.ep3", "funasr-breakdown")
     await _shot(demo / "asr-paraformer-funasr" / "exp", "training-curve", keys=("c",))
-    await _shot(demo / "lm-gpt2-hf-trainer" / "checkpoint-6", "hf-checkpoint-summary",
-                keys=("1",))
+    await _shot(demo / "lm-gpt2-hf-trainer" / "checkpoint-6", "hf-checkpoint-summary", keys=("1",))
     await _shot(demo, "jobs-pane", before=_jobs)
 
 

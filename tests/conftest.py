@@ -32,8 +32,9 @@ def ds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         except RuntimeError:
             # gloo on a busy 2-core machine has been seen to abort a rank once in a while
             # (SIGABRT while connecting); a second launch on a fresh port goes through.
-            write_deepspeed_checkpoints(root / f"ws{ws}", default_configs(), world_size=ws,
-                                        overwrite=True)
+            write_deepspeed_checkpoints(
+                root / f"ws{ws}", default_configs(), world_size=ws, overwrite=True
+            )
     return root
 
 
@@ -48,6 +49,11 @@ def tk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("toolkits")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-    subprocess.run([sys.executable, "-m", "ckpttui.demo.toolkit_writers", str(root)], check=True,
-                   env=env, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "ckpttui.demo.toolkit_writers", str(root)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     return root

@@ -66,9 +66,13 @@ def torch_file_truth(path: Path, deepspeed: bool = False) -> dict[str, Any]:
     for t in tensors.values():
         name = str(t.dtype).removeprefix("torch.")
         dtypes[name] = dtypes.get(name, 0) + 1
-    return {"tensors": len(tensors),
-            "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
-            "storage_bytes": sum(storages.values()), "dtypes": dtypes, "by_path": tensors}
+    return {
+        "tensors": len(tensors),
+        "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+        "storage_bytes": sum(storages.values()),
+        "dtypes": dtypes,
+        "by_path": tensors,
+    }
 
 
 def safetensors_truth(path: Path) -> dict[str, Any]:
@@ -77,15 +81,23 @@ def safetensors_truth(path: Path) -> dict[str, Any]:
 
     n = nbytes = 0
     with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             t = f.get_slice(key)
             numel = 1
             for d in t.get_shape():
                 numel *= d
             import torch
 
-            size = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "F64": 8, "I32": 4, "U8": 1,
-                    "BOOL": 1}[t.get_dtype()]
+            size = {
+                "F32": 4,
+                "F16": 2,
+                "BF16": 2,
+                "I64": 8,
+                "F64": 8,
+                "I32": 4,
+                "U8": 1,
+                "BOOL": 1,
+            }[t.get_dtype()]
             n += 1
             nbytes += numel * size
             del torch

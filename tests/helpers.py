@@ -15,14 +15,21 @@ from typing import Any
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m ckpttui ARGS`` in a child process."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "ckpttui", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ckpttui", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def inspect_json(path: Path, **kw: Any) -> dict[str, Any]:
@@ -32,8 +39,9 @@ def inspect_json(path: Path, **kw: Any) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-def torch_zip_bytes(pickle_bytes: bytes, storages: dict[str, bytes] | None = None,
-                    root: str = "archive") -> bytes:
+def torch_zip_bytes(
+    pickle_bytes: bytes, storages: dict[str, bytes] | None = None, root: str = "archive"
+) -> bytes:
     """A zip laid out like torch.save's (torch/serialization.py `_save`), around a given data.pkl."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:

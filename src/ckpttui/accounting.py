@@ -19,26 +19,78 @@ from ckpttui.records import CATEGORIES, Category, FileIndex, TensorRecord
 W, O, X = Category.WEIGHTS, Category.OPTIMIZER, Category.OTHER
 
 # Top-level keys under which frameworks keep the model, the optimizer, and the rest.
-WEIGHT_KEYS = {"state_dict", "model", "module", "model_state_dict", "model_state", "net",
-               "network", "weights", "params", "generator", "model_state_dicts",
-               "frozen_param_fragments"}
-OPTIMIZER_KEYS = {"optimizer", "optimizers", "optimizer_states", "optimizer_state_dict",
-                  "optimizer_state", "optim", "optim_state", "optim_state_dict",
-                  "last_optimizer_state", "opt", "base_optimizer_state"}
-OTHER_HINTS = (("ema", "ema"), ("rng", "rng"), ("random", "rng"), ("sched", "scheduler"),
-               ("scaler", "scaler"), ("normaliz", "normalizer"), ("callbacks", "callbacks"),
-               ("loops", "loops"))
-MASTER_KEYS = {"single_partition_of_fp32_groups", "fp32_flat_groups", "fp32_groups_flat",
-               "fp32_groups", "fp32_partitioned_groups_flat", "fp32_flat_groups_partitioned",
-               "fp32_groups_flat_partition"}
-OPT_PARTS = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step", "momentum_buffer", "sum",
-             "square_avg", "acc_delta", "exp_inf", "mu_product", "ax", "eta", "prev",
-             "exp_avg_factored_row", "exp_avg_factored_col", "exp_avg_sq_row", "exp_avg_sq_col"}
+WEIGHT_KEYS = {
+    "state_dict",
+    "model",
+    "module",
+    "model_state_dict",
+    "model_state",
+    "net",
+    "network",
+    "weights",
+    "params",
+    "generator",
+    "model_state_dicts",
+    "frozen_param_fragments",
+}
+OPTIMIZER_KEYS = {
+    "optimizer",
+    "optimizers",
+    "optimizer_states",
+    "optimizer_state_dict",
+    "optimizer_state",
+    "optim",
+    "optim_state",
+    "optim_state_dict",
+    "last_optimizer_state",
+    "opt",
+    "base_optimizer_state",
+}
+OTHER_HINTS = (
+    ("ema", "ema"),
+    ("rng", "rng"),
+    ("random", "rng"),
+    ("sched", "scheduler"),
+    ("scaler", "scaler"),
+    ("normaliz", "normalizer"),
+    ("callbacks", "callbacks"),
+    ("loops", "loops"),
+)
+MASTER_KEYS = {
+    "single_partition_of_fp32_groups",
+    "fp32_flat_groups",
+    "fp32_groups_flat",
+    "fp32_groups",
+    "fp32_partitioned_groups_flat",
+    "fp32_flat_groups_partitioned",
+    "fp32_groups_flat_partition",
+}
+OPT_PARTS = {
+    "exp_avg",
+    "exp_avg_sq",
+    "max_exp_avg_sq",
+    "step",
+    "momentum_buffer",
+    "sum",
+    "square_avg",
+    "acc_delta",
+    "exp_inf",
+    "mu_product",
+    "ax",
+    "eta",
+    "prev",
+    "exp_avg_factored_row",
+    "exp_avg_factored_col",
+    "exp_avg_sq_row",
+    "exp_avg_sq_col",
+}
 # Parts of "other" that inference still needs: not counted as reclaimable.
 NEEDED_OTHER_PARTS = {"normalizer"}
 
 _LORA = re.compile(r"(^|\.)lora_(A|B|embedding_A|embedding_B|magnitude_vector)(\.|$)")
-_ADAPTER = re.compile(r"(^|\.)adapters\.|(^|\.)adapter_(down|up)(\.|$)|(^|\.)adapter_fusion_layer\.")
+_ADAPTER = re.compile(
+    r"(^|\.)adapters\.|(^|\.)adapter_(down|up)(\.|$)|(^|\.)adapter_fusion_layer\."
+)
 
 
 def is_optimizer_state(node: Any) -> bool:
@@ -52,15 +104,30 @@ def _file_role(layout: str, name: str) -> Category | None:
     if lower.endswith("optim_states.pt") or re.match(r"optimizer(_\d+)?\.(pt|bin|pth)$", lower):
         return O
     if re.match(r"(rng_state.*|scheduler|scaler|lr_scheduler)\.(pt|pth|bin)$", lower) or re.match(
-            r"random_states(_\d+)?\.(pkl|pt|pth|bin)$", lower):  # accelerate save_state
+        r"random_states(_\d+)?\.(pkl|pt|pth|bin)$", lower
+    ):  # accelerate save_state
         return X
-    if lower.endswith(".safetensors") or re.match(r"(pytorch_model|adapter_model|model)"
-                                                  r"(-\d+-of-\d+)?\.(bin|pt)$", lower):
+    if lower.endswith(".safetensors") or re.match(
+        r"(pytorch_model|adapter_model|model)"
+        r"(-\d+-of-\d+)?\.(bin|pt)$",
+        lower,
+    ):
         return W if layout in ("hf-trainer", "hf-model", "peft-adapter") else None
     if layout == "speechbrain":
         stem = lower.rsplit(".", 1)[0]
-        if any(k in stem for k in ("normaliz", "sched", "annealing", "noam", "counter", "brain",
-                                   "dataloader", "scaler")):
+        if any(
+            k in stem
+            for k in (
+                "normaliz",
+                "sched",
+                "annealing",
+                "noam",
+                "counter",
+                "brain",
+                "dataloader",
+                "scaler",
+            )
+        ):
             return X
     return None
 
@@ -161,8 +228,9 @@ def _child(node: Any, key: str) -> Any:
 class Breakdown:
     """Sums over a set of tensor records: by category, finer part, dtype and top-level module."""
 
-    categories: dict[str, dict[str, int]] = field(default_factory=lambda: {
-        c.value: {"tensors": 0, "bytes": 0} for c in CATEGORIES})
+    categories: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {c.value: {"tensors": 0, "bytes": 0} for c in CATEGORIES}
+    )
     """category -> {"tensors": n, "bytes": b}."""
     parts: Counter[str] = field(default_factory=Counter)
     """``category/part`` -> bytes."""
@@ -208,8 +276,14 @@ class Breakdown:
         self.reclaimable += other.reclaimable
 
 
-_WRAPPERS = {"module", "_orig_mod", "model", "_forward_module", "_fsdp_wrapped_module",
-             "base_model"}
+_WRAPPERS = {
+    "module",
+    "_orig_mod",
+    "model",
+    "_forward_module",
+    "_fsdp_wrapped_module",
+    "base_model",
+}
 
 
 def module_of(key: str) -> str:

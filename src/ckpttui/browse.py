@@ -74,8 +74,15 @@ def list_dir(path: str) -> list[Entry]:
             continue
         if stat.S_ISDIR(st.st_mode):
             layout = dir_layout(e.path)
-            out.append(Entry(e.name, e.path, "checkpoint" if layout else "dir", layout,
-                             step=name_step(e.name)))
+            out.append(
+                Entry(
+                    e.name,
+                    e.path,
+                    "checkpoint" if layout else "dir",
+                    layout,
+                    step=name_step(e.name),
+                )
+            )
         elif stat.S_ISREG(st.st_mode):
             out.append(Entry(e.name, e.path, "file", size=st.st_size, step=name_step(e.name)))
     out.sort(key=lambda x: (x.kind not in ("dir", "checkpoint"), x.name))

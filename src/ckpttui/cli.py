@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 COMMANDS = ("inspect", "demo", "merge", "average", "export")
 
@@ -15,7 +15,8 @@ def _inspect_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckpttui inspect",
         description="What is in a checkpoint file or folder: layout, step/epoch, weights vs "
-                    "optimizer state, completeness. Reads headers and pickles only.")
+        "optimizer state, completeness. Reads headers and pickles only.",
+    )
     p.add_argument("path", help="a checkpoint file or a folder (walked recursively)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return p
@@ -25,7 +26,8 @@ def _demo_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckpttui demo",
         description="Generate a small experiments folder with real checkpoints (once, in a cache "
-                    "folder) and open ckpttui on it.")
+        "folder) and open ckpttui on it.",
+    )
     p.add_argument("--dir", help="where to generate it (default: a cache folder)")
     p.add_argument("--regenerate", action="store_true", help="write it again from scratch")
     p.add_argument("--no-open", action="store_true", help="only generate; print its path")
@@ -101,8 +103,9 @@ def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="ckpttui",
         description="Browse checkpoint folders: weights vs optimizer state, completeness, "
-                    "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
-                    "export (see `ckpttui COMMAND --help`), demo.")
+        "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
+        "export (see `ckpttui COMMAND --help`), demo.",
+    )
     p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
     args = p.parse_args(argv)
     if not os.path.exists(args.path):

@@ -61,8 +61,11 @@ def build_curve(inv: Inventory) -> Curve:
     # Epoch-based toolkits (FunASR, WeNet, SpeechBrain, fairseq) plot per epoch; HF per step.
     with_epoch = sum(c.epoch is not None for c in inv.checkpoints)
     with_step = sum(c.step is not None for c in inv.checkpoints)
-    by_epoch = with_epoch > 0 and with_epoch >= with_step and not any(
-        c.layout == "hf-trainer" for c in inv.checkpoints)
+    by_epoch = (
+        with_epoch > 0
+        and with_epoch >= with_step
+        and not any(c.layout == "hf-trainer" for c in inv.checkpoints)
+    )
     hf_history: list[dict[str, object]] = []
     for ckpt in inv.checkpoints:
         info = ckpt.info
@@ -74,8 +77,11 @@ def build_curve(inv: Inventory) -> Curve:
             if len(info["log_history"]) > len(hf_history):
                 hf_history = info["log_history"]
         elif ckpt.layout == "wenet" or info.get("variant") == "wenet":
-            loss = info.get("loss_dict", {}).get("loss") if isinstance(
-                info.get("loss_dict"), dict) else info.get("cv_loss")
+            loss = (
+                info.get("loss_dict", {}).get("loss")
+                if isinstance(info.get("loss_dict"), dict)
+                else info.get("cv_loss")
+            )
             _add(series, "cv_loss", x, loss)
         elif ckpt.layout == "speechbrain":
             meta_value = info.get("meta")
@@ -112,6 +118,7 @@ def build_curve(inv: Inventory) -> Curve:
     curve.series = sorted(series.values(), key=lambda s: s.name)
     curve.x_label = "epoch" if by_epoch else "step"
     curve.checkpoints.sort()
-    curve.lower_is_better = {s.name: not any(k in s.name.lower() for k in ("acc", "bleu", "f1"))
-                             for s in curve.series}
+    curve.lower_is_better = {
+        s.name: not any(k in s.name.lower() for k in ("acc", "bleu", "f1")) for s in curve.series
+    }
     return curve

@@ -10,17 +10,20 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ckpttui.accounting import Breakdown, breakdown, classify
 from ckpttui.formats import is_checkpoint_name, read_file
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
 
-_TMP = re.compile(r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
-                  r"ckpt|safetensors|pth)$")
+_TMP = re.compile(
+    r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
+    r"ckpt|safetensors|pth)$"
+)
 
 
 def is_temporary(name: str) -> bool:
@@ -108,8 +111,13 @@ def _read(inv: Inventory, path: Path, progress: Callable[[str], None] | None) ->
     return index
 
 
-def _walk(inv: Inventory, folder: Path, owner: Checkpoint | None,
-          seen: set[tuple[int, int]], progress: Callable[[str], None] | None) -> None:
+def _walk(
+    inv: Inventory,
+    folder: Path,
+    owner: Checkpoint | None,
+    seen: set[tuple[int, int]],
+    progress: Callable[[str], None] | None,
+) -> None:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
@@ -136,14 +144,19 @@ def _walk(inv: Inventory, folder: Path, owner: Checkpoint | None,
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                inv.errors.append((str(path), f"symlink loop: leads back to {os.path.realpath(path)}"))
+                inv.errors.append(
+                    (str(path), f"symlink loop: leads back to {os.path.realpath(path)}")
+                )
                 continue
             _walk(inv, path, owner, seen | {key}, progress)
         elif stat.S_ISREG(st.st_mode):
             if owner is not None:
                 owner.files.append(str(path))
-                if is_checkpoint_name(entry.name) and not is_temporary(entry.name) and not (
-                        entry.name.endswith(".distcp")):
+                if (
+                    is_checkpoint_name(entry.name)
+                    and not is_temporary(entry.name)
+                    and not (entry.name.endswith(".distcp"))
+                ):
                     _read(inv, path, progress)
             else:
                 _loose_file(inv, path, progress)
@@ -165,8 +178,13 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
     """A file outside any checkpoint folder: it is a checkpoint of its own if it looks like one."""
     name = path.name
     if is_temporary(name):
-        ckpt = Checkpoint(str(path), _guess_layout(name), files=[str(path)], complete=False,
-                          problems=["still being written (temporary file name)"])
+        ckpt = Checkpoint(
+            str(path),
+            _guess_layout(name),
+            files=[str(path)],
+            complete=False,
+            problems=["still being written (temporary file name)"],
+        )
         inv.checkpoints.append(ckpt)
         return
     if not is_checkpoint_name(name):
@@ -223,22 +241,24 @@ def report_dict(inv: Inventory) -> dict[str, Any]:
         if not (index.tensors or index.unsafe_globals or index.error):
             continue
         b = inv.file_breakdown(path)
-        files.append({
-            "path": inv.rel(path),
-            "format": index.format,
-            "size": index.size,
-            "tensors": len(index.tensors),
-            "storage_bytes": index.storage_bytes,
-            "categories": _categories(b),
-            "dtypes": dict(sorted(b.dtypes.items())),
-            "globals": index.globals,
-            "unsafe_globals": index.unsafe_globals,
-            "error": index.error,
-            "layout": inv.layout_of.get(path),
-            "tensor_bytes": b.bytes,
-            "reclaimable_bytes": b.reclaimable,
-            "parts": dict(sorted(b.parts.items())),
-        })
+        files.append(
+            {
+                "path": inv.rel(path),
+                "format": index.format,
+                "size": index.size,
+                "tensors": len(index.tensors),
+                "storage_bytes": index.storage_bytes,
+                "categories": _categories(b),
+                "dtypes": dict(sorted(b.dtypes.items())),
+                "globals": index.globals,
+                "unsafe_globals": index.unsafe_globals,
+                "error": index.error,
+                "layout": inv.layout_of.get(path),
+                "tensor_bytes": b.bytes,
+                "reclaimable_bytes": b.reclaimable,
+                "parts": dict(sorted(b.parts.items())),
+            }
+        )
     checkpoints = []
     for ckpt in inv.checkpoints:
         b = inv.checkpoint_breakdown(ckpt)
@@ -248,23 +268,26 @@ def report_dict(inv: Inventory) -> dict[str, Any]:
                 size += os.stat(f).st_size
             except OSError:
                 pass
-        checkpoints.append({
-            "path": inv.rel(ckpt.path),
-            "layout": ckpt.layout,
-            "files": [inv.rel(f) for f in ckpt.files],
-            "step": ckpt.step,
-            "epoch": ckpt.epoch,
-            "complete": ckpt.complete,
-            "problems": ckpt.problems,
-            "categories": _categories(b),
-            "size": size,
-            "tensor_bytes": b.bytes,
-            "storage_bytes": sum(inv.files[f].storage_bytes for f in ckpt.files
-                                 if f in inv.files),
-            "reclaimable_bytes": b.reclaimable,
-            "parts": dict(sorted(b.parts.items())),
-            "info": ckpt.info,
-        })
+        checkpoints.append(
+            {
+                "path": inv.rel(ckpt.path),
+                "layout": ckpt.layout,
+                "files": [inv.rel(f) for f in ckpt.files],
+                "step": ckpt.step,
+                "epoch": ckpt.epoch,
+                "complete": ckpt.complete,
+                "problems": ckpt.problems,
+                "categories": _categories(b),
+                "size": size,
+                "tensor_bytes": b.bytes,
+                "storage_bytes": sum(
+                    inv.files[f].storage_bytes for f in ckpt.files if f in inv.files
+                ),
+                "reclaimable_bytes": b.reclaimable,
+                "parts": dict(sorted(b.parts.items())),
+                "info": ckpt.info,
+            }
+        )
     return {
         "root": str(inv.root),
         "files": files,

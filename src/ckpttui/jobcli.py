@@ -16,12 +16,19 @@ from ckpttui.jobs.runner import JobSpec
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output: NAME.safetensors, NAME.pt/.bin, or a folder with "
-                        "--max-shard-size")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output: NAME.safetensors, NAME.pt/.bin, or a folder with --max-shard-size",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON event per line on stdout instead of a progress bar")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON event per line on stdout instead of a progress bar",
+    )
 
 
 def merge_parser() -> argparse.ArgumentParser:
@@ -29,17 +36,25 @@ def merge_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckpttui merge",
         description="Consolidate DeepSpeed ZeRO 1/2/3 rank files into one fp32 state dict "
-                    "(equal to DeepSpeed's zero_to_fp32, without its faults), or join HF shards.")
-    p.add_argument("src", help="DeepSpeed save folder (with `latest`), tag folder, or an HF "
-                               "sharded folder")
+        "(equal to DeepSpeed's zero_to_fp32, without its faults), or join HF shards.",
+    )
+    p.add_argument(
+        "src", help="DeepSpeed save folder (with `latest`), tag folder, or an HF sharded folder"
+    )
     _common(p)
     p.add_argument("--tag", help="DeepSpeed tag (default: the `latest` file)")
     p.add_argument("--max-shard-size", help="write shards + index into OUT, e.g. 5GB")
     p.add_argument("--exclude-frozen", action="store_true", help="leave frozen parameters out")
-    p.add_argument("--keep-half-frozen", action="store_true",
-                   help="keep bf16/fp16 frozen parameters in their dtype (DeepSpeed's behaviour)")
-    p.add_argument("--deepspeed-compat", action="store_true",
-                   help="reproduce zero_to_fp32 exactly, including dropping ZeRO-1 frozen params")
+    p.add_argument(
+        "--keep-half-frozen",
+        action="store_true",
+        help="keep bf16/fp16 frozen parameters in their dtype (DeepSpeed's behaviour)",
+    )
+    p.add_argument(
+        "--deepspeed-compat",
+        action="store_true",
+        help="reproduce zero_to_fp32 exactly, including dropping ZeRO-1 frozen params",
+    )
     return p
 
 
@@ -48,14 +63,16 @@ def average_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckpttui average",
         description="Average the weights of N checkpoints of one model (float tensors summed in "
-                    "float32, integer tensors from the last input). Give the checkpoints, or a "
-                    "run folder with --last N or --best N.")
+        "float32, integer tensors from the last input). Give the checkpoints, or a "
+        "run folder with --last N or --best N.",
+    )
     p.add_argument("src", nargs="+", help="checkpoints, or one run folder with --last/--best")
     _common(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--last", type=int, metavar="N", help="the last N checkpoints of RUN_DIR")
-    group.add_argument("--best", type=int, metavar="N",
-                       help="the best N by the metric the framework recorded")
+    group.add_argument(
+        "--best", type=int, metavar="N", help="the best N by the metric the framework recorded"
+    )
     p.add_argument("--metric", help="metric for --best (default: what the framework recorded)")
     return p
 
@@ -65,7 +82,8 @@ def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckpttui export",
         description="Weights only (optimizer, scheduler, rng dropped), as safetensors, a slim .pt "
-                    "in the framework's layout, or an HF folder (--config).")
+        "in the framework's layout, or an HF folder (--config).",
+    )
     p.add_argument("src", help="a checkpoint file or folder")
     _common(p)
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="cast floating tensors")
@@ -78,25 +96,52 @@ def export_parser() -> argparse.ArgumentParser:
 def _spec(kind: str, args: argparse.Namespace) -> JobSpec:
     common: dict[str, Any] = {"out": args.output, "force": args.force}
     if kind == "merge":
-        return JobSpec("merge", {**common, "src": args.src, "tag": args.tag,
-                                 "max_shard_size": args.max_shard_size,
-                                 "exclude_frozen": args.exclude_frozen,
-                                 "upcast_frozen": not args.keep_half_frozen,
-                                 "compat": args.deepspeed_compat})
+        return JobSpec(
+            "merge",
+            {
+                **common,
+                "src": args.src,
+                "tag": args.tag,
+                "max_shard_size": args.max_shard_size,
+                "exclude_frozen": args.exclude_frozen,
+                "upcast_frozen": not args.keep_half_frozen,
+                "compat": args.deepspeed_compat,
+            },
+        )
     if kind == "average":
         inputs = list(args.src)
         if args.last or args.best:
             if len(inputs) != 1:
                 raise SystemExit("ckpttui average: --last/--best take exactly one run folder")
-            return JobSpec("average", {**common, "select": {
-                "root": inputs[0], "last": args.last, "best": args.best, "metric": args.metric}})
+            return JobSpec(
+                "average",
+                {
+                    **common,
+                    "select": {
+                        "root": inputs[0],
+                        "last": args.last,
+                        "best": args.best,
+                        "metric": args.metric,
+                    },
+                },
+            )
         elif len(inputs) < 2:
-            raise SystemExit("ckpttui average: give at least two checkpoints, or a run folder "
-                             "with --last N / --best N")
+            raise SystemExit(
+                "ckpttui average: give at least two checkpoints, or a run folder "
+                "with --last N / --best N"
+            )
         return JobSpec("average", {**common, "inputs": inputs})
-    return JobSpec("export", {**common, "src": args.src, "dtype": args.dtype,
-                              "strip_prefix": args.strip_prefix,
-                              "max_shard_size": args.max_shard_size, "config": args.config})
+    return JobSpec(
+        "export",
+        {
+            **common,
+            "src": args.src,
+            "dtype": args.dtype,
+            "strip_prefix": args.strip_prefix,
+            "max_shard_size": args.max_shard_size,
+            "config": args.config,
+        },
+    )
 
 
 PARSERS = {"merge": merge_parser, "average": average_parser, "export": export_parser}
@@ -146,9 +191,15 @@ def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
     )
 
     console = Console(stderr=True, highlight=False)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=console,
-                        transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
     last = None
     try:
         with progress:

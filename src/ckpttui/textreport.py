@@ -16,11 +16,23 @@ def print_report(inv: Inventory) -> None:
     # Piped output is for reading later: do not squeeze it to 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"{inv.root}", title_justify="left", expand=False, pad_edge=False)
-    for col, justify in (("checkpoint", "left"), ("layout", "left"), ("step", "right"),
-                         ("epoch", "right"), ("weights", "right"), ("optim", "right"),
-                         ("other", "right"), ("reclaim", "right"), ("status", "left")):
-        table.add_column(col, justify=justify, overflow="fold",  # type: ignore[arg-type]
-                         no_wrap=col not in ("checkpoint", "status"))
+    for col, justify in (
+        ("checkpoint", "left"),
+        ("layout", "left"),
+        ("step", "right"),
+        ("epoch", "right"),
+        ("weights", "right"),
+        ("optim", "right"),
+        ("other", "right"),
+        ("reclaim", "right"),
+        ("status", "left"),
+    ):
+        table.add_column(
+            col,
+            justify=justify,  # type: ignore[arg-type]
+            overflow="fold",
+            no_wrap=col not in ("checkpoint", "status"),
+        )
     totals = {"weights": 0, "optimizer": 0, "other": 0, "reclaimable": 0}
     for ckpt in inv.checkpoints:
         b = inv.checkpoint_breakdown(ckpt)
@@ -31,20 +43,36 @@ def print_report(inv: Inventory) -> None:
         status = "ok" if ckpt.complete else "INCOMPLETE"
         if ckpt.problems:
             status += ": " + "; ".join(ckpt.problems)
-        table.add_row(inv.rel(ckpt.path) or ".", ckpt.layout,
-                      "" if ckpt.step is None else str(ckpt.step),
-                      "" if ckpt.epoch is None else str(ckpt.epoch),
-                      human_bytes(cats["weights"]), human_bytes(cats["optimizer"]),
-                      human_bytes(cats["other"]), human_bytes(b.reclaimable), status)
+        table.add_row(
+            inv.rel(ckpt.path) or ".",
+            ckpt.layout,
+            "" if ckpt.step is None else str(ckpt.step),
+            "" if ckpt.epoch is None else str(ckpt.epoch),
+            human_bytes(cats["weights"]),
+            human_bytes(cats["optimizer"]),
+            human_bytes(cats["other"]),
+            human_bytes(b.reclaimable),
+            status,
+        )
     if len(inv.checkpoints) > 1:
         table.add_section()
-        table.add_row(f"{len(inv.checkpoints)} checkpoints", "", "", "",
-                      human_bytes(totals["weights"]), human_bytes(totals["optimizer"]),
-                      human_bytes(totals["other"]), human_bytes(totals["reclaimable"]), "")
+        table.add_row(
+            f"{len(inv.checkpoints)} checkpoints",
+            "",
+            "",
+            "",
+            human_bytes(totals["weights"]),
+            human_bytes(totals["optimizer"]),
+            human_bytes(totals["other"]),
+            human_bytes(totals["reclaimable"]),
+            "",
+        )
     console.print(table)
     unsafe = sorted({g for f in inv.files.values() for g in f.unsafe_globals})
     if unsafe:
-        console.print(f"[yellow]pickles name {len(unsafe)} non-data global(s), recorded, never "
-                      f"imported:[/] " + ", ".join(unsafe[:12]) + (" ..." if len(unsafe) > 12 else ""))
+        console.print(
+            f"[yellow]pickles name {len(unsafe)} non-data global(s), recorded, never "
+            f"imported:[/] " + ", ".join(unsafe[:12]) + (" ..." if len(unsafe) > 12 else "")
+        )
     for path, error in inv.errors:
         console.print(f"[red]error[/] {inv.rel(path) or path}: {error}", highlight=False)

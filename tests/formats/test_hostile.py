@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from helpers import inspect_json, malicious_pickle, run_cli, torch_zip_bytes
 
 from ckpttui.formats import read_file
@@ -17,8 +16,9 @@ from ckpttui.inventory import scan
 
 @pytest.mark.parametrize("kind", ["system", "eval"])
 @pytest.mark.parametrize("container", ["zip", "plain", "legacy"])
-def test_code_running_pickle_is_reported_and_never_run(tmp_path: Path, kind: str,
-                                                       container: str) -> None:
+def test_code_running_pickle_is_reported_and_never_run(
+    tmp_path: Path, kind: str, container: str
+) -> None:
     marker = tmp_path / "pwned"
     raw = malicious_pickle(marker, kind)
     target = tmp_path / "model.pt"
@@ -27,8 +27,10 @@ def test_code_running_pickle_is_reported_and_never_run(tmp_path: Path, kind: str
     elif container == "legacy":
         import pickle
 
-        head = b"".join(pickle.dumps(x, protocol=2) for x in
-                        (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}))
+        head = b"".join(
+            pickle.dumps(x, protocol=2)
+            for x in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True})
+        )
         target.write_bytes(head + raw + pickle.dumps([], protocol=2))
     else:
         target.write_bytes(raw)
@@ -89,7 +91,9 @@ def test_safetensors_header_length_1e12(tmp_path: Path) -> None:
 
 def test_safetensors_offsets_past_end(tmp_path: Path) -> None:
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
-    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    (tmp_path / "model.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header + b"\0" * 8
+    )
     report = inspect_json(tmp_path)
     (err,) = report["errors"]
     assert "past the end of the file" in err["error"] and "'w'" in err["error"]
@@ -98,10 +102,12 @@ def test_safetensors_offsets_past_end(tmp_path: Path) -> None:
 def test_torch_zip_storage_past_end(tmp_path: Path) -> None:
     # data.pkl declares a 100-element float storage (the opcodes torch.save writes for one
     # tensor, see test_torch_zip), and the archive holds 8 bytes of it.
-    pkl = (b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02((X\x07"
-           b"\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05X\x03\x00"
-           b"\x00\x00cpuq\x06Kdtq\x07QK\x00Kd\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rtq\x08"
-           b"Rq\x09s.")
+    pkl = (
+        b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02((X\x07"
+        b"\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05X\x03\x00"
+        b"\x00\x00cpuq\x06Kdtq\x07QK\x00Kd\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rtq\x08"
+        b"Rq\x09s."
+    )
     (tmp_path / "model.pt").write_bytes(torch_zip_bytes(pkl, {"0": b"\0" * 8}))
     (err,) = inspect_json(tmp_path)["errors"]
     assert "storage data/0 holds 8 bytes but 400 are declared" in err["error"]
@@ -109,7 +115,8 @@ def test_torch_zip_storage_past_end(tmp_path: Path) -> None:
 
 def test_git_lfs_pointer(tmp_path: Path) -> None:
     (tmp_path / "model.ckpt").write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123456\n")
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123456\n"
+    )
     (err,) = inspect_json(tmp_path)["errors"]
     assert err["path"] == "model.ckpt" and "git-lfs pointer" in err["error"]
 

@@ -63,10 +63,12 @@ def make_fp16_variant(save_dir: Path, dest: Path) -> Path:
             state = torch.load(path, weights_only=True)
             convert = lambda t: t.half() if t.dtype == torch.bfloat16 else t  # noqa: E731
             state["module"] = type(state["module"])(
-                (k, convert(v)) for k, v in state["module"].items())
+                (k, convert(v)) for k, v in state["module"].items()
+            )
             if state.get("frozen_param_fragments"):
                 state["frozen_param_fragments"] = {
-                    k: convert(v) for k, v in state["frozen_param_fragments"].items()}
+                    k: convert(v) for k, v in state["frozen_param_fragments"].items()
+                }
             config = dict(state["ds_config"])
             config.pop("bf16", None)
             config["fp16"] = {"enabled": True}
@@ -85,23 +87,37 @@ def ds_reference(ds_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     for ws in (1, 2):
         for cfg in ZERO_CONFIGS:
             key = f"ws{ws}/{cfg.name}"
-            refs.append([key, str(ds_root / f"ws{ws}" / cfg.subdir),
-                         str(out / (key.replace("/", "_") + ".pt"))])
+            refs.append(
+                [
+                    key,
+                    str(ds_root / f"ws{ws}" / cfg.subdir),
+                    str(out / (key.replace("/", "_") + ".pt")),
+                ]
+            )
     for name in FP16_FROM:
         key = f"fp16/{name.replace('bf16', 'fp16')}"
         variant = make_fp16_variant(ds_root / "ws2" / name, out / key)
         refs.append([key, str(variant), str(out / (key.replace("/", "_") + ".pt"))])
-    sharded = [[str(ds_root / "ws2" / SHARDED_SAFETENSORS_FROM), str(out / "hf_safetensors"), True],
-               [str(ds_root / "ws2" / SHARDED_BIN_FROM), str(out / "hf_bin"), False]]
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT,
-                           json.dumps({"refs": refs, "sharded": sharded})],
-                          check=False, env=child_env(), capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
+    sharded = [
+        [str(ds_root / "ws2" / SHARDED_SAFETENSORS_FROM), str(out / "hf_safetensors"), True],
+        [str(ds_root / "ws2" / SHARDED_BIN_FROM), str(out / "hf_bin"), False],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps({"refs": refs, "sharded": sharded})],
+        check=False,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CKPTTUI_REF ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"reference subprocess failed ({proc.returncode}):\n"
-                           + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:]))
-    result: dict[str, Any] = json.loads(lines[-1][len("CKPTTUI_REF "):])
+        raise RuntimeError(
+            f"reference subprocess failed ({proc.returncode}):\n"
+            + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        )
+    result: dict[str, Any] = json.loads(lines[-1][len("CKPTTUI_REF ") :])
     for entry in result.values():
         if not entry["ok"]:
             raise RuntimeError(f"DeepSpeed's zero_to_fp32 failed: {entry['error']}")

@@ -22,8 +22,7 @@ def test_file_is_renamed_into_place(tmp_path: Path) -> None:
     assert target.read_bytes() == b"hello"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
-    assert sha256_file(target) == \
-        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert sha256_file(target) == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 
 
 def _umask() -> int:
@@ -105,8 +104,11 @@ def test_progress_clock_batches_in_time() -> None:
     assert clock.tick(20) is None
     now[0] = 0.11
     event = clock.tick(30)
-    assert event is not None and (event.kind, event.bytes_done, event.bytes_total) == \
-        ("progress", 30, 100)
+    assert event is not None and (event.kind, event.bytes_done, event.bytes_total) == (
+        "progress",
+        30,
+        100,
+    )
     assert clock.flush() is None  # nothing new since
     assert clock.tick(90) is None
     last = clock.flush()
@@ -137,10 +139,18 @@ def test_jobs_import_neither_torch_nor_ui() -> None:
     import sys
 
     modules = ["events", "atomic", "source", "st_writer", "pt_writer", "output", "zero", "merge"]
-    probe = ("import json, sys\n" + "".join(f"import ckpttui.jobs.{m}\n" for m in modules)
-             + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    probe = (
+        "import json, sys\n"
+        + "".join(f"import ckpttui.jobs.{m}\n" for m in modules)
+        + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     src = str(Path(__file__).resolve().parents[2] / "src")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={"PYTHONPATH": src}, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": src},
+        check=True,
+    )
     loaded = set(json.loads(proc.stdout))
     assert not loaded & {"torch", "numpy", "textual", "rich", "safetensors", "deepspeed"}

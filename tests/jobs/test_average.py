@@ -98,14 +98,17 @@ def test_hf_trainer_checkpoint_folders(hf_root: Path, tmp_path: Path) -> None:
     run(folders, tmp_path / "avg.safetensors")
     with safe_open(tmp_path / "avg.safetensors", framework="pt") as f:
         assert f.metadata()["format"] == "pt"
-    assert_mean(load_file(tmp_path / "avg.safetensors"),
-                [load_file(f / "model.safetensors") for f in folders])
+    assert_mean(
+        load_file(tmp_path / "avg.safetensors"),
+        [load_file(f / "model.safetensors") for f in folders],
+    )
     assert digests(*folders) == before
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_other_float_dtypes(tk_root: Path, hf_root: Path, tmp_path: Path,
-                            dtype: torch.dtype) -> None:
+def test_other_float_dtypes(
+    tk_root: Path, hf_root: Path, tmp_path: Path, dtype: torch.dtype
+) -> None:
     """Plain state dicts and safetensors files, in half precision (one ulp) and float64."""
     src = [hf_root / "trainer_gpt2" / f"checkpoint-{s}" / "model.safetensors" for s in (2, 4, 6)]
     st_states = [{k: v.to(dtype) for k, v in load_file(p).items()} for p in src]
@@ -120,8 +123,7 @@ def test_other_float_dtypes(tk_root: Path, hf_root: Path, tmp_path: Path,
     pt_paths = []
     for e in (0, 1, 2):
         state = load(tk_root / "wenet" / f"epoch_{e}.pt")
-        pt_states.append({k: v.to(dtype) if v.is_floating_point() else v
-                          for k, v in state.items()})
+        pt_states.append({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
         pt_paths.append(tmp_path / f"sd{e}.pt")
         torch.save(pt_states[-1], pt_paths[-1])
     run(pt_paths, tmp_path / "pt_avg.pt")
@@ -143,8 +145,9 @@ def _variant(src: Path, dest: Path, change: str) -> Path:
 
 
 @pytest.mark.parametrize("change", ["missing", "shape", "dtype", "extra"])
-def test_mismatch_names_the_tensor_and_both_files(tk_root: Path, tmp_path: Path,
-                                                  change: str) -> None:
+def test_mismatch_names_the_tensor_and_both_files(
+    tk_root: Path, tmp_path: Path, change: str
+) -> None:
     good = tk_root / "wenet" / "epoch_0.pt"
     bad = _variant(tk_root / "wenet" / "epoch_1.pt", tmp_path / "bad.pt", change)
     out_dir = tmp_path / "out"
@@ -166,8 +169,9 @@ def test_best_funasr_follows_its_rule(tk_root: Path, tmp_path: Path) -> None:
     for kind, take in (("acc", slice(None, 2)), ("loss", slice(-2, None))):
         # funasr/train_utils/average_nbest_models.py: sort by value descending, acc takes the
         # first N, loss the last N
-        items = sorted(latest[f"val_{kind}_step_or_epoch"].items(), key=lambda x: x[1],
-                       reverse=True)[take]
+        items = sorted(
+            latest[f"val_{kind}_step_or_epoch"].items(), key=lambda x: x[1], reverse=True
+        )[take]
         chosen = select_best(run_dir, 2, metric=None if kind == "acc" else kind)
         assert {p.name for p in chosen.paths} == {name for name, _ in items}, kind
         assert chosen.values == {str(run_dir / n): v for n, v in items}
@@ -180,14 +184,20 @@ def test_best_funasr_follows_its_rule(tk_root: Path, tmp_path: Path) -> None:
     assert all(torch.allclose(ours[k], v, rtol=1e-6, atol=1e-7) for k, v in theirs.items())
 
 
-@pytest.mark.parametrize(("run_name", "key"), [("wenet", "epoch_*.yaml"), ("wenet_v2", "[0-9]*.yaml")])
+@pytest.mark.parametrize(
+    ("run_name", "key"), [("wenet", "epoch_*.yaml"), ("wenet_v2", "[0-9]*.yaml")]
+)
 def test_best_wenet_lowest_cv_loss(tk_root: Path, run_name: str, key: str) -> None:
     run_dir = tk_root / run_name
     scores = []
     for y in sorted(run_dir.glob(key)):
         info = yaml.safe_load(y.read_text())
-        scores.append((info["loss_dict"]["loss"] if "loss_dict" in info else info["cv_loss"],
-                       y.with_suffix(".pt").name))
+        scores.append(
+            (
+                info["loss_dict"]["loss"] if "loss_dict" in info else info["cv_loss"],
+                y.with_suffix(".pt").name,
+            )
+        )
     expected = {name for _, name in sorted(scores)[:2]}
     assert {p.name for p in select_best(run_dir, 2).paths} == expected
 
@@ -233,13 +243,14 @@ def test_fairseq_selection_and_layout(tk_root: Path, tmp_path: Path) -> None:
     assert vars(out["args"]) == vars(newest["args"])
     assert out["optimizer_history"] == newest["optimizer_history"]
     assert out["extra_state"]["train_iterator"] == newest["extra_state"]["train_iterator"]
-    assert out["model"]["decoder.output_projection.weight"] is \
-        out["model"]["decoder.embed_tokens.weight"]
+    assert (
+        out["model"]["decoder.output_projection.weight"]
+        is out["model"]["decoder.embed_tokens.weight"]
+    )
     assert_mean(out["model"], [load(p)["model"] for p in last])
     # fairseq's own scripts/average_checkpoints.py result on the same two epochs agrees
     theirs = load(run_dir / "checkpoint.avg2.pt")["model"]
-    assert all(torch.allclose(out["model"][k], v, rtol=1e-6, atol=1e-7)
-               for k, v in theirs.items())
+    assert all(torch.allclose(out["model"][k], v, rtol=1e-6, atol=1e-7) for k, v in theirs.items())
 
 
 def test_best_fairseq_kept_best_files(tmp_path: Path) -> None:
@@ -262,8 +273,15 @@ def test_lightning_layout(tk_root: Path, tmp_path: Path) -> None:
     run(inputs, tmp_path / "avg.ckpt")
     out = torch.load(tmp_path / "avg.ckpt", weights_only=True)
     src = load(inputs[-1])
-    assert set(out) == {"epoch", "global_step", "pytorch-lightning_version", "state_dict",
-                        "loops", "hparams_name", "hyper_parameters"}
+    assert set(out) == {
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+        "state_dict",
+        "loops",
+        "hparams_name",
+        "hyper_parameters",
+    }
     for key in ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters", "loops"):
         assert out[key] == src[key], key
     assert_mean(out["state_dict"], [load(p)["state_dict"] for p in inputs])
@@ -272,12 +290,15 @@ def test_lightning_layout(tk_root: Path, tmp_path: Path) -> None:
 def test_speechbrain_folders(tk_root: Path, tmp_path: Path) -> None:
     folders = sorted((tk_root / SB_CKPTS).iterdir())
     run(folders, tmp_path / "model.ckpt", recoverable="model")
-    assert_mean(torch.load(tmp_path / "model.ckpt", weights_only=True),
-                [load(f / "model.ckpt") for f in folders])
+    assert_mean(
+        torch.load(tmp_path / "model.ckpt", weights_only=True),
+        [load(f / "model.ckpt") for f in folders],
+    )
     run(folders, tmp_path / "all.safetensors")
     names = list(load_file(tmp_path / "all.safetensors"))
-    assert names == [f"model.{k}" for k in load(folders[0] / "model.ckpt")] + \
-        [f"wav2vec2.{k}" for k in load(folders[0] / "wav2vec2.ckpt")]
+    assert names == [f"model.{k}" for k in load(folders[0] / "model.ckpt")] + [
+        f"wav2vec2.{k}" for k in load(folders[0] / "wav2vec2.ckpt")
+    ]
 
 
 def test_cancel_midway_leaves_nothing(tk_root: Path, tmp_path: Path) -> None:
@@ -314,11 +335,18 @@ def test_refusals(tk_root: Path, tmp_path: Path) -> None:
 
 
 def test_import_does_not_import_torch() -> None:
-    probe = ("import json, sys\nimport ckpttui.jobs.average, ckpttui.jobs.export, "
-             "ckpttui.jobs.select\nprint(json.dumps(sorted({m.split('.')[0] "
-             "for m in sys.modules})))")
+    probe = (
+        "import json, sys\nimport ckpttui.jobs.average, ckpttui.jobs.export, "
+        "ckpttui.jobs.select\nprint(json.dumps(sorted({m.split('.')[0] "
+        "for m in sys.modules})))"
+    )
     src = str(Path(__file__).resolve().parents[2] / "src")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": src}, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src},
+        check=True,
+    )
     loaded = set(json.loads(proc.stdout))
     assert not loaded & {"torch", "numpy", "textual", "rich", "safetensors", "yaml"}

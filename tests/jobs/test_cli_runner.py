@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli
 
 from ckpttui.jobs.atomic import sha256_file
@@ -24,9 +23,8 @@ def test_cli_merge_writes_a_verified_file(ds_root: Path, tmp_path: Path) -> None
     proc = run_cli("merge", str(ds_root / "ws2" / "z3_bf16_frozen_tied"), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "verified:" in proc.stderr and sha256_file(out) in proc.stderr.replace("\n", "")
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
 
     merged = load_file(out)
     # a bf16 run: every float comes out fp32, the frozen enc.weight included (upcast, exact)
@@ -73,11 +71,14 @@ def big_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     weight_map = {}
     for i in range(4):
         name = f"model-{i + 1:05d}-of-00004.safetensors"
-        tensors = {f"layer{i}.{j}.weight": torch.full((1024, 1024), float(i + j)) for j in range(25)}
+        tensors = {
+            f"layer{i}.{j}.weight": torch.full((1024, 1024), float(i + j)) for j in range(25)
+        }
         save_file(tensors, folder / name, metadata={"format": "pt"})
         weight_map.update({k: name for k in tensors})
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": 4 * 25 * 4 * 2**20}, "weight_map": weight_map}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 4 * 25 * 4 * 2**20}, "weight_map": weight_map})
+    )
     return folder
 
 

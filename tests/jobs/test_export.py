@@ -53,8 +53,9 @@ def source(case: str, tk_root: Path, hf_root: Path) -> tuple[Path, dict[str, tor
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_safetensors_holds_exactly_the_weights(tk_root: Path, hf_root: Path, tmp_path: Path,
-                                               case: str) -> None:
+def test_safetensors_holds_exactly_the_weights(
+    tk_root: Path, hf_root: Path, tmp_path: Path, case: str
+) -> None:
     path, ref = source(case, tk_root, hf_root)
     if path.name == "model.safetensors":
         path = path.parent  # the checkpoint-N folder itself
@@ -94,8 +95,9 @@ def test_slim_funasr_pt(tk_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("run_name", ["fairseq", "fairseq_hydra"])
-def test_slim_fairseq_keeps_what_its_loader_reads(tk_root: Path, tmp_path: Path,
-                                                  run_name: str) -> None:
+def test_slim_fairseq_keeps_what_its_loader_reads(
+    tk_root: Path, tmp_path: Path, run_name: str
+) -> None:
     src = tk_root / run_name / "checkpoint3.pt"
     run(src, tmp_path / "slim.pt", dtype="fp16")
     out = load(tmp_path / "slim.pt")  # weights_only, argparse.Namespace allowed
@@ -121,8 +123,15 @@ def test_slim_lightning(tk_root: Path, tmp_path: Path) -> None:
     events = run(src, tmp_path / "slim.ckpt")
     out = torch.load(tmp_path / "slim.ckpt", weights_only=True)
     ref = load(src)
-    assert list(out) == ["epoch", "global_step", "pytorch-lightning_version", "state_dict",
-                         "loops", "hparams_name", "hyper_parameters"]
+    assert list(out) == [
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+        "state_dict",
+        "loops",
+        "hparams_name",
+        "hyper_parameters",
+    ]
     assert out["hyper_parameters"] == ref["hyper_parameters"]
     assert all(identical(out["state_dict"][k], v) for k, v in ref["state_dict"].items())
     logs = " ".join(e.message for e in events if e.kind == "log")
@@ -133,16 +142,28 @@ def test_opaque_metadata_is_dropped_and_named(tmp_path: Path) -> None:
     import fractions
 
     src = tmp_path / "model.ckpt"
-    torch.save({"pytorch-lightning_version": "2.6.2", "epoch": 0, "global_step": 1,
-                "state_dict": {"w": torch.ones(2)},
-                "hyper_parameters": {"lr": 0.1, "ratio": fractions.Fraction(1, 3),
-                                     "dtype": torch.bfloat16,
-                                     "optim": AttributeDict(name="adamw", betas=(0.9, 0.98))}},
-               src)
+    torch.save(
+        {
+            "pytorch-lightning_version": "2.6.2",
+            "epoch": 0,
+            "global_step": 1,
+            "state_dict": {"w": torch.ones(2)},
+            "hyper_parameters": {
+                "lr": 0.1,
+                "ratio": fractions.Fraction(1, 3),
+                "dtype": torch.bfloat16,
+                "optim": AttributeDict(name="adamw", betas=(0.9, 0.98)),
+            },
+        },
+        src,
+    )
     events = run(src, tmp_path / "slim.ckpt")
     out = torch.load(tmp_path / "slim.ckpt", weights_only=True)
-    assert out["hyper_parameters"] == {"lr": 0.1, "dtype": torch.bfloat16,
-                                       "optim": {"name": "adamw", "betas": (0.9, 0.98)}}
+    assert out["hyper_parameters"] == {
+        "lr": 0.1,
+        "dtype": torch.bfloat16,
+        "optim": {"name": "adamw", "betas": (0.9, 0.98)},
+    }
     assert type(out["hyper_parameters"]["optim"]) is dict
     logs = [e.message for e in events if e.kind == "log"]
     assert any("hyper_parameters.ratio (fractions.Fraction)" in m for m in logs)
@@ -189,8 +210,12 @@ def test_sharded_outputs(hf_root: Path, tmp_path: Path, monkeypatch: pytest.Monk
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in folder.glob("*.safetensors"))
     assert len(shards) > 1 and set(index["weight_map"].values()) == set(shards)
-    assert set(events[-1].data["sha256"]) == {*shards, "model.safetensors.index.json",
-                                              "config.json", "generation_config.json"}
+    assert set(events[-1].data["sha256"]) == {
+        *shards,
+        "model.safetensors.index.json",
+        "config.json",
+        "generation_config.json",
+    }
     model = GPT2LMHeadModel.from_pretrained(folder)
     ref = load(src / "pytorch_model.bin")
     state = model.state_dict()
@@ -204,8 +229,9 @@ def test_sharded_outputs(hf_root: Path, tmp_path: Path, monkeypatch: pytest.Monk
     assert set(merged) == set(ref) and all(identical(merged[k], v) for k, v in ref.items())
 
 
-def test_speechbrain_wav2vec2_to_an_hf_folder(tk_root: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_speechbrain_wav2vec2_to_an_hf_folder(
+    tk_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from transformers import Wav2Vec2Model
 
@@ -215,8 +241,10 @@ def test_speechbrain_wav2vec2_to_an_hf_folder(tk_root: Path, tmp_path: Path,
     _hf_wav2vec2(16).model.config.save_pretrained(config_dir)  # the config the fixture used
     src = first_sb(tk_root) / "wav2vec2.ckpt"
     run(src, tmp_path / "w2v", strip_prefix="model.", config=config_dir / "config.json")
-    assert sorted(p.name for p in (tmp_path / "w2v").iterdir()) == ["config.json",
-                                                                    "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "w2v").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
     model = Wav2Vec2Model.from_pretrained(tmp_path / "w2v")
     state = model.state_dict()
     ref = {k.removeprefix("model."): v for k, v in load(src).items()}
@@ -230,9 +258,11 @@ def test_cancel_midway_leaves_nothing(tk_root: Path, hf_root: Path, tmp_path: Pa
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     cases: list[tuple[Path, Path, dict[str, Any]]] = [
-        (src, out_dir / "w.safetensors", {}), (src, out_dir / "w.pt", {}),
+        (src, out_dir / "w.safetensors", {}),
+        (src, out_dir / "w.pt", {}),
         (src, out_dir / "shards", {"max_shard_size": "10KB"}),
-        (hf_root / "model_bin", out_dir / "hf", {"config": hf_root / "model_bin"})]
+        (hf_root / "model_bin", out_dir / "hf", {"config": hf_root / "model_bin"}),
+    ]
     for path, out, kw in cases:
         cancel = CancelAfter(10)
         with pytest.raises(JobCancelled):

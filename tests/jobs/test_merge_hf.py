@@ -18,8 +18,13 @@ from ckpttui.jobs.merge import merge_hf_shards
 def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and bytes."""
     fa, fb = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        fa.view(torch.uint8) if fa.numel() else fa, fb.view(torch.uint8) if fb.numel() else fb)
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(
+            fa.view(torch.uint8) if fa.numel() else fa, fb.view(torch.uint8) if fb.numel() else fb
+        )
+    )
 
 
 def reference(ds_reference: dict[str, Any], kind: str) -> dict[str, torch.Tensor]:
@@ -28,8 +33,7 @@ def reference(ds_reference: dict[str, Any], kind: str) -> dict[str, torch.Tensor
 
 
 @pytest.mark.parametrize("kind", ["hf_safetensors", "hf_bin"])
-def test_shards_to_one_safetensors(ds_reference: dict[str, Any], tmp_path: Path,
-                                   kind: str) -> None:
+def test_shards_to_one_safetensors(ds_reference: dict[str, Any], tmp_path: Path, kind: str) -> None:
     folder = ds_reference[kind]
     assert len([p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors")]) > 1
     out = tmp_path / "one.safetensors"
@@ -98,8 +102,9 @@ def test_index_naming_an_absent_tensor(ds_reference: dict[str, Any], tmp_path: P
         list(merge_hf_shards(folder, tmp_path / "one.safetensors"))
 
 
-def test_resharding_into_the_input_folder_is_refused(ds_reference: dict[str, Any],
-                                                     tmp_path: Path) -> None:
+def test_resharding_into_the_input_folder_is_refused(
+    ds_reference: dict[str, Any], tmp_path: Path
+) -> None:
     folder = _copy(ds_reference, tmp_path)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with pytest.raises(JobError, match="input"):

@@ -58,8 +58,9 @@ def module_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("ws", "cfg"), CASES)
-def test_compat_equals_deepspeed_bit_for_bit(ds_root: Path, ds_reference: dict[str, Any],
-                                            tmp_path: Path, ws: int, cfg: Any) -> None:
+def test_compat_equals_deepspeed_bit_for_bit(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path, ws: int, cfg: Any
+) -> None:
     ref = torch.load(ds_reference[f"ws{ws}/{cfg.name}"], weights_only=True)
     src = save_dir(ds_root, ws, cfg)
     events = run(merge_zero(src, tmp_path / "m.safetensors", compat=True))
@@ -81,8 +82,9 @@ def test_compat_equals_deepspeed_bit_for_bit(ds_root: Path, ds_reference: dict[s
 
 
 @pytest.mark.parametrize(("ws", "cfg"), CASES)
-def test_default_keeps_frozen_and_upcasts(ds_root: Path, ds_reference: dict[str, Any],
-                                          tmp_path: Path, ws: int, cfg: Any) -> None:
+def test_default_keeps_frozen_and_upcasts(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path, ws: int, cfg: Any
+) -> None:
     ref = torch.load(ds_reference[f"ws{ws}/{cfg.name}"], weights_only=True)
     src = save_dir(ds_root, ws, cfg)
     out = tmp_path / "m.safetensors"
@@ -109,8 +111,9 @@ def test_default_keeps_frozen_and_upcasts(ds_root: Path, ds_reference: dict[str,
     assert all(v.dtype in (torch.float32, torch.int64) for v in ours.values())
 
 
-@pytest.mark.parametrize("name", ["z1_fp16_frozen_tied", "z2_fp16_frozen_tied",
-                                  "z3_fp16_frozen_tied"])
+@pytest.mark.parametrize(
+    "name", ["z1_fp16_frozen_tied", "z2_fp16_frozen_tied", "z3_fp16_frozen_tied"]
+)
 def test_fp16_checkpoints(ds_reference: dict[str, Any], tmp_path: Path, name: str) -> None:
     """fp16 runs (bf16 ones rewritten as fp16 ones are saved: this CPU cannot train in fp16)."""
     src = ds_reference[f"fp16/{name}/src"]
@@ -134,8 +137,9 @@ def test_fp16_checkpoints(ds_reference: dict[str, Any], tmp_path: Path, name: st
     assert all(identical(ours[k], v) for k, v in ref.items() if k != "enc.weight")
 
 
-@pytest.mark.parametrize("cfg", [c for c in ZERO_CONFIGS if c.frozen and c.dtype == "bf16"],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "cfg", [c for c in ZERO_CONFIGS if c.frozen and c.dtype == "bf16"], ids=lambda c: c.name
+)
 def test_keep_frozen_dtype_option(ds_root: Path, tmp_path: Path, cfg: Any) -> None:
     out = tmp_path / "m.safetensors"
     run(merge_zero(save_dir(ds_root, 2, cfg), out, upcast_frozen=False))
@@ -149,8 +153,9 @@ def test_exclude_frozen(ds_root: Path, tmp_path: Path) -> None:
     assert "enc.weight" not in load_file(out)
 
 
-def test_tag_argument_and_metadata(ds_root: Path, ds_reference: dict[str, Any],
-                                   tmp_path: Path) -> None:
+def test_tag_argument_and_metadata(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path
+) -> None:
     cfg = next(c for c in ZERO_CONFIGS if c.name == "z3_fp32_frozen_tied")
     src = save_dir(ds_root, 2, cfg)
     out = tmp_path / "m.safetensors"
@@ -161,8 +166,10 @@ def test_tag_argument_and_metadata(ds_root: Path, ds_reference: dict[str, Any],
     assert meta["format"] == "pt" and '"head.weight":"embed.weight"' in meta["ckpttui.aliases"]
     # the tag folder itself is accepted too
     run(merge_zero(src / "global_step2", tmp_path / "n.safetensors"))
-    assert hashlib.sha256(out.read_bytes()).digest() == \
-        hashlib.sha256((tmp_path / "n.safetensors").read_bytes()).digest()
+    assert (
+        hashlib.sha256(out.read_bytes()).digest()
+        == hashlib.sha256((tmp_path / "n.safetensors").read_bytes()).digest()
+    )
     with pytest.raises(JobError, match="global_step9"):
         run(merge_zero(src, tmp_path / "x.safetensors", tag="global_step9"))
 
@@ -174,8 +181,10 @@ def test_done_event_is_the_verification(ds_root: Path, tmp_path: Path) -> None:
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     assert done.data["sha256"] == {"m.safetensors": digest}
     assert done.data["bytes"] == out.stat().st_size
-    assert done.message == (f"verified: {done.data['tensors']} tensors, {out.stat().st_size} "
-                            f"bytes, sha256 m.safetensors {digest}")
+    assert done.message == (
+        f"verified: {done.data['tensors']} tensors, {out.stat().st_size} "
+        f"bytes, sha256 m.safetensors {digest}"
+    )
     assert done.bytes_done == done.bytes_total > 0
 
 
@@ -203,18 +212,23 @@ def _tag_copy(ds_root: Path, tmp_path: Path, name: str, ws: int = 2) -> Path:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-@pytest.mark.parametrize(("name", "victim"), [
-    ("z2_fp32", "zero_pp_rank_1_mp_rank_00_optim_states.pt"),
-    ("z3_bf16", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"),
-    ("z3_fp32", "zero_pp_rank_1_mp_rank_00_model_states.pt"),
-    ("z1_fp32", "mp_rank_00_model_states.pt"),
-])
-def test_missing_rank_file_is_named(ds_root: Path, tmp_path: Path, name: str,
-                                    victim: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "victim"),
+    [
+        ("z2_fp32", "zero_pp_rank_1_mp_rank_00_optim_states.pt"),
+        ("z3_bf16", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"),
+        ("z3_fp32", "zero_pp_rank_1_mp_rank_00_model_states.pt"),
+        ("z1_fp32", "mp_rank_00_model_states.pt"),
+    ],
+)
+def test_missing_rank_file_is_named(ds_root: Path, tmp_path: Path, name: str, victim: str) -> None:
     src = _tag_copy(ds_root, tmp_path, name)
     (src / "global_step2" / victim).unlink()
     out_dir = tmp_path / "out"
@@ -227,8 +241,10 @@ def test_missing_rank_file_is_named(ds_root: Path, tmp_path: Path, name: str,
 def test_surplus_rank_file_is_named(ds_root: Path, tmp_path: Path) -> None:
     src = _tag_copy(ds_root, tmp_path, "z2_fp32")
     tag = src / "global_step2"
-    shutil.copy(tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-                tag / "zero_pp_rank_2_mp_rank_00_optim_states.pt")
+    shutil.copy(
+        tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        tag / "zero_pp_rank_2_mp_rank_00_optim_states.pt",
+    )
     with pytest.raises(JobError, match=r"zero_pp_rank_2_mp_rank_00_optim_states\.pt"):
         run(merge_zero(src, tmp_path / "m.safetensors"))
 
@@ -256,16 +272,24 @@ def test_cancel_midway_leaves_nothing(ds_root: Path, tmp_path: Path, suffix: str
     out_dir.mkdir()
     cancel = CancelAfter(4, out_dir)
     with pytest.raises(JobCancelled):
-        run(merge_zero(save_dir(ds_root, 2, cfg), out_dir / f"m{suffix}", cancel=cancel,
-                       max_shard_size=None if suffix else 300))
+        run(
+            merge_zero(
+                save_dir(ds_root, 2, cfg),
+                out_dir / f"m{suffix}",
+                cancel=cancel,
+                max_shard_size=None if suffix else 300,
+            )
+        )
     assert [n for n in cancel.seen if ".tmp-" in n], "the job was cancelled before writing"
     assert list(out_dir.iterdir()) == []
 
 
-def test_closing_the_generator_removes_the_temp_file(ds_root: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(output, "ProgressClock",
-                        lambda job, total: ProgressClock(job, total, interval=0.0))
+def test_closing_the_generator_removes_the_temp_file(
+    ds_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        output, "ProgressClock", lambda job, total: ProgressClock(job, total, interval=0.0)
+    )
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     job = merge_zero(save_dir(ds_root, 1, ZERO_CONFIGS[0]), out_dir / "m.safetensors")
@@ -306,8 +330,9 @@ def test_inputs_unchanged_and_existing_output_needs_force(ds_root: Path, tmp_pat
     assert _hashes(src) == before
 
 
-def test_full_disk_is_refused_before_writing(ds_root: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_is_refused_before_writing(
+    ds_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     usage = shutil.disk_usage(out_dir)

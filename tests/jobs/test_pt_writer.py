@@ -19,22 +19,27 @@ from ckpttui.jobs.st_writer import TensorSpec
 def values() -> OrderedDict[str, torch.Tensor]:
     """Mixed dtypes, 0-d, empty, non-contiguous input."""
     gen = torch.Generator().manual_seed(5)
-    return OrderedDict([
-        ("w", torch.randn(3, 4, generator=gen).t()),
-        ("bf", torch.randn(5, generator=gen).bfloat16()),
-        ("n", torch.tensor(7, dtype=torch.int64)),
-        ("e", torch.zeros(0, 2)),
-        ("m", torch.tensor([True, False])),
-        ("d", torch.randn(2, generator=gen, dtype=torch.float64)),
-    ])
+    return OrderedDict(
+        [
+            ("w", torch.randn(3, 4, generator=gen).t()),
+            ("bf", torch.randn(5, generator=gen).bfloat16()),
+            ("n", torch.tensor(7, dtype=torch.int64)),
+            ("e", torch.zeros(0, 2)),
+            ("m", torch.tensor([True, False])),
+            ("d", torch.randn(2, generator=gen, dtype=torch.float64)),
+        ]
+    )
 
 
 def write(path: Path, vals: OrderedDict[str, torch.Tensor], aliases: dict[str, str]) -> None:
     """Write `vals` plus aliases (listed last) with TorchZipWriter."""
-    specs = [TensorSpec(k, str(v.dtype).removeprefix("torch."), tuple(v.shape))
-             for k, v in vals.items()]
-    specs += [TensorSpec(a, specs[list(vals).index(o)].dtype, tuple(vals[o].shape))
-              for a, o in aliases.items()]
+    specs = [
+        TensorSpec(k, str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in vals.items()
+    ]
+    specs += [
+        TensorSpec(a, specs[list(vals).index(o)].dtype, tuple(vals[o].shape))
+        for a, o in aliases.items()
+    ]
     with open(path, "wb") as f:
         writer = TorchZipWriter(f, specs, aliases, root=path.stem)
         for name, value in vals.items():
@@ -60,8 +65,12 @@ def test_layout_matches_torch_save(tmp_path: Path) -> None:
     write(path, values(), {})
     with zipfile.ZipFile(path) as z:
         names = [i.filename for i in z.infolist()]
-        assert names[:4] == ["out/data.pkl", "out/.format_version", "out/.storage_alignment",
-                             "out/byteorder"]
+        assert names[:4] == [
+            "out/data.pkl",
+            "out/.format_version",
+            "out/.storage_alignment",
+            "out/byteorder",
+        ]
         assert names[-2:] == ["out/version", "out/.data/serialization_id"]
         for info in z.infolist():
             assert info.compress_type == zipfile.ZIP_STORED
@@ -72,8 +81,10 @@ def test_layout_matches_torch_save(tmp_path: Path) -> None:
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
             if "/data/" in info.filename:
-                name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:][:2], "little"), \
-                    int.from_bytes(raw[info.header_offset + 28:][:2], "little")
+                name_len, extra_len = (
+                    int.from_bytes(raw[info.header_offset + 26 :][:2], "little"),
+                    int.from_bytes(raw[info.header_offset + 28 :][:2], "little"),
+                )
                 assert (info.header_offset + 30 + name_len + extra_len) % ALIGNMENT == 0
 
 

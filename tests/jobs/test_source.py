@@ -29,25 +29,29 @@ def sample() -> dict[str, Any]:
     base = torch.randn(6, 5, generator=gen)
     emb = torch.randn(4, 3, generator=gen)
     return {
-        "model": OrderedDict([
-            ("w", base),
-            ("w_t", base.t()),  # non-contiguous view
-            ("w_rows", base[2:5]),  # offset view
-            ("w_step", base[:, ::2]),  # strided view
-            ("embed", emb),
-            ("head", emb),  # tied: the same tensor
-            ("bf16", torch.randn(7, generator=gen).to(torch.bfloat16)),
-            ("fp16", torch.randn(2, 3, generator=gen).half()),
-            ("f64", torch.randn(3, generator=gen, dtype=torch.float64)),
-            ("step", torch.tensor(12345678901, dtype=torch.int64)),  # 0-d int64
-            ("scale", torch.tensor(0.5)),  # 0-d float
-            ("mask", torch.tensor([True, False, True])),
-            ("i8", torch.tensor([-3, 4], dtype=torch.int8)),
-            ("empty", torch.zeros(0, 4)),
-            ("param", torch.nn.Parameter(torch.randn(2, 2, generator=gen))),
-        ]),
-        "optimizer": {"state": {0: {"exp_avg": torch.randn(5, generator=gen)}},
-                      "param_groups": [{"lr": 0.1, "params": [0]}]},
+        "model": OrderedDict(
+            [
+                ("w", base),
+                ("w_t", base.t()),  # non-contiguous view
+                ("w_rows", base[2:5]),  # offset view
+                ("w_step", base[:, ::2]),  # strided view
+                ("embed", emb),
+                ("head", emb),  # tied: the same tensor
+                ("bf16", torch.randn(7, generator=gen).to(torch.bfloat16)),
+                ("fp16", torch.randn(2, 3, generator=gen).half()),
+                ("f64", torch.randn(3, generator=gen, dtype=torch.float64)),
+                ("step", torch.tensor(12345678901, dtype=torch.int64)),  # 0-d int64
+                ("scale", torch.tensor(0.5)),  # 0-d float
+                ("mask", torch.tensor([True, False, True])),
+                ("i8", torch.tensor([-3, 4], dtype=torch.int8)),
+                ("empty", torch.zeros(0, 4)),
+                ("param", torch.nn.Parameter(torch.randn(2, 2, generator=gen))),
+            ]
+        ),
+        "optimizer": {
+            "state": {0: {"exp_avg": torch.randn(5, generator=gen)}},
+            "param_groups": [{"lr": 0.1, "params": [0]}],
+        },
         "history": [torch.arange(4), torch.arange(4).float() / 3],
     }
 
@@ -89,8 +93,10 @@ def test_shared_storage_shares_memory(tmp_path: Path) -> None:
     with TensorSource(path) as source:
         t = {r.name: source.tensor(r) for r in source.records}
         assert t["model/head"].data_ptr() == t["model/embed"].data_ptr()
-        assert t["model/w_rows"].untyped_storage().data_ptr() == \
-            t["model/w"].untyped_storage().data_ptr()
+        assert (
+            t["model/w_rows"].untyped_storage().data_ptr()
+            == t["model/w"].untyped_storage().data_ptr()
+        )
         assert t["model/w_rows"].storage_offset() == 10
 
 
@@ -142,8 +148,12 @@ def test_walk_and_get(tmp_path: Path) -> None:
 def test_safetensors_match(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     gen = torch.Generator().manual_seed(1)
-    tensors = {"a": torch.randn(3, 4, generator=gen), "b": torch.randn(5, generator=gen).bfloat16(),
-               "c": torch.tensor(7, dtype=torch.int64), "d": torch.zeros(0)}
+    tensors = {
+        "a": torch.randn(3, 4, generator=gen),
+        "b": torch.randn(5, generator=gen).bfloat16(),
+        "c": torch.tensor(7, dtype=torch.int64),
+        "d": torch.zeros(0),
+    }
     save_file(tensors, path)
     with TensorSource(path) as source:
         got = {r.name: source.tensor(r) for r in source.records}
@@ -160,8 +170,9 @@ def test_deepspeed_model_states(ds_root: Path) -> None:
             assert check_against_torch(path) > 5
 
 
-def _rewrite_zip(src: Path, dst: Path, compress: int = zipfile.ZIP_STORED,
-                 big_endian: bool = False) -> None:
+def _rewrite_zip(
+    src: Path, dst: Path, compress: int = zipfile.ZIP_STORED, big_endian: bool = False
+) -> None:
     """Copy a torch zip, optionally compressing entries or converting storages to big-endian."""
     index = read_file(src)
     root = index.metadata["root"]
@@ -174,9 +185,19 @@ def _rewrite_zip(src: Path, dst: Path, compress: int = zipfile.ZIP_STORED,
             if big_endian and name == f"{root}/byteorder":
                 data = b"big"
             elif big_endian and name.startswith(f"{root}/data/"):
-                n = elsize.get(name[len(root) + 6:], 1)
-                data = bytes(torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                             .view(-1, n).flip(1).contiguous().view(-1).tolist()) if data else data
+                n = elsize.get(name[len(root) + 6 :], 1)
+                data = (
+                    bytes(
+                        torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                        .view(-1, n)
+                        .flip(1)
+                        .contiguous()
+                        .view(-1)
+                        .tolist()
+                    )
+                    if data
+                    else data
+                )
             zout.writestr(name, data)
 
 

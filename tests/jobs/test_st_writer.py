@@ -40,8 +40,10 @@ def tensors() -> dict[str, torch.Tensor]:
 
 def specs_of(values: dict[str, torch.Tensor]) -> list[TensorSpec]:
     """Specs in dict order."""
-    return [TensorSpec(k, str(v.dtype).removeprefix("torch."), tuple(v.shape))
-            for k, v in values.items()]
+    return [
+        TensorSpec(k, str(v.dtype).removeprefix("torch."), tuple(v.shape))
+        for k, v in values.items()
+    ]
 
 
 def test_single_file_round_trip(tmp_path: Path) -> None:

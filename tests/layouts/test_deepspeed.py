@@ -6,11 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from expected import by_path, load_torch, tensors_in, torch_file_truth
 from helpers import inspect_json
 
-CONFIGS = [f"z{s}_{d}{v}" for s in (1, 2, 3) for d in ("fp32", "bf16") for v in ("", "_frozen_tied")]
+CONFIGS = [
+    f"z{s}_{d}{v}" for s in (1, 2, 3) for d in ("fp32", "bf16") for v in ("", "_frozen_tied")
+]
 
 
 @pytest.mark.parametrize("ws", [1, 2])
@@ -35,8 +36,9 @@ def test_every_stage_and_dtype_is_recognised_complete(ds_root: Path, ws: int) ->
 
 
 @pytest.mark.parametrize("ws", [1, 2])
-@pytest.mark.parametrize("name", ["z1_fp32", "z2_bf16_frozen_tied", "z3_fp32_frozen_tied",
-                                  "z3_bf16"])
+@pytest.mark.parametrize(
+    "name", ["z1_fp32", "z2_bf16_frozen_tied", "z3_fp32_frozen_tied", "z3_bf16"]
+)
 def test_file_numbers_match_torch(ds_root: Path, ws: int, name: str) -> None:
     tag = ds_root / f"ws{ws}" / name / "global_step2"
     files = by_path(inspect_json(tag), "files")
@@ -44,17 +46,27 @@ def test_file_numbers_match_torch(ds_root: Path, ws: int, name: str) -> None:
         truth = torch_file_truth(path, deepspeed=True)
         f = files[path.name]
         assert (f["tensors"], f["storage_bytes"], f["dtypes"]) == (
-            truth["tensors"], truth["storage_bytes"], truth["dtypes"]), path.name
+            truth["tensors"],
+            truth["storage_bytes"],
+            truth["dtypes"],
+        ), path.name
         cats = f["categories"]
         if path.name.endswith("optim_states.pt"):
             assert cats["optimizer"] == {"tensors": truth["tensors"], "bytes": truth["bytes"]}
-            masters = [t for p, t in truth["by_path"].items()
-                       if p[1] in ("single_partition_of_fp32_groups", "fp32_flat_groups")]
+            masters = [
+                t
+                for p, t in truth["by_path"].items()
+                if p[1] in ("single_partition_of_fp32_groups", "fp32_flat_groups")
+            ]
             assert masters and f["parts"]["optimizer/master"] == sum(
-                t.numel() * t.element_size() for t in masters)
+                t.numel() * t.element_size() for t in masters
+            )
         else:
-            module = [t for p, t in truth["by_path"].items() if p[0] in ("module",
-                                                                         "frozen_param_fragments")]
+            module = [
+                t
+                for p, t in truth["by_path"].items()
+                if p[0] in ("module", "frozen_param_fragments")
+            ]
             assert cats["weights"]["bytes"] == sum(t.numel() * t.element_size() for t in module)
             assert cats["optimizer"]["tensors"] == 0
 
@@ -62,10 +74,14 @@ def test_file_numbers_match_torch(ds_root: Path, ws: int, name: str) -> None:
 def test_zero3_weights_live_in_the_optimizer_partitions(ds_root: Path) -> None:
     (c,) = inspect_json(ds_root / "ws2" / "z3_fp32" / "global_step2")["checkpoints"]
     # module holds empty placeholders: only the buffers carry bytes
-    model = load_torch(ds_root / "ws2" / "z3_fp32" / "global_step2" /
-                       "zero_pp_rank_0_mp_rank_00_model_states.pt", deepspeed=True)
-    buffers = sum(model["module"][b].numel() * model["module"][b].element_size()
-                  for b in model["buffer_names"])
+    model = load_torch(
+        ds_root / "ws2" / "z3_fp32" / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        deepspeed=True,
+    )
+    buffers = sum(
+        model["module"][b].numel() * model["module"][b].element_size()
+        for b in model["buffer_names"]
+    )
     assert c["categories"]["weights"]["bytes"] == buffers * 2  # one model-states file per rank
     assert c["parts"]["optimizer/master"] > 0
 
@@ -93,11 +109,18 @@ def test_wenet_and_funasr_tag_folders(ds_root: Path) -> None:
     ckpts = by_path(inspect_json(ds_root / "ws2"), "checkpoints")
     wenet = ckpts["wenet/exp/epoch_3.pt"]
     assert (wenet["layout"], wenet["epoch"], wenet["info"]["variant"], wenet["complete"]) == (
-        "deepspeed", 3, "wenet", True)
+        "deepspeed",
+        3,
+        "wenet",
+        True,
+    )
     assert wenet["info"]["cv_loss"] == 1.23 and wenet["info"]["latest"] is True
     funasr = ckpts["funasr/exp/model.pt.ep3"]
     assert (funasr["epoch"], funasr["info"]["variant"], funasr["info"]["zero_stage"]) == (
-        3, "funasr", 3)
+        3,
+        "funasr",
+        3,
+    )
 
 
 def test_zero_to_fp32_outputs_are_model_folders(ds_root: Path, tmp_path: Path) -> None:

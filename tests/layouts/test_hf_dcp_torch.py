@@ -15,7 +15,11 @@ def test_trainer_checkpoints_are_recognised_with_steps(hf_root: Path) -> None:
     for step in (2, 4, 6):
         c = ckpts[f"checkpoint-{step}"]
         assert (c["layout"], c["step"], c["complete"], c["problems"]) == (
-            "hf-trainer", step, True, [])
+            "hf-trainer",
+            step,
+            True,
+            [],
+        )
     assert ckpts["checkpoint-6"]["info"]["best_metric"] is not None
     assert report["errors"] == []
 
@@ -30,9 +34,13 @@ def test_trainer_checkpoint_categories_match_the_files(hf_root: Path) -> None:
     assert files["optimizer.pt"]["tensors"] == opt["tensors"]
     assert files["optimizer.pt"]["storage_bytes"] == opt["storage_bytes"]
     assert files["optimizer.pt"]["categories"]["optimizer"] == {
-        "tensors": opt["tensors"], "bytes": opt["bytes"]}
+        "tensors": opt["tensors"],
+        "bytes": opt["bytes"],
+    }
     assert files["model.safetensors"]["categories"]["weights"] == {
-        "tensors": weights["tensors"], "bytes": weights["bytes"]}
+        "tensors": weights["tensors"],
+        "bytes": weights["bytes"],
+    }
     assert files["rng_state.pth"]["categories"]["other"]["bytes"] == rng["bytes"]
     (c,) = report["checkpoints"]
     assert c["path"] == "" and c["layout"] == "hf-trainer"
@@ -97,8 +105,9 @@ def test_sharded_bin_folder(hf_root: Path) -> None:
     (c,) = report["checkpoints"]
     shards = sorted(folder.glob("pytorch_model-*.bin"))
     assert len(shards) >= 2 and c["layout"] == "hf-model" and c["complete"]
-    assert c["categories"]["weights"]["tensors"] == sum(torch_file_truth(s)["tensors"]
-                                                        for s in shards)
+    assert c["categories"]["weights"]["tensors"] == sum(
+        torch_file_truth(s)["tensors"] for s in shards
+    )
 
 
 def test_peft_adapter(hf_root: Path) -> None:
@@ -117,8 +126,11 @@ def test_dcp_metadata_carries_the_whole_checkpoint(hf_root: Path) -> None:
     for name in ("dcp", "dcp_plain"):
         folder = hf_root / name
         meta = FileSystemReader(str(folder)).read_metadata()
-        tensors = {k: v for k, v in meta.state_dict_metadata.items()
-                   if isinstance(v, TensorStorageMetadata)}
+        tensors = {
+            k: v
+            for k, v in meta.state_dict_metadata.items()
+            if isinstance(v, TensorStorageMetadata)
+        }
 
         def nbytes(v: TensorStorageMetadata) -> int:
             return v.size.numel() * v.properties.dtype.itemsize
@@ -127,9 +139,11 @@ def test_dcp_metadata_carries_the_whole_checkpoint(hf_root: Path) -> None:
         f = by_path(report, "files")[".metadata"]
         assert f["format"] == "dcp" and f["tensors"] == len(tensors) and f["error"] is None
         assert f["categories"]["weights"]["bytes"] == sum(
-            nbytes(v) for k, v in tensors.items() if k.startswith("model."))
+            nbytes(v) for k, v in tensors.items() if k.startswith("model.")
+        )
         assert f["categories"]["optimizer"]["bytes"] == sum(
-            nbytes(v) for k, v in tensors.items() if k.startswith("optim."))
+            nbytes(v) for k, v in tensors.items() if k.startswith("optim.")
+        )
         (c,) = report["checkpoints"]
         assert (c["layout"], c["complete"]) == ("dcp", True)
 
@@ -151,7 +165,10 @@ def test_torch_zip_and_legacy_agree_with_torch(hf_root: Path) -> None:
         f = files[name]
         assert f["format"] == fmt
         assert (f["tensors"], f["storage_bytes"], f["dtypes"]) == (
-            truth["tensors"], truth["storage_bytes"], truth["dtypes"])
+            truth["tensors"],
+            truth["storage_bytes"],
+            truth["dtypes"],
+        )
         assert sum(c["bytes"] for c in f["categories"].values()) == truth["bytes"]
 
 
@@ -170,7 +187,7 @@ def test_legacy_storage_offsets_point_at_the_data(hf_root: Path) -> None:
         if not t.is_contiguous() or t.numel() == 0:
             continue
         start = offsets[rec.storage] + rec.storage_offset * t.element_size()
-        got = raw[start:start + rec.nbytes]
+        got = raw[start : start + rec.nbytes]
         assert got == t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes(), rec.name
 
 
@@ -190,8 +207,14 @@ def test_accelerate_save_state_names(tmp_path: Path) -> None:
 
     # accelerate/checkpointing.py save_accelerator_state: model.safetensors, optimizer.bin,
     # scheduler.bin, random_states_0.pkl (torch.save of the rng states)
-    torch.save({"step": 3, "random_state": (1, 2), "torch_manual_seed": torch.zeros(16, dtype=torch.uint8)},
-               tmp_path / "random_states_0.pkl")
+    torch.save(
+        {
+            "step": 3,
+            "random_state": (1, 2),
+            "torch_manual_seed": torch.zeros(16, dtype=torch.uint8),
+        },
+        tmp_path / "random_states_0.pkl",
+    )
     m = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(m.parameters())
     m(torch.ones(1, 2)).sum().backward()

@@ -49,8 +49,11 @@ def test_funasr_optimizer_is_two_thirds(tk_root: Path) -> None:
     # AdamW: exp_avg + exp_avg_sq per fp32 weight (+ one 4-byte step per parameter)
     assert 0.66 <= cats["optimizer"]["bytes"] / total <= 0.70
     assert c["reclaimable_bytes"] == cats["optimizer"]["bytes"] + cats["other"]["bytes"]
-    assert c["parts"]["optimizer/exp_avg"] == c["parts"]["optimizer/exp_avg_sq"] == (
-        cats["weights"]["bytes"])
+    assert (
+        c["parts"]["optimizer/exp_avg"]
+        == c["parts"]["optimizer/exp_avg_sq"]
+        == (cats["weights"]["bytes"])
+    )
 
 
 def test_wenet_run(tk_root: Path) -> None:
@@ -109,14 +112,17 @@ def test_speechbrain_folders(tk_root: Path, tmp_path: Path) -> None:
         assert c["info"]["end_of_epoch"] is True
         folder = save / c["path"]
         weights = _bytes(tensors_in(load_torch(folder / "model.ckpt"))) + _bytes(
-            tensors_in(load_torch(folder / "wav2vec2.ckpt")))
+            tensors_in(load_torch(folder / "wav2vec2.ckpt"))
+        )
         assert c["categories"]["weights"]["bytes"] == weights
         assert c["categories"]["optimizer"]["bytes"] == _bytes(
-            tensors_in(load_torch(folder / "optimizer.ckpt")))
+            tensors_in(load_torch(folder / "optimizer.ckpt"))
+        )
         # the input normaliser's statistics are "other", and needed to run the model
         assert c["parts"]["other/normalizer"] > 0
         assert c["reclaimable_bytes"] == c["categories"]["optimizer"]["bytes"] + (
-            c["categories"]["other"]["bytes"] - c["parts"]["other/normalizer"])
+            c["categories"]["other"]["bytes"] - c["parts"]["other/normalizer"]
+        )
     # A save interrupted after CKPT.yaml (written first) lacks recoverables its siblings have.
     copy = tmp_path / "save"
     shutil.copytree(save, copy)

@@ -18,8 +18,14 @@ def ui_root(tmp_path_factory: pytest.TempPathFactory, tk_root: Path, ds_root: Pa
     root = tmp_path_factory.mktemp("ui") / "experiments"
     exp = root / "asr-funasr" / "exp"
     exp.mkdir(parents=True)
-    for name in ("model.pt.ep1", "model.pt.ep2", "model.pt.ep3", "model.pt.ep1.3", "model.pt",
-                 "model.pt.avg2"):
+    for name in (
+        "model.pt.ep1",
+        "model.pt.ep2",
+        "model.pt.ep3",
+        "model.pt.ep1.3",
+        "model.pt",
+        "model.pt.avg2",
+    ):
         shutil.copy(tk_root / "funasr" / name, exp / name)
     shutil.copytree(ds_root / "ws2" / "z2_fp32", root / "lm-deepspeed-z2")
     broken = root / "broken"

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from helpers import SRC, inspect_json
+from rich.console import Console
 
 from ckpttui.ui.app import CkptApp, make_app
 from ckpttui.ui.screens.help import HelpScreen
@@ -53,8 +52,13 @@ async def main():
 asyncio.run(main())
 print(json.dumps("torch" in sys.modules))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(SRC)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(SRC)},
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) is False
 
 
@@ -90,9 +94,11 @@ async def test_expanding_a_deepspeed_folder_shows_its_ranks(ui_root: Path) -> No
         tag.expand()
         await settle(app, pilot)
         names = {Path(n.data.path).name for n in tag.children}
-        assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-                "mp_rank_00_model_states.pt"} <= names
+        assert {
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            "mp_rank_00_model_states.pt",
+        } <= names
         tree.move_cursor(tag)
         await settle(app, pilot)
         summary = text_of(app.query_one("#summary"))
@@ -126,7 +132,9 @@ async def test_folder_view_sorts_and_filters(ui_root: Path) -> None:
         await pilot.press(*"ep1")
         await pilot.pause()
         assert {n.split()[0] for n in table_column(app, "#folder-table", 0)} == {
-            "model.pt.ep1", "model.pt.ep1.3"}
+            "model.pt.ep1",
+            "model.pt.ep1.3",
+        }
         await pilot.press("escape")
         assert len(table_column(app, "#folder-table", 0)) == len(names)
         totals = text_of(app.query_one("#folder-totals"))

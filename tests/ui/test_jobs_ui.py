@@ -125,7 +125,6 @@ def _funasr_run(tk_root: Path, tmp_path: Path) -> Path:
 
 async def test_average_marked_checkpoints(tk_root: Path, tmp_path: Path) -> None:
     import torch
-
     from expected import load_torch
 
     run = _funasr_run(tk_root, tmp_path)
@@ -174,9 +173,8 @@ async def test_average_last_n_of_a_run_folder(tk_root: Path, tmp_path: Path) -> 
 
 async def test_export_weights_as_bf16(tk_root: Path, tmp_path: Path) -> None:
     import torch
-    from safetensors.torch import load_file
-
     from expected import load_torch
+    from safetensors.torch import load_file
 
     run = _funasr_run(tk_root, tmp_path)
     app = make_app(str(run))

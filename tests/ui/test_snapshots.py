@@ -34,14 +34,16 @@ SIZES = [(80, 24), (120, 40)]
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_folder_view_lists_runs_by_size_with_optimizer_share(snap_compare: Any, ui_root: Path,
-                                                             size: tuple[int, int]) -> None:
+def test_folder_view_lists_runs_by_size_with_optimizer_share(
+    snap_compare: Any, ui_root: Path, size: tuple[int, int]
+) -> None:
     assert snap_compare(make_app(str(ui_root)), terminal_size=size, run_before=_then())
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_funasr_epoch_breakdown_shows_weights_and_optimizer(snap_compare: Any, ui_root: Path,
-                                                            size: tuple[int, int]) -> None:
+def test_funasr_epoch_breakdown_shows_weights_and_optimizer(
+    snap_compare: Any, ui_root: Path, size: tuple[int, int]
+) -> None:
     app = make_app(str(ui_root / "asr-funasr" / "exp" / "model.pt.ep3"))
     assert snap_compare(app, terminal_size=size, run_before=_then())
 
@@ -57,5 +59,6 @@ def test_deepspeed_checkpoint_summary(snap_compare: Any, ui_root: Path) -> None:
 
 
 def test_help_screen(snap_compare: Any, ui_root: Path) -> None:
-    assert snap_compare(make_app(str(ui_root)), terminal_size=(80, 24),
-                        run_before=_then("question_mark"))
+    assert snap_compare(
+        make_app(str(ui_root)), terminal_size=(80, 24), run_before=_then("question_mark")
+    )

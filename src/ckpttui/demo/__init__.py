@@ -33,14 +33,22 @@ def ensure_demo(target: str | os.PathLike[str] | None = None, regenerate: bool =
         return experiments
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    print(f"ckpttui: writing demo checkpoints with torch, transformers and DeepSpeed into "
-          f"{folder} (once) ...", file=sys.stderr)
+    print(
+        f"ckpttui: writing demo checkpoints with torch, transformers and DeepSpeed into "
+        f"{folder} (once) ...",
+        file=sys.stderr,
+    )
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run([sys.executable, "-m", "ckpttui.demo.build", str(tmp / "experiments")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ckpttui.demo.build", str(tmp / "experiments")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if proc.returncode != 0:
             tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
             raise RuntimeError(f"demo generation failed:\n{tail}")

@@ -1,6 +1,6 @@
 """Child process of `ckpttui demo`: write every demo run into one folder (imports torch).
 
-    python -m ckpttui.demo.build OUT
+python -m ckpttui.demo.build OUT
 """
 
 from __future__ import annotations
@@ -39,11 +39,18 @@ def build(out: Path) -> None:
         print(f"  (skipped: {str(exc).splitlines()[0]})", file=sys.stderr)
     _step("DeepSpeed ZeRO-2 and ZeRO-3 runs")
     configs = [
-        ds_writer.DSConfig("zero2", 2, "bf16", save_subdir="lm-deepspeed-zero2",
-                           frozen=True, tied=True),
+        ds_writer.DSConfig(
+            "zero2", 2, "bf16", save_subdir="lm-deepspeed-zero2", frozen=True, tied=True
+        ),
         ds_writer.DSConfig("zero3", 3, "fp32", save_subdir="lm-deepspeed-zero3"),
-        ds_writer.DSConfig("wenet", 2, "fp32", tag="epoch_3.pt", save_subdir="asr-wenet-deepspeed/exp",
-                           client_state={"epoch": 3, "cv_loss": 4.2, "step": 300, "tag": "epoch_3"}),
+        ds_writer.DSConfig(
+            "wenet",
+            2,
+            "fp32",
+            tag="epoch_3.pt",
+            save_subdir="asr-wenet-deepspeed/exp",
+            client_state={"epoch": 3, "cv_loss": 4.2, "step": 300, "tag": "epoch_3"},
+        ),
     ]
     ds_writer.write_deepspeed_checkpoints(out, configs, world_size=1)
     _step("broken files")
@@ -52,8 +59,9 @@ def build(out: Path) -> None:
     good = (out / "asr-paraformer-funasr" / "exp" / "model.pt.ep1").read_bytes()
     (broken / "model.pt.ep9").write_bytes(good[: len(good) // 3])
     (broken / "model.pt.ep10.tmp").write_bytes(good[: len(good) // 5])
-    (broken / "model.ckpt").write_text("version https://git-lfs.github.com/spec/v1\n"
-                                       "oid sha256:4d7a2146\nsize 2441245312\n")
+    (broken / "model.ckpt").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 2441245312\n"
+    )
     (broken / "empty.pt").write_bytes(b"")
 
 

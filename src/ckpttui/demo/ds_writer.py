@@ -117,7 +117,11 @@ def default_configs() -> list[DSConfig]:
             tag="epoch_3.pt",
             save_subdir="wenet/exp",
             client_state={
-                "epoch": 3, "cv_loss": 1.23, "step": 42, "lrs": [0.001], "tag": "epoch_3"
+                "epoch": 3,
+                "cv_loss": 1.23,
+                "step": 42,
+                "lrs": [0.001],
+                "tag": "epoch_3",
             },
         )
     )
@@ -202,7 +206,7 @@ def _run_child(args: list[str], timeout: float) -> str:
     payload = None
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
-            payload = line[len(RESULT_MARKER):]
+            payload = line[len(RESULT_MARKER) :]
     if proc.returncode != 0 or payload is None:
         tail = "\n".join((proc.stdout + "\n" + proc.stderr).splitlines()[-60:])
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{tail}")
@@ -231,10 +235,14 @@ def write_deepspeed_checkpoints(
     _check_targets(out_root, configs, steps, overwrite)
     payload = _run_child(
         [
-            "--out", str(out_root),
-            "--world-size", str(world_size),
-            "--steps", str(steps),
-            "--configs-json", json.dumps([c.to_json() for c in configs]),
+            "--out",
+            str(out_root),
+            "--world-size",
+            str(world_size),
+            "--steps",
+            str(steps),
+            "--configs-json",
+            json.dumps([c.to_json() for c in configs]),
         ],
         timeout,
     )
@@ -301,9 +309,7 @@ def _build_model(cfg: DSConfig) -> Any:
             self.embed = nn.Embedding(VOCAB, DIM)  # 91
             self.enc = nn.Linear(DIM, hidden)  # 77 + 11
             if cfg.layers:
-                self.blocks = nn.Sequential(
-                    *[nn.Linear(hidden, hidden) for _ in range(cfg.layers)]
-                )
+                self.blocks = nn.Sequential(*[nn.Linear(hidden, hidden) for _ in range(cfg.layers)])
             self.dec = nn.Linear(hidden, DIM)  # 77 + 7
             self.head = nn.Linear(DIM, VOCAB)  # 91 + 13
             self.register_buffer("running_mean", torch.zeros(hidden))

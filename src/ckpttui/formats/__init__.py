@@ -36,7 +36,7 @@ def sniff(head: bytes, name: str) -> str | None:
         return "dcp"
     if head.startswith(_LFS):
         return "git-lfs-pointer"
-    if name.endswith(".safetensors") or (len(head) >= 10 and head[8:10] in (b"{\"", b"{ ")):
+    if name.endswith(".safetensors") or (len(head) >= 10 and head[8:10] in (b'{"', b"{ ")):
         return "safetensors"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
@@ -61,16 +61,23 @@ def read_file(path: str | os.PathLike[str]) -> FileIndex:
         return FileIndex(str(p), "unknown", size, error=_os_error(exc))
     fmt = sniff(head, name)
     if fmt == "git-lfs-pointer":
-        return FileIndex(str(p), fmt, size,
-                         error="git-lfs pointer, not the checkpoint itself (run `git lfs pull`)")
+        return FileIndex(
+            str(p),
+            fmt,
+            size,
+            error="git-lfs pointer, not the checkpoint itself (run `git lfs pull`)",
+        )
     reader = _READERS.get(fmt or "")
     if reader is None and _is_text(head):
         # SpeechBrain's counter.ckpt and brain.ckpt are text: not checkpoints of tensors.
         return FileIndex(str(p), "text", size)
     if reader is None:
-        return FileIndex(str(p), "unknown", size,
-                         error="not a checkpoint format ckpttui knows (no zip, pickle or "
-                               "safetensors header)")
+        return FileIndex(
+            str(p),
+            "unknown",
+            size,
+            error="not a checkpoint format ckpttui knows (no zip, pickle or safetensors header)",
+        )
     try:
         index = reader(p, size)
     except FormatError as exc:
@@ -80,8 +87,11 @@ def read_file(path: str | os.PathLike[str]) -> FileIndex:
     dangerous = [g for g in index.unsafe_globals if is_dangerous_global(g)]
     if dangerous:
         index.metadata["dangerous_globals"] = dangerous
-        index.error = ("pickle would run code on load: it names " + ", ".join(dangerous[:4])
-                       + " (recorded, not executed)")
+        index.error = (
+            "pickle would run code on load: it names "
+            + ", ".join(dangerous[:4])
+            + " (recorded, not executed)"
+        )
     return index
 
 

@@ -53,7 +53,8 @@ def read(path: Path, size: int) -> FileIndex:
     for fqn, entry in sd_meta.items():
         name = str(fqn)
         if not isinstance(entry, OpaqueObject) or not entry.__qualname_full__.endswith(
-                "TensorStorageMetadata"):
+            "TensorStorageMetadata"
+        ):
             nontensors.append(name)
             continue
         ef = entry.fields()
@@ -71,8 +72,16 @@ def read(path: Path, size: int) -> FileIndex:
         nbytes = numel * ELEMENT_SIZE.get(dtype, 1)
         key_path = planner.get(fqn)
         tpath = tuple(str(k) for k in key_path) if isinstance(key_path, (tuple, list)) else (name,)
-        tensors.append(TensorRecord(name="/".join(tpath), path=tpath, dtype=dtype, shape=shape,
-                                    nbytes=nbytes, storage=name))
+        tensors.append(
+            TensorRecord(
+                name="/".join(tpath),
+                path=tpath,
+                dtype=dtype,
+                shape=shape,
+                nbytes=nbytes,
+                storage=name,
+            )
+        )
         storages[name] = nbytes
     # Check each data file is there and long enough for the chunks it should hold.
     need: dict[str, int] = {}
@@ -94,7 +103,19 @@ def read(path: Path, size: int) -> FileIndex:
             continue
         if have < end:
             short.append(f"{rel} has {have} bytes, chunks need {end}")
-    return FileIndex(str(path), "dcp", size, tensors=tensors, storages=storages,
-                     globals=sorted(result.globals), unsafe_globals=result.unsafe_globals,
-                     data=None, metadata={"data_files": sorted(need), "missing_files": missing,
-                                          "short_files": short, "non_tensor_entries": nontensors})
+    return FileIndex(
+        str(path),
+        "dcp",
+        size,
+        tensors=tensors,
+        storages=storages,
+        globals=sorted(result.globals),
+        unsafe_globals=result.unsafe_globals,
+        data=None,
+        metadata={
+            "data_files": sorted(need),
+            "missing_files": missing,
+            "short_files": short,
+            "non_tensor_entries": nontensors,
+        },
+    )

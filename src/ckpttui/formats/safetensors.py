@@ -22,15 +22,44 @@ from ckpttui.records import FileIndex, TensorRecord
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses headers above 100 MB
 
 DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-    "U16": "uint16", "U32": "uint32", "U64": "uint64", "C64": "complex64",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
     "F4": "float4_e2m1fn_x2",
 }
-SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-         "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "C64": 8, "F8_E4M3": 1, "F8_E5M2": 1,
-         "F8_E8M0": 1}
+SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "C64": 8,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+}
 
 
 def read(path: Path, size: int) -> FileIndex:
@@ -40,8 +69,11 @@ def read(path: Path, size: int) -> FileIndex:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > MAX_HEADER or 8 + n > size:
-            raise FormatError(f"header length {n} at byte 0 is larger than the file ({size} bytes)"
-                              if 8 + n > size else f"header length {n} exceeds {MAX_HEADER} bytes")
+            raise FormatError(
+                f"header length {n} at byte 0 is larger than the file ({size} bytes)"
+                if 8 + n > size
+                else f"header length {n} exceeds {MAX_HEADER} bytes"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw)
@@ -70,14 +102,33 @@ def read(path: Path, size: int) -> FileIndex:
             numel *= d
         nbytes = numel // 2 if dtype_code == "F4" else numel * SIZES[dtype_code]
         if begin < 0 or end < begin or end - begin != nbytes:
-            raise FormatError(f"tensor {name!r}: data_offsets [{begin}, {end}] do not match "
-                              f"{nbytes} bytes of {DTYPES[dtype_code]}{list(shape)}")
+            raise FormatError(
+                f"tensor {name!r}: data_offsets [{begin}, {end}] do not match "
+                f"{nbytes} bytes of {DTYPES[dtype_code]}{list(shape)}"
+            )
         if end > buffer_len:
-            raise FormatError(f"tensor {name!r} ends at byte {buffer_start + end}, past the end "
-                              f"of the file ({size} bytes)")
-        tensors.append(TensorRecord(name=name, path=(name,), dtype=DTYPES[dtype_code], shape=shape,
-                                    nbytes=nbytes, storage=name, data_offset=buffer_start + begin))
+            raise FormatError(
+                f"tensor {name!r} ends at byte {buffer_start + end}, past the end "
+                f"of the file ({size} bytes)"
+            )
+        tensors.append(
+            TensorRecord(
+                name=name,
+                path=(name,),
+                dtype=DTYPES[dtype_code],
+                shape=shape,
+                nbytes=nbytes,
+                storage=name,
+                data_offset=buffer_start + begin,
+            )
+        )
         storages[name] = nbytes
     tensors.sort(key=lambda t: t.data_offset or 0)
-    return FileIndex(str(path), "safetensors", size, tensors=tensors, storages=storages,
-                     metadata={"__metadata__": meta, "header_bytes": n})
+    return FileIndex(
+        str(path),
+        "safetensors",
+        size,
+        tensors=tensors,
+        storages=storages,
+        metadata={"__metadata__": meta, "header_bytes": n},
+    )

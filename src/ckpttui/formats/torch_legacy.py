@@ -72,19 +72,29 @@ def read(path: Path, size: int) -> FileIndex:
             count = struct.unpack("<q" if little else ">q", head)[0]
             elsize = ELEMENT_SIZE.get(ref.dtype, 1)
             if count * elsize != ref.nbytes:
-                raise FormatError(f"storage {key} at byte {pos} holds {count} elements, "
-                                  f"the pickle says {ref.nbytes // elsize}")
+                raise FormatError(
+                    f"storage {key} at byte {pos} holds {count} elements, "
+                    f"the pickle says {ref.nbytes // elsize}"
+                )
             offsets[ref.key] = pos + 8
             pos += 8 + count * elsize
             if pos > size:
-                raise FormatError(f"storage {key} ends at byte {pos}, past the end of the file "
-                                  f"({size} bytes): truncated")
+                raise FormatError(
+                    f"storage {key} ends at byte {pos}, past the end of the file "
+                    f"({size} bytes): truncated"
+                )
     tensors = records_from(main.data)
-    return FileIndex(str(path), "torch-legacy", size, tensors=tensors,
-                     storages={k: r.nbytes for k, r in storages.items()},
-                     globals=sorted(main.globals), unsafe_globals=main.unsafe_globals,
-                     data=main.data, metadata={"byteorder": "little" if little else "big",
-                                               "storage_offsets": offsets})
+    return FileIndex(
+        str(path),
+        "torch-legacy",
+        size,
+        tensors=tensors,
+        storages={k: r.nbytes for k, r in storages.items()},
+        globals=sorted(main.globals),
+        unsafe_globals=main.unsafe_globals,
+        data=main.data,
+        metadata={"byteorder": "little" if little else "big", "storage_offsets": offsets},
+    )
 
 
 def read_plain_pickle(path: Path, size: int) -> FileIndex:
@@ -94,6 +104,12 @@ def read_plain_pickle(path: Path, size: int) -> FileIndex:
             result = restricted_load(f, persistent=lambda pid: None)
         except UnpickleError as exc:
             raise FormatError(str(exc)) from None
-    return FileIndex(str(path), "pickle", size, tensors=records_from(result.data),
-                     globals=sorted(result.globals), unsafe_globals=result.unsafe_globals,
-                     data=result.data)
+    return FileIndex(
+        str(path),
+        "pickle",
+        size,
+        tensors=records_from(result.data),
+        globals=sorted(result.globals),
+        unsafe_globals=result.unsafe_globals,
+        data=result.data,
+    )

@@ -43,21 +43,27 @@ def read(path: Path, size: int) -> FileIndex:
         raise FormatError(f"truncated or damaged zip archive ({exc})") from None
     with archive:
         infos = archive.infolist()
-        pickles = [i for i in infos if i.filename.endswith("/data.pkl")
-                   and i.filename.count("/") == 1]
+        pickles = [
+            i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1
+        ]
         if not pickles:
             raise FormatError("zip archive without <root>/data.pkl: not written by torch.save")
         pkl = pickles[0]
         root = pkl.filename[: -len("data.pkl")]
-        entries = {i.filename[len(root) + 5:]: i for i in infos
-                   if i.filename.startswith(root + "data/")}
+        entries = {
+            i.filename[len(root) + 5 :]: i for i in infos if i.filename.startswith(root + "data/")
+        }
         for info in (pkl, *entries.values()):
             end = info.header_offset + 30 + len(info.filename) + info.compress_size
             if end > size:
-                raise FormatError(f"entry {info.filename} ends past the end of the file "
-                                  f"(byte {end} of {size}): truncated")
+                raise FormatError(
+                    f"entry {info.filename} ends past the end of the file "
+                    f"(byte {end} of {size}): truncated"
+                )
         if pkl.file_size > MAX_PICKLE_BYTES:
-            raise FormatError(f"data.pkl is {pkl.file_size} bytes: too large to be a checkpoint index")
+            raise FormatError(
+                f"data.pkl is {pkl.file_size} bytes: too large to be a checkpoint index"
+            )
         try:
             raw = archive.read(pkl)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -74,8 +80,9 @@ def read(path: Path, size: int) -> FileIndex:
         if info is None:
             raise UnpickleError(f"storage data/{ref.key} is missing from the archive")
         if info.file_size < ref.nbytes:
-            raise UnpickleError(f"storage data/{ref.key} holds {info.file_size} bytes but "
-                                f"{ref.nbytes} are declared")
+            raise UnpickleError(
+                f"storage data/{ref.key} holds {info.file_size} bytes but {ref.nbytes} are declared"
+            )
         storages[ref.key] = ref.nbytes
         return ref
 
@@ -88,9 +95,17 @@ def read(path: Path, size: int) -> FileIndex:
     meta: dict[str, Any] = {"byteorder": byteorder, "root": root.rstrip("/")}
     if compressed:
         meta["compressed_storages"] = len(compressed)
-    return FileIndex(str(path), "torch-zip", size, tensors=tensors, storages=storages,
-                     globals=sorted(result.globals), unsafe_globals=result.unsafe_globals,
-                     data=result.data, metadata=meta)
+    return FileIndex(
+        str(path),
+        "torch-zip",
+        size,
+        tensors=tensors,
+        storages=storages,
+        globals=sorted(result.globals),
+        unsafe_globals=result.unsafe_globals,
+        data=result.data,
+        metadata=meta,
+    )
 
 
 def records_from(data: Any) -> list[TensorRecord]:
@@ -103,10 +118,20 @@ def records_from(data: Any) -> list[TensorRecord]:
             stride = ref.stride or ()
             last = ref.storage_offset + sum((d - 1) * s for d, s in zip(ref.shape, stride))
             if ref.storage_offset < 0 or (last + 1) * elsize > ref.storage.nbytes:
-                raise FormatError(f"tensor {name!r} reaches past the end of its storage "
-                                  f"{ref.storage.key} ({ref.storage.nbytes} bytes)")
-        records.append(TensorRecord(
-            name=name, path=path, dtype=ref.dtype, shape=ref.shape, nbytes=ref.nbytes,
-            storage=ref.storage.key if ref.storage else None, storage_offset=ref.storage_offset,
-            stride=ref.stride))
+                raise FormatError(
+                    f"tensor {name!r} reaches past the end of its storage "
+                    f"{ref.storage.key} ({ref.storage.nbytes} bytes)"
+                )
+        records.append(
+            TensorRecord(
+                name=name,
+                path=path,
+                dtype=ref.dtype,
+                shape=ref.shape,
+                nbytes=ref.nbytes,
+                storage=ref.storage.key if ref.storage else None,
+                storage_offset=ref.storage_offset,
+                stride=ref.stride,
+            )
+        )
     return records

@@ -20,34 +20,71 @@ import collections
 import io
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from ckpttui.records import shape_numel
 
 # Element sizes by torch dtype name. Sub-byte integer types are stored one per byte.
 ELEMENT_SIZE: dict[str, int] = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
-    "uint16": 2, "uint32": 4, "uint64": 8,
-    "complex128": 16, "complex64": 8, "complex32": 4,
-    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
-    "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1, "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
-    "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+    "complex128": 16,
+    "complex64": 8,
+    "complex32": 4,
+    "qint8": 1,
+    "quint8": 1,
+    "qint32": 4,
+    "quint4x2": 1,
+    "quint2x4": 1,
+    "float8_e4m3fn": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1,
+    "bits8": 1,
+    "bits16": 2,
+    "bits1x8": 1,
+    "bits2x4": 1,
+    "bits4x2": 1,
     **{f"int{i}": 1 for i in range(1, 8)},
     **{f"uint{i}": 1 for i in range(1, 8)},
 }
 
 # torch.<X>Storage class name -> dtype name (the typed storages torch.save still names).
 STORAGE_DTYPE: dict[str, str] = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
-    "ComplexDoubleStorage": "complex128", "ComplexFloatStorage": "complex64",
-    "QInt8Storage": "qint8", "QInt32Storage": "qint32", "QUInt8Storage": "quint8",
-    "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
-    "UntypedStorage": "uint8", "TypedStorage": "uint8",
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+    "QInt8Storage": "qint8",
+    "QInt32Storage": "qint32",
+    "QUInt8Storage": "quint8",
+    "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
+    "UntypedStorage": "uint8",
+    "TypedStorage": "uint8",
 }
 
 # Globals that are plain data or torch's own rebuild machinery (torch's weights_only allowlist,
@@ -59,23 +96,55 @@ _SAFE_PREFIXES = (
     "torch.distributed.checkpoint._nested_dict",
 )
 _SAFE_NAMES = {
-    "collections.OrderedDict", "collections.Counter", "collections.defaultdict",
+    "collections.OrderedDict",
+    "collections.Counter",
+    "collections.defaultdict",
     "collections.deque",
-    "builtins.set", "builtins.frozenset", "builtins.bytearray", "builtins.complex",
-    "builtins.slice", "builtins.dict", "builtins.list", "builtins.tuple", "builtins.int",
-    "builtins.float", "builtins.str", "builtins.bytes", "builtins.bool", "builtins.object",
-    "_codecs.encode", "copyreg._reconstructor",
-    "torch.Size", "torch.device", "torch.Tensor", "torch.nn.parameter.Parameter",
-    "torch.serialization._get_layout", "torch._tensor._rebuild_from_type_v2",
-    "torch.storage.UntypedStorage", "torch.storage.TypedStorage",
-    "torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch._mkldnn",
-    "torch.contiguous_format", "torch.preserve_format", "torch.channels_last",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.bytearray",
+    "builtins.complex",
+    "builtins.slice",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.tuple",
+    "builtins.int",
+    "builtins.float",
+    "builtins.str",
+    "builtins.bytes",
+    "builtins.bool",
+    "builtins.object",
+    "_codecs.encode",
+    "copyreg._reconstructor",
+    "torch.Size",
+    "torch.device",
+    "torch.Tensor",
+    "torch.nn.parameter.Parameter",
+    "torch.serialization._get_layout",
+    "torch._tensor._rebuild_from_type_v2",
+    "torch.storage.UntypedStorage",
+    "torch.storage.TypedStorage",
+    "torch.strided",
+    "torch.sparse_coo",
+    "torch.sparse_csr",
+    "torch._mkldnn",
+    "torch.contiguous_format",
+    "torch.preserve_format",
+    "torch.channels_last",
     "torch.channels_last_3d",
-    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-    "numpy.ndarray", "numpy.dtype",
-    "pathlib.Path", "pathlib.PosixPath", "pathlib.PurePosixPath", "pathlib.WindowsPath",
-    "pathlib.PureWindowsPath", "pathlib._local.PosixPath", "pathlib._local.PurePosixPath",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "pathlib.Path",
+    "pathlib.PosixPath",
+    "pathlib.PurePosixPath",
+    "pathlib.WindowsPath",
+    "pathlib.PureWindowsPath",
+    "pathlib._local.PosixPath",
+    "pathlib._local.PurePosixPath",
 }
 
 
@@ -93,28 +162,114 @@ def is_safe_global(qualname: str) -> bool:
 
 # Modules whose callables run code or touch the system; a pickle naming them is an attack.
 _DANGEROUS_MODULES = {
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty",
-    "webbrowser", "code", "codeop", "pickle", "_pickle", "marshal", "ctypes", "builtins.eval",
-    "multiprocessing", "asyncio", "threading", "signal", "pdb", "timeit", "commands",
-    "platform", "tempfile", "glob", "io", "zipimport", "types", "functools", "operator",
-    "pydoc", "shelve", "dill", "joblib", "cloudpickle", "imp", "ensurepip", "pip", "venv",
-    "urllib", "http", "ftplib", "smtplib", "telnetlib", "xmlrpc", "gc", "inspect", "atexit",
-    "sysconfig", "site", "distutils", "setuptools", "pkgutil", "bdb", "trace", "profile",
-    "cProfile", "doctest", "unittest", "idlelib", "tkinter", "turtle", "numpy.lib.npyio",
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "shutil",
+    "socket",
+    "importlib",
+    "runpy",
+    "pty",
+    "webbrowser",
+    "code",
+    "codeop",
+    "pickle",
+    "_pickle",
+    "marshal",
+    "ctypes",
+    "builtins.eval",
+    "multiprocessing",
+    "asyncio",
+    "threading",
+    "signal",
+    "pdb",
+    "timeit",
+    "commands",
+    "platform",
+    "tempfile",
+    "glob",
+    "io",
+    "zipimport",
+    "types",
+    "functools",
+    "operator",
+    "pydoc",
+    "shelve",
+    "dill",
+    "joblib",
+    "cloudpickle",
+    "imp",
+    "ensurepip",
+    "pip",
+    "venv",
+    "urllib",
+    "http",
+    "ftplib",
+    "smtplib",
+    "telnetlib",
+    "xmlrpc",
+    "gc",
+    "inspect",
+    "atexit",
+    "sysconfig",
+    "site",
+    "distutils",
+    "setuptools",
+    "pkgutil",
+    "bdb",
+    "trace",
+    "profile",
+    "cProfile",
+    "doctest",
+    "unittest",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "numpy.lib.npyio",
 }
-_DANGEROUS_NAMES = {"torch.load", "torch.serialization.load", "torch.hub.load", "numpy.load",
-                    "torch.storage._load_from_bytes", "torch.jit.load", "torch._C._jit_compile",
-                    "yaml.load", "yaml.unsafe_load", "torch.ops.load_library",
-                    "numpy.testing._private.utils.runstring", "torch.utils.cpp_extension.load"}
-_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr",
-                       "delattr", "globals", "locals", "vars", "input", "breakpoint", "apply",
-                       "execfile", "file", "reload"}
+_DANGEROUS_NAMES = {
+    "torch.load",
+    "torch.serialization.load",
+    "torch.hub.load",
+    "numpy.load",
+    "torch.storage._load_from_bytes",
+    "torch.jit.load",
+    "torch._C._jit_compile",
+    "yaml.load",
+    "yaml.unsafe_load",
+    "torch.ops.load_library",
+    "numpy.testing._private.utils.runstring",
+    "torch.utils.cpp_extension.load",
+}
+_DANGEROUS_BUILTINS = {
+    "eval",
+    "exec",
+    "compile",
+    "open",
+    "__import__",
+    "getattr",
+    "setattr",
+    "delattr",
+    "globals",
+    "locals",
+    "vars",
+    "input",
+    "breakpoint",
+    "apply",
+    "execfile",
+    "file",
+    "reload",
+}
 
 
 def is_dangerous_global(qualname: str) -> bool:
     """Whether a global is one that attacks use to run code (os.system, builtins.eval...)."""
     module, _, name = qualname.rpartition(".")
-    if qualname in _DANGEROUS_NAMES or module.startswith(("torch.hub", "torch.utils.cpp_extension")):
+    if qualname in _DANGEROUS_NAMES or module.startswith(
+        ("torch.hub", "torch.utils.cpp_extension")
+    ):
         return True
     if module in ("builtins", "__builtin__"):
         return name in _DANGEROUS_BUILTINS
@@ -258,8 +413,20 @@ class NumpyDType:
         return self.code
 
 
-_SCALAR_FORMATS = {"f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h", "i1": "b",
-                   "u8": "Q", "u4": "I", "u2": "H", "u1": "B", "b1": "?"}
+_SCALAR_FORMATS = {
+    "f8": "d",
+    "f4": "f",
+    "f2": "e",
+    "i8": "q",
+    "i4": "i",
+    "i2": "h",
+    "i1": "b",
+    "u8": "Q",
+    "u4": "I",
+    "u2": "H",
+    "u1": "B",
+    "b1": "?",
+}
 
 
 def _numpy_scalar(dtype: Any, data: Any = b"") -> Any:
@@ -272,7 +439,9 @@ def _numpy_scalar(dtype: Any, data: Any = b"") -> Any:
     return NumpyArray(dtype=dtype, value=data)
 
 
-def _numpy_reconstruct(_cls: Any = None, shape: Any = (0,), dtype: Any = b"b", *_: Any) -> NumpyArray:
+def _numpy_reconstruct(
+    _cls: Any = None, shape: Any = (0,), dtype: Any = b"b", *_: Any
+) -> NumpyArray:
     return NumpyArray(shape=tuple(shape) if isinstance(shape, tuple) else ())
 
 
@@ -294,28 +463,55 @@ def _device(*args: Any) -> TorchConst:
     return TorchConst(":".join(str(a) for a in args) if args else "cpu")
 
 
-def _tensor_from(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None,
-                 requires_grad: Any = False) -> TensorRef:
+def _tensor_from(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    dtype: str | None = None,
+    requires_grad: Any = False,
+) -> TensorRef:
     if not isinstance(storage, StorageRef):
         raise UnpickleError("tensor rebuilt from something that is not a storage")
     shape = tuple(int(d) for d in size) if isinstance(size, (tuple, list)) else ()
     strides = tuple(int(s) for s in stride) if isinstance(stride, (tuple, list)) else None
-    return TensorRef(storage=storage, dtype=dtype or storage.dtype, shape=shape, stride=strides,
-                     storage_offset=int(offset) if isinstance(offset, int) else 0,
-                     requires_grad=bool(requires_grad))
+    return TensorRef(
+        storage=storage,
+        dtype=dtype or storage.dtype,
+        shape=shape,
+        stride=strides,
+        storage_offset=int(offset) if isinstance(offset, int) else 0,
+        requires_grad=bool(requires_grad),
+    )
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> TensorRef:
     return _tensor_from(storage, offset, size, stride)
 
 
-def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                       *_: Any, **__: Any) -> TensorRef:
+def _rebuild_tensor_v2(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    *_: Any,
+    **__: Any,
+) -> TensorRef:
     return _tensor_from(storage, offset, size, stride, requires_grad=requires_grad)
 
 
-def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                       _hooks: Any = None, dtype: Any = None, *_: Any, **__: Any) -> TensorRef:
+def _rebuild_tensor_v3(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    _hooks: Any = None,
+    dtype: Any = None,
+    *_: Any,
+    **__: Any,
+) -> TensorRef:
     name = str(dtype).removeprefix("torch.") if dtype is not None else None
     return _tensor_from(storage, offset, size, stride, name, requires_grad)
 
@@ -335,7 +531,9 @@ def _rebuild_parameter(data: Any, requires_grad: Any = True, *_: Any) -> Any:
 
 def _rebuild_meta(dtype: Any, size: Any, *_: Any) -> TensorRef:
     shape = tuple(size) if isinstance(size, (tuple, list)) else ()
-    return TensorRef(storage=None, dtype=str(dtype).removeprefix("torch."), shape=shape, kind="meta")
+    return TensorRef(
+        storage=None, dtype=str(dtype).removeprefix("torch."), shape=shape, kind="meta"
+    )
 
 
 def _rebuild_from_type_v2(func: Any, _new_type: Any, args: Any, _state: Any = None) -> Any:
@@ -349,13 +547,27 @@ def _parameter(data: Any = None, requires_grad: Any = True) -> Any:
 
 
 _TENSOR_FUNCS: set[Callable[..., Any]] = {
-    _rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter, _rebuild_qtensor,
+    _rebuild_tensor,
+    _rebuild_tensor_v2,
+    _rebuild_tensor_v3,
+    _rebuild_parameter,
+    _rebuild_qtensor,
 }
 
 _BUILTINS: dict[str, Any] = {
-    "set": set, "frozenset": frozenset, "bytearray": bytearray, "complex": complex,
-    "slice": slice, "dict": dict, "list": list, "tuple": tuple, "int": int, "float": float,
-    "str": str, "bytes": bytes, "bool": bool,
+    "set": set,
+    "frozenset": frozenset,
+    "bytearray": bytearray,
+    "complex": complex,
+    "slice": slice,
+    "dict": dict,
+    "list": list,
+    "tuple": tuple,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bytes": bytes,
+    "bool": bool,
 }
 
 _IMPLEMENTED: dict[str, Any] = {
@@ -413,7 +625,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._stubs: dict[str, type] = {}
         self._persistent = persistent
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - pickle API
+    def find_class(self, module: str, name: str) -> Any:
         if module == "__builtin__":
             module = "builtins"
         qualname = f"{module}.{name}"
@@ -433,12 +645,15 @@ class RestrictedUnpickler(pickle.Unpickler):
     def _stub(self, qualname: str) -> type:
         stub = self._stubs.get(qualname)
         if stub is None:
-            stub = type(qualname.rpartition(".")[2] or "Opaque", (OpaqueObject,),
-                        {"__qualname_full__": qualname, "__module__": "ckpttui.opaque"})
+            stub = type(
+                qualname.rpartition(".")[2] or "Opaque",
+                (OpaqueObject,),
+                {"__qualname_full__": qualname, "__module__": "ckpttui.opaque"},
+            )
             self._stubs[qualname] = stub
         return stub
 
-    def persistent_load(self, pid: Any) -> Any:  # noqa: D102 - pickle API
+    def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
             raise UnpickleError("persistent id in a pickle that should have none")
         return self._persistent(pid)
@@ -452,11 +667,14 @@ def storage_from_pid(pid: Any) -> StorageRef:
     if not isinstance(stype, StorageType) or not isinstance(numel, int) or numel < 0:
         raise UnpickleError(f"malformed storage persistent id for key {key!r}")
     elsize = 1 if stype.untyped else ELEMENT_SIZE.get(stype.dtype, 1)
-    return StorageRef(key=str(key), dtype=stype.dtype, nbytes=numel * elsize, location=str(location))
+    return StorageRef(
+        key=str(key), dtype=stype.dtype, nbytes=numel * elsize, location=str(location)
+    )
 
 
-def restricted_load(data: bytes | IO[bytes], persistent: Callable[[Any], Any] | None = None
-                    ) -> UnpickleResult:
+def restricted_load(
+    data: bytes | IO[bytes], persistent: Callable[[Any], Any] | None = None
+) -> UnpickleResult:
     """Unpickle without importing or calling anything the pickle names."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     unpickler = RestrictedUnpickler(stream, persistent)
@@ -466,8 +684,18 @@ def restricted_load(data: bytes | IO[bytes], persistent: Callable[[Any], Any] | 
         raise UnpickleError(f"{exc} (pickle byte {_tell(stream)})") from None
     except RecursionError:
         raise UnpickleError("pickle nests too deeply") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as exc:
         reason = "pickle ends early" if isinstance(exc, EOFError) else f"bad pickle: {exc}"
         raise UnpickleError(f"{reason} (pickle byte {_tell(stream)})") from None
     return UnpickleResult(data=obj, globals=unpickler.seen)

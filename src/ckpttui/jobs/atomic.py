@@ -77,17 +77,25 @@ def check_free_space(folder: Path, needed: int, target: Path) -> None:
     """Raise a `JobError` naming both numbers when `folder` has less than `needed` bytes free."""
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise JobError(f"{target}: not enough free space in {folder}: the output needs "
-                       f"{human_bytes(needed)} ({needed} bytes), {human_bytes(free)} "
-                       f"({free} bytes) are free")
+        raise JobError(
+            f"{target}: not enough free space in {folder}: the output needs "
+            f"{human_bytes(needed)} ({needed} bytes), {human_bytes(free)} "
+            f"({free} bytes) are free"
+        )
 
 
 class AtomicOutput:
     """Write a file (or with ``folder=True`` a folder) at `target` atomically; see the module."""
 
-    def __init__(self, target: str | os.PathLike[str], *,
-                 inputs: Iterable[str | os.PathLike[str]] = (), force: bool = False,
-                 estimate: int = 0, folder: bool = False) -> None:
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        *,
+        inputs: Iterable[str | os.PathLike[str]] = (),
+        force: bool = False,
+        estimate: int = 0,
+        folder: bool = False,
+    ) -> None:
         self.target = Path(os.path.abspath(target))
         self.inputs = [Path(p) for p in inputs]
         self.force = force
@@ -119,15 +127,21 @@ class AtomicOutput:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise JobError(f"{self.target}: cannot create a temporary "
-                               f"{'folder' if self.folder else 'file'} in {parent}: "
-                               f"{exc.strerror or exc}") from None
+                raise JobError(
+                    f"{self.target}: cannot create a temporary "
+                    f"{'folder' if self.folder else 'file'} in {parent}: "
+                    f"{exc.strerror or exc}"
+                ) from None
             self.temp = temp
             return temp
         raise JobError(f"{self.target}: no free temporary name in {parent}")
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.commit()
         else:

@@ -56,19 +56,23 @@ def check_agree(sets: Sequence[WeightSet]) -> None:
         rec = first.record(name)
         for other in sets[1:]:
             if name not in other.entries:
-                raise JobError(f"cannot average: tensor {name!r} is in {first.path} but not in "
-                               f"{other.path}")
+                raise JobError(
+                    f"cannot average: tensor {name!r} is in {first.path} but not in {other.path}"
+                )
             theirs = other.record(name)
             if theirs.shape != rec.shape or theirs.dtype != rec.dtype:
                 what = "shape" if theirs.shape != rec.shape else "dtype"
-                raise JobError(f"cannot average: tensor {name!r} differs in {what}: "
-                               f"{_describe(first, name)} in {first.path}, "
-                               f"{_describe(other, name)} in {other.path}")
+                raise JobError(
+                    f"cannot average: tensor {name!r} differs in {what}: "
+                    f"{_describe(first, name)} in {first.path}, "
+                    f"{_describe(other, name)} in {other.path}"
+                )
     for other in sets[1:]:
         extra = [n for n in other.names if n not in first.entries]
         if extra:
-            raise JobError(f"cannot average: tensor {extra[0]!r} is in {other.path} but not in "
-                           f"{first.path}")
+            raise JobError(
+                f"cannot average: tensor {extra[0]!r} is in {other.path} but not in {first.path}"
+            )
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype | None:
@@ -84,12 +88,19 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype | None:
     return None
 
 
-def _mean(sets: Sequence[WeightSet], name: str, dtype: torch.dtype, acc_dtype: torch.dtype
-          ) -> torch.Tensor:
+def _mean(
+    sets: Sequence[WeightSet], name: str, dtype: torch.dtype, acc_dtype: torch.dtype
+) -> torch.Tensor:
     import torch
 
-    direct = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64,
-              torch.complex128)
+    direct = (
+        torch.float32,
+        torch.float64,
+        torch.bfloat16,
+        torch.float16,
+        torch.complex64,
+        torch.complex128,
+    )
     acc = None
     for ws in sets:
         values = ws.tensor(name)
@@ -116,16 +127,20 @@ def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
             continue
         dtype = torch_dtype(rec.dtype, str(first.path))
         acc = accumulator_dtype(dtype)
-        load = partial(last.tensor, name) if acc is None else partial(_mean, sets, name, dtype,
-                                                                       acc)
+        load = partial(last.tensor, name) if acc is None else partial(_mean, sets, name, dtype, acc)
         plan.append(Planned(name, rec.dtype, rec.shape, load))
     return plan
 
 
-def average(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
-            cancel: threading.Event | None = None, force: bool = False,
-            max_shard_size: int | str | None = None,
-            recoverable: str | None = None) -> Iterator[Event]:
+def average(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+    max_shard_size: int | str | None = None,
+    recoverable: str | None = None,
+) -> Iterator[Event]:
     """Average the weights of `inputs` (same model) into `out`; see the module for the rules.
 
     `recoverable` picks one weights file of SpeechBrain ``CKPT+...`` folders (``model``);
@@ -142,12 +157,18 @@ def average(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
         check_agree(sets)
         plan = plan_average(sets)
         last = sets[-1]
-        notes = [(f"averaging {len(sets)} checkpoints: floats summed in float32 (float64 "
-                  "stays float64), integer and bool tensors from the last input")]
+        notes = [
+            (
+                f"averaging {len(sets)} checkpoints: floats summed in float32 (float64 "
+                "stays float64), integer and bool tensors from the last input"
+            )
+        ]
         layouts = sorted({ws.layout for ws in sets})
         if len(layouts) > 1:
-            notes.append(f"inputs are of layouts {', '.join(layouts)}; a .pt output follows "
-                         f"the last one ({last.layout})")
+            notes.append(
+                f"inputs are of layouts {', '.join(layouts)}; a .pt output follows "
+                f"the last one ({last.layout})"
+            )
         notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
         inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
         sources = [s for ws in sets for s in ws.sources]
@@ -156,13 +177,31 @@ def average(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
             if shard is not None:
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
             wrap, layout_notes = slim_layout(last)
-            yield from write_torch("average", plan, out, wrap, inputs=inputs_all, force=force,
-                                   cancel=cancel, start_data=start,
-                                   notes=[*notes, *layout_notes], sources=sources)
+            yield from write_torch(
+                "average",
+                plan,
+                out,
+                wrap,
+                inputs=inputs_all,
+                force=force,
+                cancel=cancel,
+                start_data=start,
+                notes=[*notes, *layout_notes],
+                sources=sources,
+            )
         else:
-            yield from write_planned("average", plan, out, inputs=inputs_all, force=force,
-                                     cancel=cancel, max_shard_size=shard, start_data=start,
-                                     notes=notes, sources=sources)
+            yield from write_planned(
+                "average",
+                plan,
+                out,
+                inputs=inputs_all,
+                force=force,
+                cancel=cancel,
+                max_shard_size=shard,
+                start_data=start,
+                notes=notes,
+                sources=sources,
+            )
     finally:
         for ws in sets:
             ws.close()

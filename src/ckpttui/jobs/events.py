@@ -55,10 +55,14 @@ class Event:
         raw = json.loads(line)
         if not isinstance(raw, dict) or raw.get("kind") not in KINDS:
             raise ValueError(f"not a job event: {line[:80]!r}")
-        return cls(kind=raw["kind"], job=str(raw.get("job", "")),
-                   bytes_done=int(raw.get("bytes_done", 0)),
-                   bytes_total=int(raw.get("bytes_total", 0)),
-                   message=str(raw.get("message", "")), data=dict(raw.get("data") or {}))
+        return cls(
+            kind=raw["kind"],
+            job=str(raw.get("job", "")),
+            bytes_done=int(raw.get("bytes_done", 0)),
+            bytes_total=int(raw.get("bytes_total", 0)),
+            message=str(raw.get("message", "")),
+            data=dict(raw.get("data") or {}),
+        )
 
     @property
     def fraction(self) -> float:
@@ -71,8 +75,13 @@ class Event:
 class ProgressClock:
     """Batches progress in time: `tick` returns an event at most every `interval` seconds."""
 
-    def __init__(self, job: str, bytes_total: int, interval: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        job: str,
+        bytes_total: int,
+        interval: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.job = job
         self.bytes_total = bytes_total
         self.bytes_done = 0

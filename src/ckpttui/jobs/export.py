@@ -70,17 +70,41 @@ from ckpttui.units import parse_size
 if TYPE_CHECKING:
     import torch
 
-DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16",
-          "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32"}
+DTYPES = {
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+}
 HF_DEFAULT_SHARD = 5 * 10**9
 _TORCH_NAME = re.compile(r"\.(pt|bin|pth|ckpt)(\.[A-Za-z0-9_]+)?$", re.IGNORECASE)
 KEEP: dict[str, tuple[str, ...]] = {
     "funasr": ("state_dict",),
-    "fairseq": ("args", "cfg", "model", "criterion", "optimizer_history", "task_state",
-                "extra_state"),
-    "lightning": ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops",
-                  "hparams_name", "hyper_parameters", "hparams_type", "datamodule_hparams_name",
-                  "datamodule_hyper_parameters"),
+    "fairseq": (
+        "args",
+        "cfg",
+        "model",
+        "criterion",
+        "optimizer_history",
+        "task_state",
+        "extra_state",
+    ),
+    "lightning": (
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+        "state_dict",
+        "loops",
+        "hparams_name",
+        "hyper_parameters",
+        "hparams_type",
+        "datamodule_hparams_name",
+        "datamodule_hyper_parameters",
+    ),
 }
 _DROP = object()
 _STATE = object()
@@ -166,10 +190,12 @@ def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
     skeleton = ws.skeleton
     path = ws.container
     if keep is None or not isinstance(skeleton, dict) or len(path) != 1:
+
         def nest(state: Any) -> Any:
             for key in reversed(path):
                 state = {key: state}
             return state
+
         return nest, notes
     entries: list[tuple[Any, Any]] = []
     left: list[str] = []
@@ -185,20 +211,27 @@ def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
             left.append(str(key))
     if left:
         notes.append(f"{ws.layout} layout: left out {', '.join(left)}")
-    notes.extend(f"dropped {d}: only plain data and argparse.Namespace are carried"
-                 for d in dropped)
+    notes.extend(
+        f"dropped {d}: only plain data and argparse.Namespace are carried" for d in dropped
+    )
 
     def wrap(state: Any) -> Any:
         return {k: state if v is _STATE else v for k, v in entries}
+
     return wrap, notes
 
 
 # ------------------------------------------------------------------------------- writers
 
 
-def _stream(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: ProgressClock,
-            cancel: threading.Event | None, sources: Sequence[TensorSource],
-            skip_aliases: bool) -> Iterator[Event]:
+def _stream(
+    plan: Sequence[Planned],
+    write: Callable[[str, Any], int],
+    clock: ProgressClock,
+    cancel: threading.Event | None,
+    sources: Sequence[TensorSource],
+    skip_aliases: bool,
+) -> Iterator[Event]:
     yield from stream_plan(plan, write, clock, cancel, releaser(sources), skip_aliases)
     last = clock.flush()
     if last is not None:
@@ -206,21 +239,35 @@ def _stream(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: Pr
     check_cancel(cancel)
 
 
-def write_torch(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
-                wrap: Callable[[Any], Any], *, inputs: Sequence[str | os.PathLike[str]],
-                force: bool = False, cancel: threading.Event | None = None,
-                start_data: dict[str, Any] | None = None, notes: Sequence[str] = (),
-                sources: Sequence[TensorSource] = ()) -> Iterator[Event]:
+def write_torch(
+    job: str,
+    plan: Sequence[Planned],
+    out: str | os.PathLike[str],
+    wrap: Callable[[Any], Any],
+    *,
+    inputs: Sequence[str | os.PathLike[str]],
+    force: bool = False,
+    cancel: threading.Event | None = None,
+    start_data: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    sources: Sequence[TensorSource] = (),
+) -> Iterator[Event]:
     """Write the plan as a torch.save zip whose object is ``wrap(state_dict)``, atomically."""
     return_large_blocks()
     target = Path(os.path.abspath(out))
     total = sum(p.nbytes for p in plan if p.alias_of is None)
-    atomic = AtomicOutput(target, inputs=inputs, force=force,
-                          estimate=total + 65536 + 256 * len(plan))
+    atomic = AtomicOutput(
+        target, inputs=inputs, force=force, estimate=total + 65536 + 256 * len(plan)
+    )
     atomic.check()
-    yield Event("start", job, 0, total, f"writing {target.name}",
-                {"output": str(target), "format": "torch", "tensors": len(plan),
-                 **(start_data or {})})
+    yield Event(
+        "start",
+        job,
+        0,
+        total,
+        f"writing {target.name}",
+        {"output": str(target), "format": "torch", "tensors": len(plan), **(start_data or {})},
+    )
     for note in notes:
         yield Event("log", job, 0, total, note)
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
@@ -229,21 +276,33 @@ def write_torch(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
     with atomic as temp, open(temp, "wb") as f:
         writer = TorchZipWriter(f, specs, aliases, root, wrap)
         try:
-            yield from _stream(plan, writer.write, ProgressClock(job, total), cancel, sources,
-                               skip_aliases=True)
+            yield from _stream(
+                plan, writer.write, ProgressClock(job, total), cancel, sources, skip_aliases=True
+            )
             writer.finish()
         except BaseException:
             writer.abort()
             raise
-    yield verify_output(job, target, "torch", plan, [target], {target.name: sha256_file(target)}, total)
+    yield verify_output(
+        job, target, "torch", plan, [target], {target.name: sha256_file(target)}, total
+    )
 
 
-def write_hf_folder(job: str, plan: Sequence[Planned], out: str | os.PathLike[str],
-                    config: str | os.PathLike[str], *, max_shard_size: int | None = None,
-                    dtype: str | None = None, inputs: Sequence[str | os.PathLike[str]] = (),
-                    force: bool = False, cancel: threading.Event | None = None,
-                    start_data: dict[str, Any] | None = None, notes: Sequence[str] = (),
-                    sources: Sequence[TensorSource] = ()) -> Iterator[Event]:
+def write_hf_folder(
+    job: str,
+    plan: Sequence[Planned],
+    out: str | os.PathLike[str],
+    config: str | os.PathLike[str],
+    *,
+    max_shard_size: int | None = None,
+    dtype: str | None = None,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    force: bool = False,
+    cancel: threading.Event | None = None,
+    start_data: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    sources: Sequence[TensorSource] = (),
+) -> Iterator[Event]:
     """Write an HF model folder: config.json (+ generation_config.json) and safetensors weights."""
     target = Path(os.path.abspath(out))
     if target.suffix.lower() in (".safetensors", ".pt", ".bin", ".pth", ".ckpt"):
@@ -269,20 +328,37 @@ def write_hf_folder(job: str, plan: Sequence[Planned], out: str | os.PathLike[st
     if aliases:
         meta[ALIASES_KEY] = json.dumps(aliases, separators=(",", ":"))
     total = sum(p.nbytes for p in plan)
-    atomic = AtomicOutput(target, inputs=[*inputs, cfg_file], force=force, folder=True,
-                          estimate=total + 65536 + 256 * len(plan) + sum(map(len, extra.values())))
+    atomic = AtomicOutput(
+        target,
+        inputs=[*inputs, cfg_file],
+        force=force,
+        folder=True,
+        estimate=total + 65536 + 256 * len(plan) + sum(map(len, extra.values())),
+    )
     atomic.check()
-    yield Event("start", job, 0, total, f"writing {target.name}",
-                {"output": str(target), "format": "hf-folder", "tensors": len(plan),
-                 "config": str(cfg_file), **(start_data or {})})
+    yield Event(
+        "start",
+        job,
+        0,
+        total,
+        f"writing {target.name}",
+        {
+            "output": str(target),
+            "format": "hf-folder",
+            "tensors": len(plan),
+            "config": str(cfg_file),
+            **(start_data or {}),
+        },
+    )
     for note in notes:
         yield Event("log", job, 0, total, note)
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     with atomic as temp:
         sharded = ShardedWriter(temp, specs, max_shard_size or HF_DEFAULT_SHARD, meta)
         try:
-            yield from _stream(plan, sharded.write, ProgressClock(job, total), cancel, sources,
-                               skip_aliases=False)
+            yield from _stream(
+                plan, sharded.write, ProgressClock(job, total), cancel, sources, skip_aliases=False
+            )
             hashes = sharded.finish()
         finally:
             sharded.close()
@@ -301,8 +377,9 @@ def _cast(ws: WeightSet, name: str, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
 
 
-def rename_map(names: Sequence[str], strip_prefix: str | None, where: Path
-               ) -> tuple[dict[str, str], list[str]]:
+def rename_map(
+    names: Sequence[str], strip_prefix: str | None, where: Path
+) -> tuple[dict[str, str], list[str]]:
     """Output name of each input name after stripping a prefix; collisions are errors."""
     if not strip_prefix:
         return {n: n for n in names}, []
@@ -313,20 +390,27 @@ def rename_map(names: Sequence[str], strip_prefix: str | None, where: Path
         new = name.removeprefix(strip_prefix)
         kept += new == name
         if not new or new in owner:
-            raise JobError(f"{where}: stripping {strip_prefix!r} makes {name!r} and "
-                           f"{owner.get(new, '')!r} the same name {new!r}")
+            raise JobError(
+                f"{where}: stripping {strip_prefix!r} makes {name!r} and "
+                f"{owner.get(new, '')!r} the same name {new!r}"
+            )
         owner[new] = name
         renamed[name] = new
     if kept == len(names):
-        raise JobError(f"{where}: no tensor name starts with {strip_prefix!r} "
-                       f"(the first is {names[0]!r})")
-    notes = [f"{kept} names do not start with {strip_prefix!r} and are kept as they are"] \
-        if kept else []
+        raise JobError(
+            f"{where}: no tensor name starts with {strip_prefix!r} (the first is {names[0]!r})"
+        )
+    notes = (
+        [f"{kept} names do not start with {strip_prefix!r} and are kept as they are"]
+        if kept
+        else []
+    )
     return renamed, notes
 
 
-def plan_export(ws: WeightSet, *, dtype: str | None = None, strip_prefix: str | None = None
-                ) -> tuple[list[Planned], list[str]]:
+def plan_export(
+    ws: WeightSet, *, dtype: str | None = None, strip_prefix: str | None = None
+) -> tuple[list[Planned], list[str]]:
     """The output tensors of an export: every weight, renamed, floats cast to `dtype`."""
     target = torch_dtype(dtype, str(ws.path)) if dtype is not None else None
     rename, notes = rename_map(ws.names, strip_prefix, ws.path)
@@ -349,10 +433,17 @@ def plan_export(ws: WeightSet, *, dtype: str | None = None, strip_prefix: str | 
     return plan, notes
 
 
-def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
-           dtype: str | None = None, strip_prefix: str | None = None,
-           max_shard_size: int | str | None = None, config: str | os.PathLike[str] | None = None,
-           cancel: threading.Event | None = None, force: bool = False) -> Iterator[Event]:
+def export(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    dtype: str | None = None,
+    strip_prefix: str | None = None,
+    max_shard_size: int | str | None = None,
+    config: str | os.PathLike[str] | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> Iterator[Event]:
     """Write a checkpoint's weights alone (no optimizer, scheduler, scaler or rng state).
 
     `out` decides the format (see the module): ``.safetensors``, a folder of shards with
@@ -369,19 +460,48 @@ def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
         inputs = [ws.path, *ws.files]
         start = {"inputs": [str(ws.path)], "layout": ws.layout}
         if config is not None:
-            yield from write_hf_folder("export", plan, out, config, max_shard_size=shard,
-                                       dtype=name, inputs=inputs, force=force, cancel=cancel,
-                                       start_data=start, notes=notes, sources=ws.sources)
+            yield from write_hf_folder(
+                "export",
+                plan,
+                out,
+                config,
+                max_shard_size=shard,
+                dtype=name,
+                inputs=inputs,
+                force=force,
+                cancel=cancel,
+                start_data=start,
+                notes=notes,
+                sources=ws.sources,
+            )
         elif is_torch_name(out):
             if shard is not None:
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
             wrap, layout_notes = slim_layout(ws)
-            yield from write_torch("export", plan, out, wrap, inputs=inputs, force=force,
-                                   cancel=cancel, start_data=start, notes=[*notes, *layout_notes],
-                                   sources=ws.sources)
+            yield from write_torch(
+                "export",
+                plan,
+                out,
+                wrap,
+                inputs=inputs,
+                force=force,
+                cancel=cancel,
+                start_data=start,
+                notes=[*notes, *layout_notes],
+                sources=ws.sources,
+            )
         else:
-            yield from write_planned("export", plan, out, inputs=inputs, force=force,
-                                     cancel=cancel, max_shard_size=shard, start_data=start,
-                                     notes=notes, sources=ws.sources)
+            yield from write_planned(
+                "export",
+                plan,
+                out,
+                inputs=inputs,
+                force=force,
+                cancel=cancel,
+                max_shard_size=shard,
+                start_data=start,
+                notes=notes,
+                sources=ws.sources,
+            )
     finally:
         ws.close()

@@ -37,11 +37,18 @@ def _shard_size(value: int | str | None) -> int | None:
         raise JobError(str(exc)) from None
 
 
-def merge_zero(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
-               tag: str | None = None, cancel: threading.Event | None = None,
-               force: bool = False, max_shard_size: int | str | None = None,
-               compat: bool = False, upcast_frozen: bool = True,
-               exclude_frozen: bool = False) -> Iterator[Event]:
+def merge_zero(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    tag: str | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+    max_shard_size: int | str | None = None,
+    compat: bool = False,
+    upcast_frozen: bool = True,
+    exclude_frozen: bool = False,
+) -> Iterator[Event]:
     """Consolidate DeepSpeed ZeRO 1/2/3 rank files into one state dict, as zero_to_fp32 does.
 
     The values equal ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint``
@@ -57,14 +64,28 @@ def merge_zero(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
     folder = resolve_tag_dir(src, tag)
     ckpt = open_zero(folder)
     try:
-        plan = plan_zero(ckpt, compat=compat, upcast_frozen=upcast_frozen,
-                         exclude_frozen=exclude_frozen)
-        start = {"inputs": [str(p) for p in ckpt.files], "folder": str(folder),
-                 "tag": folder.name, "zero_stage": ckpt.stage, "world_size": ckpt.world_size}
-        yield from write_planned("merge", plan, out, inputs=[*ckpt.files, folder],
-                                 force=force, cancel=cancel, max_shard_size=shard,
-                                 start_data=start, notes=ckpt.notes,
-                                 sources=[*ckpt.model, *ckpt.optim])
+        plan = plan_zero(
+            ckpt, compat=compat, upcast_frozen=upcast_frozen, exclude_frozen=exclude_frozen
+        )
+        start = {
+            "inputs": [str(p) for p in ckpt.files],
+            "folder": str(folder),
+            "tag": folder.name,
+            "zero_stage": ckpt.stage,
+            "world_size": ckpt.world_size,
+        }
+        yield from write_planned(
+            "merge",
+            plan,
+            out,
+            inputs=[*ckpt.files, folder],
+            force=force,
+            cancel=cancel,
+            max_shard_size=shard,
+            start_data=start,
+            notes=ckpt.notes,
+            sources=[*ckpt.model, *ckpt.optim],
+        )
     finally:
         ckpt.close()
 
@@ -97,10 +118,14 @@ def find_hf_shards(folder: Path) -> tuple[Path | None, list[Path]]:
     raise JobError(f"{folder}: no {' or '.join(HF_INDEXES)} and no single weights file")
 
 
-def merge_hf_shards(folder: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                    max_shard_size: int | str | None = None,
-                    cancel: threading.Event | None = None,
-                    force: bool = False) -> Iterator[Event]:
+def merge_hf_shards(
+    folder: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> Iterator[Event]:
     """Join an HF sharded checkpoint (safetensors or .bin + index) into one file, or re-shard it."""
     shard = _shard_size(max_shard_size)
     root = Path(folder)
@@ -125,13 +150,22 @@ def merge_hf_shards(folder: str | os.PathLike[str], out: str | os.PathLike[str],
         if wanted is not None:
             for name, fname in wanted.items():
                 if seen.get(name, Path()).name != fname:
-                    raise JobError(f"{root / fname}: has no tensor {name!r} (the index says "
-                                   "it should)")
+                    raise JobError(
+                        f"{root / fname}: has no tensor {name!r} (the index says it should)"
+                    )
         inputs = [*paths, *([index] if index is not None else [])]
-        yield from write_planned("merge-hf", plan, out, inputs=inputs, force=force,
-                                 cancel=cancel, max_shard_size=shard, metadata=metadata,
-                                 start_data={"inputs": [str(p) for p in inputs]},
-                                 sources=sources)
+        yield from write_planned(
+            "merge-hf",
+            plan,
+            out,
+            inputs=inputs,
+            force=force,
+            cancel=cancel,
+            max_shard_size=shard,
+            metadata=metadata,
+            start_data={"inputs": [str(p) for p in inputs]},
+            sources=sources,
+        )
     finally:
         for source in sources:
             source.close()
@@ -142,8 +176,10 @@ def _plan_shard(source: TensorSource, seen: dict[str, Path]) -> list[Planned]:
     owners: dict[tuple[object, ...], str] = {}
     for rec in source.records:
         if len(rec.path) != 1:
-            raise JobError(f"{source.path}: tensor {rec.name!r} is nested; an HF shard is a "
-                           "flat {name: tensor} dict")
+            raise JobError(
+                f"{source.path}: tensor {rec.name!r} is nested; an HF shard is a "
+                "flat {name: tensor} dict"
+            )
         name = rec.path[0]
         if name in seen:
             raise JobError(f"{source.path}: tensor {name!r} is also in {seen[name]}")

@@ -77,24 +77,34 @@ def output_kind(out: Path, max_shard_size: int | None) -> str:
     suffix = out.suffix.lower()
     if max_shard_size is not None:
         if suffix in TORCH_SUFFIXES or suffix == ".safetensors":
-            raise JobError(f"{out}: a sharded output is a folder; give a folder name, not a "
-                           f"{suffix} file")
+            raise JobError(
+                f"{out}: a sharded output is a folder; give a folder name, not a {suffix} file"
+            )
         return "sharded"
     if suffix == ".safetensors":
         return "safetensors"
     if suffix in TORCH_SUFFIXES:
         return "torch"
-    raise JobError(f"{out}: name the output .safetensors, .pt or .bin (or give a max shard "
-                   "size to write a folder of shards)")
+    raise JobError(
+        f"{out}: name the output .safetensors, .pt or .bin (or give a max shard "
+        "size to write a folder of shards)"
+    )
 
 
-def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str], *,
-                  inputs: Sequence[str | os.PathLike[str]], force: bool = False,
-                  cancel: threading.Event | None = None, max_shard_size: int | None = None,
-                  metadata: dict[str, str] | None = None,
-                  start_data: dict[str, Any] | None = None,
-                  notes: Sequence[str] = (),
-                  sources: Sequence[TensorSource] = ()) -> Iterator[Event]:
+def write_planned(
+    job: str,
+    plan: Sequence[Planned],
+    out: str | os.PathLike[str],
+    *,
+    inputs: Sequence[str | os.PathLike[str]],
+    force: bool = False,
+    cancel: threading.Event | None = None,
+    max_shard_size: int | None = None,
+    metadata: dict[str, str] | None = None,
+    start_data: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    sources: Sequence[TensorSource] = (),
+) -> Iterator[Event]:
     """Check the target, write the plan atomically, verify it, and yield start/progress/done.
 
     `sources` are the mapped inputs; their pages are released after each tensor is written.
@@ -104,8 +114,9 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     by_name = {p.name: p for p in plan}
     for p in plan:
         if p.alias_of is not None and by_name.get(p.alias_of, p).load is None:
-            raise JobError(f"{target}: alias {p.name!r} refers to {p.alias_of!r}, which is not "
-                           "in the output")
+            raise JobError(
+                f"{target}: alias {p.name!r} refers to {p.alias_of!r}, which is not in the output"
+            )
     copies = kind != "torch"
     total = sum(p.nbytes for p in plan if copies or p.alias_of is None)
     estimate = total + 65536 + 256 * len(plan)
@@ -114,12 +125,18 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     if aliases and copies:
         meta[ALIASES_KEY] = json.dumps(aliases, separators=(",", ":"))
-    atomic = AtomicOutput(target, inputs=inputs, force=force, estimate=estimate,
-                          folder=kind == "sharded")
+    atomic = AtomicOutput(
+        target, inputs=inputs, force=force, estimate=estimate, folder=kind == "sharded"
+    )
     atomic.check()
-    yield Event("start", job, 0, total, f"writing {target.name}",
-                {"output": str(target), "format": kind, "tensors": len(plan),
-                 **(start_data or {})})
+    yield Event(
+        "start",
+        job,
+        0,
+        total,
+        f"writing {target.name}",
+        {"output": str(target), "format": kind, "tensors": len(plan), **(start_data or {})},
+    )
     for note in notes:
         yield Event("log", job, 0, total, note)
     return_large_blocks()
@@ -130,8 +147,9 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
             yield from _write_torch(temp, target.stem or "archive", plan, clock, cancel, release)
             hashes = {target.name: ""}
         else:
-            hashes = yield from _write_safetensors(temp, target.name, kind, plan, clock, cancel,
-                                                   meta, max_shard_size, release)
+            hashes = yield from _write_safetensors(
+                temp, target.name, kind, plan, clock, cancel, meta, max_shard_size, release
+            )
         last = clock.flush()
         if last is not None:
             yield last
@@ -142,9 +160,14 @@ def write_planned(job: str, plan: Sequence[Planned], out: str | os.PathLike[str]
     yield verify_output(job, target, kind, plan, files, hashes, total)
 
 
-def stream_plan(plan: Sequence[Planned], write: Callable[[str, Any], int], clock: ProgressClock,
-                cancel: threading.Event | None, release: Callable[[], None],
-                skip_aliases: bool = False) -> Iterator[Event]:
+def stream_plan(
+    plan: Sequence[Planned],
+    write: Callable[[str, Any], int],
+    clock: ProgressClock,
+    cancel: threading.Event | None,
+    release: Callable[[], None],
+    skip_aliases: bool = False,
+) -> Iterator[Event]:
     """Write each planned tensor through `write`, in order, yielding progress batched in time.
 
     Aliases are skipped when the format stores them once (torch zip); `release` gives back the
@@ -169,6 +192,7 @@ def releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
     def release() -> None:
         for source in sources:
             source.release()
+
     return release
 
 
@@ -177,16 +201,24 @@ def planned_values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
     assert src.load is not None
     tensor = src.load()
     if str(tensor.dtype).removeprefix("torch.") != p.dtype or tuple(tensor.shape) != p.shape:
-        raise JobError(f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read "
-                       f"{tensor.dtype}{list(tensor.shape)}")
+        raise JobError(
+            f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read "
+            f"{tensor.dtype}{list(tensor.shape)}"
+        )
     return tensor
 
 
-def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned],
-                       clock: ProgressClock,
-                       cancel: threading.Event | None, meta: dict[str, str],
-                       max_shard_size: int | None, release: Callable[[], None]
-                       ) -> Generator[Event, None, dict[str, str]]:
+def _write_safetensors(
+    temp: Path,
+    name: str,
+    kind: str,
+    plan: Sequence[Planned],
+    clock: ProgressClock,
+    cancel: threading.Event | None,
+    meta: dict[str, str],
+    max_shard_size: int | None,
+    release: Callable[[], None],
+) -> Generator[Event, None, dict[str, str]]:
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     if kind == "sharded":
         assert max_shard_size is not None
@@ -202,9 +234,14 @@ def _write_safetensors(temp: Path, name: str, kind: str, plan: Sequence[Planned]
         return {name: writer.finish()}
 
 
-def _write_torch(temp: Path, root: str, plan: Sequence[Planned],
-                 clock: ProgressClock, cancel: threading.Event | None,
-                 release: Callable[[], None]) -> Iterator[Event]:
+def _write_torch(
+    temp: Path,
+    root: str,
+    plan: Sequence[Planned],
+    clock: ProgressClock,
+    cancel: threading.Event | None,
+    release: Callable[[], None],
+) -> Iterator[Event]:
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     with open(temp, "wb") as f:
@@ -217,8 +254,15 @@ def _write_torch(temp: Path, root: str, plan: Sequence[Planned],
             raise
 
 
-def verify_output(job: str, target: Path, kind: str, plan: Sequence[Planned], files: list[Path],
-            hashes: dict[str, str], total: int) -> Event:
+def verify_output(
+    job: str,
+    target: Path,
+    kind: str,
+    plan: Sequence[Planned],
+    files: list[Path],
+    hashes: dict[str, str],
+    total: int,
+) -> Event:
     count = 0
     tensor_bytes = 0
     for path in files:
@@ -231,11 +275,24 @@ def verify_output(job: str, target: Path, kind: str, plan: Sequence[Planned], fi
         tensor_bytes += sum(t.nbytes for t in index.tensors)
     expected_bytes = sum(p.nbytes for p in plan)
     if count != len(plan) or tensor_bytes != expected_bytes:
-        raise JobError(f"{target}: read back {count} tensors, {tensor_bytes} bytes; planned "
-                       f"{len(plan)} tensors, {expected_bytes} bytes")
+        raise JobError(
+            f"{target}: read back {count} tensors, {tensor_bytes} bytes; planned "
+            f"{len(plan)} tensors, {expected_bytes} bytes"
+        )
     size = sum(path.stat().st_size for path in files)
     listing = ", ".join(f"{name} {digest}" for name, digest in hashes.items())
-    return Event("done", job, total, total,
-                 f"verified: {count} tensors, {size} bytes, sha256 {listing}",
-                 {"output": str(target), "format": kind, "tensors": count, "bytes": size,
-                  "tensor_bytes": tensor_bytes, "sha256": hashes})
+    return Event(
+        "done",
+        job,
+        total,
+        total,
+        f"verified: {count} tensors, {size} bytes, sha256 {listing}",
+        {
+            "output": str(target),
+            "format": kind,
+            "tensors": count,
+            "bytes": size,
+            "tensor_bytes": tensor_bytes,
+            "sha256": hashes,
+        },
+    )

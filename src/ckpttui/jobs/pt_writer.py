@@ -67,8 +67,10 @@ class _Tensor:
         for d in reversed(self.shape):
             stride.append(acc)
             acc *= max(d, 1)
-        return (torch._utils._rebuild_tensor_v2,
-                (self.storage, 0, self.shape, tuple(reversed(stride)), False, OrderedDict()))
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (self.storage, 0, self.shape, tuple(reversed(stride)), False, OrderedDict()),
+        )
 
 
 class _Pickler(pickle.Pickler):
@@ -81,8 +83,10 @@ class _Pickler(pickle.Pickler):
 def _storage_type(dtype: str) -> Any:
     import torch
 
-    names = {str(k).removeprefix("torch."): v
-             for k, v in torch.storage._dtype_to_storage_type_map().items()}
+    names = {
+        str(k).removeprefix("torch."): v
+        for k, v in torch.storage._dtype_to_storage_type_map().items()
+    }
     if dtype not in names or dtype.startswith("q"):
         raise JobError(f"a .pt output cannot hold {dtype} tensors; write .safetensors instead")
     return getattr(torch, names[dtype])
@@ -91,8 +95,14 @@ def _storage_type(dtype: str) -> Any:
 class TorchZipWriter:
     """Writes a planned flat state dict as a torch zip file, tensor by tensor (see the module)."""
 
-    def __init__(self, f: BinaryIO, specs: Sequence[TensorSpec], aliases: dict[str, str],
-                 root: str = "archive", wrap: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        specs: Sequence[TensorSpec],
+        aliases: dict[str, str],
+        root: str = "archive",
+        wrap: Callable[[Any], Any] | None = None,
+    ) -> None:
         """`wrap` puts the state dict inside a layout (``{"state_dict": sd, "epoch": 3}``)."""
         self.f = f
         self.root = root
@@ -105,7 +115,9 @@ class TorchZipWriter:
             if spec.name in aliases:
                 state[spec.name] = tensors[aliases[spec.name]]
                 continue
-            storage = _Storage(str(len(tensors)), _storage_type(spec.dtype), shape_numel(spec.shape))
+            storage = _Storage(
+                str(len(tensors)), _storage_type(spec.dtype), shape_numel(spec.shape)
+            )
             tensors[spec.name] = state[spec.name] = _Tensor(storage, spec.shape)
         buf = io.BytesIO()
         _Pickler(buf, protocol=2).dump(wrap(state) if wrap is not None else state)
@@ -154,5 +166,3 @@ class TorchZipWriter:
     def abort(self) -> None:
         """Drop the archive without writing its directory (the caller discards the file)."""
         self.zip.fp = None  # ZipFile.close(), also run by __del__, then does nothing
-
-

@@ -54,8 +54,12 @@ class JobSpec:
     @property
     def title(self) -> str:
         """``merge global_step500 -> model.safetensors``."""
-        src = (self.args.get("src") or self.args.get("inputs")
-               or (self.args.get("select") or {}).get("root") or "")
+        src = (
+            self.args.get("src")
+            or self.args.get("inputs")
+            or (self.args.get("select") or {}).get("root")
+            or ""
+        )
         if isinstance(src, list):
             src = f"{len(src)} checkpoints" if len(src) > 1 else (src[0] if src else "")
         return f"{self.kind} {Path(str(src)).name or src} -> {Path(self.output).name}"
@@ -96,8 +100,11 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
             select = args.pop("select", None)
             if select:
                 chosen = _select(select)
-                yield Event("log", "average", message=f"{chosen.rule}: "
-                            + ", ".join(p.name for p in chosen.paths))
+                yield Event(
+                    "log",
+                    "average",
+                    message=f"{chosen.rule}: " + ", ".join(p.name for p in chosen.paths),
+                )
                 for note in chosen.notes:
                     yield Event("log", "average", message=note)
                 args["inputs"] = [str(p) for p in chosen.paths]
@@ -156,8 +163,13 @@ class ChildJob:
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ckpttui.jobs.runner", spec.to_json()],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, env=env, start_new_session=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self.started = time.monotonic()
 
     def events(self) -> Iterator[Event]:
@@ -178,10 +190,12 @@ class ChildJob:
         if not final:
             err = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()
             tail = err[-1] if err else ""
-            yield Event("error", self.spec.kind,
-                        message=f"job process exited with code {code}" + (f": {tail}" if tail
-                                                                          else ""),
-                        data={"cancelled": False})
+            yield Event(
+                "error",
+                self.spec.kind,
+                message=f"job process exited with code {code}" + (f": {tail}" if tail else ""),
+                data={"cancelled": False},
+            )
 
     def cancel(self) -> None:
         """Ask the job to stop; it removes its temporary files and reports ``cancelled``."""

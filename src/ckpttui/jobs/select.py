@@ -99,8 +99,9 @@ def _regular(ckpt: Checkpoint) -> bool:
     return not _GENERIC_SKIP.search(name)
 
 
-def run_checkpoints(root: str | os.PathLike[str], inventory: Inventory | None = None
-                    ) -> tuple[list[Checkpoint], list[str]]:
+def run_checkpoints(
+    root: str | os.PathLike[str], inventory: Inventory | None = None
+) -> tuple[list[Checkpoint], list[str]]:
     """The regular checkpoints of the one run under `root`, oldest first, and notes on the rest."""
     inv = inventory if inventory is not None else scan_or_fail(Path(root))
     notes: list[str] = []
@@ -109,8 +110,10 @@ def run_checkpoints(root: str | os.PathLike[str], inventory: Inventory | None = 
         found = [c for c in found if c.layout in TRAINING_LAYOUTS]
     layouts = sorted({c.layout for c in found})
     if len(layouts) > 1:
-        raise JobError(f"{root}: holds checkpoints of several layouts ({', '.join(layouts)}); "
-                       "pass one run's folder")
+        raise JobError(
+            f"{root}: holds checkpoints of several layouts ({', '.join(layouts)}); "
+            "pass one run's folder"
+        )
     parents = sorted({str(Path(c.path).parent) for c in found})
     if len(parents) > 1:
         raise JobError(f"{root}: holds several runs ({', '.join(parents[:3])}); pass one of them")
@@ -125,8 +128,9 @@ def run_checkpoints(root: str | os.PathLike[str], inventory: Inventory | None = 
     return sorted(usable, key=_progress), notes
 
 
-def select_last(root: str | os.PathLike[str], n: int, *,
-                inventory: Inventory | None = None) -> Selection:
+def select_last(
+    root: str | os.PathLike[str], n: int, *, inventory: Inventory | None = None
+) -> Selection:
     """The newest `n` checkpoints of a run (by step, epoch, or save time)."""
     ckpts, notes = run_checkpoints(root, inventory)
     epochs = [c for c in ckpts if re.match(r"^checkpoint\d+\.pt$", Path(c.path).name)]
@@ -136,12 +140,21 @@ def select_last(root: str | os.PathLike[str], n: int, *,
         ckpts = epochs
     _check_n(root, n, len(ckpts), "training checkpoints")
     chosen = ckpts[-n:]
-    return Selection([Path(c.path) for c in chosen],
-                     f"last {n} of {len(ckpts)} {chosen[0].layout} checkpoints", notes=notes)
+    return Selection(
+        [Path(c.path) for c in chosen],
+        f"last {n} of {len(ckpts)} {chosen[0].layout} checkpoints",
+        notes=notes,
+    )
 
 
-def select_best(root: str | os.PathLike[str], n: int, *, metric: str | None = None,
-                mode: str | None = None, inventory: Inventory | None = None) -> Selection:
+def select_best(
+    root: str | os.PathLike[str],
+    n: int,
+    *,
+    metric: str | None = None,
+    mode: str | None = None,
+    inventory: Inventory | None = None,
+) -> Selection:
     """The best `n` checkpoints of a run by the metric its framework recorded (see the module).
 
     `metric` names the value (``acc``, ``WER``, ``eval_loss``...; each framework has a default
@@ -155,15 +168,21 @@ def select_best(root: str | os.PathLike[str], n: int, *, metric: str | None = No
     layout = ckpts[0].layout
     scorer = _SCORERS.get(layout)
     if scorer is None:
-        raise JobError(f"{root}: {layout} checkpoints record no validation metric; "
-                       "choose the inputs, or take the last N")
+        raise JobError(
+            f"{root}: {layout} checkpoints record no validation metric; "
+            "choose the inputs, or take the last N"
+        )
     ranked, rule = scorer(inv, ckpts, metric, mode, Path(root))
     _check_n(root, n, len(ranked), f"checkpoints ranked by {rule}")
     best = ranked[:n]
     order = {c.path: _progress(c) for c in inv.checkpoints}
     best.sort(key=lambda item: order.get(str(item[0]), (-math.inf, natural_key(item[0].name))))
-    return Selection([p for p, _ in best], f"best {n} of {len(ranked)} by {rule}",
-                     {str(p): v for p, v in best}, notes)
+    return Selection(
+        [p for p, _ in best],
+        f"best {n} of {len(ranked)} by {rule}",
+        {str(p): v for p, v in best},
+        notes,
+    )
 
 
 def _check_n(root: str | os.PathLike[str], n: int, have: int, what: str) -> None:
@@ -194,8 +213,9 @@ def _number(value: Any) -> float | None:
 
 
 Ranked = list[tuple[Path, float]]
-Scorer = Callable[[Inventory, list[Checkpoint], "str | None", "str | None", Path],
-                  tuple[Ranked, str]]
+Scorer = Callable[
+    [Inventory, list[Checkpoint], "str | None", "str | None", Path], tuple[Ranked, str]
+]
 
 
 def _rank(scores: Ranked, lower: bool) -> Ranked:
@@ -203,13 +223,14 @@ def _rank(scores: Ranked, lower: bool) -> Ranked:
     return sorted(scores, key=lambda item: item[1] if lower else -item[1])
 
 
-def _funasr(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None,
-            root: Path) -> tuple[Ranked, str]:
+def _funasr(
+    inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None, root: Path
+) -> tuple[Ranked, str]:
     newest = ckpts[-1]
     for ckpt in inv.checkpoints:  # model.pt (the latest save) holds every validated name
         if ckpt.layout == "funasr" and _progress(ckpt) > _progress(newest):
             newest = ckpt
-    kind = (metric or str(newest.info.get("avg_keep_nbest_models_type") or "acc"))
+    kind = metric or str(newest.info.get("avg_keep_nbest_models_type") or "acc")
     kind = kind.removeprefix("val_")
     if kind not in ("acc", "loss"):
         raise JobError(f"{root}: FunASR records val_acc and val_loss, not {metric!r}")
@@ -219,8 +240,11 @@ def _funasr(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: s
         if isinstance(recorded, dict):
             values.update(recorded)
     folder = Path(ckpts[0].path).parent
-    scores = [(folder / name, float(v)) for name, v in values.items()
-              if _number(v) is not None and (folder / name).is_file()]
+    scores = [
+        (folder / name, float(v))
+        for name, v in values.items()
+        if _number(v) is not None and (folder / name).is_file()
+    ]
     if mode is None:
         # upstream: sorted by value descending; acc keeps the first N, loss the last N
         ranked = sorted(scores, key=lambda item: item[1], reverse=True)
@@ -230,8 +254,9 @@ def _funasr(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: s
     return _rank(scores, mode == "min"), f"val_{kind} ({mode})"
 
 
-def _wenet(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None,
-           root: Path) -> tuple[Ranked, str]:
+def _wenet(
+    inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None, root: Path
+) -> tuple[Ranked, str]:
     name = metric or "loss"
     scores: Ranked = []
     for ckpt in ckpts:
@@ -244,26 +269,36 @@ def _wenet(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: st
     return _rank(scores, lower), f"cv {name} (WeNet: {'lowest' if lower else 'highest'} first)"
 
 
-def _speechbrain(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None,
-                 root: Path) -> tuple[Ranked, str]:
+def _speechbrain(
+    inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None, root: Path
+) -> tuple[Ranked, str]:
     keys: set[str] = set()
     for ckpt in ckpts:
         meta = ckpt.info.get("meta") or {}
-        keys |= {k for k, v in meta.items() if _number(v) is not None
-                 and k not in ("unixtime", "end-of-epoch", "epoch")}
+        keys |= {
+            k
+            for k, v in meta.items()
+            if _number(v) is not None and k not in ("unixtime", "end-of-epoch", "epoch")
+        }
     if metric is None:
         if len(keys) != 1:
-            raise JobError(f"{root}: CKPT.yaml records {', '.join(sorted(keys)) or 'no metric'}; "
-                           "name the metric to rank by")
+            raise JobError(
+                f"{root}: CKPT.yaml records {', '.join(sorted(keys)) or 'no metric'}; "
+                "name the metric to rank by"
+            )
         metric = next(iter(keys))
-    scores = [(Path(c.path), float(v)) for c in ckpts
-              if (v := _number((c.info.get("meta") or {}).get(metric))) is not None]
+    scores = [
+        (Path(c.path), float(v))
+        for c in ckpts
+        if (v := _number((c.info.get("meta") or {}).get(metric))) is not None
+    ]
     lower = _lower_is_better(metric, mode)
     return _rank(scores, lower), f"{metric} ({'min' if lower else 'max'}_key)"
 
 
-def _hf_trainer(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None,
-                root: Path) -> tuple[Ranked, str]:
+def _hf_trainer(
+    inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None, root: Path
+) -> tuple[Ranked, str]:
     name = metric or "loss"
     name = name if name.startswith("eval_") else f"eval_{name}"
     at_step: dict[int, float] = {}
@@ -278,8 +313,9 @@ def _hf_trainer(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mod
     return _rank(scores, lower), f"{name} ({'lower' if lower else 'higher'} is better)"
 
 
-def _fairseq(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None,
-             root: Path) -> tuple[Ranked, str]:
+def _fairseq(
+    inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None, root: Path
+) -> tuple[Ranked, str]:
     folder = Path(ckpts[0].path).parent
     maximize = False
     for ckpt in ckpts:
@@ -295,24 +331,37 @@ def _fairseq(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: 
         if m and (metric is None or m.group(1) == metric):
             best_files.append((path, float(m.group(2))))
     if best_files:
-        return (_rank(best_files, lower),
-                f"the value in checkpoint.best_* names ({'lowest' if lower else 'highest'} first)")
-    scores = [(Path(c.path), v) for c in ckpts if (v := _number(c.info.get("val_loss"))) is not None]
+        return (
+            _rank(best_files, lower),
+            f"the value in checkpoint.best_* names ({'lowest' if lower else 'highest'} first)",
+        )
+    scores = [
+        (Path(c.path), v) for c in ckpts if (v := _number(c.info.get("val_loss"))) is not None
+    ]
     return _rank(scores, lower), f"extra_state val_loss ({'lowest' if lower else 'highest'} first)"
 
 
-def _lightning(inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None,
-               root: Path) -> tuple[Ranked, str]:
+def _lightning(
+    inv: Inventory, ckpts: list[Checkpoint], metric: str | None, mode: str | None, root: Path
+) -> tuple[Ranked, str]:
     if metric is None:
-        raise JobError(f"{root}: Lightning keeps metrics in file names only "
-                       "(epoch=3-val_loss=0.12.ckpt); name the metric")
+        raise JobError(
+            f"{root}: Lightning keeps metrics in file names only "
+            "(epoch=3-val_loss=0.12.ckpt); name the metric"
+        )
     pattern = re.compile(re.escape(metric) + r"=([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
-    scores = [(Path(c.path), float(m.group(1))) for c in ckpts
-              if (m := pattern.search(Path(c.path).stem))]
+    scores = [
+        (Path(c.path), float(m.group(1))) for c in ckpts if (m := pattern.search(Path(c.path).stem))
+    ]
     lower = mode != "max"  # ModelCheckpoint's mode defaults to "min"
     return _rank(scores, lower), f"{metric} in the file names ({'min' if lower else 'max'})"
 
 
-_SCORERS: dict[str, Scorer] = {"funasr": _funasr, "wenet": _wenet, "speechbrain": _speechbrain,
-                               "hf-trainer": _hf_trainer, "fairseq": _fairseq,
-                               "lightning": _lightning}
+_SCORERS: dict[str, Scorer] = {
+    "funasr": _funasr,
+    "wenet": _wenet,
+    "speechbrain": _speechbrain,
+    "hf-trainer": _hf_trainer,
+    "fairseq": _fairseq,
+    "lightning": _lightning,
+}

@@ -67,10 +67,11 @@ class TensorSource:
         try:
             size = os.fstat(self._file.fileno()).st_size
             if size != self.index.size:
-                raise JobError(f"{self.path}: file changed size while being read "
-                               f"({self.index.size} -> {size} bytes)")
-            self._map: mmap.mmap | None = mmap.mmap(self._file.fileno(), 0,
-                                                    access=mmap.ACCESS_COPY)
+                raise JobError(
+                    f"{self.path}: file changed size while being read "
+                    f"({self.index.size} -> {size} bytes)"
+                )
+            self._map: mmap.mmap | None = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
             self._offsets = self._storage_offsets()
         except BaseException:
             self._file.close()
@@ -103,8 +104,9 @@ class TensorSource:
                 node = _child(node, key)
             except (KeyError, IndexError, TypeError, ValueError):
                 if default is KeyError:
-                    raise JobError(f"{self.path}: no {'/'.join(map(str, keys))!r} in the "
-                                   "checkpoint") from None
+                    raise JobError(
+                        f"{self.path}: no {'/'.join(map(str, keys))!r} in the checkpoint"
+                    ) from None
                 return default
         return node
 
@@ -184,15 +186,20 @@ class TensorSource:
         if fmt == "torch-legacy":
             offsets = dict(self.index.metadata.get("storage_offsets", {}))
         elif fmt == "safetensors":
-            offsets = {r.storage: int(r.data_offset) for r in self.index.tensors
-                       if r.storage is not None and r.data_offset is not None}
+            offsets = {
+                r.storage: int(r.data_offset)
+                for r in self.index.tensors
+                if r.storage is not None and r.data_offset is not None
+            }
         else:
             offsets = self._zip_offsets()
         for key, nbytes in self.index.storages.items():
             start = offsets.get(key)
             if start is not None and start + nbytes > size:
-                raise JobError(f"{self.path}: storage {key!r} at byte {start} ends past the end "
-                               f"of the file ({size} bytes)")
+                raise JobError(
+                    f"{self.path}: storage {key!r} at byte {start} ends past the end "
+                    f"of the file ({size} bytes)"
+                )
         return offsets
 
     def _zip_offsets(self) -> dict[str, int]:
@@ -206,24 +213,28 @@ class TensorSource:
         wanted = set(self.index.storages)
         offsets: dict[str, int] = {}
         for info in infos:
-            key = info.filename[len(prefix):]
+            key = info.filename[len(prefix) :]
             if key not in wanted:
                 continue
             if info.compress_type != zipfile.ZIP_STORED:
-                raise JobError(f"{self.path}: entry {info.filename} is compressed "
-                               f"(method {info.compress_type}); torch.save stores entries "
-                               "uncompressed, re-save the file to read it in place")
+                raise JobError(
+                    f"{self.path}: entry {info.filename} is compressed "
+                    f"(method {info.compress_type}); torch.save stores entries "
+                    "uncompressed, re-save the file to read it in place"
+                )
             at = info.header_offset
             # pread, not the map: touching one cached page through the map can map (and count
             # as resident) the whole cached block around it, optimizer storages included.
             head = os.pread(self._file.fileno(), _LOCAL_HEADER.size, at)
             if len(head) < _LOCAL_HEADER.size:
-                raise JobError(f"{self.path}: local header of {info.filename} at byte {at} is "
-                               "truncated")
+                raise JobError(
+                    f"{self.path}: local header of {info.filename} at byte {at} is truncated"
+                )
             magic, name_len, extra_len = _LOCAL_HEADER.unpack(head)
             if magic != _LOCAL_MAGIC:
-                raise JobError(f"{self.path}: no local file header for {info.filename} at "
-                               f"byte {at}")
+                raise JobError(
+                    f"{self.path}: no local file header for {info.filename} at byte {at}"
+                )
             offsets[key] = at + _LOCAL_HEADER.size + name_len + extra_len
         return offsets
 

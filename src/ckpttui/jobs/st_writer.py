@@ -70,8 +70,11 @@ def header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None = 
             raise JobError(f"tensor {spec.name!r}: safetensors has no dtype for {spec.dtype}")
         if spec.name in header or spec.name == "__metadata__":
             raise JobError(f"tensor name {spec.name!r} appears twice")
-        header[spec.name] = {"dtype": code, "shape": list(spec.shape),
-                             "data_offsets": [offset, offset + spec.nbytes]}
+        header[spec.name] = {
+            "dtype": code,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
@@ -88,24 +91,32 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return flat.view(torch.uint8).numpy().data
 
 
-def next_planned(specs: Sequence[TensorSpec], index: int, name: str, tensor: torch.Tensor,
-                 where: str) -> TensorSpec:
+def next_planned(
+    specs: Sequence[TensorSpec], index: int, name: str, tensor: torch.Tensor, where: str
+) -> TensorSpec:
     """The spec at `index`, checked against the tensor the writer was given (a JobError if not)."""
     if index >= len(specs):
         raise JobError(f"{where}: tensor {name!r} was not planned")
     spec = specs[index]
     dtype = str(tensor.dtype).removeprefix("torch.")
     if spec.name != name or spec.dtype != dtype or spec.shape != tuple(tensor.shape):
-        raise JobError(f"{where}: expected {spec.name!r} {spec.dtype}{list(spec.shape)}, "
-                       f"got {name!r} {dtype}{list(tensor.shape)}")
+        raise JobError(
+            f"{where}: expected {spec.name!r} {spec.dtype}{list(spec.shape)}, "
+            f"got {name!r} {dtype}{list(tensor.shape)}"
+        )
     return spec
 
 
 class SafetensorsWriter:
     """Writes one safetensors file to an open binary file, tensor by tensor, hashing as it goes."""
 
-    def __init__(self, f: BinaryIO, specs: Sequence[TensorSpec],
-                 metadata: dict[str, str] | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        specs: Sequence[TensorSpec],
+        metadata: dict[str, str] | None = None,
+        name: str = "",
+    ) -> None:
         self.f = f
         self.specs = list(specs)
         self.name = name or getattr(f, "name", "output")
@@ -135,8 +146,9 @@ class SafetensorsWriter:
     def finish(self) -> str:
         """Check every tensor was written, flush, and return the file's sha256."""
         if not self.done:
-            raise JobError(f"{self.name}: {len(self.specs) - self._next} planned tensors "
-                           "were never written")
+            raise JobError(
+                f"{self.name}: {len(self.specs) - self._next} planned tensors were never written"
+            )
         self.f.flush()
         return self._hash.hexdigest()
 
@@ -181,8 +193,13 @@ def index_bytes(shards: Sequence[tuple[str, Sequence[TensorSpec]]]) -> bytes:
 class ShardedWriter:
     """Writes planned tensors into a folder as safetensors shards plus index, one file at a time."""
 
-    def __init__(self, folder: str | os.PathLike[str], specs: Sequence[TensorSpec],
-                 max_shard_size: int, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        specs: Sequence[TensorSpec],
+        max_shard_size: int,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.metadata = metadata
         groups = plan_shards(specs, max_shard_size)

@@ -81,8 +81,12 @@ def _find(inv: Inventory, path: Path) -> Checkpoint | None:
     return next((c for c in inv.checkpoints if c.path == target), None)
 
 
-def open_weights(path: str | os.PathLike[str], *, recoverable: str | None = None,
-                 inventory: Inventory | None = None) -> WeightSet:
+def open_weights(
+    path: str | os.PathLike[str],
+    *,
+    recoverable: str | None = None,
+    inventory: Inventory | None = None,
+) -> WeightSet:
     """Open a checkpoint's weights (category weights in our accounting) for reading in place.
 
     A SpeechBrain folder with several weight recoverables (``model.ckpt``, ``wav2vec2.ckpt``)
@@ -103,8 +107,14 @@ def open_weights(path: str | os.PathLike[str], *, recoverable: str | None = None
         ckpt = Checkpoint(key, "torch", files=[key])
     if ckpt is None:
         inside = [inv.rel(c.path) for c in inv.checkpoints]
-        raise JobError(f"{p}: not one checkpoint" + (f" (it holds {len(inside)}: "
-                       + ", ".join(inside[:4]) + ")" if inside else " (none found inside)"))
+        raise JobError(
+            f"{p}: not one checkpoint"
+            + (
+                f" (it holds {len(inside)}: " + ", ".join(inside[:4]) + ")"
+                if inside
+                else " (none found inside)"
+            )
+        )
     if ckpt.layout == "deepspeed":
         raise JobError(f"{p}: a DeepSpeed ZeRO checkpoint; consolidate it with merge first")
     if ckpt.layout == "dcp":
@@ -115,8 +125,9 @@ def open_weights(path: str | os.PathLike[str], *, recoverable: str | None = None
     prefixed = ckpt.layout == "speechbrain" and len(files) > 1
     ws = WeightSet(p, ckpt.layout, files, [], {})
     if prefixed:
-        ws.notes.append("names prefixed by their recoverable: "
-                        + ", ".join(f.stem + "." for f in files))
+        ws.notes.append(
+            "names prefixed by their recoverable: " + ", ".join(f.stem + "." for f in files)
+        )
     try:
         for file in files:
             _add_file(ws, inv, file, f"{file.stem}." if prefixed else "")
@@ -131,25 +142,33 @@ def open_weights(path: str | os.PathLike[str], *, recoverable: str | None = None
     return ws
 
 
-def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | None
-                  ) -> list[Path]:
+def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | None) -> list[Path]:
     if p.is_dir() and ckpt.layout in ("hf-trainer", "hf-model", "wenet"):
         try:
             return find_hf_shards(p)[1]
         except JobError:
-            if any(c.layout == "deepspeed" and c.path.startswith(ckpt.path + os.sep)
-                   for c in inv.checkpoints) or any(q.name.startswith("global_step")
-                                                    for q in p.iterdir()):
-                raise JobError(f"{p}: the weights are in a DeepSpeed ZeRO folder inside; "
-                               "consolidate it with merge first") from None
+            if any(
+                c.layout == "deepspeed" and c.path.startswith(ckpt.path + os.sep)
+                for c in inv.checkpoints
+            ) or any(q.name.startswith("global_step") for q in p.iterdir()):
+                raise JobError(
+                    f"{p}: the weights are in a DeepSpeed ZeRO folder inside; "
+                    "consolidate it with merge first"
+                ) from None
             raise
-    files = [Path(f) for f in ckpt.files
-             if any(r.category is Category.WEIGHTS for r in inv.records.get(f, []))]
+    files = [
+        Path(f)
+        for f in ckpt.files
+        if any(r.category is Category.WEIGHTS for r in inv.records.get(f, []))
+    ]
     if recoverable is not None:
         wanted = [f for f in files if f.stem == recoverable]
         if not wanted:
-            raise JobError(f"{p}: no weights recoverable {recoverable!r} (has "
-                           + (", ".join(f.stem for f in files) or "none") + ")")
+            raise JobError(
+                f"{p}: no weights recoverable {recoverable!r} (has "
+                + (", ".join(f.stem for f in files) or "none")
+                + ")"
+            )
         files = wanted
     if not files:
         raise JobError(f"{p}: no weight tensors found")
@@ -169,13 +188,15 @@ def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
             by_cat.setdefault(r.category.value, [0, 0])
             by_cat[r.category.value][0] += 1
             by_cat[r.category.value][1] += r.nbytes
-        ws.notes.append(f"{file.name}: left out " + ", ".join(
-            f"{n} {cat} tensors ({human_bytes(b)})" for cat, (n, b) in by_cat.items()))
+        ws.notes.append(
+            f"{file.name}: left out "
+            + ", ".join(f"{n} {cat} tensors ({human_bytes(b)})" for cat, (n, b) in by_cat.items())
+        )
     container = _common_prefix([r.path[:-1] for r in weights])
     owners: dict[tuple[Any, ...], str] = {}
     taken = {name: src.path for name, (src, _) in ws.entries.items()}
     for rec in weights:
-        name = prefix + ".".join(rec.path[len(container):])
+        name = prefix + ".".join(rec.path[len(container) :])
         if name in taken:
             source.close()
             raise JobError(f"{file}: tensor {name!r} is also in {taken[name]}")

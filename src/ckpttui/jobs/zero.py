@@ -69,8 +69,7 @@ def resolve_tag_dir(src: str | os.PathLike[str], tag: str | None = None) -> Path
         return folder
     if any(_OPTIM.match(p.name) for p in root.iterdir()):
         return root
-    raise JobError(f"{latest}: no such file, and {root} holds no ZeRO optimizer files; "
-                   "pass --tag")
+    raise JobError(f"{latest}: no such file, and {root} holds no ZeRO optimizer files; pass --tag")
 
 
 def _stage_of(value: Any, where: Path) -> int:
@@ -114,16 +113,21 @@ def open_zero(folder: Path) -> ZeroCheckpoint:
             continue
         prefix, rank, mp = match.group(1), int(match.group(2)), int(match.group(3))
         if mp != 0:
-            raise JobError(f"{path}: model-parallel ZeRO checkpoints (mp_rank_{mp:02d}) are not "
-                           "supported")
+            raise JobError(
+                f"{path}: model-parallel ZeRO checkpoints (mp_rank_{mp:02d}) are not supported"
+            )
         prefixes.add(prefix)
         ranks[rank] = path
     if not ranks:
-        raise JobError(f"{folder}: no *_optim_states.pt files: not a ZeRO 1/2/3 checkpoint "
-                       "(stage 0 keeps its weights in mp_rank_00_model_states.pt)")
+        raise JobError(
+            f"{folder}: no *_optim_states.pt files: not a ZeRO 1/2/3 checkpoint "
+            "(stage 0 keeps its weights in mp_rank_00_model_states.pt)"
+        )
     if len(prefixes) > 1:
-        raise JobError(f"{folder}: optimizer files of several runs are mixed "
-                       f"({', '.join(sorted(repr(p) for p in prefixes))} prefixes)")
+        raise JobError(
+            f"{folder}: optimizer files of several runs are mixed "
+            f"({', '.join(sorted(repr(p) for p in prefixes))} prefixes)"
+        )
     prefix = prefixes.pop()
     first = TensorSource(ranks[min(ranks)])
     sources = [first]
@@ -138,12 +142,16 @@ def open_zero(folder: Path) -> ZeroCheckpoint:
         for rank in range(count):
             path = folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
             if rank not in ranks:
-                raise JobError(f"{path}: missing (partition_count is {count}; rank {rank} "
-                               "did not save, or the folder was copied partly)")
+                raise JobError(
+                    f"{path}: missing (partition_count is {count}; rank {rank} "
+                    "did not save, or the folder was copied partly)"
+                )
         extra = sorted(r for r in ranks if r >= count)
         if extra:
-            raise JobError(f"{ranks[extra[0]]}: rank {extra[0]} file, but partition_count is "
-                           f"{count} (left over from an earlier run?)")
+            raise JobError(
+                f"{ranks[extra[0]]}: rank {extra[0]} file, but partition_count is "
+                f"{count} (left over from an earlier run?)"
+            )
         for rank in range(1, count):
             sources.append(TensorSource(ranks[rank]))
         optim = list(sources)
@@ -194,7 +202,7 @@ class FlatVector:
             if last <= start or first >= end or length == 0:
                 continue
             lo, hi = max(start, first), min(end, last)
-            out.append(source.tensor(ref)[lo - first:hi - first])
+            out.append(source.tensor(ref)[lo - first : hi - first])
         if sum(t.numel() for t in out) != length:
             raise JobError(f"elements [{start}, {end}) lie past the flat groups' {self.numel}")
         return out
@@ -216,14 +224,16 @@ def _read(source: TensorSource, ref: TensorRef, dtype: str) -> torch.Tensor:
     return _cast(source.tensor(ref), dtype)
 
 
-def _gather(parts: list[tuple[TensorSource, TensorRef]], numel: int, shape: tuple[int, ...],
-            dtype: str) -> torch.Tensor:
+def _gather(
+    parts: list[tuple[TensorSource, TensorRef]], numel: int, shape: tuple[int, ...], dtype: str
+) -> torch.Tensor:
     """Ranks' fragments of one tensor, concatenated, cut to `numel` and shaped."""
     return _cast(_joined([source.tensor(ref) for source, ref in parts], numel, shape), dtype)
 
 
-def _slice(vectors: list[FlatVector], offset: int, count: int, numel: int,
-           shape: tuple[int, ...]) -> torch.Tensor:
+def _slice(
+    vectors: list[FlatVector], offset: int, count: int, numel: int, shape: tuple[int, ...]
+) -> torch.Tensor:
     """`count` elements at `offset` of each flat vector, concatenated, cut to `numel`, shaped."""
     if numel == 0:  # zero_to_fp32 fails on these under ZeRO-3; they are just empty
         import torch
@@ -245,8 +255,13 @@ def _narrow_float(dtype: str) -> bool:
     return _is_float(dtype) and ELEMENT_SIZE.get(dtype, 8) < 4
 
 
-def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool = True,
-              exclude_frozen: bool = False) -> list[Planned]:
+def plan_zero(
+    ckpt: ZeroCheckpoint,
+    *,
+    compat: bool = False,
+    upcast_frozen: bool = True,
+    exclude_frozen: bool = False,
+) -> list[Planned]:
     """The consolidated state dict in DeepSpeed's key order, as `Planned` tensors (no data read)."""
     rank0 = ckpt.model[0]
     module = rank0.get("module")
@@ -261,8 +276,7 @@ def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool
             dtype = ref.dtype
             if _is_float(dtype) and (compat or dtype != "float64"):
                 dtype = "float32"
-            plan[name] = Planned(name, dtype, ref.shape,
-                                 partial(_read, rank0, ref, dtype))
+            plan[name] = Planned(name, dtype, ref.shape, partial(_read, rank0, ref, dtype))
 
     def frozen_dtype(dtype: str) -> str:
         return "float32" if upcast_frozen and not compat and _narrow_float(dtype) else dtype
@@ -274,20 +288,20 @@ def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool
             for name in frozen_shapes:
                 ref = fragments[name]
                 dtype = frozen_dtype(ref.dtype)
-                plan[name] = Planned(name, dtype, ref.shape,
-                                     partial(_read, rank0, ref, dtype))
+                plan[name] = Planned(name, dtype, ref.shape, partial(_read, rank0, ref, dtype))
         else:
             for name, shape in frozen_shapes.items():
                 refs = [(m, m.get("frozen_param_fragments", name)) for m in ckpt.model]
                 dtype = frozen_dtype(refs[0][1].dtype)
                 shape = tuple(shape)
                 numel = _numel(shape)
-                plan[name] = Planned(name, dtype, shape,
-                                     partial(_gather, refs, numel, shape, dtype))
+                plan[name] = Planned(
+                    name, dtype, shape, partial(_gather, refs, numel, shape, dtype)
+                )
 
     trainable = [(name, tuple(shape)) for group in param_shapes for name, shape in group.items()]
     shared = rank0.get("shared_params", default=None) or {}
-    if (not exclude_frozen and not compat and frozen_shapes is None and ckpt.stage <= 2):
+    if not exclude_frozen and not compat and frozen_shapes is None and ckpt.stage <= 2:
         # ZeRO-1 records no frozen parameters (deepspeed#5439): rank 0 saved them whole in module.
         known = {n for n, _ in trainable} | set(shared) | buffer_names
         kept = []
@@ -295,12 +309,13 @@ def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool
             if name in known or not isinstance(ref, TensorRef) or name in plan:
                 continue
             dtype = frozen_dtype(ref.dtype)
-            plan[name] = Planned(name, dtype, ref.shape,
-                                 partial(_read, rank0, ref, dtype))
+            plan[name] = Planned(name, dtype, ref.shape, partial(_read, rank0, ref, dtype))
             kept.append(name)
         if kept:
-            ckpt.notes.append(f"kept {len(kept)} frozen parameter(s) that DeepSpeed's zero_to_fp32 "
-                              f"drops on ZeRO-1 (deepspeed#5439): {', '.join(kept)}")
+            ckpt.notes.append(
+                f"kept {len(kept)} frozen parameter(s) that DeepSpeed's zero_to_fp32 "
+                f"drops on ZeRO-1 (deepspeed#5439): {', '.join(kept)}"
+            )
 
     if ckpt.stage <= 2:
         _plan_zero2(ckpt, param_shapes, plan)
@@ -314,49 +329,64 @@ def plan_zero(ckpt: ZeroCheckpoint, *, compat: bool = False, upcast_frozen: bool
     return list(plan.values())
 
 
-def _plan_zero2(ckpt: ZeroCheckpoint, param_shapes: list[Any],
-                plan: OrderedDict[str, Planned]) -> None:
+def _plan_zero2(
+    ckpt: ZeroCheckpoint, param_shapes: list[Any], plan: OrderedDict[str, Planned]
+) -> None:
     n = ckpt.world_size
-    groups = [o.get("optimizer_state_dict", "single_partition_of_fp32_groups")
-              for o in ckpt.optim]
+    groups = [o.get("optimizer_state_dict", "single_partition_of_fp32_groups") for o in ckpt.optim]
     if any(len(g) != len(groups[0]) for g in groups) or len(groups[0]) != len(param_shapes):
-        raise JobError(f"{ckpt.optim[0].path}: {len(groups[0])} fp32 groups for "
-                       f"{len(param_shapes)} param_shapes groups")
+        raise JobError(
+            f"{ckpt.optim[0].path}: {len(groups[0])} fp32 groups for "
+            f"{len(param_shapes)} param_shapes groups"
+        )
     paddings = ckpt.optim[0].get("optimizer_state_dict", "param_alignment_paddings", default=None)
     for g, shapes in enumerate(param_shapes):
         vector = FlatVector([(o, grp[g]) for o, grp in zip(ckpt.optim, groups, strict=True)])
         pads = paddings[g] if paddings is not None else None
         if pads is not None and len(pads) != len(shapes):
-            raise JobError(f"{ckpt.optim[0].path}: group {g} has {len(pads)} alignment paddings "
-                           f"for {len(shapes)} parameters")
+            raise JobError(
+                f"{ckpt.optim[0].path}: group {g} has {len(pads)} alignment paddings "
+                f"for {len(shapes)} parameters"
+            )
         offset = 0
         for i, (name, shape) in enumerate(shapes.items()):
             shape = tuple(shape)
             numel = _numel(shape)
-            plan[name] = Planned(name, vector.dtype, shape,
-                                 partial(_slice, [vector], offset, numel, numel, shape))
+            plan[name] = Planned(
+                name, vector.dtype, shape, partial(_slice, [vector], offset, numel, numel, shape)
+            )
             offset += numel + (pads[i] if pads is not None else 0)
         align = 2 * n
         if align * math.ceil(offset / align) != align * math.ceil(vector.numel / align):
-            raise JobError(f"{ckpt.folder}: group {g}: parameters use {offset} elements of "
-                           f"{vector.numel} in the fp32 partitions: shapes and partitions "
-                           "disagree")
+            raise JobError(
+                f"{ckpt.folder}: group {g}: parameters use {offset} elements of "
+                f"{vector.numel} in the fp32 partitions: shapes and partitions "
+                "disagree"
+            )
 
 
-def _plan_zero3(ckpt: ZeroCheckpoint, trainable: list[tuple[str, tuple[int, ...]]],
-                plan: OrderedDict[str, Planned]) -> None:
+def _plan_zero3(
+    ckpt: ZeroCheckpoint,
+    trainable: list[tuple[str, tuple[int, ...]]],
+    plan: OrderedDict[str, Planned],
+) -> None:
     n = ckpt.world_size
-    vectors = [FlatVector([(o, ref) for ref in o.get("optimizer_state_dict", "fp32_flat_groups")])
-               for o in ckpt.optim]
+    vectors = [
+        FlatVector([(o, ref) for ref in o.get("optimizer_state_dict", "fp32_flat_groups")])
+        for o in ckpt.optim
+    ]
     shapes = dict(trainable)  # later groups win, first position kept, as zero_to_fp32 merges
     offset = 0
     for name, shape in shapes.items():
         numel = _numel(shape)
         part = math.ceil(numel / n)
-        plan[name] = Planned(name, vectors[0].dtype, shape,
-                             partial(_slice, vectors, offset, part, numel, shape))
+        plan[name] = Planned(
+            name, vectors[0].dtype, shape, partial(_slice, vectors, offset, part, numel, shape)
+        )
         offset += part
     if offset * n != vectors[0].numel * n or any(v.numel != vectors[0].numel for v in vectors):
-        raise JobError(f"{ckpt.folder}: parameters use {offset * n} elements of "
-                       f"{vectors[0].numel * n} in the fp32 flat groups: shapes and partitions "
-                       "disagree")
+        raise JobError(
+            f"{ckpt.folder}: parameters use {offset * n} elements of "
+            f"{vectors[0].numel * n} in the fp32 flat groups: shapes and partitions "
+            "disagree"
+        )

@@ -17,8 +17,15 @@ from ckpttui.layouts.plain import PlainTorch
 from ckpttui.layouts.speechbrain import SpeechBrain
 from ckpttui.layouts.wenet import WeNet, WeNetFolder
 
-DIR_LAYOUTS: tuple[DirLayout, ...] = (HFTrainer(), DeepSpeed(), SpeechBrain(), DCP(),
-                                      PeftAdapter(), WeNetFolder(), HFModel())
+DIR_LAYOUTS: tuple[DirLayout, ...] = (
+    HFTrainer(),
+    DeepSpeed(),
+    SpeechBrain(),
+    DCP(),
+    PeftAdapter(),
+    WeNetFolder(),
+    HFModel(),
+)
 FILE_LAYOUTS: tuple[FileLayout, ...] = (Lightning(), Fairseq(), FunASR(), WeNet(), PlainTorch())
 
 __all__ = ["DIR_LAYOUTS", "FILE_LAYOUTS", "DirLayout", "FileLayout"]

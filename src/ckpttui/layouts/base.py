@@ -157,8 +157,11 @@ def check_index(folder: Path, index_name: str, ckpt: Checkpoint) -> None:
     missing = sorted({s for s in weight_map.values() if not (folder / str(s)).is_file()})
     if missing:
         ckpt.complete = False
-        ckpt.problems.append(f"{index_name} lists {len(missing)} missing shard(s): "
-                             + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+        ckpt.problems.append(
+            f"{index_name} lists {len(missing)} missing shard(s): "
+            + ", ".join(missing[:3])
+            + (" ..." if len(missing) > 3 else "")
+        )
 
 
 def enum_value(value: Any) -> int | None:

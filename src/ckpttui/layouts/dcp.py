@@ -23,7 +23,9 @@ class DCP:
         ckpt.step = number_in(r"(?:step|global_step|checkpoint)[-_]?(\d+)$", Path(ckpt.path).name)
         if meta is None or meta.error:
             ckpt.complete = False
-            ckpt.problems.append(".metadata could not be read" + (f": {meta.error}" if meta else ""))
+            ckpt.problems.append(
+                ".metadata could not be read" + (f": {meta.error}" if meta else "")
+            )
             return
         for rel in meta.metadata.get("missing_files", []):
             ckpt.complete = False

@@ -75,8 +75,14 @@ class DeepSpeed:
             mp = as_int(states.get("mp_world_size")) or 1
             stage = as_int(dig(states, "ds_config", "zero_optimization", "stage"))
             ckpt.step = as_int(states.get("global_steps")) if ckpt.step is None else ckpt.step
-            for key in ("global_steps", "global_samples", "skipped_steps", "ds_version",
-                        "dp_world_size", "mp_world_size"):
+            for key in (
+                "global_steps",
+                "global_samples",
+                "skipped_steps",
+                "ds_version",
+                "dp_world_size",
+                "mp_world_size",
+            ):
                 if key in states and isinstance(states[key], (int, float, str)):
                     ckpt.info[key] = states[key]
             for key in ("epoch", "step", "cv_loss", "val_loss", "loss", "lr"):
@@ -95,8 +101,11 @@ class DeepSpeed:
                     if stage is not None:
                         break
         if stage is None:
-            stage = 3 if any(m.startswith("zero_pp_rank") for m in model_files) else (
-                1 if optim_files else 0)
+            stage = (
+                3
+                if any(m.startswith("zero_pp_rank") for m in model_files)
+                else (1 if optim_files else 0)
+            )
         ckpt.info["zero_stage"] = stage
         if any(n.startswith("bf16_") for n in optim_files):
             ckpt.info["bf16_optimizer"] = True
@@ -107,23 +116,31 @@ class DeepSpeed:
             ranks = {int(_OPTIM.match(n).group(1)) for n in optim_files}  # type: ignore[union-attr]
             dp = max(ranks) + 1 if ranks else 1
             if states is None and model_files:
-                ckpt.problems.append("model states could not be read; world size guessed from "
-                                     "rank files")
+                ckpt.problems.append(
+                    "model states could not be read; world size guessed from rank files"
+                )
         ckpt.info["world_size"] = dp * (mp or 1)
         missing = []
         prefix = "bf16_" if any(n.startswith("bf16_") for n in optim_files) else ""
         for m in range(mp or 1):
             if stage == 3:
-                missing += [f"zero_pp_rank_{r}_mp_rank_{m:02d}_model_states.pt" for r in range(dp)
-                            if f"zero_pp_rank_{r}_mp_rank_{m:02d}_model_states.pt" not in names]
+                missing += [
+                    f"zero_pp_rank_{r}_mp_rank_{m:02d}_model_states.pt"
+                    for r in range(dp)
+                    if f"zero_pp_rank_{r}_mp_rank_{m:02d}_model_states.pt" not in names
+                ]
             elif model_files and f"mp_rank_{m:02d}_model_states.pt" not in names:
                 missing.append(f"mp_rank_{m:02d}_model_states.pt")
             if stage and stage > 0 or optim_files:
-                missing += [f"{prefix}zero_pp_rank_{r}_mp_rank_{m:02d}_optim_states.pt"
-                            for r in range(dp)
-                            if f"{prefix}zero_pp_rank_{r}_mp_rank_{m:02d}_optim_states.pt"
-                            not in names]
+                missing += [
+                    f"{prefix}zero_pp_rank_{r}_mp_rank_{m:02d}_optim_states.pt"
+                    for r in range(dp)
+                    if f"{prefix}zero_pp_rank_{r}_mp_rank_{m:02d}_optim_states.pt" not in names
+                ]
         if missing:
             ckpt.complete = False
-            ckpt.problems.append(f"missing rank file(s) for data-parallel world size {dp}: "
-                                 + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))
+            ckpt.problems.append(
+                f"missing rank file(s) for data-parallel world size {dp}: "
+                + ", ".join(missing[:4])
+                + (" ..." if len(missing) > 4 else "")
+            )

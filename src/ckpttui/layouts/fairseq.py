@@ -25,7 +25,8 @@ class Fairseq:
         if not isinstance(data, dict) or "model" not in data:
             return False
         return ("args" in data or "cfg" in data) and bool(
-            {"optimizer_history", "extra_state", "last_optimizer_state"} & set(data))
+            {"optimizer_history", "extra_state", "last_optimizer_state"} & set(data)
+        )
 
     def describe(self, ckpt: Checkpoint, index: FileIndex | None) -> None:
         """Epoch from extra_state, updates from optimizer_history, best metric where saved."""
@@ -37,8 +38,10 @@ class Fairseq:
             return
         # The iterator has already moved on at the end of an epoch: (epoch + 1, 0 iterations).
         epoch = as_int(dig(data, "extra_state", "train_iterator", "epoch"))
-        if epoch is not None and dig(data, "extra_state", "train_iterator",
-                                     "iterations_in_epoch") == 0:
+        if (
+            epoch is not None
+            and dig(data, "extra_state", "train_iterator", "iterations_in_epoch") == 0
+        ):
             epoch -= 1
         if ckpt.epoch is None:
             ckpt.epoch = epoch

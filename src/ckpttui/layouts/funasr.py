@@ -19,9 +19,17 @@ from ckpttui.records import Checkpoint, FileIndex
 
 _NAME = re.compile(r"^model\.pt(\.ep(\d+)(\.(\d+))?|\.best|\.avg(\d+))?$")
 # FunASR spelled two keys "..._step_or_eoch" from 2024-03 to 2024-09 (2025-01 in trainer_ds.py).
-_KEYS = {"saved_ckpts", "val_acc_step_or_eoch", "val_loss_step_or_eoch", "val_acc_step_or_epoch",
-         "val_loss_step_or_epoch", "best_step_or_epoch", "avg_keep_nbest_models_type",
-         "step_in_epoch", "data_split_i"}
+_KEYS = {
+    "saved_ckpts",
+    "val_acc_step_or_eoch",
+    "val_loss_step_or_eoch",
+    "val_acc_step_or_epoch",
+    "val_loss_step_or_epoch",
+    "best_step_or_epoch",
+    "avg_keep_nbest_models_type",
+    "step_in_epoch",
+    "data_split_i",
+}
 
 
 class FunASR:
@@ -55,9 +63,17 @@ class FunASR:
                 ckpt.epoch = as_int(data.get("epoch"))
             if ckpt.step is None:
                 ckpt.step = as_int(data.get("step"))
-            for key in ("epoch", "step", "step_in_epoch", "best_step_or_epoch", "train_loss_avg",
-                        "train_acc_avg", "saved_ckpts", "avg_keep_nbest_models_type",
-                        "batch_total"):
+            for key in (
+                "epoch",
+                "step",
+                "step_in_epoch",
+                "best_step_or_epoch",
+                "train_loss_avg",
+                "train_acc_avg",
+                "saved_ckpts",
+                "avg_keep_nbest_models_type",
+                "batch_total",
+            ):
                 if key in data and not _has_tensors(data[key]):
                     ckpt.info[key] = plain(data[key])
             for metric in ("acc", "loss"):

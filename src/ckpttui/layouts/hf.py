@@ -14,10 +14,15 @@ from pathlib import Path
 from ckpttui.layouts.base import as_int, check_index, number_in, plain, read_json
 from ckpttui.records import Checkpoint, FileIndex
 
-_WEIGHTS = re.compile(r"^(model|pytorch_model|adapter_model|diffusion_pytorch_model)"
-                      r"(-\d{5}-of-\d{5})?\.(safetensors|bin)$")
-_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json",
-            "diffusion_pytorch_model.safetensors.index.json")
+_WEIGHTS = re.compile(
+    r"^(model|pytorch_model|adapter_model|diffusion_pytorch_model)"
+    r"(-\d{5}-of-\d{5})?\.(safetensors|bin)$"
+)
+_INDEXES = (
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "diffusion_pytorch_model.safetensors.index.json",
+)
 
 
 def _weights_problems(folder: Path, names: set[str], ckpt: Checkpoint) -> None:
@@ -42,7 +47,8 @@ class HFTrainer:
     def claims(self, folder: Path, names: set[str]) -> bool:
         """``checkpoint-N`` / ``tmp-checkpoint-N`` folders, or trainer state beside optimizer state."""
         return bool(re.fullmatch(r"(tmp-)?checkpoint-\d+", folder.name)) or (
-            "trainer_state.json" in names and bool({"optimizer.pt", "scheduler.pt"} & names))
+            "trainer_state.json" in names and bool({"optimizer.pt", "scheduler.pt"} & names)
+        )
 
     def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:
         """Step from the name and trainer_state.json; best metric; completeness."""
@@ -51,8 +57,9 @@ class HFTrainer:
         ckpt.step = number_in(r"checkpoint-(\d+)$", folder.name)
         if folder.name.startswith("tmp-checkpoint-"):
             ckpt.complete = False
-            ckpt.problems.append("still being written (tmp-checkpoint-*: Trainer renames it when "
-                                 "the save finishes)")
+            ckpt.problems.append(
+                "still being written (tmp-checkpoint-*: Trainer renames it when the save finishes)"
+            )
         state, err = read_json(folder / "trainer_state.json")
         if err:
             ckpt.complete = False
@@ -63,8 +70,14 @@ class HFTrainer:
             if isinstance(epoch, (int, float)):
                 ckpt.epoch = int(epoch)
                 ckpt.info["epoch_float"] = epoch
-            for key in ("best_metric", "best_model_checkpoint", "best_global_step", "max_steps",
-                        "num_train_epochs", "train_batch_size"):
+            for key in (
+                "best_metric",
+                "best_model_checkpoint",
+                "best_global_step",
+                "max_steps",
+                "num_train_epochs",
+                "train_batch_size",
+            ):
                 if state.get(key) is not None:
                     ckpt.info[key] = plain(state[key])
             history = state.get("log_history")
@@ -113,8 +126,14 @@ class PeftAdapter:
         folder = Path(ckpt.path)
         config, err = read_json(folder / "adapter_config.json")
         if isinstance(config, dict):
-            for key in ("peft_type", "r", "lora_alpha", "target_modules", "base_model_name_or_path",
-                        "task_type"):
+            for key in (
+                "peft_type",
+                "r",
+                "lora_alpha",
+                "target_modules",
+                "base_model_name_or_path",
+                "task_type",
+            ):
                 if key in config:
                     ckpt.info[key] = plain(config[key])
         elif err:
@@ -124,8 +143,9 @@ class PeftAdapter:
             # adapters/loading.py AdapterLoader.save (adapter-transformers' successor)
             ckpt.info["library"] = "adapters"
             if isinstance(config, dict) and isinstance(config.get("config"), dict):
-                ckpt.info["adapter_type"] = plain(config["config"].get("architecture")
-                                                  or config["config"].get("reduction_factor"))
+                ckpt.info["adapter_type"] = plain(
+                    config["config"].get("architecture") or config["config"].get("reduction_factor")
+                )
             return
         if not any(n.startswith("adapter_model.") for n in names):
             ckpt.complete = False

@@ -51,8 +51,10 @@ class SpeechBrain:
         missing = sorted(expected - mine)
         if missing:
             ckpt.complete = False
-            ckpt.problems.append("missing " + ", ".join(missing[:4]) + " (present in the other "
-                                 "CKPT+ folders: the save was interrupted?)")
+            ckpt.problems.append(
+                "missing " + ", ".join(missing[:4]) + " (present in the other "
+                "CKPT+ folders: the save was interrupted?)"
+            )
         brain, _ = read_yaml(folder / "brain.ckpt")
         if isinstance(brain, dict):
             ckpt.step = as_int(brain.get("step")) or as_int(brain.get("optimizer_step"))

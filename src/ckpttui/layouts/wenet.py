@@ -18,8 +18,19 @@ from ckpttui.records import Checkpoint, FileIndex
 
 _NAME = re.compile(r"^(epoch_\d+|step_\d+|init|final|avg_\d+|avg\d+|\d+)\.pt$")
 _SIDECAR = re.compile(r"^(epoch_|step_)?\d+\.yaml$")
-_METRICS = ("epoch", "step", "cv_loss", "loss", "lr", "lrs", "save_time", "tag", "train_engine",
-            "loss_dict", "batch_idx")
+_METRICS = (
+    "epoch",
+    "step",
+    "cv_loss",
+    "loss",
+    "lr",
+    "lrs",
+    "save_time",
+    "tag",
+    "train_engine",
+    "loss_dict",
+    "batch_idx",
+)
 
 
 class WeNet:
@@ -64,7 +75,8 @@ class WeNetFolder:
     def claims(self, folder: Path, names: set[str]) -> bool:
         """A folder with a WeNet checkpoint name and consolidated weights inside."""
         return bool(_NAME.match(folder.name)) and any(
-            n.startswith("pytorch_model") or n.endswith(".safetensors") for n in names)
+            n.startswith("pytorch_model") or n.endswith(".safetensors") for n in names
+        )
 
     def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:
         """Epoch and metrics from the sidecar YAML beside the folder."""

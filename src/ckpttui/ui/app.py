@@ -244,8 +244,9 @@ class CkptApp(App[int]):
         elif event.data.get("cancelled"):
             self.notify(f"job #{message.job_id} cancelled; nothing written", severity="warning")
         else:
-            self.notify(f"job #{message.job_id} failed: {event.message}", severity="error",
-                        timeout=10)
+            self.notify(
+                f"job #{message.job_id} failed: {event.message}", severity="error", timeout=10
+            )
 
     def _reload_folder(self, folder: str) -> None:
         """Show a new output: reload the tree node of its folder and the folder view."""
@@ -290,21 +291,36 @@ class CkptApp(App[int]):
         yield SystemCommand("Filter", "Filter names in the view on the right", self.action_filter)
         yield SystemCommand("Sort", "Cycle the sort key", self.action_sort)
         yield SystemCommand("Refresh", "Read the selection again from disk", self.action_refresh)
-        yield SystemCommand("Training curve", "Metrics per step/epoch of the selected folder",
-                            self.action_curve)
-        yield SystemCommand("Merge", "DeepSpeed ZeRO folder or HF shards into one file",
-                            lambda: self.action_job("merge"))
-        yield SystemCommand("Average", "Marked checkpoints, or the last/best N of a run",
-                            lambda: self.action_job("average"))
-        yield SystemCommand("Export", "Weights only: safetensors, slim .pt or HF folder",
-                            lambda: self.action_job("export"))
-        yield SystemCommand("Cancel job", "Cancel the selected running job",
-                            self.action_cancel_job)
+        yield SystemCommand(
+            "Training curve", "Metrics per step/epoch of the selected folder", self.action_curve
+        )
+        yield SystemCommand(
+            "Merge",
+            "DeepSpeed ZeRO folder or HF shards into one file",
+            lambda: self.action_job("merge"),
+        )
+        yield SystemCommand(
+            "Average",
+            "Marked checkpoints, or the last/best N of a run",
+            lambda: self.action_job("average"),
+        )
+        yield SystemCommand(
+            "Export",
+            "Weights only: safetensors, slim .pt or HF folder",
+            lambda: self.action_job("export"),
+        )
+        yield SystemCommand("Cancel job", "Cancel the selected running job", self.action_cancel_job)
         yield SystemCommand("Jobs pane", "Show or hide the jobs pane", self.action_toggle_jobs)
-        for tab, title in (("tab-summary", "Summary"), ("tab-breakdown", "Breakdown"),
-                           ("tab-tensors", "Tensors")):
-            yield SystemCommand(f"{title} tab", f"Show the checkpoint's {title} tab",
-                                lambda tab=tab: self.action_tab(tab))
+        for tab, title in (
+            ("tab-summary", "Summary"),
+            ("tab-breakdown", "Breakdown"),
+            ("tab-tensors", "Tensors"),
+        ):
+            yield SystemCommand(
+                f"{title} tab",
+                f"Show the checkpoint's {title} tab",
+                lambda tab=tab: self.action_tab(tab),
+            )
 
 
 def make_app(path: str, **kwargs: Any) -> CkptApp:

@@ -39,29 +39,40 @@ def _free_name(path: Path) -> str:
     return str(path)
 
 
-def request_for(kind: str, selected: NodeData | None, marked: list[str],
-                view: CheckpointView) -> JobRequest:
+def request_for(
+    kind: str, selected: NodeData | None, marked: list[str], view: CheckpointView
+) -> JobRequest:
     """The request for a job on the current selection, or JobRequestError."""
     if kind == "average":
         if len(marked) >= 2:
             common = os.path.commonpath([os.path.dirname(p) for p in marked])
-            return JobRequest("average", marked,
-                              _free_name(Path(common) / f"average-{len(marked)}.safetensors"),
-                              notes=[f"{len(marked)} marked checkpoints, averaged in this order"])
+            return JobRequest(
+                "average",
+                marked,
+                _free_name(Path(common) / f"average-{len(marked)}.safetensors"),
+                notes=[f"{len(marked)} marked checkpoints, averaged in this order"],
+            )
         if selected is not None and selected.kind == "dir":
-            return JobRequest("average", [], _free_name(Path(selected.path) /
-                                                        "average.safetensors"),
-                              run_folder=selected.path)
-        raise JobRequestError("Mark two or more checkpoints with space, or select a run folder "
-                              "to average its last or best N")
+            return JobRequest(
+                "average",
+                [],
+                _free_name(Path(selected.path) / "average.safetensors"),
+                run_folder=selected.path,
+            )
+        raise JobRequestError(
+            "Mark two or more checkpoints with space, or select a run folder "
+            "to average its last or best N"
+        )
     if selected is None or selected.kind in ("placeholder",):
         raise JobRequestError("Select a checkpoint first")
     path = selected.path
     if kind == "merge":
         src = _merge_source(selected)
         if src is None:
-            raise JobRequestError("Select a DeepSpeed checkpoint (global_stepN/ or its save "
-                                  "folder with `latest`) or an HF sharded folder to merge")
+            raise JobRequestError(
+                "Select a DeepSpeed checkpoint (global_stepN/ or its save "
+                "folder with `latest`) or an HF sharded folder to merge"
+            )
         name = Path(src).name
         out = Path(src).parent / f"{name}-fp32.safetensors"
         estimate = _estimate(view, src, "optimizer/master") or _estimate(view, src)

@@ -52,8 +52,9 @@ class JobForm(ModalScreen[JobSpec | None]):
             yield Label(Text(f"{r.kind.capitalize()}", style="bold"), id="form-title")
             with VerticalScroll(id="form-body"):
                 shown = r.inputs if r.inputs else [r.run_folder or ""]
-                yield Static(Text("from: " + "\n      ".join(shown), overflow="ellipsis"),
-                             id="form-inputs")
+                yield Static(
+                    Text("from: " + "\n      ".join(shown), overflow="ellipsis"), id="form-inputs"
+                )
                 for note in r.notes:
                     yield Static(Text(note, style="dim"))
                 yield Label("output (.safetensors, .pt/.bin, or a folder with a shard size)")
@@ -64,23 +65,34 @@ class JobForm(ModalScreen[JobSpec | None]):
                     yield Label("max shard size (empty: one file), e.g. 5GB")
                     yield Input("", id="form-shard")
                     yield Checkbox("leave frozen parameters out", id="form-exclude-frozen")
-                    yield Checkbox("reproduce zero_to_fp32 exactly (drops ZeRO-1 frozen params)",
-                                   id="form-compat")
+                    yield Checkbox(
+                        "reproduce zero_to_fp32 exactly (drops ZeRO-1 frozen params)",
+                        id="form-compat",
+                    )
                 elif r.kind == "average":
                     if r.run_folder:
                         yield Label("which checkpoints of the run")
-                        yield Select([("last N", "last"), ("best N (recorded metric)", "best")],
-                                     value="last", allow_blank=False, id="form-mode")
+                        yield Select(
+                            [("last N", "last"), ("best N (recorded metric)", "best")],
+                            value="last",
+                            allow_blank=False,
+                            id="form-mode",
+                        )
                         yield Label("N")
                         yield Input("5", id="form-n", type="integer")
-                        yield Label("metric for best N (empty: what the framework recorded; "
-                                    "SpeechBrain runs with several need one, e.g. WER)")
+                        yield Label(
+                            "metric for best N (empty: what the framework recorded; "
+                            "SpeechBrain runs with several need one, e.g. WER)"
+                        )
                         yield Input("", id="form-metric")
                 else:
                     yield Label("dtype")
-                    yield Select([("keep", "keep"), ("fp16", "fp16"), ("bf16", "bf16"),
-                                  ("fp32", "fp32")], value="keep", allow_blank=False,
-                                 id="form-dtype")
+                    yield Select(
+                        [("keep", "keep"), ("fp16", "fp16"), ("bf16", "bf16"), ("fp32", "fp32")],
+                        value="keep",
+                        allow_blank=False,
+                        id="form-dtype",
+                    )
                     yield Label("strip key prefix, e.g. module.")
                     yield Input("", id="form-strip")
                     yield Label("max shard size (empty: one file), e.g. 5GB")
@@ -112,14 +124,18 @@ class JobForm(ModalScreen[JobSpec | None]):
         except OSError:
             free, free_text = 0, "unknown"
         est = self.request.estimate
-        line = Text.assemble(("will write about ", "dim"),
-                             human_bytes(est) if est else "an unknown size",
-                             ("   free space ", "dim"), free_text)
+        line = Text.assemble(
+            ("will write about ", "dim"),
+            human_bytes(est) if est else "an unknown size",
+            ("   free space ", "dim"),
+            free_text,
+        )
         if est and free and est > free:
             line.append("   not enough space", style="bold red")
         if out and os.path.exists(out):
-            line.append("\nexists: it will not be replaced (delete it or pick another name)",
-                        style="yellow")
+            line.append(
+                "\nexists: it will not be replaced (delete it or pick another name)", style="yellow"
+            )
         self.query_one("#form-size", Static).update(line)
 
     def _value(self, selector: str) -> str:
@@ -138,15 +154,21 @@ class JobForm(ModalScreen[JobSpec | None]):
                 parse_size(shard)
             args["max_shard_size"] = shard or None
         if r.kind == "merge":
-            args.update(src=r.inputs[0], tag=self._value("#form-tag") or None,
-                        exclude_frozen=self.query_one("#form-exclude-frozen", Checkbox).value,
-                        compat=self.query_one("#form-compat", Checkbox).value)
+            args.update(
+                src=r.inputs[0],
+                tag=self._value("#form-tag") or None,
+                exclude_frozen=self.query_one("#form-exclude-frozen", Checkbox).value,
+                compat=self.query_one("#form-compat", Checkbox).value,
+            )
             return JobSpec("merge", args)
         if r.kind == "export":
             dtype = self.query_one("#form-dtype", Select).value
-            args.update(src=r.inputs[0], dtype=None if dtype == "keep" else dtype,
-                        strip_prefix=self._value("#form-strip") or None,
-                        config=self._value("#form-config") or None)
+            args.update(
+                src=r.inputs[0],
+                dtype=None if dtype == "keep" else dtype,
+                strip_prefix=self._value("#form-strip") or None,
+                config=self._value("#form-config") or None,
+            )
             return JobSpec("export", args)
         inputs = list(r.inputs)
         if r.run_folder:
@@ -155,8 +177,11 @@ class JobForm(ModalScreen[JobSpec | None]):
                 raise ValueError("N must be a positive number")
             mode = self.query_one("#form-mode", Select).value
             # The child process picks them (reading the run's metadata is disk work).
-            args["select"] = {"root": r.run_folder, mode: int(n_text),
-                              "metric": self._value("#form-metric") or None}
+            args["select"] = {
+                "root": r.run_folder,
+                mode: int(n_text),
+                "metric": self._value("#form-metric") or None,
+            }
             return JobSpec("average", args)
         if len(inputs) < 2:
             raise ValueError("averaging needs at least two checkpoints")

@@ -26,8 +26,9 @@ class CheckpointView(Vertical):
     class Scanned(Message):
         """The checkpoint's inventory is ready (or failed)."""
 
-        def __init__(self, token: int, path: str, inventory: Inventory | None,
-                     error: str | None) -> None:
+        def __init__(
+            self, token: int, path: str, inventory: Inventory | None, error: str | None
+        ) -> None:
             super().__init__()
             self.token, self.path, self.inventory, self.error = token, path, inventory, error
 
@@ -45,16 +46,15 @@ class CheckpointView(Vertical):
     def compose(self) -> ComposeResult:
         """Three tabs."""
         with TabbedContent(id="ckpt-tabs"):
-            with TabPane("Summary", id="tab-summary"):
-                with VerticalScroll():
-                    yield Static("", id="summary")
-            with TabPane("Breakdown", id="tab-breakdown"):
-                with VerticalScroll():
-                    yield Static("", id="breakdown")
+            with TabPane("Summary", id="tab-summary"), VerticalScroll():
+                yield Static("", id="summary")
+            with TabPane("Breakdown", id="tab-breakdown"), VerticalScroll():
+                yield Static("", id="breakdown")
             with TabPane("Tensors", id="tab-tensors"):
                 yield Input(placeholder="filter tensor names", id="tensor-filter")
-                table: DataTable[Any] = DataTable(id="tensor-table", cursor_type="row",
-                                                  zebra_stripes=True)
+                table: DataTable[Any] = DataTable(
+                    id="tensor-table", cursor_type="row", zebra_stripes=True
+                )
                 for label in ("bytes", "category", "dtype", "shape", "part", "name"):
                     table.add_column(label, key=label)
                 yield table
@@ -101,7 +101,8 @@ class CheckpointView(Vertical):
 
         errors = [Text(f"{inv.rel(p) or p}: {e}", style="red") for p, e in inv.errors]
         self.query_one("#summary", Static).update(
-            Group(*summary, *errors) if summary or errors else Text("no checkpoint here"))
+            Group(*summary, *errors) if summary or errors else Text("no checkpoint here")
+        )
         from ckpttui.accounting import Breakdown
 
         total = Breakdown()
@@ -129,21 +130,39 @@ class CheckpointView(Vertical):
         table.clear()
         needle = self.filter_text.lower()
         many_files = len({f for f, _ in self.records}) > 1
-        rows = [(f, r) for f, r in self.records
-                if not needle or needle in r.name.lower() or needle in f.lower()]
-        key = {"bytes": lambda fr: -fr[1].nbytes, "name": lambda fr: (fr[0], fr[1].name),
-               "category": lambda fr: (fr[1].category.value, -fr[1].nbytes),
-               "dtype": lambda fr: (fr[1].dtype, -fr[1].nbytes)}[self.sort_by]
+        rows = [
+            (f, r)
+            for f, r in self.records
+            if not needle or needle in r.name.lower() or needle in f.lower()
+        ]
+        key = {
+            "bytes": lambda fr: -fr[1].nbytes,
+            "name": lambda fr: (fr[0], fr[1].name),
+            "category": lambda fr: (fr[1].category.value, -fr[1].nbytes),
+            "dtype": lambda fr: (fr[1].dtype, -fr[1].nbytes),
+        }[self.sort_by]
         rows.sort(key=key)  # type: ignore[arg-type]
         for i, (f, r) in enumerate(rows[:5000]):
             name = f"{f}:{r.name}" if many_files and f else r.name
             cat = r.category.value
-            table.add_row(Text(human_bytes(r.nbytes), justify="right"),
-                          Text(cat, style=COLORS[cat]), r.dtype,
-                          "x".join(map(str, r.shape)) or "()", r.part, name, key=str(i))
+            table.add_row(
+                Text(human_bytes(r.nbytes), justify="right"),
+                Text(cat, style=COLORS[cat]),
+                r.dtype,
+                "x".join(map(str, r.shape)) or "()",
+                r.part,
+                name,
+                key=str(i),
+            )
         if len(rows) > 5000:
-            table.add_row("", "", "", "", "",
-                          Text(f"... {len(rows) - 5000} more (filter to narrow)", style="dim"))
+            table.add_row(
+                "",
+                "",
+                "",
+                "",
+                "",
+                Text(f"... {len(rows) - 5000} more (filter to narrow)", style="dim"),
+            )
 
     def cycle_sort(self) -> str:
         """Sort tensors by the next key."""

@@ -38,15 +38,18 @@ class CurveView(Vertical):
         if curve is None:
             note.update("scanning...")
         elif curve.empty:
-            note.update("No metric recorded by these checkpoints (HF trainer_state, WeNet yaml, "
-                        "SpeechBrain CKPT.yaml, FunASR val_*, fairseq val_loss).")
+            note.update(
+                "No metric recorded by these checkpoints (HF trainer_state, WeNet yaml, "
+                "SpeechBrain CKPT.yaml, FunASR val_*, fairseq val_loss)."
+            )
         else:
             best = []
             for s in curve.series:
                 pick = min if curve.lower_is_better.get(s.name, True) else max
                 value = pick(s.y)
-                best.append(f"{s.name} best {value:.4g} at {curve.x_label} "
-                            f"{s.x[s.y.index(value)]:g}")
+                best.append(
+                    f"{s.name} best {value:.4g} at {curve.x_label} {s.x[s.y.index(value)]:g}"
+                )
             note.update("   ".join(best) + f"   | {len(curve.checkpoints)} checkpoints marked")
             for s in curve.series:
                 plt.plot(s.x, s.y, label=s.name, marker="braille")

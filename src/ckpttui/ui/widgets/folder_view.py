@@ -22,9 +22,16 @@ from ckpttui.ui.widgets.render import COLORS, category_bytes, stacked_bar
 from ckpttui.units import human_bytes
 
 SORTS = ("size", "name", "step")
-COLUMNS = (("name", "name"), ("size", "size"), ("reclaim", "reclaimable"),
-           ("bar", "weights|optim|other"), ("weights", "weights"), ("optim", "optimizer"),
-           ("other", "other"), ("step", "step"))
+COLUMNS = (
+    ("name", "name"),
+    ("size", "size"),
+    ("reclaim", "reclaimable"),
+    ("bar", "weights|optim|other"),
+    ("weights", "weights"),
+    ("optim", "optimizer"),
+    ("other", "other"),
+    ("step", "step"),
+)
 NAME_WIDTH = 30
 MAX_ROWS = 1000
 
@@ -106,7 +113,8 @@ class FolderView(Vertical):
         self.inventory = None
         self.query_one("#folder-table", DataTable).clear()
         self.query_one("#folder-totals", Static).update(
-            Text(f"{self._shown(path)}  scanning...", style="dim"))
+            Text(f"{self._shown(path)}  scanning...", style="dim")
+        )
         self._scan(self.token, path)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="folder")
@@ -163,7 +171,8 @@ class FolderView(Vertical):
         message.stop()
         if message.error:
             self.query_one("#folder-totals", Static).update(
-                Text(f"{self._shown(message.path)}: {message.error}", style="red"))
+                Text(f"{self._shown(message.path)}: {message.error}", style="red")
+            )
             return
         for entry in message.entries:
             self.stats[entry.path] = ChildStats(entry, size=entry.size)
@@ -194,8 +203,7 @@ class FolderView(Vertical):
         self._update_totals(done=True)
 
     def _rows(self) -> list[ChildStats]:
-        rows = [s for s in self.stats.values()
-                if self.filter_text.lower() in s.entry.name.lower()]
+        rows = [s for s in self.stats.values() if self.filter_text.lower() in s.entry.name.lower()]
         if self.sort_by == "size":
             rows.sort(key=lambda s: (-s.size, s.entry.name))
         elif self.sort_by == "name":
@@ -221,8 +229,11 @@ class FolderView(Vertical):
         for s in rows[:MAX_ROWS]:
             table.add_row(*self._cells(s), key=s.entry.path)
         if len(rows) > MAX_ROWS:
-            table.add_row(Text(f"... {len(rows) - MAX_ROWS} more (/ to filter)", style="dim"),
-                          *[""] * (len(COLUMNS) - 1), key="--more--")
+            table.add_row(
+                Text(f"... {len(rows) - MAX_ROWS} more (/ to filter)", style="dim"),
+                *[""] * (len(COLUMNS) - 1),
+                key="--more--",
+            )
         if cursor_key is not None and cursor_key in table.rows:
             table.move_cursor(row=table.get_row_index(cursor_key))
         self._update_totals(done=False)
@@ -249,14 +260,21 @@ class FolderView(Vertical):
         if s.incomplete or s.errors:
             name.append("  !", style="bold red")
         scanned = s.scanned
-        bar = stacked_bar(s.weights, s.optimizer, s.other, 16,
-                          scale=max(biggest, 1)) if scanned else Text("…", style="dim")
+        bar = (
+            stacked_bar(s.weights, s.optimizer, s.other, 16, scale=max(biggest, 1))
+            if scanned
+            else Text("…", style="dim")
+        )
         return (
-            name, human_bytes(s.size), human_bytes(s.reclaimable) if scanned else "",
+            name,
+            human_bytes(s.size),
+            human_bytes(s.reclaimable) if scanned else "",
             bar,
-            human_bytes(s.weights) if scanned else "", human_bytes(s.optimizer) if scanned
-            else "", human_bytes(s.other) if scanned else "",
-            "" if e.step is None else str(e.step))
+            human_bytes(s.weights) if scanned else "",
+            human_bytes(s.optimizer) if scanned else "",
+            human_bytes(s.other) if scanned else "",
+            "" if e.step is None else str(e.step),
+        )
 
     def _update_totals(self, done: bool) -> None:
         rows = list(self.stats.values())
@@ -268,11 +286,15 @@ class FolderView(Vertical):
         pending = sum(not s.scanned for s in rows)
         text = Text.assemble(
             (f"{self._shown(self.path or '')}\n", "bold"),
-            ("optimizer state: ", COLORS["optimizer"]), f"{human_bytes(optimizer)} of "
-            f"{human_bytes(size)}", ("   reclaimable: ", "bold"), human_bytes(reclaim),
-            f"   {ckpts} checkpoints", (f"   {bad} incomplete" if bad else "", "red"),
+            ("optimizer state: ", COLORS["optimizer"]),
+            f"{human_bytes(optimizer)} of {human_bytes(size)}",
+            ("   reclaimable: ", "bold"),
+            human_bytes(reclaim),
+            f"   {ckpts} checkpoints",
+            (f"   {bad} incomplete" if bad else "", "red"),
             (f"   scanning {pending} more..." if pending and not done else "", "dim"),
-            (f"   sorted by {self.sort_by}", "dim"))
+            (f"   sorted by {self.sort_by}", "dim"),
+        )
         self.query_one("#folder-totals", Static).update(text)
 
     def _shown(self, path: str) -> str:

@@ -24,8 +24,11 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
         else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class JobRow(Vertical, can_focus=True):
@@ -50,10 +53,16 @@ class JobRow(Vertical, can_focus=True):
         yield Static("", classes="job-log")
 
     def _title(self) -> Text:
-        style = {"running": "bold", "done": "green", "failed": "red", "cancelled": "yellow",
-                 "starting": "dim"}.get(self.state, "")
-        return Text.assemble((f"#{self.job_id} ", "dim"), (self.spec.title, "bold"),
-                             (f"  {self.state}", style))
+        style = {
+            "running": "bold",
+            "done": "green",
+            "failed": "red",
+            "cancelled": "yellow",
+            "starting": "dim",
+        }.get(self.state, "")
+        return Text.assemble(
+            (f"#{self.job_id} ", "dim"), (self.spec.title, "bold"), (f"  {self.state}", style)
+        )
 
     def apply(self, event: Event) -> None:
         """Show one event."""
@@ -75,15 +84,18 @@ class JobRow(Vertical, can_focus=True):
             self.log_lines = (self.log_lines + [event.message])[-200:]
         stats = ""
         if event.bytes_total:
-            stats = (f"{human_bytes(event.bytes_done)} / {human_bytes(event.bytes_total)}  "
-                     f"{human_bytes(self.meter.rate)}/s")
+            stats = (
+                f"{human_bytes(event.bytes_done)} / {human_bytes(event.bytes_total)}  "
+                f"{human_bytes(self.meter.rate)}/s"
+            )
             if self.state == "running":
                 stats += f"  ETA {_duration(self.meter.eta(event.bytes_done, event.bytes_total))}"
         self.query_one(".job-stats", Label).update(stats)
         self.query_one(".job-title", Label).update(self._title())
         log_style = "red" if self.state == "failed" else "dim"
-        self.query_one(".job-log", Static).update(Text("\n".join(self.log_lines[-3:]),
-                                                       style=log_style, overflow="ellipsis"))
+        self.query_one(".job-log", Static).update(
+            Text("\n".join(self.log_lines[-3:]), style=log_style, overflow="ellipsis")
+        )
 
     @property
     def running(self) -> bool:
@@ -140,13 +152,17 @@ class JobsPane(VerticalScroll):
         """Cancel the focused job, else the newest running one."""
         focused = self.app.focused
         rows = [r for r in self.rows() if r.running]
-        target = focused if isinstance(focused, JobRow) and focused.running else (
-            rows[-1] if rows else None)
+        target = (
+            focused
+            if isinstance(focused, JobRow) and focused.running
+            else (rows[-1] if rows else None)
+        )
         if target is not None and target.child is not None:
             target.child.cancel()
             target.log_lines = (target.log_lines + ["cancelling..."])[-200:]
-            target.query_one(".job-log", Static).update(Text("\n".join(target.log_lines[-3:]),
-                                                             style="yellow"))
+            target.query_one(".job-log", Static).update(
+                Text("\n".join(target.log_lines[-3:]), style="yellow")
+            )
         return target
 
     def running_count(self) -> int:
@@ -162,5 +178,5 @@ class JobsPane(VerticalScroll):
         for child in children:
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001 - a child that will not stop is killed
+            except Exception:
                 child.proc.kill()

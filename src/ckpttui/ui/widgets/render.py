@@ -22,8 +22,9 @@ def pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def stacked_bar(weights: int, optimizer: int, other: int, width: int, scale: int | None = None
-                ) -> Text:
+def stacked_bar(
+    weights: int, optimizer: int, other: int, width: int, scale: int | None = None
+) -> Text:
     """A bar split into weights / optimizer / other, `width` cells for `scale` bytes."""
     total = weights + optimizer + other
     scale = scale or total
@@ -64,26 +65,44 @@ def breakdown_renderable(b: Breakdown, width: int = 80) -> RenderableType:
     w, o, x = category_bytes(b)
     total = w + o + x
     head = Text.assemble(
-        ("tensor bytes ", "bold"), human_bytes(total), ("   reclaimable ", "bold"),
-        human_bytes(b.reclaimable), f" ({pct(b.reclaimable, total)})")
-    cats = Table(title="By category", title_justify="left", expand=False, box=None,
-                 padding=(0, 1))
-    for col, justify in (("category", "left"), ("tensors", "right"), ("bytes", "right"),
-                         ("share", "right")):
+        ("tensor bytes ", "bold"),
+        human_bytes(total),
+        ("   reclaimable ", "bold"),
+        human_bytes(b.reclaimable),
+        f" ({pct(b.reclaimable, total)})",
+    )
+    cats = Table(title="By category", title_justify="left", expand=False, box=None, padding=(0, 1))
+    for col, justify in (
+        ("category", "left"),
+        ("tensors", "right"),
+        ("bytes", "right"),
+        ("share", "right"),
+    ):
         cats.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for name, value in (("weights", w), ("optimizer", o), ("other", x)):
-        cats.add_row(Text(BLOCK + " " + name, style=COLORS[name]),
-                     str(b.categories[name]["tensors"]), human_bytes(value), pct(value, total))
+        cats.add_row(
+            Text(BLOCK + " " + name, style=COLORS[name]),
+            str(b.categories[name]["tensors"]),
+            human_bytes(value),
+            pct(value, total),
+        )
     parts = Table(title="By part", title_justify="left", box=None, padding=(0, 1))
     for col, justify in (("part", "left"), ("bytes", "right"), ("share", "right")):
         parts.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for key, value in sorted(b.parts.items(), key=lambda kv: -kv[1]):
         cat, _, part = key.partition("/")
-        parts.add_row(Text.assemble((cat, COLORS.get(cat, "")), "/", part), human_bytes(value),
-                      pct(value, total))
+        parts.add_row(
+            Text.assemble((cat, COLORS.get(cat, "")), "/", part),
+            human_bytes(value),
+            pct(value, total),
+        )
     dtypes = Table(title="By dtype", title_justify="left", box=None, padding=(0, 1))
-    for col, justify in (("dtype", "left"), ("tensors", "right"), ("bytes", "right"),
-                         ("share", "right")):
+    for col, justify in (
+        ("dtype", "left"),
+        ("tensors", "right"),
+        ("bytes", "right"),
+        ("share", "right"),
+    ):
         dtypes.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for dtype, value in sorted(b.dtype_bytes.items(), key=lambda kv: -kv[1]):
         dtypes.add_row(dtype, str(b.dtypes[dtype]), human_bytes(value), pct(value, total))
@@ -92,8 +111,18 @@ def breakdown_renderable(b: Breakdown, width: int = 80) -> RenderableType:
         modules.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for module, value in b.modules.most_common(12):
         modules.add_row(module, human_bytes(value), pct(value, w))
-    return Group(head, FitBar(w, o, x, width), Text(""), cats, Text(""), parts, Text(""),
-                 dtypes, Text(""), modules)
+    return Group(
+        head,
+        FitBar(w, o, x, width),
+        Text(""),
+        cats,
+        Text(""),
+        parts,
+        Text(""),
+        dtypes,
+        Text(""),
+        modules,
+    )
 
 
 def _info_value(value: Any) -> str:
@@ -118,8 +147,9 @@ def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> Rend
         t.add_row("step", str(ckpt.step))
     if ckpt.epoch is not None:
         t.add_row("epoch", str(ckpt.epoch))
-    t.add_row("complete", Text("yes", style="green") if ckpt.complete
-              else Text("NO", style="bold red"))
+    t.add_row(
+        "complete", Text("yes", style="green") if ckpt.complete else Text("NO", style="bold red")
+    )
     for problem in ckpt.problems:
         t.add_row("problem", Text(problem, style="red"))
     for key, value in ckpt.info.items():
@@ -130,8 +160,13 @@ def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> Rend
     if unsafe:
         t.add_row("unsafe globals", Text("\n".join(unsafe), style="yellow"))
     files = Table(title="Files", title_justify="left", box=None, padding=(0, 2))
-    for col, justify in (("file", "left"), ("format", "left"), ("size", "right"),
-                         ("tensors", "right"), ("note", "left")):
+    for col, justify in (
+        ("file", "left"),
+        ("format", "left"),
+        ("size", "right"),
+        ("tensors", "right"),
+        ("note", "left"),
+    ):
         files.add_column(col, justify=justify)  # type: ignore[arg-type]
     for f in ckpt.files:
         index = inv.files.get(f)
@@ -143,7 +178,10 @@ def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> Rend
                 size = 0
             files.add_row(rel, "", human_bytes(size), "", "")
             continue
-        note = Text(index.error, style="red") if index.error else Text(
-            ", ".join(index.unsafe_globals[:2]), style="yellow")
+        note = (
+            Text(index.error, style="red")
+            if index.error
+            else Text(", ".join(index.unsafe_globals[:2]), style="yellow")
+        )
         files.add_row(rel, index.format, human_bytes(index.size), str(len(index.tensors)), note)
     return Group(t, Text(""), files)

@@ -81,15 +81,22 @@ def entry_label(entry: Entry) -> Text:
 class CheckpointTree(Tree[NodeData]):
     """A tree that lists folders on expansion, in a worker, with a placeholder meanwhile."""
 
-    BINDINGS = [Binding("right", "expand_node", "Expand", show=False),
-                Binding("left", "collapse_node", "Collapse", show=False),
-                Binding("space", "mark", "Mark")]
+    BINDINGS = [
+        Binding("right", "expand_node", "Expand", show=False),
+        Binding("left", "collapse_node", "Collapse", show=False),
+        Binding("space", "mark", "Mark"),
+    ]
 
     class Loaded(Message):
         """A worker finished listing a node's children."""
 
-        def __init__(self, node: TreeNode[NodeData], entries: list[Entry] | None,
-                     records: list[TensorRecord] | None, error: str | None) -> None:
+        def __init__(
+            self,
+            node: TreeNode[NodeData],
+            entries: list[Entry] | None,
+            records: list[TensorRecord] | None,
+            error: str | None,
+        ) -> None:
             super().__init__()
             self.node = node
             self.entries = entries
@@ -209,13 +216,19 @@ class CheckpointTree(Tree[NodeData]):
             size = subtree_bytes(child)
             path = node.data.key_path + (name,)
             if isinstance(child, TensorRecord):
-                label = Text.assemble(name, (f"  {child.dtype}{list(child.shape)}", "dim"),
-                                      (f"  {human_bytes(size)}", "dim"))
+                label = Text.assemble(
+                    name,
+                    (f"  {child.dtype}{list(child.shape)}", "dim"),
+                    (f"  {human_bytes(size)}", "dim"),
+                )
                 node.add_leaf(label, NodeData("key", node.data.path, key_path=path, nbytes=size))
             else:
                 label = Text.assemble((name, "bold"), (f"  {human_bytes(size)}", "dim"))
-                node.add(label, NodeData("key", node.data.path, key_path=path, children=child,
-                                         nbytes=size))
+                node.add(
+                    label,
+                    NodeData("key", node.data.path, key_path=path, children=child, nbytes=size),
+                )
         if len(items) > 500:
-            node.add_leaf(Text(f"... {len(items) - 500} more", style="dim"),
-                          NodeData("placeholder", ""))
+            node.add_leaf(
+                Text(f"... {len(items) - 500} more", style="dim"), NodeData("placeholder", "")
+            )
