@@ -59,7 +59,8 @@ def read_yaml(path: Path) -> tuple[Any, str | None]:
 
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=_TagTolerantLoader)  # type: ignore[arg-type], None
+            loader: Any = _TagTolerantLoader
+            return yaml.load(f, Loader=loader), None
     except FileNotFoundError:
         return None, f"{path.name} is missing"
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
