@@ -1,4 +1,4 @@
-"""Session fixtures: real checkpoints written once by the real libraries (see ckpttui.demo)."""
+"""Session fixtures: real checkpoints written once by the real libraries (see tests/fixtures)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture(scope="session")
 def hf_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real Trainer runs, save_pretrained folders, a PEFT adapter, DCP and torch.save files."""
-    from ckpttui.demo.hf_writer import write_all
+    from fixtures.hf_writers import write_all
 
     root = tmp_path_factory.mktemp("hf")
     write_all(root)
@@ -23,7 +23,9 @@ def hf_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real DeepSpeed ZeRO 0-3 checkpoints (fp32, bf16, frozen + tied), one and two ranks."""
-    from ckpttui.demo.ds_writer import default_configs, write_deepspeed_checkpoints
+    from fixtures.ds_writers import default_configs
+
+    from ckpttui.demo.ds_writer import write_deepspeed_checkpoints
 
     root = tmp_path_factory.mktemp("ds")
     for ws in (1, 2):
@@ -40,17 +42,20 @@ def ds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """FunASR, WeNet, fairseq, SpeechBrain, Lightning and adapters layouts (ckpttui.demo.toolkit_writers).
+    """FunASR, WeNet, fairseq, SpeechBrain, Lightning and adapters layouts (fixtures.toolkit_writers).
 
     These toolkits cannot be installed here; each writer cites the upstream file it mirrors.
     """
     import os
     import subprocess
 
+    from fixtures import with_tests_on_path
+
     root = tmp_path_factory.mktemp("toolkits")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = with_tests_on_path(dict(os.environ, PYTHONPATH=src))
     subprocess.run(
-        [sys.executable, "-m", "ckpttui.demo.toolkit_writers", str(root)],
+        [sys.executable, "-m", "fixtures.toolkit_writers", str(root)],
         check=True,
         env=env,
         capture_output=True,

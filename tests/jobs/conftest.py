@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from ckpttui.demo.ds_writer import default_configs
+from fixtures.ds_writers import default_configs
 
 ZERO_CONFIGS = [c for c in default_configs() if c.stage > 0]
 SHARDED_SAFETENSORS_FROM = "z3_fp32"  # DeepSpeed cannot write tied weights as safetensors

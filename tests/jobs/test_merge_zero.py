@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import torch
+from fixtures.ds_writers import default_configs
 from safetensors.torch import load_file
 
-from ckpttui.demo.ds_writer import default_configs
 from ckpttui.formats import read_file
 from ckpttui.jobs import output
 from ckpttui.jobs.events import Event, JobCancelled, JobError, ProgressClock

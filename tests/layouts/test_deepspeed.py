@@ -1,4 +1,4 @@
-"""inspect --json on ZeRO checkpoints written by a real DeepSpeed engine on the CPU (ckpttui.demo.ds_writer)."""
+"""inspect --json on ZeRO checkpoints written by a real DeepSpeed engine on the CPU (ckpttui.demo.ds_writer, tests/fixtures/ds_writers.py)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_wenet_and_funasr_tag_folders(ds_root: Path) -> None:
 
 
 def test_zero_to_fp32_outputs_are_model_folders(ds_root: Path, tmp_path: Path) -> None:
-    from ckpttui.demo.ds_writer import write_zero_to_fp32_outputs
+    from fixtures.ds_writers import write_zero_to_fp32_outputs
 
     out = tmp_path / "fp32"
     write_zero_to_fp32_outputs(ds_root / "ws2" / "z2_fp32", out)

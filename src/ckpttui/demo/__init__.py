@@ -1,9 +1,10 @@
 """`ckpttui demo`: a small experiments folder written by the real libraries, made once and cached.
 
-The writers live beside this module: `hf_writer` (transformers Trainer, save_pretrained, peft,
-torch.distributed.checkpoint, torch.save), `ds_writer` (a real DeepSpeed engine on the CPU) and
-`toolkit_writers` (FunASR, WeNet, fairseq, SpeechBrain, Lightning layouts, imitated by hand with
-real torch.save output, each citing the upstream source). They also build the test fixtures.
+The writers live beside this module: `hf_writer` (a transformers Trainer run, a peft adapter),
+`ds_writer` (a real DeepSpeed engine on the CPU) and `toolkit_writers` (FunASR, WeNet, fairseq,
+SpeechBrain, Lightning layouts, imitated by hand with real torch.save output, each citing the
+upstream source); `build` is the child process that runs them. The tests' fixtures build on these
+writers from tests/fixtures/ (more variants, and files only the tests need).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,61 +98,6 @@ class DSConfig:
         return cls(**data)
 
 
-def default_configs() -> list[DSConfig]:
-    """The standard set: stages 0-3 x fp32/bf16, frozen+tied variants, WeNet/FunASR-style tags."""
-    out: list[DSConfig] = []
-    for stage in (1, 2, 3):
-        for dtype in ("fp32", "bf16"):
-            out.append(DSConfig(f"z{stage}_{dtype}", stage, dtype, client_state={"epoch": 1}))
-            out.append(
-                DSConfig(f"z{stage}_{dtype}_frozen_tied", stage, dtype, frozen=True, tied=True)
-            )
-    out.append(DSConfig("z0_fp32", 0, "fp32"))
-    out.append(DSConfig("z0_bf16", 0, "bf16"))
-    # WeNet: model.save_checkpoint(save_dir=model_dir, tag="epoch_N", client_state=infos)
-    out.append(
-        DSConfig(
-            "wenet_z2",
-            2,
-            "fp32",
-            tag="epoch_3.pt",
-            save_subdir="wenet/exp",
-            client_state={
-                "epoch": 3,
-                "cv_loss": 1.23,
-                "step": 42,
-                "lrs": [0.001],
-                "tag": "epoch_3",
-            },
-        )
-    )
-    # FunASR: tag "model.pt.ep{epoch}"
-    out.append(
-        DSConfig(
-            "funasr_z3",
-            3,
-            "bf16",
-            tag="model.pt.ep3",
-            save_subdir="funasr/exp",
-            client_state={"epoch": 3, "step": 42, "val_acc_step_or_eoch": {"3": 0.5}},
-            frozen=True,
-        )
-    )
-    return out
-
-
-def select_configs(spec: str) -> list[DSConfig]:
-    """Configs named by ``all`` or a comma-separated list of default config names."""
-    known = {c.name: c for c in default_configs()}
-    if spec == "all":
-        return list(known.values())
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    missing = [n for n in names if n not in known]
-    if missing:
-        raise ValueError(f"unknown config(s) {missing}; known: {sorted(known)}")
-    return [known[n] for n in names]
-
-
 # --------------------------------------------------------------------------- launching
 
 
@@ -192,12 +138,14 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _run_child(args: list[str], timeout: float) -> str:
-    """Run ``python -m ckpttui.demo.ds_writer ARGS``; return the result payload or raise."""
-    cmd = [sys.executable, "-m", "ckpttui.demo.ds_writer", *args]
+def run_child(
+    args: list[str], timeout: float, module: str = __name__, env: Mapping[str, str] | None = None
+) -> str:
+    """Run ``python -m MODULE ARGS`` (default: this module); return the result payload or raise."""
+    cmd = [sys.executable, "-m", module, *args]
     proc = subprocess.run(
         cmd,
-        env=child_env(),
+        env=dict(env) if env is not None else child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -233,7 +181,7 @@ def write_deepspeed_checkpoints(
         raise ValueError("world_size must be >= 1")
     out_root.mkdir(parents=True, exist_ok=True)
     _check_targets(out_root, configs, steps, overwrite)
-    payload = _run_child(
+    payload = run_child(
         [
             "--out",
             str(out_root),
@@ -262,33 +210,6 @@ def _check_targets(out_root: Path, configs: list[DSConfig], steps: int, overwrit
             shutil.rmtree(tag_dir)
 
 
-def write_zero_to_fp32_outputs(
-    ds_save_dir: Path,
-    out_dir: Path,
-    tag: str | None = None,
-    max_shard_size: str = "1KB",
-    formats: tuple[str, ...] = ("bin", "safetensors"),
-    timeout: float = DEFAULT_TIMEOUT,
-) -> dict[str, Path]:
-    """Write DeepSpeed's merged outputs: ``bin/pytorch_model.bin`` and sharded ``safetensors/``."""
-    args = ["--convert", str(Path(ds_save_dir).resolve()), "--out", str(Path(out_dir).resolve())]
-    args += ["--max-shard-size", max_shard_size, "--formats", ",".join(formats)]
-    if tag is not None:
-        args += ["--tag", tag]
-    result = json.loads(_run_child(args, timeout))
-    return {k: Path(v) for k, v in result.items()}
-
-
-def zero_to_fp32_reference(
-    ds_save_dir: Path, tag: str | None = None, timeout: float = DEFAULT_TIMEOUT
-) -> dict[str, Any]:
-    """Summarise DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint`` output (or its error)."""
-    args = ["--verify", str(Path(ds_save_dir).resolve())]
-    if tag is not None:
-        args += ["--tag", tag]
-    return json.loads(_run_child(args, timeout))
-
-
 # --------------------------------------------------------------------------- inside the ranks
 
 
@@ -304,6 +225,9 @@ def _build_model(cfg: DSConfig) -> Any:
     hidden = cfg.hidden
 
     class TinyNet(nn.Module):
+        running_mean: torch.Tensor
+        num_batches: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Embedding(VOCAB, DIM)  # 91
@@ -355,7 +279,7 @@ def _patch_deepspeed() -> None:
     """Stop DeepSpeed's CPU comm backend from JIT-compiling its shm op (gloo is enough)."""
     import importlib
 
-    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+    ds_comm_torch: Any = importlib.import_module("deepspeed.comm.torch")
     if not hasattr(ds_comm_torch, "build_shm_op"):
         raise RuntimeError("deepspeed.comm.torch.build_shm_op not found: update _patch_deepspeed")
     ds_comm_torch.build_shm_op = lambda: None
@@ -440,97 +364,22 @@ def _train_cli(
     }
 
 
-def _convert_cli(
-    ds_save_dir: str, out_dir: Path, tag: str | None, shard: str, formats: list[str]
-) -> dict[str, str]:
-    """Run DeepSpeed's convert_zero_checkpoint_to_fp32_state_dict for each requested format."""
-    from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
-
-    out: dict[str, str] = {}
-    if "bin" in formats:
-        target = out_dir / "bin"
-        convert_zero_checkpoint_to_fp32_state_dict(
-            ds_save_dir, str(target), max_shard_size=None, safe_serialization=False, tag=tag
-        )
-        out["bin"] = str(target / "pytorch_model.bin")
-    if "safetensors" in formats:
-        target = out_dir / "safetensors"
-        convert_zero_checkpoint_to_fp32_state_dict(
-            ds_save_dir, str(target), max_shard_size=shard, safe_serialization=True, tag=tag
-        )
-        index = target / "model.safetensors.index.json"
-        out["safetensors"] = str(index if index.exists() else target / "model.safetensors")
-    return out
-
-
-def _verify_cli(ds_save_dir: str, tag: str | None) -> dict[str, Any]:
-    """Summarise DeepSpeed's reference consolidation: per key shape, dtype, checksum, aliasing."""
-    import hashlib
-
-    import torch
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    try:
-        sd = get_fp32_state_dict_from_zero_checkpoint(ds_save_dir, tag=tag)
-    except Exception as exc:  # report DeepSpeed's own failure as data
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    seen: dict[int, str] = {}
-    tensors: dict[str, Any] = {}
-    for key, t in sd.items():
-        dtype = str(t.dtype).replace("torch.", "")
-        entry: dict[str, Any] = {"shape": list(t.shape), "dtype": dtype}
-        if id(t) in seen:
-            entry["same_as"] = seen[id(t)]
-        else:
-            seen[id(t)] = key
-        flat = t.detach().contiguous().reshape(-1)
-        if flat.dtype == torch.bfloat16:
-            raw = flat.view(torch.int16).numpy().tobytes()
-        else:
-            raw = flat.numpy().tobytes()
-        entry["sha256"] = hashlib.sha256(raw).hexdigest()[:16]
-        entry["sum"] = float(flat.double().sum()) if flat.numel() else 0.0
-        tensors[key] = entry
-    return {"ok": True, "keys": list(sd), "tensors": tensors}
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Command line: train (default), ``--convert`` or ``--verify``."""
+    """Command line: train every config of ``--configs-json`` in ``--world-size`` ranks."""
     ap = argparse.ArgumentParser(
         prog="python -m ckpttui.demo.ds_writer", description=(__doc__ or "").split("\n")[0]
     )
-    ap.add_argument("--out", type=Path, help="output root (train) or output dir (convert)")
+    ap.add_argument("--out", type=Path, required=True, help="output root")
     ap.add_argument("--world-size", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--configs", default="all", help="'all' or comma-separated config names")
-    ap.add_argument("--configs-json", help="JSON list of DSConfig fields (overrides --configs)")
-    ap.add_argument("--convert", metavar="DS_SAVE_DIR", help="run zero_to_fp32 conversion instead")
-    ap.add_argument(
-        "--verify", metavar="DS_SAVE_DIR", help="run get_fp32_state_dict_from_zero_checkpoint"
-    )
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--max-shard-size", default="1KB")
-    ap.add_argument("--formats", default="bin,safetensors")
+    ap.add_argument("--configs-json", required=True, help="JSON list of DSConfig fields")
     ap.add_argument("--overwrite", action="store_true", help="replace existing tag directories")
     ns = ap.parse_args(argv)
     os.environ.update(child_env())
-    if ns.verify:
-        result: dict[str, Any] = _verify_cli(ns.verify, ns.tag)
-    elif ns.convert:
-        if ns.out is None:
-            ap.error("--convert needs --out")
-        formats = [f for f in ns.formats.split(",") if f]
-        result = _convert_cli(ns.convert, ns.out.resolve(), ns.tag, ns.max_shard_size, formats)
-    else:
-        if ns.out is None:
-            ap.error("--out is required")
-        if ns.configs_json:
-            configs = [DSConfig.from_json(d) for d in json.loads(ns.configs_json)]
-        else:
-            configs = select_configs(ns.configs)
-        ns.out.mkdir(parents=True, exist_ok=True)
-        _check_targets(ns.out.resolve(), configs, ns.steps, ns.overwrite)
-        result = _train_cli(ns.out.resolve(), ns.world_size, configs, ns.steps)
+    configs = [DSConfig.from_json(d) for d in json.loads(ns.configs_json)]
+    ns.out.mkdir(parents=True, exist_ok=True)
+    _check_targets(ns.out.resolve(), configs, ns.steps, ns.overwrite)
+    result = _train_cli(ns.out.resolve(), ns.world_size, configs, ns.steps)
     print(RESULT_MARKER + json.dumps(result), flush=True)
     return 0
 

@@ -1,20 +1,18 @@
-"""Imitate, by hand, the on-disk checkpoint layouts of FunASR, WeNet, fairseq, SpeechBrain,
-Lightning and the ``adapters`` library (none of them installs and runs on this CPU-only machine).
+"""Imitate, by hand, the on-disk checkpoint layouts of FunASR, WeNet, fairseq, SpeechBrain and
+Lightning (none of them installs and runs on this CPU-only machine), for ``ckpttui demo``.
 
 Every file holds real tensors written by real ``torch.save`` after real ``torch.optim.AdamW`` steps
 on a tiny model whose module names follow the toolkit's own models. The dict keys, file names,
 sidecars and write order are read from the upstream sources; each writer's docstring names the
 upstream file and function it mirrors, and notes/toolkits.md has the details with citations. torch
-(and, for the wav2vec2 / whisper parts, transformers) is imported inside the functions only.
-
-Run ``python -m ckpttui.demo.toolkit_writers OUT_DIR [--only funasr,wenet,...]`` to write them all;
-it prints a JSON map of toolkit -> written paths.
+(and, for the wav2vec2 part, transformers) is imported inside the functions only. The tests run
+these writers in more variants (tests/fixtures/toolkit_writers.py), building on the public
+helpers ``module_tree``, ``adamw_steps`` and ``torch_save``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -25,19 +23,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "write_all",
+    "adamw_steps",
+    "module_tree",
+    "torch_save",
     "write_fairseq_run",
     "write_funasr_run",
     "write_lightning_ckpt",
     "write_speechbrain_run",
     "write_wenet_run",
-    "write_whisper_adapters",
 ]
 
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _tree(**children: Any) -> Any:
+def module_tree(**children: Any) -> Any:
     """Build an ``nn.Module`` whose children/parameters/buffers are the given keyword values."""
     import torch
     from torch import nn
@@ -55,7 +54,7 @@ def _tree(**children: Any) -> Any:
     return m
 
 
-def _adamw_steps(
+def adamw_steps(
     model: Any, steps: int, *, seed: int, optimizer: Any = None, lr: float = 1e-3
 ) -> tuple[Any, float]:
     """Run ``steps`` real AdamW steps on the trainable parameters; return (optimizer, last loss)."""
@@ -89,7 +88,7 @@ def _curve(epoch: int, *, start: float, end: float, wiggle: float = 0.15) -> flo
     return round(trend + direction * swing, 6)
 
 
-def _torch_save(obj: Any, path: Path) -> Path:
+def torch_save(obj: Any, path: Path) -> Path:
     """``torch.save`` to ``path`` (parents created); return the path."""
     import torch
 
@@ -116,27 +115,29 @@ def _paraformer(d: int, layers: int, vocab: int, feat: int) -> Any:
 
     def enc_layer(in_size: int) -> Any:
         """An EncoderLayerSANM: SANM self-attention (fsmn_block), feed-forward, two norms."""
-        attn = _tree(
+        attn = module_tree(
             linear_out=nn.Linear(d, d),
             linear_q_k_v=nn.Linear(in_size, 3 * d),
             fsmn_block=nn.Conv1d(d, d, 5, groups=d, bias=False),
         )
-        return _tree(
+        return module_tree(
             self_attn=attn,
-            feed_forward=_tree(w_1=nn.Linear(d, ff), w_2=nn.Linear(ff, d)),
+            feed_forward=module_tree(w_1=nn.Linear(d, ff), w_2=nn.Linear(ff, d)),
             norm1=nn.LayerNorm(in_size),
             norm2=nn.LayerNorm(d),
         )
 
     def dec_ff() -> Any:
         """A PositionwiseFeedForwardDecoderSANM: w_1, w_2 (no bias), norm."""
-        return _tree(w_1=nn.Linear(d, ff), w_2=nn.Linear(ff, d, bias=False), norm=nn.LayerNorm(ff))
+        return module_tree(
+            w_1=nn.Linear(d, ff), w_2=nn.Linear(ff, d, bias=False), norm=nn.LayerNorm(ff)
+        )
 
     def dec_layer() -> Any:
         """A DecoderLayerSANM: fsmn self-attention, cross-attention, feed-forward, norms."""
-        return _tree(
-            self_attn=_tree(fsmn_block=nn.Conv1d(d, d, 5, groups=d, bias=False)),
-            src_attn=_tree(
+        return module_tree(
+            self_attn=module_tree(fsmn_block=nn.Conv1d(d, d, 5, groups=d, bias=False)),
+            src_attn=module_tree(
                 linear_q=nn.Linear(d, d), linear_k_v=nn.Linear(d, 2 * d), linear_out=nn.Linear(d, d)
             ),
             feed_forward=dec_ff(),
@@ -145,24 +146,25 @@ def _paraformer(d: int, layers: int, vocab: int, feat: int) -> Any:
             norm3=nn.LayerNorm(d),
         )
 
-    encoder = _tree(
+    encoder = module_tree(
         encoders0=nn.ModuleList([enc_layer(feat)]),
         encoders=nn.ModuleList([enc_layer(d) for _ in range(max(layers - 1, 1))]),
         after_norm=nn.LayerNorm(d),
     )
-    decoder = _tree(
+    decoder = module_tree(
         embed=nn.Sequential(nn.Embedding(vocab, d)),
         after_norm=nn.LayerNorm(d),
         output_layer=nn.Linear(d, vocab),
         decoders=nn.ModuleList([dec_layer() for _ in range(layers)]),
-        decoders3=nn.ModuleList([_tree(feed_forward=dec_ff(), norm1=nn.LayerNorm(d))]),
+        decoders3=nn.ModuleList([module_tree(feed_forward=dec_ff(), norm1=nn.LayerNorm(d))]),
     )
-    predictor = _tree(cif_conv1d=nn.Conv1d(d, d, 3, groups=d), cif_output=nn.Linear(d, 1))
-    return _tree(encoder=encoder, decoder=decoder, predictor=predictor)
+    predictor = module_tree(cif_conv1d=nn.Conv1d(d, d, 3, groups=d), cif_output=nn.Linear(d, 1))
+    return module_tree(encoder=encoder, decoder=decoder, predictor=predictor)
 
 
 def _funasr_warmup_lr(optimizer: Any, warmup_steps: int) -> Any:
     """A scheduler with FunASR's WarmupLR formula and the stock ``LRScheduler.state_dict``."""
+    from torch import Tensor
     from torch.optim.lr_scheduler import LRScheduler
 
     class WarmupLR(LRScheduler):
@@ -173,7 +175,7 @@ def _funasr_warmup_lr(optimizer: Any, warmup_steps: int) -> Any:
             self.warmup_steps = warmup_steps
             super().__init__(opt, last_epoch)
 
-        def get_lr(self) -> list[float]:
+        def get_lr(self) -> list[float | Tensor]:
             """lr * warmup**0.5 * min(step**-0.5, step * warmup**-1.5)."""
             step = self.last_epoch + 1
             scale = self.warmup_steps**0.5 * min(step**-0.5, step * self.warmup_steps**-1.5)
@@ -204,7 +206,7 @@ def _funasr_average(output_dir: Path, last_n: int) -> Path:
             avg[key] = sum(tensors)  # upstream sums integer tensors instead of averaging them
         else:
             avg[key] = torch.mean(torch.stack(tensors), dim=0)
-    return _torch_save({"state_dict": avg}, output_dir / f"model.pt.avg{last_n}")
+    return torch_save({"state_dict": avg}, output_dir / f"model.pt.avg{last_n}")
 
 
 def write_funasr_run(
@@ -240,7 +242,9 @@ def write_funasr_run(
     torch.manual_seed(seed)
     model = _paraformer(d_model, layers, vocab, feat=d_model + 8)
     if batchnorm:
-        model.encoder.encoders[0].add_module("conv_module", _tree(norm=nn.BatchNorm1d(d_model)))
+        model.encoder.encoders[0].add_module(
+            "conv_module", module_tree(norm=nn.BatchNorm1d(d_model))
+        )
     optim = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     scheduler = _funasr_warmup_lr(optim, warmup_steps=25000)
     written: list[Path] = []
@@ -311,8 +315,8 @@ def write_funasr_run(
             if step_in_epoch is None
             else f"model.pt.ep{epoch}.{step_in_epoch}"
         )
-        written.append(_torch_save(state, out / name))
-        written.append(_torch_save(state, out / "model.pt"))
+        written.append(torch_save(state, out / name))
+        written.append(torch_save(state, out / "model.pt"))
         if best == "" and name in metric_of:
             best = name
         cur, prev = metric_of.get(name), metric_of.get(best)
@@ -320,13 +324,13 @@ def write_funasr_run(
             prev is None or (cur >= prev if avg_keep_nbest_models_type == "acc" else cur <= prev)
         ):
             best = name
-            written.append(_torch_save(state, out / "model.pt.best"))
+            written.append(torch_save(state, out / "model.pt.best"))
         if cur is not None:
             saved_ckpts[name] = cur
 
     for epoch in range(epochs):  # funasr/bin/train.py: for epoch in range(start_epoch, max_epoch)
         for batch_idx in range(steps_per_epoch):
-            _adamw_steps(model, 1, seed=seed * 1000 + batch_total, optimizer=optim)
+            adamw_steps(model, 1, seed=seed * 1000 + batch_total, optimizer=optim)
             scheduler.step()
             batch_total += 1
             step_in_epoch = batch_idx + 1  # Trainer.train_epoch: self.step_in_epoch += 1
@@ -384,7 +388,7 @@ def _wenet_conformer(d: int, layers: int, vocab: int, feat: int) -> Any:
                 "pos_bias_u": nn.Parameter(torch.zeros(heads, d // heads)),
                 "pos_bias_v": nn.Parameter(torch.zeros(heads, d // heads)),
             }
-        return _tree(
+        return module_tree(
             linear_q=nn.Linear(d, d),
             linear_k=nn.Linear(d, d),
             linear_v=nn.Linear(d, d),
@@ -394,17 +398,17 @@ def _wenet_conformer(d: int, layers: int, vocab: int, feat: int) -> Any:
 
     def ffn() -> Any:
         """A PositionwiseFeedForward: w_1, w_2."""
-        return _tree(w_1=nn.Linear(d, 2 * d), w_2=nn.Linear(2 * d, d))
+        return module_tree(w_1=nn.Linear(d, 2 * d), w_2=nn.Linear(2 * d, d))
 
     def enc_layer() -> Any:
         """A ConformerEncoderLayer with macaron FFN and conv module (BatchNorm)."""
-        conv = _tree(
+        conv = module_tree(
             pointwise_conv1=nn.Conv1d(d, 2 * d, 1),
             depthwise_conv=nn.Conv1d(d, d, 15, padding=7, groups=d),
             norm=nn.BatchNorm1d(d),
             pointwise_conv2=nn.Conv1d(d, d, 1),
         )
-        return _tree(
+        return module_tree(
             self_attn=mha(True),
             feed_forward=ffn(),
             feed_forward_macaron=ffn(),
@@ -418,7 +422,7 @@ def _wenet_conformer(d: int, layers: int, vocab: int, feat: int) -> Any:
 
     def dec_layer() -> Any:
         """A TransformerDecoder DecoderLayer: self_attn, src_attn, feed_forward, norms."""
-        return _tree(
+        return module_tree(
             self_attn=mha(False),
             src_attn=mha(False),
             feed_forward=ffn(),
@@ -428,22 +432,24 @@ def _wenet_conformer(d: int, layers: int, vocab: int, feat: int) -> Any:
         )
 
     sub = ((feat - 1) // 2 - 1) // 2
-    encoder = _tree(
-        global_cmvn=_tree(mean=torch.randn(feat), istd=torch.rand(feat) + 0.5),
-        embed=_tree(
+    encoder = module_tree(
+        global_cmvn=module_tree(mean=torch.randn(feat), istd=torch.rand(feat) + 0.5),
+        embed=module_tree(
             conv=nn.Sequential(nn.Conv2d(1, d, 3, 2), nn.ReLU(), nn.Conv2d(d, d, 3, 2), nn.ReLU()),
             out=nn.Sequential(nn.Linear(d * sub, d)),
         ),
         after_norm=nn.LayerNorm(d),
         encoders=nn.ModuleList([enc_layer() for _ in range(layers)]),
     )
-    decoder = _tree(
+    decoder = module_tree(
         embed=nn.Sequential(nn.Embedding(vocab, d)),
         after_norm=nn.LayerNorm(d),
         output_layer=nn.Linear(d, vocab),
         decoders=nn.ModuleList([dec_layer() for _ in range(layers)]),
     )
-    return _tree(encoder=encoder, decoder=decoder, ctc=_tree(ctc_lo=nn.Linear(d, vocab)))
+    return module_tree(
+        encoder=encoder, decoder=decoder, ctc=module_tree(ctc_lo=nn.Linear(d, vocab))
+    )
 
 
 def _wenet_configs(
@@ -545,7 +551,7 @@ def _wenet_average(
                 avg[k] += states[k]
     for k, v in avg.items():
         avg[k] = torch.true_divide(v, num)  # int tensors come out as float
-    return _torch_save(avg, dst)
+    return torch_save(avg, dst)
 
 
 def write_wenet_run(
@@ -591,7 +597,7 @@ def write_wenet_run(
     def save(tag: str, infos: dict | None) -> None:
         """checkpoint.save_checkpoint + save_model: ``{tag}.pt`` and ``{tag}.yaml``."""
         pt = out / f"{tag}.pt"
-        written.append(_torch_save(model.state_dict(), pt))
+        written.append(torch_save(model.state_dict(), pt))
         infos = {} if infos is None else infos
         infos["save_time"] = now()
         yml = out / f"{tag}.yaml"
@@ -615,7 +621,7 @@ def write_wenet_run(
     for epoch in range(epochs):
         configs["epoch"] = epoch
         for _ in range(steps_per_epoch):
-            _adamw_steps(model, 1, seed=seed * 1000 + step, optimizer=optim)
+            adamw_steps(model, 1, seed=seed * 1000 + step, optimizer=optim)
             step += 1
         loss = _curve(epoch, start=60.0, end=12.0)
         loss_dict = {
@@ -663,7 +669,7 @@ def _fairseq_transformer(d: int, layers: int, vocab: int) -> Any:
 
     def mha() -> Any:
         """A fairseq MultiheadAttention: k_proj, v_proj, q_proj, out_proj."""
-        return _tree(
+        return module_tree(
             k_proj=nn.Linear(d, d),
             v_proj=nn.Linear(d, d),
             q_proj=nn.Linear(d, d),
@@ -672,7 +678,7 @@ def _fairseq_transformer(d: int, layers: int, vocab: int) -> Any:
 
     def enc_layer() -> Any:
         """A TransformerEncoderLayer."""
-        return _tree(
+        return module_tree(
             self_attn=mha(),
             self_attn_layer_norm=nn.LayerNorm(d),
             fc1=nn.Linear(d, 2 * d),
@@ -682,7 +688,7 @@ def _fairseq_transformer(d: int, layers: int, vocab: int) -> Any:
 
     def dec_layer() -> Any:
         """A TransformerDecoderLayer with encoder_attn."""
-        return _tree(
+        return module_tree(
             self_attn=mha(),
             self_attn_layer_norm=nn.LayerNorm(d),
             encoder_attn=mha(),
@@ -694,9 +700,11 @@ def _fairseq_transformer(d: int, layers: int, vocab: int) -> Any:
 
     def positions() -> Any:
         """A SinusoidalPositionalEmbedding (only its _float_tensor buffer)."""
-        return _tree(_float_tensor=torch.FloatTensor(1))  # SinusoidalPositionalEmbedding buffer
+        return module_tree(
+            _float_tensor=torch.FloatTensor(1)
+        )  # SinusoidalPositionalEmbedding buffer
 
-    encoder = _tree(
+    encoder = module_tree(
         version=torch.Tensor([3]),
         embed_tokens=nn.Embedding(vocab, d, padding_idx=1),
         embed_positions=positions(),
@@ -705,14 +713,14 @@ def _fairseq_transformer(d: int, layers: int, vocab: int) -> Any:
     embed = nn.Embedding(vocab, d, padding_idx=1)
     output_projection = nn.Linear(d, vocab, bias=False)
     output_projection.weight = embed.weight  # share_decoder_input_output_embed
-    decoder = _tree(
+    decoder = module_tree(
         version=torch.Tensor([3]),
         embed_tokens=embed,
         embed_positions=positions(),
         layers=nn.ModuleList([dec_layer() for _ in range(layers)]),
         output_projection=output_projection,
     )
-    return _tree(encoder=encoder, decoder=decoder)
+    return module_tree(encoder=encoder, decoder=decoder)
 
 
 def _fairseq_args(
@@ -952,9 +960,8 @@ def write_fairseq_run(
     ) -> None:
         """checkpoint_utils.save_checkpoint: write the first true cond, copy the rest."""
         nonlocal best
-        prev_best = best if best is not None else val_loss
         if val_loss is not None:
-            best = min(val_loss, prev_best)
+            best = val_loss if best is None else min(val_loss, best)
         conds: OrderedDict[str, bool] = OrderedDict()
         conds[f"checkpoint{epoch}.pt"] = end_of_epoch
         conds[f"checkpoint_{epoch}_{num_updates}.pt"] = (
@@ -962,8 +969,8 @@ def write_fairseq_run(
             and save_interval_updates > 0
             and num_updates % save_interval_updates == 0
         )
-        conds["checkpoint_best.pt"] = val_loss is not None and val_loss <= best
-        if val_loss is not None and keep_best_checkpoints > 0:
+        conds["checkpoint_best.pt"] = val_loss is not None and best is not None and val_loss <= best
+        if val_loss is not None and best is not None and keep_best_checkpoints > 0:
             if style == "hydra":
                 worst = _fairseq_best_files(out)
                 worst_best = float(worst[0].name.rsplit("_")[-1][:-3]) if worst else best
@@ -1004,7 +1011,7 @@ def write_fairseq_run(
     for epoch in range(1, epochs + 1):
         loss = 0.0
         for i in range(1, updates_per_epoch + 1):
-            _, loss = _adamw_steps(model, 1, seed=seed * 1000 + num_updates, optimizer=optim)
+            _, loss = adamw_steps(model, 1, seed=seed * 1000 + num_updates, optimizer=optim)
             num_updates += 1
             if (
                 save_interval_updates > 0
@@ -1066,7 +1073,7 @@ def _fairseq_average(out: Path, n: int) -> Path:
             averaged[k] //= len(inputs)
     assert new_state is not None
     new_state["model"] = averaged
-    return _torch_save(new_state, out / f"checkpoint.avg{n}.pt")
+    return torch_save(new_state, out / f"checkpoint.avg{n}.pt")
 
 
 # ----------------------------------------------------------------------------- SpeechBrain
@@ -1078,31 +1085,33 @@ def _speechbrain_model(d: int, vocab: int, n_mels: int) -> Any:
 
     def sb_linear(i: int, o: int) -> Any:
         """speechbrain.nnet.linear.Linear (nn.Linear as ``.w``)."""
-        return _tree(w=nn.Linear(i, o))  # speechbrain.nnet.linear.Linear wraps nn.Linear as .w
+        return module_tree(
+            w=nn.Linear(i, o)
+        )  # speechbrain.nnet.linear.Linear wraps nn.Linear as .w
 
     def sb_mha() -> Any:
         """speechbrain.nnet.attention.MultiheadAttention (nn.MultiheadAttention as ``.att``)."""
-        return _tree(
+        return module_tree(
             att=nn.MultiheadAttention(d, 2, batch_first=True)
         )  # nnet.attention.MultiheadAttention
 
     def sb_norm() -> Any:
         """speechbrain.nnet.normalization.LayerNorm (as ``.norm``)."""
-        return _tree(norm=nn.LayerNorm(d))  # nnet.normalization.LayerNorm wraps .norm
+        return module_tree(norm=nn.LayerNorm(d))  # nnet.normalization.LayerNorm wraps .norm
 
     def ffn() -> Any:
         """speechbrain PositionalwiseFeedForward (``.ffn`` Sequential)."""
-        return _tree(
+        return module_tree(
             ffn=nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Dropout(0.0), nn.Linear(2 * d, d))
         )
 
-    cnn = _tree(
-        convblock_0=_tree(
-            conv_1=_tree(conv=nn.Conv2d(1, 4, 3, 2)), norm_1=_tree(norm=nn.LayerNorm(4))
+    cnn = module_tree(
+        convblock_0=module_tree(
+            conv_1=module_tree(conv=nn.Conv2d(1, 4, 3, 2)), norm_1=module_tree(norm=nn.LayerNorm(4))
         ),
     )
-    enc_layer = _tree(self_att=sb_mha(), pos_ffn=ffn(), norm1=sb_norm(), norm2=sb_norm())
-    dec_layer = _tree(
+    enc_layer = module_tree(self_att=sb_mha(), pos_ffn=ffn(), norm1=sb_norm(), norm2=sb_norm())
+    dec_layer = module_tree(
         self_attn=sb_mha(),
         mutihead_attn=sb_mha(),  # (sic) upstream's attribute name in TransformerDecoderLayer
         pos_ffn=ffn(),
@@ -1110,11 +1119,15 @@ def _speechbrain_model(d: int, vocab: int, n_mels: int) -> Any:
         norm2=sb_norm(),
         norm3=sb_norm(),
     )
-    transformer = _tree(
-        encoder=_tree(layers=nn.ModuleList([enc_layer]), norm=sb_norm()),
-        decoder=_tree(layers=nn.ModuleList([dec_layer]), norm=sb_norm()),
-        custom_src_module=_tree(layers=nn.Sequential(sb_linear(4 * ((n_mels - 3) // 2 + 1), d))),
-        custom_tgt_module=_tree(layers=nn.Sequential(_tree(Embedding=nn.Embedding(vocab, d)))),
+    transformer = module_tree(
+        encoder=module_tree(layers=nn.ModuleList([enc_layer]), norm=sb_norm()),
+        decoder=module_tree(layers=nn.ModuleList([dec_layer]), norm=sb_norm()),
+        custom_src_module=module_tree(
+            layers=nn.Sequential(sb_linear(4 * ((n_mels - 3) // 2 + 1), d))
+        ),
+        custom_tgt_module=module_tree(
+            layers=nn.Sequential(module_tree(Embedding=nn.Embedding(vocab, d)))
+        ),
     )
     return nn.ModuleList([cnn, transformer, sb_linear(d, vocab), sb_linear(d, vocab)])
 
@@ -1211,10 +1224,10 @@ def write_speechbrain_run(
         files = [ckpt_dir / "CKPT.yaml"]
         # recoverables from the hparams file, in its order, then Brain's own additions
         if wav2vec2 is not None:
-            files.append(_torch_save(wav2vec2.state_dict(), ckpt_dir / "wav2vec2.ckpt"))
-        files.append(_torch_save(model_state or model.state_dict(), ckpt_dir / "model.ckpt"))
+            files.append(torch_save(wav2vec2.state_dict(), ckpt_dir / "wav2vec2.ckpt"))
+        files.append(torch_save(model_state or model.state_dict(), ckpt_dir / "model.ckpt"))
         files.append(
-            _torch_save({"losses": [], "n_steps": n_steps}, ckpt_dir / "noam_scheduler.ckpt")
+            torch_save({"losses": [], "n_steps": n_steps}, ckpt_dir / "noam_scheduler.ckpt")
         )
         stats: dict[str, Any] = {
             "count": count,
@@ -1223,7 +1236,7 @@ def write_speechbrain_run(
         }
         if legacy_normalizer:
             stats.update({"spk_dict_mean": {}, "spk_dict_std": {}, "spk_dict_count": {}})
-        files.append(_torch_save(stats, ckpt_dir / "normalizer.ckpt"))
+        files.append(torch_save(stats, ckpt_dir / "normalizer.ckpt"))
         (ckpt_dir / "counter.ckpt").write_text(str(epoch), encoding="utf-8")
         files.append(ckpt_dir / "counter.ckpt")
         brain = {"step": 0, "avg_train_loss": 0.0, "optimizer_step": optimizer_step}
@@ -1231,7 +1244,7 @@ def write_speechbrain_run(
         files.append(ckpt_dir / "brain.ckpt")
         (ckpt_dir / "dataloader-TRAIN.ckpt").write_text(str(steps_per_epoch), encoding="utf-8")
         files.append(ckpt_dir / "dataloader-TRAIN.ckpt")
-        files.append(_torch_save(optimizer.state_dict(), ckpt_dir / "optimizer.ckpt"))
+        files.append(torch_save(optimizer.state_dict(), ckpt_dir / "optimizer.ckpt"))
         for f in files:
             os.utime(f, (t, t))
         os.utime(ckpt_dir, (t, t))
@@ -1241,7 +1254,7 @@ def write_speechbrain_run(
     dirs: list[Path] = []
     for epoch in range(1, n + 1):
         for _ in range(steps_per_epoch):
-            _adamw_steps(trainables, 1, seed=seed * 1000 + n_steps, optimizer=optimizer)
+            adamw_steps(trainables, 1, seed=seed * 1000 + n_steps, optimizer=optimizer)
             n_steps += 1
             optimizer_step += 1
             feats = torch.randn(8, n_mels, generator=gen) * 2 + 1
@@ -1389,14 +1402,14 @@ def write_lightning_ckpt(
     ckpt_dir = version_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    module = _tree(
+    module = module_tree(
         encoder=nn.Sequential(nn.Linear(8, d_model), nn.ReLU(), nn.Linear(d_model, d_model)),
         head=nn.Linear(d_model, 4),
     )
     optim = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.StepLR(optim, step_size=1, gamma=0.9)
     for _ in range(epochs):
-        _adamw_steps(module, steps_per_epoch, seed=seed * 1000 + _, optimizer=optim)
+        adamw_steps(module, steps_per_epoch, seed=seed * 1000 + _, optimizer=optim)
         sched.step()
     hparams = {
         "d_model": d_model,
@@ -1443,210 +1456,10 @@ def write_lightning_ckpt(
     last_path = str((ckpt_dir / "last.ckpt").resolve())
     prev_last = last_path if epochs > 1 else ""
     written = [
-        _torch_save(dump(best_path, prev_last), ckpt_dir / name),
-        _torch_save(dump(best_path, last_path), ckpt_dir / "last.ckpt"),
+        torch_save(dump(best_path, prev_last), ckpt_dir / name),
+        torch_save(dump(best_path, last_path), ckpt_dir / "last.ckpt"),
     ]
     hp = version_dir / "hparams.yaml"
     hp.write_text(_yaml_dump(hparams), encoding="utf-8")
     written.append(hp)
     return written
-
-
-# ----------------------------------------------------------------------------- adapters (whisper)
-
-
-def _bottleneck_adapter(d: int, reduction_factor: int) -> Any:
-    """An adapters ``methods/modeling.py Adapter``: adapter_down (Linear, act), adapter_up."""
-    import torch
-    from torch import nn
-
-    down = max(d // reduction_factor, 1)
-    adapter = _tree(
-        adapter_down=nn.Sequential(nn.Linear(d, down), nn.ReLU()), adapter_up=nn.Linear(down, d)
-    )
-    for lin in (adapter.adapter_down[0], adapter.adapter_up):  # init_weights="bert"
-        nn.init.normal_(lin.weight, std=0.02)
-        nn.init.zeros_(lin.bias)
-    _ = torch  # keep the import local and used
-    return adapter
-
-
-def _bottleneck_layer() -> Any:
-    """A ``methods/bottleneck.py BottleneckLayer``: ``adapters``, ``adapter_fusion_layer`` dicts."""
-    from torch import nn
-
-    return _tree(adapters=nn.ModuleDict(), adapter_fusion_layer=nn.ModuleDict())
-
-
-def write_whisper_adapters(
-    out_dir: str | Path,
-    *,
-    name: str = "demo",
-    d_model: int = 32,
-    layers: int = 2,
-    reduction_factor: int = 16,
-    steps: int = 3,
-    seed: int = 0,
-) -> list[Path]:
-    """Write a tiny HF Whisper with adapters-library bottleneck adapters (mixin_whisper.py)."""
-    # Mirrors (adapter-hub/adapters): ``models/whisper/mixin_whisper.py
-    # WhisperEncoderLayerAdaptersMixin.init_adapters`` / ``WhisperDecoderLayerAdaptersMixin`` (per
-    # layer ``attention_adapters``, ``output_adapters`` and, in decoder layers,
-    # ``cross_attention_adapters`` BottleneckLayers; ``SeqBnConfig`` puts an adapter in
-    # ``output_adapters`` only), ``methods/bottleneck.py BottleneckLayer.add_adapter``
-    # (``.adapters[<name>]``), ``methods/modeling.py Adapter`` (``adapter_down.0`` Linear,
-    # ``adapter_up`` Linear), so keys read
-    # ``model.encoder.layers.3.output_adapters.adapters.<name>.adapter_down.0.weight``. Base weights
-    # are frozen and only the adapter trained (``train_adapter``). ``whisper_with_adapters.pt`` is
-    # ``torch.save(model.state_dict())`` (base + adapters; ``proj_out.weight`` shares storage with
-    # ``model.decoder.embed_tokens.weight``); ``<name>/`` is what ``loading.py AdapterLoader.save``
-    # writes: ``adapter_config.json`` (``build_full_config``, json indent=2 sort_keys) and
-    # ``pytorch_adapter.bin`` (the state dict filtered by ``AdapterLoader.filter_func``).
-    import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    cfg = WhisperConfig(
-        vocab_size=64,
-        num_mel_bins=16,
-        d_model=d_model,
-        encoder_layers=layers,
-        decoder_layers=layers,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=2 * d_model,
-        decoder_ffn_dim=2 * d_model,
-        max_source_positions=32,
-        max_target_positions=16,
-        decoder_start_token_id=1,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        suppress_tokens=None,
-        begin_suppress_tokens=None,
-    )
-    model = WhisperForConditionalGeneration(cfg)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for layer in model.model.encoder.layers:
-        layer.attention_adapters = _bottleneck_layer()
-        layer.output_adapters = _bottleneck_layer()
-        layer.output_adapters.adapters[name] = _bottleneck_adapter(d_model, reduction_factor)
-    for layer in model.model.decoder.layers:
-        layer.attention_adapters = _bottleneck_layer()
-        layer.output_adapters = _bottleneck_layer()
-        layer.output_adapters.adapters[name] = _bottleneck_adapter(d_model, reduction_factor)
-        layer.cross_attention_adapters = _bottleneck_layer()
-    _adamw_steps(model, steps, seed=seed)
-    state = model.state_dict()
-    written = [_torch_save(state, out / "whisper_with_adapters.pt")]
-
-    def keep(k: str) -> bool:
-        """AdapterLoader.filter_func for this adapter name."""
-        return any(
-            f"{pre}.{name}." in k
-            for pre in (
-                "_adapters",
-                ".adapters",
-                ".prefix_tunings",
-                ".prefix_gates",
-                ".loras",
-                ".refts",
-            )
-        )
-
-    adapter_dir = out / name
-    adapter_dir.mkdir(exist_ok=True)
-    seq_bn = {
-        "adapter_residual_before_ln": False,
-        "cross_adapter": False,
-        "dropout": 0.0,
-        "factorized_phm_rule": False,
-        "hypercomplex_nonlinearity": "glorot-uniform",
-        "init_weights": "bert",
-        "init_weights_seed": None,
-        "inv_adapter": None,
-        "inv_adapter_reduction_factor": None,
-        "is_parallel": False,
-        "learn_phm": True,
-        "leave_out": [],
-        "ln_after": False,
-        "ln_before": False,
-        "mh_adapter": False,
-        "non_linearity": "relu",
-        "original_ln_after": True,
-        "original_ln_before": True,
-        "output_adapter": True,
-        "phm_bias": True,
-        "phm_c_init": "normal",
-        "phm_dim": 4,
-        "phm_init_range": 0.0001,
-        "phm_layer": False,
-        "phm_rank": 1,
-        "reduction_factor": reduction_factor,
-        "residual_before_ln": True,
-        "scaling": 1.0,
-        "shared_phm_rule": True,
-        "stochastic_depth": 0.0,
-        "use_gating": False,
-    }
-    full = {
-        "config": seq_bn,
-        "hidden_size": d_model,
-        "model_class": "WhisperForConditionalGeneration",
-        "model_name": "tiny-whisper-demo",
-        "model_type": "whisper",
-        "name": name,
-        "version": "adapters.1.2.0",
-    }
-    cfg_path = adapter_dir / "adapter_config.json"
-    cfg_path.write_text(json.dumps(full, indent=2, sort_keys=True), encoding="utf-8")
-    written.append(cfg_path)
-    written.append(
-        _torch_save(
-            {k: v for k, v in state.items() if keep(k)}, adapter_dir / "pytorch_adapter.bin"
-        )
-    )
-    return written
-
-
-# ----------------------------------------------------------------------------- all / CLI
-
-_WRITERS: dict[str, Callable[[Path], list[Path]]] = {
-    "funasr": lambda p: write_funasr_run(p),
-    "wenet": lambda p: write_wenet_run(p),
-    "wenet_v2": lambda p: write_wenet_run(p, style="v2"),
-    "fairseq": lambda p: write_fairseq_run(p, average_last=2),
-    "fairseq_hydra": lambda p: write_fairseq_run(p, style="hydra", save_interval_updates=3),
-    "speechbrain": lambda p: write_speechbrain_run(p),
-    "lightning": lambda p: write_lightning_ckpt(p),
-    "whisper_adapters": lambda p: write_whisper_adapters(p),
-}
-
-
-def write_all(root: str | Path, only: list[str] | None = None) -> dict[str, list[Path]]:
-    """Run every writer (or those in ``only``) into ``root/<toolkit>``; return toolkit -> paths."""
-    root = Path(root)
-    names = only or list(_WRITERS)
-    unknown = [n for n in names if n not in _WRITERS]
-    if unknown:
-        raise ValueError(f"unknown writer(s) {unknown}; choose from {sorted(_WRITERS)}")
-    return {n: _WRITERS[n](root / n) for n in names}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: write the toolkit layouts under OUT_DIR and print a JSON map of what was written."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--only", default="", help=f"comma-separated subset of {sorted(_WRITERS)}")
-    ns = parser.parse_args(argv)
-    only = [s for s in ns.only.split(",") if s] or None
-    result = write_all(ns.out_dir, only)
-    print(json.dumps({k: [str(p) for p in v] for k, v in result.items()}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
