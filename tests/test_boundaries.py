@@ -60,6 +60,7 @@ BOUNDARIES = [
     pytest.param("ckpttui.curves", HEADLESS, id="curves"),
     pytest.param("ckpttui.records", HEADLESS, id="records"),
     pytest.param("ckpttui.cli", HEADLESS, id="cli"),
+    pytest.param("ckpttui.errors", HEADLESS, id="errors"),
     pytest.param("ckpttui.textreport", ("torch", "textual"), id="textreport"),
     pytest.param("ckpttui.jobs", ("textual", "rich"), id="jobs"),
     pytest.param("ckpttui.jobcli", ("textual", "rich"), id="jobcli"),

@@ -1,4 +1,7 @@
-"""The one error type readers raise; its message names the problem and, for bytes, the offset."""
+"""The one error type readers raise; its message names the problem and, for bytes, the offset.
+
+The hierarchy of every ckpttui error, and what each becomes for the user: ckpttui.errors.
+"""
 
 from __future__ import annotations
 

@@ -277,7 +277,7 @@ def is_dangerous_global(qualname: str) -> bool:
 
 
 class UnpickleError(Exception):
-    """A pickle could not be read; the message says where."""
+    """A pickle could not be read; the message says where (readers re-raise it as FormatError)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ KINDS: tuple[str, ...] = ("start", "progress", "log", "done", "error")
 
 
 class JobError(Exception):
-    """A job cannot go on; the message is one line and names the file concerned."""
+    """A job cannot go on; the message is one line and names the file concerned.
+
+    Where it sits among ckpttui's errors, and how it reaches the user: ckpttui.errors.
+    """
 
 
 class JobCancelled(JobError):
