@@ -67,11 +67,15 @@ def test_truncated_zip(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(good[: len(good) // 2])
     (tmp_path / "ok.pt").write_bytes(good)
     report = inspect_json(tmp_path)
-    errors = {e["path"]: e["error"] for e in report["errors"]}
-    assert "truncated" in errors["model.pt"] or "zip" in errors["model.pt"]
-    assert "ok.pt" not in errors
+    fault = "truncated or damaged zip archive (File is not a zip file)"
+    assert report["errors"] == [{"path": "model.pt", "error": fault}]  # ok.pt reads fine
     ckpt = {c["path"]: c for c in report["checkpoints"]}["model.pt"]
     assert ckpt["complete"] is False
+    # What a user reads: one line naming the file and the fault, no traceback.
+    human = run_cli("inspect", str(tmp_path / "model.pt"))
+    assert human.returncode == 0 and "Traceback" not in human.stdout + human.stderr
+    (line,) = [ln for ln in (human.stdout + human.stderr).splitlines() if ln.startswith("error ")]
+    assert line == f"error {tmp_path / 'model.pt'}: {fault}"
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:

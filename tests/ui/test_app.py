@@ -10,10 +10,10 @@ from typing import Any
 
 from helpers import SRC, inspect_json
 from rich.console import Console
+from textual.widgets import Footer
 
 from ckpttui.ui.app import CkptApp, make_app
 from ckpttui.ui.screens.help import HelpScreen
-from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.curve import CurveView
 from ckpttui.ui.widgets.folder_view import FolderView
 from ckpttui.ui.widgets.tree import CheckpointTree
@@ -109,12 +109,18 @@ async def test_a_broken_file_shows_its_error_and_the_app_goes_on(ui_root: Path) 
     app = make_app(str(ui_root / "broken" / "model.pt.ep9"))
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
+        tabs = app.query_one("#ckpt-tabs")
+        summary, tensors = app.query_one("#summary"), app.query_one("#tensor-table")
+        assert tabs.active == "tab-breakdown"  # what a file that cannot be read opens on
         await pilot.press("1")
-        summary = text_of(app.query_one("#summary"))
-        assert "truncated or damaged zip archive" in summary
+        await pilot.pause()
+        assert tabs.active == "tab-summary" and summary.region.area and not tensors.region.area
+        assert "truncated or damaged zip archive" in text_of(summary)
         await pilot.press("up", "down", "3")
         await settle(app, pilot)
-        assert app.is_running
+        # the keys still work: the tensors tab is on screen, empty (no tensor is made up)
+        assert tabs.active == "tab-tensors" and tensors.region.area and not summary.region.area
+        assert tensors.row_count == 0
 
 
 async def test_folder_view_sorts_and_filters(ui_root: Path) -> None:
@@ -151,9 +157,13 @@ async def test_tensor_filter_and_sort(ui_root: Path) -> None:
         await pilot.pause()
         parts = table_column(app, "#tensor-table", 4)
         assert parts and set(parts) == {"exp_avg_sq"}
-        view = app.query_one(CheckpointView)
-        await pilot.press("escape", "s")
-        assert view.sort_by == "name"
+        await pilot.press("escape")
+        await pilot.pause()
+        by_bytes = table_column(app, "#tensor-table", 5)
+        await pilot.press("s")
+        await pilot.pause()
+        by_name = table_column(app, "#tensor-table", 5)  # what the table shows, not the setting
+        assert len(by_name) > 1 and by_name == sorted(by_bytes) != by_bytes
 
 
 async def test_training_curve_of_a_run(ui_root: Path) -> None:
@@ -169,9 +179,22 @@ async def test_training_curve_of_a_run(ui_root: Path) -> None:
         assert "best" in text_of(app.query_one("#curve-note"))
 
 
+def footer_shown(app: CkptApp) -> set[str]:
+    """The footer's keys as the user reads them: each wholly on screen and not covered."""
+    screen = app.screen
+    shown = set()
+    for key in app.query_one(Footer).query("FooterKey"):
+        r = key.region
+        on_screen = r.area > 0 and r.right <= screen.size.width
+        if on_screen and all(screen.get_widget_at(x, r.y)[0] is key for x in range(r.x, r.right)):
+            shown.add(" ".join(str(key.render()).split()))
+    return shown
+
+
 async def test_help_and_command_palette(ui_root: Path) -> None:
     app = make_app(str(ui_root))
-    async with app.run_test() as pilot:
+    # 120 columns: at 80 the footer cuts "e Export" and "x Cancel job" off (reported, not fixed).
+    async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
@@ -179,5 +202,14 @@ async def test_help_and_command_palette(ui_root: Path) -> None:
         assert not isinstance(app.screen, HelpScreen)
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Help", "Filter", "Sort", "Refresh", "Training curve", "Breakdown tab"} <= titles
-        footer_keys = {b.key for b in app.BINDINGS if b.show}
-        assert {"q", "question_mark", "slash", "s", "m", "a", "e", "x"} <= footer_keys
+        assert {
+            "q Quit",
+            "? Help",
+            "/ Filter",
+            "s Sort",
+            "c Curve",
+            "m Merge",
+            "a Average",
+            "e Export",
+            "x Cancel job",
+        } <= footer_shown(app)
