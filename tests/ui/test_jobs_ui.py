@@ -65,13 +65,15 @@ async def test_merge_from_the_app(ds_root: Path, tmp_path: Path) -> None:
 async def test_merge_refuses_a_non_deepspeed_selection(ds_root: Path, tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     app = make_app(str(tmp_path))
-    async with app.run_test() as pilot:
+    async with app.run_test(notifications=True) as pilot:
         await settle(app, pilot)
         await select(app, pilot, "plain")
         await pilot.press("m")
-        await pilot.pause()
+        await settle(app, pilot)
         assert not isinstance(app.screen, JobForm)
-        assert app.is_running
+        # what the user sees instead: a warning on screen saying what to select
+        toasts = [str(t.render()) for t in app.screen.query("Toast") if t.region.area]
+        assert any(t.startswith("Select a DeepSpeed checkpoint") for t in toasts), toasts
 
 
 @pytest.fixture(scope="module")
