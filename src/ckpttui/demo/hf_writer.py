@@ -79,6 +79,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(OFFLINE_ENV)
     env.setdefault("OMP_NUM_THREADS", "1")
+    # peft keeps LoraConfig.target_modules in a set: a fixed hash seed writes the same
+    # adapter_config.json on every run.
+    env["PYTHONHASHSEED"] = "0"
     paths = [str(_SRC_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     if extra:
