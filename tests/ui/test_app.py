@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import SRC, inspect_json
 from rich.console import Console
 from textual.widgets import Footer
@@ -189,6 +190,14 @@ def footer_shown(app: CkptApp) -> set[str]:
         if on_screen and all(screen.get_widget_at(x, r.y)[0] is key for x in range(r.x, r.right)):
             shown.add(" ".join(str(key.render()).split()))
     return shown
+
+
+@pytest.mark.xfail(strict=True, reason="at 80 columns the footer cuts a/e/x off (not fixed yet)")
+async def test_footer_shows_the_job_keys_at_80_columns(tmp_path: Path) -> None:
+    app = make_app(str(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert {"m Merge", "a Average", "e Export", "x Cancel job"} <= footer_shown(app)
 
 
 async def test_help_and_command_palette(ui_root: Path) -> None:
