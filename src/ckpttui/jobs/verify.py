@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpttui.formats import read_file
+from ckpttui.formats import FormatError, read_file
 from ckpttui.formats.torch_zip import records_from
 from ckpttui.formats.unpickler import (
     ELEMENT_SIZE,
@@ -152,7 +152,8 @@ def verify(
     results = []
     for ckpt, fps in plans:
         for fp in fps:
-            for done in _stream(fp, buf, done, cancel):
+            for now in _stream(fp, buf, done, cancel):
+                done = now
                 event = clock.tick(done, fp.rel)
                 if event is not None:
                     yield event
@@ -547,10 +548,8 @@ def _storage_tensors(fd: int, pickled: tuple[str, int, int]) -> dict[str, list[s
     try:
         data = restricted_load(raw, persistent).data
         recs = records_from(data)
-    except (UnpickleError, ValueError):
-        return {}
-    except Exception:  # noqa: BLE001 - a damaged pickle only costs us the tensor's name
-        return {}
+    except (UnpickleError, FormatError, ValueError):
+        return {}  # a damaged data.pkl only costs us the tensor's name
     out: dict[str, list[str]] = {}
     for rec in recs:
         if rec.storage is not None:
