@@ -466,10 +466,16 @@ def _feed_strided(fd: int, region: _Region, rec: TensorRecord, stats: Stats | No
 
 
 def _walk_cut_zip(fp: _FilePlan) -> list[Problem]:
-    """Name the record (and tensor) where a torch zip cut short ends, from its local headers."""
+    """Name the record (and tensor) where a torch zip cut short ends, from its local headers.
+
+    torch.save writes sizes after each record (a data descriptor, flag bit 3), so a record's
+    length comes from the pickle for storages (``numel x element size``) and from a search for
+    its descriptor for the few small records (``data.pkl``, ``byteorder``, ``version``).
+    """
     size = fp.index.size
-    records: list[tuple[str, int, int]] = []
-    cut: tuple[str, int] | None = None
+    sizes: dict[str, int] = {}
+    names: dict[str, list[str]] = {}
+    last = None
     try:
         with open(fp.path, "rb") as f:
             fd = f.fileno()
@@ -481,48 +487,64 @@ def _walk_cut_zip(fp: _FilePlan) -> list[Problem]:
                 flags, csize, nlen, xlen = fields[2], fields[7], fields[9], fields[10]
                 name = os.pread(fd, nlen, pos + _LOCAL.size).decode("utf-8", "replace")
                 extra = os.pread(fd, xlen, pos + _LOCAL.size + nlen)
+                start = pos + _LOCAL.size + nlen + xlen
+                key = name.rsplit("/data/", 1)[-1] if "/data/" in name else None
                 if csize == 0xFFFFFFFF:
                     csize = _zip64_size(extra, fields[8] == 0xFFFFFFFF)
-                if flags & 0x08 and not csize:
-                    return []  # sizes only in a data descriptor: cannot walk
-                start = pos + _LOCAL.size + nlen + xlen
+                elif flags & 0x08 and key is not None and key in sizes:
+                    csize = sizes[key]
+                elif flags & 0x08:
+                    found = _descriptor(fd, start, size)
+                    if found is None:
+                        return _cut(fp, name, names.get(key or "", []), size)
+                    csize = found
                 if start + csize > size:
-                    cut = (name, start + csize)
-                    break
-                records.append((name, start, csize))
+                    return _cut(fp, name, names.get(key or "", []), size)
+                if name.endswith("/data.pkl"):
+                    sizes, names = _storage_tensors(os.pread(fd, csize, start))
+                last = name
                 pos = start + csize
-            pickled = next((r for r in records if r[0].endswith("/data.pkl")), None)
-            names = _storage_tensors(fd, pickled) if pickled else {}
+                if flags & 0x08:
+                    pos += 24 if xlen and _zip64_size(extra, True) else 16
     except OSError:
         return []
-    if cut is None:
-        if not records:
-            return []
-        return [
-            Problem(
-                fp.rel,
-                None,
-                "truncated",
-                f"file cut short after record {records[-1][0]} (byte {size}): "
-                "the zip's central directory is missing",
-            )
-        ]
-    name, end = cut
-    key = name.rsplit("/data/", 1)[-1] if "/data/" in name else None
-    tensors = names.get(key or "", [])
+    if last is None:
+        return []
+    return [
+        Problem(
+            fp.rel,
+            None,
+            "truncated",
+            f"file cut short after record {last} (byte {size}): the zip's central directory "
+            "is missing",
+        )
+    ]
+
+
+def _cut(fp: _FilePlan, record: str, tensors: list[str], size: int) -> list[Problem]:
     tensor = None
     if tensors:
-        tensor = tensors[0] + (
-            f" (+{len(tensors) - 1} sharing its storage)" if len(tensors) > 1 else ""
-        )
+        more = len(tensors) - 1
+        tensor = tensors[0] + (f" (+{more} sharing its storage)" if more else "")
     return [
         Problem(
             fp.rel,
             tensor,
             "truncated",
-            f"record {name} is cut short: it ends at byte {end}, the file has {size} bytes",
+            f"record {record} is cut short: the file ends at byte {size}, inside it",
         )
     ]
+
+
+def _descriptor(fd: int, start: int, size: int) -> int | None:
+    """Length of the record starting at `start`, from the data descriptor that follows it."""
+    window = os.pread(fd, min(size - start, 64 << 20), start)
+    at = window.find(b"PK\x07\x08")
+    while at >= 0:
+        if at + 16 <= len(window) and struct.unpack_from("<I", window, at + 8)[0] == at:
+            return at
+        at = window.find(b"PK\x07\x08", at + 1)
+    return None
 
 
 def _zip64_size(extra: bytes, has_usize: bool) -> int:
@@ -537,24 +559,24 @@ def _zip64_size(extra: bytes, has_usize: bool) -> int:
     return 0
 
 
-def _storage_tensors(fd: int, pickled: tuple[str, int, int]) -> dict[str, list[str]]:
-    """Storage key -> tensor names, from a complete data.pkl (restricted unpickler, no code)."""
-    _, start, n = pickled
-    raw = os.pread(fd, n, start)
+def _storage_tensors(raw: bytes) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Storage sizes and storage key -> tensor names, from data.pkl (restricted, runs no code)."""
+    sizes: dict[str, int] = {}
 
     def persistent(pid: Any) -> StorageRef:
-        return storage_from_pid(pid)
+        ref = storage_from_pid(pid)
+        sizes[ref.key] = ref.nbytes
+        return ref
 
     try:
-        data = restricted_load(raw, persistent).data
-        recs = records_from(data)
+        recs = records_from(restricted_load(raw, persistent).data)
     except (UnpickleError, FormatError, ValueError):
-        return {}  # a damaged data.pkl only costs us the tensor's name
-    out: dict[str, list[str]] = {}
+        return {}, {}  # a damaged data.pkl only costs us the tensor's name
+    names: dict[str, list[str]] = {}
     for rec in recs:
         if rec.storage is not None:
-            out.setdefault(rec.storage, []).append(rec.name)
-    return out
+            names.setdefault(rec.storage, []).append(rec.name)
+    return sizes, names
 
 
 # ---------------------------------------------------------------------- verdicts
