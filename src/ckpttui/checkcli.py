@@ -20,6 +20,7 @@ from ckpttui.jobs.runner import JobSpec
 from ckpttui.units import human_bytes
 
 TOP = 20  # tensors listed in diff's text output
+NOTES = 3  # notes listed per checkpoint in verify's text output
 
 
 def verify_parser() -> argparse.ArgumentParser:
@@ -125,8 +126,11 @@ def print_verify(report: dict[str, Any]) -> None:
         for p in ckpt["problems"]:
             where = f"{p['file']}: tensor {p['tensor']!r}" if p["tensor"] else p["file"]
             out.write(f"  {p['kind']:<10} {where}: {p['message']}\n")
-        for w in ckpt["warnings"]:
+        notes = ckpt["warnings"]
+        for w in notes[:NOTES]:
             out.write(f"  note       {w}\n")
+        if len(notes) > NOTES:
+            out.write(f"  note       ... {len(notes) - NOTES} more notes (--json lists them)\n")
     total = len(report["checkpoints"])
     bad = sum(not c["healthy"] for c in report["checkpoints"])
     secs = report.get("seconds") or 0

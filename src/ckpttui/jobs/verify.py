@@ -40,7 +40,7 @@ from ckpttui.formats.unpickler import (
 )
 from ckpttui.inventory import Inventory, scan
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
-from ckpttui.jobs.tensorstats import Stats, readable
+from ckpttui.jobs.tensorstats import Stats, Summary, readable
 from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 1 << 20  # bytes read at a time: stays in cache for the several passes over it
@@ -599,31 +599,12 @@ def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan])
             summary = stats.summary() if stats is not None else None
             category = fp.categories.get(rec.name, Category.OTHER)
             if summary is not None:
-                if summary.nan or summary.inf:
-                    parts = [f"{summary.nan} NaN"] if summary.nan else []
-                    parts += [f"{summary.inf} Inf"] if summary.inf else []
-                    problems.append(
-                        Problem(
-                            fp.rel,
-                            rec.name,
-                            "nan" if summary.nan else "inf",
-                            f"{' and '.join(parts)} of {summary.count} values ({category.value})",
-                        )
-                    )
-                if summary.zero and category is Category.WEIGHTS and rec.dtype in _FLOATS:
-                    if len(rec.shape) >= 2:
-                        problems.append(
-                            Problem(
-                                fp.rel,
-                                rec.name,
-                                "zero",
-                                f"every one of its {summary.count} weights is zero",
-                            )
-                        )
+                found = _judge(fp.rel, rec, category, summary)
+                for item in found:
+                    if isinstance(item, Problem):
+                        problems.append(item)
                     else:
-                        warnings.append(
-                            f"{fp.rel}: {rec.name}: all zero (usual for a bias at initialisation)"
-                        )
+                        warnings.append(item)
             tensors.append(
                 {
                     "name": rec.name,
@@ -653,3 +634,26 @@ def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan])
 
 
 _FLOATS = ("float64", "float32", "float16", "bfloat16")
+
+
+def _judge(rel: str, rec: TensorRecord, category: Category, s: Summary) -> list[Problem | str]:
+    """Problems (the checkpoint is not healthy) and notes (worth a look) from one tensor's values.
+
+    NaN/Inf in weights or optimizer state is a problem; in other state (a ``best score`` of
+    ``inf`` kept by a callback) a note. An all-zero weight matrix (``*.weight``, 2-D or more) is
+    a problem; other all-zero weights (biases, zero-initialised parameters) are notes.
+    """
+    out: list[Problem | str] = []
+    if s.nan or s.inf:
+        parts = ([f"{s.nan} NaN"] if s.nan else []) + ([f"{s.inf} Inf"] if s.inf else [])
+        text = f"{' and '.join(parts)} of {s.count} values ({category.value})"
+        if category is Category.OTHER:
+            out.append(f"{rel}: {rec.name}: {text}")
+        else:
+            out.append(Problem(rel, rec.name, "nan" if s.nan else "inf", text))
+    if s.zero and category is Category.WEIGHTS and rec.dtype in _FLOATS:
+        if len(rec.shape) >= 2 and rec.path[-1].split(".")[-1] == "weight":
+            out.append(Problem(rel, rec.name, "zero", f"all {s.count} values are zero"))
+        else:
+            out.append(f"{rel}: {rec.name}: all zero (as zero-initialised parameters are)")
+    return out
