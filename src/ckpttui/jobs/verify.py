@@ -19,6 +19,7 @@ where there is one, the tensor. numpy only: no torch import, so it starts fast.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 import time
@@ -238,7 +239,8 @@ def _unreadable(fp: _FilePlan) -> list[Problem]:
         if walked:
             return walked
     kind = "truncated" if ("truncated" in error or "past the end" in error) else "unreadable"
-    return [Problem(fp.rel, None, kind, error)]
+    named = re.search(r"tensor (['\"])(.*?)\1", error)
+    return [Problem(fp.rel, named.group(2) if named else None, kind, error)]
 
 
 def _plan_zip(fp: _FilePlan) -> None:
