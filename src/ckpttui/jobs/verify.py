@@ -46,11 +46,17 @@ from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 1 << 20  # bytes read at a time: stays in cache for the several passes over it
 
-crc32: Callable[..., int]
-try:  # ISA-L's CRC-32 runs ~3x faster than zlib 1.2's here (benchmarks/RESULTS.md)
-    from isal.isal_zlib import crc32
-except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same values
-    crc32 = zlib.crc32
+
+def _crc32_function() -> Callable[[Any, int], int]:
+    """ISA-L's CRC-32 where installed (about 3x zlib 1.2's here; benchmarks/RESULTS.md)."""
+    try:
+        from isal.isal_zlib import crc32 as fast
+    except ImportError:
+        return zlib.crc32
+    return fast  # type: ignore[no-any-return]
+
+
+crc32 = _crc32_function()
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_MAGIC = 0x04034B50
