@@ -130,8 +130,14 @@ class Stats:
             self._shift = mean if abs(mean) > 1e-2 * (hi - lo) else 0.0
         if self._shift:
             x = x - np.asarray(self._shift, dtype=x.dtype)
-        self._sum += float(np.add.reduce(x))
-        self._sq += float(np.dot(x, x))
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(np.add.reduce(x))
+            sq = float(np.dot(x, x))
+        if not (math.isfinite(total) and math.isfinite(sq)):  # float32 sums overflowed
+            wide = x.astype(np.float64)
+            total, sq = float(np.add.reduce(wide)), float(np.dot(wide, wide))
+        self._sum += total
+        self._sq += sq
 
     def _widen(self, x: np.ndarray) -> np.ndarray:
         if self.dtype == "bfloat16":

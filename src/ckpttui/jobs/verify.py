@@ -18,6 +18,7 @@ where there is one, the tensor. numpy only: no torch import, so it starts fast.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -45,6 +46,7 @@ from ckpttui.jobs.tensorstats import Stats, Summary, readable
 from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 1 << 20  # bytes read at a time: stays in cache for the several passes over it
+RELEASE = 64 << 20  # pages read are given back this often
 
 
 def _crc32_function() -> Callable[[Any, int], int]:
@@ -155,11 +157,10 @@ def verify(
     )
     clock = ProgressClock("verify", total)
     done = 0
-    buf = bytearray(CHUNK)
     results = []
     for ckpt, fps in plans:
         for fp in fps:
-            for now in _stream(fp, buf, done, cancel):
+            for now in _stream(fp, done, cancel):
                 done = now
                 event = clock.tick(done, fp.rel)
                 if event is not None:
@@ -379,17 +380,38 @@ def _plan_safetensors(fp: _FilePlan) -> None:
 # ---------------------------------------------------------------------- reading
 
 
-def _stream(
-    fp: _FilePlan, buf: bytearray, done: int, cancel: threading.Event | None
-) -> Iterator[int]:
-    """Read each region once in offset order: CRC and statistics; yields bytes done so far."""
+def _stream(fp: _FilePlan, done: int, cancel: threading.Event | None) -> Iterator[int]:
+    """Read each region once in offset order: CRC and statistics; yields bytes done so far.
+
+    The file is mapped read-only and read in place (no copy into a buffer, as cat must make);
+    the pages read are given back every `RELEASE` bytes, so resident memory stays flat.
+    """
     if not fp.regions:
         return
-    view = memoryview(buf)
-    with open(fp.path, "rb", buffering=0) as f:
-        fd = f.fileno()
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    with open(fp.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != fp.index.size:
+            fp.problems.append(
+                Problem(fp.rel, None, "truncated", f"changed size while being read ({size} bytes)")
+            )
+            return
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            yield from _stream_mapped(fp, mapped, f.fileno(), done, cancel)
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a view is still alive (an exception on its way out): unmapped when it goes
+
+
+def _stream_mapped(
+    fp: _FilePlan, mapped: mmap.mmap, fd: int, done: int, cancel: threading.Event | None
+) -> Iterator[int]:
+    released = 0
+    with memoryview(mapped) as view:
         for region in fp.regions:
             check_cancel(cancel)
             crc = 0
@@ -398,25 +420,11 @@ def _stream(
             ranges = region.ranges
             i = 0
             active: list[_Range] = []
-            f.seek(pos)
             while pos < end:
-                n = f.readinto(view[: min(CHUNK, end - pos)])
-                if not n:
-                    fp.problems.append(
-                        Problem(
-                            fp.rel,
-                            _tensor_of(region),
-                            "truncated",
-                            f"{region.name}: file ends at byte {pos}, before the record's end "
-                            f"(byte {end})",
-                        )
-                    )
-                    region.crc = None
-                    break
-                chunk = view[:n]
+                stop = min(pos + CHUNK, end)
+                chunk = view[pos:stop]
                 if region.crc is not None:
                     crc = crc32(chunk, crc)
-                stop = pos + n
                 while i < len(ranges) and ranges[i].start < stop:
                     active.append(ranges[i])
                     i += 1
@@ -426,8 +434,13 @@ def _stream(
                     if hi > lo and rng.stats is not None:
                         rng.stats.feed(chunk[lo - pos : hi - pos])
                 active = [r for r in active if r.end > stop]
+                chunk.release()
+                done += stop - pos
                 pos = stop
-                done += n
+                if pos - released >= RELEASE and hasattr(mapped, "madvise"):
+                    lo = released - released % mmap.PAGESIZE
+                    mapped.madvise(mmap.MADV_DONTNEED, lo, pos - pos % mmap.PAGESIZE - lo)
+                    released = pos
                 yield done
             if region.crc is not None and crc != region.crc:
                 fp.problems.append(
