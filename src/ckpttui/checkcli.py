@@ -116,8 +116,8 @@ def print_verify(report: dict[str, Any]) -> None:
             for t in f["tensors"]:
                 if t["stats"] is not None:
                     counts[t["category"]] = counts.get(t["category"], 0) + 1
-        checked = ", ".join(f"{n} {cat}" for cat, n in counts.items()) or "no"
-        what = f"{checked} tensors read" + (f", {crc} zip records CRC-checked" if crc else "")
+        read = ", ".join(f"{n} {cat}" for cat, n in counts.items()) or "none"
+        what = f"tensors read: {read}" + (f"; {crc} zip records CRC-checked" if crc else "")
         if ckpt["healthy"]:
             out.write(f"{name} ({ckpt['layout']}): healthy ({what})\n")
         else:
@@ -134,7 +134,7 @@ def print_verify(report: dict[str, Any]) -> None:
     total = len(report["checkpoints"])
     bad = sum(not c["healthy"] for c in report["checkpoints"])
     secs = report.get("seconds") or 0
-    rate = f", {human_bytes(report['bytes_read'] / secs)}/s" if secs else ""
+    rate = f", {human_bytes(report['bytes_read'] / secs)}/s" if secs >= 1 else ""
     out.write(
         f"{total} checkpoint{'s' if total != 1 else ''}: "
         + (f"{total - bad} healthy, {bad} with problems" if bad else "all healthy")
