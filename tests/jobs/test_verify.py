@@ -196,3 +196,30 @@ def test_runs_in_the_job_child_process(tk_root: Path) -> None:
     events: list[Event] = list(job.events())
     assert events[-1].kind == "done" and events[-1].data["healthy"] is True
     assert job.spec.title == "verify model.pt.ep1"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
+def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> None:
+    from ckpttui.jobs.tensorstats import Stats
+
+    gen = torch.Generator().manual_seed(1)
+    values = 1.0 + torch.randn(10_001, generator=gen, dtype=torch.float64) * 1e-2
+    if dtype == torch.int64:
+        values = values * 1000
+    t = values.to(dtype)
+    if dtype.is_floating_point:
+        t[7], t[900] = float("nan"), float("-inf")
+    raw = t.view(torch.uint8).numpy().tobytes()
+    stats = Stats(str(dtype).removeprefix("torch."))
+    size = t.element_size()
+    for cut in range(0, len(raw), 333 * size):  # odd pieces, whole elements
+        stats.feed(raw[cut : cut + 333 * size])
+    s = stats.summary()
+    ref = t.double()
+    finite = ref[torch.isfinite(ref)]
+    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
+    assert s.inf == int(ref.isinf().sum())
+    assert s.min == float(finite.min()) and s.max == float(finite.max())
+    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7)
+    assert s.std == pytest.approx(float(finite.std(unbiased=False)), rel=1e-4)
+    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6)

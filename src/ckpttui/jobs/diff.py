@@ -183,19 +183,25 @@ def _compare(ta: torch.Tensor, tb: torch.Tensor, cancel: threading.Event | None)
         sums.compared = False
         sums.equal = sums.equal and bool(torch.equal(fa, fb))
         return sums
-    for i in range(0, fa.numel(), CHUNK):
+    n = fa.numel()
+    same_dtype = ta.dtype == tb.dtype
+    xs = torch.empty(min(n, CHUNK), dtype=torch.float64)  # reused: no allocation per chunk
+    ys = torch.empty(min(n, CHUNK), dtype=torch.float64)
+    for i in range(0, n, CHUNK):
         check_cancel(cancel)
         ca, cb = fa[i : i + CHUNK], fb[i : i + CHUNK]
-        if sums.equal:
-            sums.equal = bool(torch.equal(_bytes(ca), _bytes(cb)))
-        x = ca.to(torch.float64)
-        d = cb.to(torch.float64) - x
-        if d.numel():
-            top = float(d.abs().max())
-            if math.isnan(top) or top > sums.max_abs:
-                sums.max_abs = top  # a NaN stays: later comparisons with it are false
-        sums.sq_diff += float(torch.dot(d, d))
+        x, y = xs[: ca.numel()], ys[: ca.numel()]
+        x.copy_(ca)
         sums.sq_a += float(torch.dot(x, x))
+        if same_dtype and bool(torch.equal(_bytes(ca), _bytes(cb))):
+            continue  # nothing changed here: the difference adds nothing
+        sums.equal = False
+        y.copy_(cb)
+        y.sub_(x)
+        sums.sq_diff += float(torch.dot(y, y))
+        top = float(y.abs_().max())
+        if math.isnan(top) or top > sums.max_abs:
+            sums.max_abs = top  # a NaN stays: later comparisons with it are false
     return sums
 
 

@@ -37,6 +37,18 @@ _STORED: dict[str, Any] = {
 FLOATING = ("float64", "float32", "float16", "bfloat16")
 
 
+_SCRATCH: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _scratch(dtype: np.dtype, n: int, slot: int = 0) -> np.ndarray:
+    """A reused buffer of `n` elements: no allocation (and no page faults) per chunk."""
+    key = (dtype.str, slot)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH[key] = np.empty(n, dtype=dtype)
+    return buf[:n]
+
+
 def readable(dtype: str) -> bool:
     """Whether values of this dtype are checked (others are only CRC- and bounds-checked)."""
     return dtype in _STORED
@@ -108,14 +120,14 @@ class Stats:
         if not x.size:
             return
         self.count += x.size
-        x = self._widen(x)
+        x, owned = self._widen(x)
         lo, hi = x.min(), x.max()
         if self._floating and not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(x)
             nan = int(np.count_nonzero(np.isnan(x)))
             self.nan += nan
             self.inf += x.size - int(np.count_nonzero(finite)) - nan
-            x = x[finite]
+            x, owned = x[finite], True
             if not x.size:
                 return
             lo, hi = x.min(), x.max()
@@ -129,7 +141,8 @@ class Stats:
             # Centre only when the values sit far from zero compared to their spread.
             self._shift = mean if abs(mean) > 1e-2 * (hi - lo) else 0.0
         if self._shift:
-            x = x - np.asarray(self._shift, dtype=x.dtype)
+            out = x if owned else _scratch(x.dtype, x.size, 1)
+            x = np.subtract(x, np.asarray(self._shift, dtype=x.dtype), out=out)
         with np.errstate(over="ignore", invalid="ignore"):
             total = float(np.add.reduce(x))
             sq = float(np.dot(x, x))
@@ -139,15 +152,20 @@ class Stats:
         self._sum += total
         self._sq += sq
 
-    def _widen(self, x: np.ndarray) -> np.ndarray:
+    def _widen(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Values as float32/float64, and whether they sit in scratch (ours to change)."""
         if self.dtype == "bfloat16":
-            wide = np.left_shift(x, 16, dtype=np.uint32)
-            return wide.view(np.float32)
+            wide = np.left_shift(x, 16, out=_scratch(np.dtype(np.uint32), x.size), dtype=np.uint32)
+            return wide.view(np.float32), True
         if self.dtype == "float16" or (self._floating and not self._stored.isnative):
-            return x.astype(np.float32 if self.itemsize <= 4 else np.float64)
+            out = _scratch(np.dtype(np.float32 if self.itemsize <= 4 else np.float64), x.size)
+            np.copyto(out, x, casting="unsafe")
+            return out, True
         if not self._floating:
-            return x.astype(np.float64)
-        return x
+            out = _scratch(np.dtype(np.float64), x.size)
+            np.copyto(out, x, casting="unsafe")
+            return out, True
+        return x, False
 
     def summary(self) -> Summary:
         """The statistics of everything fed so far."""
