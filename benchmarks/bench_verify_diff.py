@@ -69,6 +69,8 @@ TORCH_DIFF_CODE = (
     "import json, time\n"
     "t0 = time.perf_counter()\n"
     "import torch\n"
+    "if ONE_THREAD:\n"
+    "    torch.set_num_threads(1)\n"
     "t1 = time.perf_counter()\n"
     "a = torch.load(A, map_location='cpu', weights_only=True)['state_dict']\n"
     "b = torch.load(B, map_location='cpu', weights_only=True)['state_dict']\n"
@@ -141,7 +143,12 @@ def main() -> None:
     for _ in range(args.repeat):
         for name, run, path in plan:
             warm([path])
-            verify_rows.setdefault(name, []).append(run())
+            result = run()
+            info = result.pop("info")
+            result["info"] = 0
+            if info and info[1] is not True:
+                print(f"  ! {name}: not healthy: {info}", file=sys.stderr)
+            verify_rows.setdefault(name, []).append(result)
     print("\n## verify vs cat (warm page cache)\n")
     print("| method | file | bytes | command wall | job time | rate (job) | x cat | peak RSS |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -157,19 +164,17 @@ def main() -> None:
             f"| {name} | {path.name} | {size / 1e6:.0f} MB | {m['wall']:.2f} s | {m['job']:.3f} s "
             f"| {rate:.2f} GB/s | {ratio:.0%} | {rss} |"
         )
-        for r in runs:
-            if r["info"] and r["info"][1] is not True:
-                print(f"  ! {name}: not healthy: {r['info']}")
 
     diff_rows: dict[str, list[dict[str, float]]] = {}
     results = {}
     for _ in range(args.repeat):
-        for name, code in (
-            ("ckpttui diff", DIFF_CODE),
-            ("torch.load both + compare", TORCH_DIFF_CODE),
+        for name, code, one in (
+            ("ckpttui diff", DIFF_CODE, 0),
+            ("torch.load both + compare", TORCH_DIFF_CODE, 0),
+            ("torch.load both + compare, 1 thread", TORCH_DIFF_CODE, 1),
         ):
             warm([a, b])
-            run = measure(code, {"A": str(a), "B": str(b)})
+            run = measure(code, {"A": str(a), "B": str(b), "ONE_THREAD": one})
             results[name] = run.pop("info")
             run["info"] = 0
             diff_rows.setdefault(name, []).append(run)

@@ -46,7 +46,7 @@ from ckpttui.jobs.tensorstats import Stats, Summary, readable
 from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 1 << 20  # bytes read at a time: stays in cache for the several passes over it
-RELEASE = 64 << 20  # pages read are given back this often
+RELEASE = 16 << 20  # pages read are given back this often
 
 
 def _crc32_function() -> Callable[[Any, int], int]:
