@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttui.accounting import module_of
 from ckpttui.formats import read_file
 from ckpttui.jobs.events import Event, ProgressClock, check_cancel
+from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.select import scan_or_fail
 from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.weights import WeightSet, open_weights
@@ -133,13 +134,22 @@ def _diff(wa: WeightSet, wb: WeightSet, cancel: threading.Event | None) -> Itera
     clock = ProgressClock("diff", total)
     done = 0
     results: dict[str, _Sums] = {}
+    import torch
+
+    return_large_blocks()
+    # Two float64 buffers for the whole job: no allocation per tensor or chunk.
+    longest = max((wa.record(n).numel for n in comparable), default=0)
+    scratch = (
+        torch.empty(min(longest, CHUNK), dtype=torch.float64),
+        torch.empty(min(longest, CHUNK), dtype=torch.float64),
+    )
     for name in comparable:
         check_cancel(cancel)
         owner = (wa.aliases.get(name), wb.aliases.get(name))
         if owner[0] is not None and owner[0] == owner[1] and owner[0] in results:
             results[name] = results[owner[0]]
         else:
-            results[name] = _compare(wa.tensor(name), wb.tensor(name), cancel)
+            results[name] = _compare(wa.tensor(name), wb.tensor(name), scratch, cancel)
             wa.release(name)
             wb.release(name)
         done += wa.record(name).nbytes + wb.record(name).nbytes
@@ -179,7 +189,12 @@ def _diff(wa: WeightSet, wb: WeightSet, cancel: threading.Event | None) -> Itera
     )
 
 
-def _compare(ta: torch.Tensor, tb: torch.Tensor, cancel: threading.Event | None) -> _Sums:
+def _compare(
+    ta: torch.Tensor,
+    tb: torch.Tensor,
+    scratch: tuple[torch.Tensor, torch.Tensor],
+    cancel: threading.Event | None,
+) -> _Sums:
     """Equality of bytes, and float64 sums of the difference, a chunk of elements at a time."""
     import torch
 
@@ -192,8 +207,7 @@ def _compare(ta: torch.Tensor, tb: torch.Tensor, cancel: threading.Event | None)
         return sums
     n = fa.numel()
     same_dtype = ta.dtype == tb.dtype
-    xs = torch.empty(min(n, CHUNK), dtype=torch.float64)  # reused: no allocation per chunk
-    ys = torch.empty(min(n, CHUNK), dtype=torch.float64)
+    xs, ys = scratch
     for i in range(0, n, CHUNK):
         check_cancel(cancel)
         ca, cb = fa[i : i + CHUNK], fb[i : i + CHUNK]
