@@ -45,7 +45,7 @@ from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.tensorstats import Stats, Summary, readable
 from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
-CHUNK = 1 << 20  # bytes read at a time: stays in cache for the several passes over it
+CHUNK = 256 << 10  # bytes read at a time: stays in L2 for the several passes over it
 RELEASE = 16 << 20  # pages read are given back this often
 
 
