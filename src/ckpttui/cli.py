@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("inspect", "demo", "merge", "average", "export")
+COMMANDS = ("inspect", "demo", "merge", "average", "export", "verify", "diff")
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
@@ -100,11 +100,15 @@ def _main(argv: Sequence[str] | None) -> int:
         from ckpttui.jobcli import run_job_command
 
         return run_job_command(argv[0], argv[1:])
+    if argv and argv[0] in ("verify", "diff"):
+        from ckpttui.checkcli import run_check_command
+
+        return run_check_command(argv[0], argv[1:])
     p = argparse.ArgumentParser(
         prog="ckpttui",
         description="Browse checkpoint folders: weights vs optimizer state, completeness, "
         "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
-        "export (see `ckpttui COMMAND --help`), demo.",
+        "export, verify PATH, diff A B (see `ckpttui COMMAND --help`), demo.",
     )
     p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
     args = p.parse_args(argv)

@@ -179,7 +179,8 @@ def _run_json(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
     return 0 if last is not None and last.kind == "done" else 1
 
 
-def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
+def progress_bar() -> Any:
+    """A transient rich progress bar on stderr: description, bar, bytes, rate, ETA."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -190,16 +191,19 @@ def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
         TransferSpeedColumn,
     )
 
-    console = Console(stderr=True, highlight=False)
-    progress = Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=Console(stderr=True, highlight=False),
         transient=True,
     )
+
+
+def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
+    progress = progress_bar()
     last = None
     try:
         with progress:

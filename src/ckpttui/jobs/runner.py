@@ -22,7 +22,7 @@ from typing import Any
 
 from ckpttui.jobs.events import Event, JobError, drive
 
-KINDS = ("merge", "average", "export")
+KINDS = ("merge", "average", "export", "verify", "diff")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class JobSpec:
     """What to run: the job kind and its keyword arguments (plain JSON data)."""
 
     kind: str
-    """``merge``, ``average`` or ``export``."""
+    """``merge``, ``average``, ``export``, ``verify`` (``{"path"}``) or ``diff`` (``{"a", "b", "include_all"}``)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the engine (``src``/``inputs``, ``out``, options)."""
 
@@ -62,6 +62,9 @@ class JobSpec:
         )
         if isinstance(src, list):
             src = f"{len(src)} checkpoints" if len(src) > 1 else (src[0] if src else "")
+        if self.kind in ("verify", "diff"):
+            names = [Path(str(self.args.get(k, ""))).name for k in ("path", "a", "b")]
+            return f"{self.kind} " + " ".join(n for n in names if n)
         return f"{self.kind} {Path(str(src)).name or src} -> {Path(self.output).name}"
 
 
@@ -80,6 +83,14 @@ def engine(spec: JobSpec) -> Callable[..., Iterator[Event]]:
         from ckpttui.jobs.average import average
 
         return average
+    if spec.kind == "verify":
+        from ckpttui.jobs.verify import verify
+
+        return verify
+    if spec.kind == "diff":
+        from ckpttui.jobs.diff import diff
+
+        return diff
     from ckpttui.jobs.export import export
 
     return export
@@ -109,6 +120,10 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
                     yield Event("log", "average", message=note)
                 args["inputs"] = [str(p) for p in chosen.paths]
             events = fn(args.pop("inputs"), args.pop("out"), cancel=cancel, **args)
+        elif spec.kind == "verify":
+            events = fn(args.pop("path"), cancel=cancel)
+        elif spec.kind == "diff":
+            events = fn(args.pop("a"), args.pop("b"), cancel=cancel, **args)
         else:
             events = fn(args.pop("src"), args.pop("out"), cancel=cancel, **args)
     except (JobError, OSError, ValueError, TypeError) as exc:

@@ -1,0 +1,680 @@
+"""verify: read every tensor's bytes once and say whether each checkpoint is healthy.
+
+For each checkpoint under a path (a file, a checkpoint folder, or a folder of many), every file
+ckpttui reads is streamed once, in order of file offset, through one reusable buffer:
+
+* torch zip: every record's CRC-32 against the archive's central directory (``torch.save`` may
+  write 0 when told not to compute it: then the record is noted as unchecked, not failed), and
+  each record's bounds against the file; a file cut short (no central directory) is walked by its
+  local headers to name the record, and so the tensor, that is cut;
+* safetensors: tensors must tile the byte buffer (no overlap, no hole, nothing after the last);
+* legacy torch: storage bounds (the reader checks every element count against the pickle);
+* every tensor whose dtype is plain numbers: NaN and Inf counts, all-zero floating weights, and
+  min/max/mean/std/norm kept for the app (`ckpttui.jobs.tensorstats`).
+
+The verdict of a checkpoint is ``healthy`` and a list of ``problems``, each naming the file and,
+where there is one, the tensor. numpy only: no torch import, so it starts fast.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckpttui.formats import FormatError, read_file
+from ckpttui.formats.torch_zip import records_from
+from ckpttui.formats.unpickler import (
+    ELEMENT_SIZE,
+    StorageRef,
+    UnpickleError,
+    restricted_load,
+    storage_from_pid,
+)
+from ckpttui.inventory import Inventory, scan
+from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
+from ckpttui.jobs.tensorstats import Stats, Summary, readable
+from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
+
+CHUNK = 256 << 10  # bytes read at a time: stays in L2 for the several passes over it
+RELEASE = 16 << 20  # pages read are given back this often
+
+
+def _crc32_function() -> Callable[[Any, int], int]:
+    """ISA-L's CRC-32 where installed (about 3x zlib 1.2's here; benchmarks/RESULTS.md)."""
+    try:
+        from isal.isal_zlib import crc32 as fast
+    except ImportError:
+        return zlib.crc32
+    return fast  # type: ignore[no-any-return]
+
+
+crc32 = _crc32_function()
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_LOCAL_MAGIC = 0x04034B50
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a checkpoint, naming the file and, where there is one, the tensor."""
+
+    file: str
+    """The file, relative to the path verified."""
+    tensor: str | None
+    """The tensor (key path joined by '/'), or None for a file-level problem."""
+    kind: str
+    """``crc``, ``truncated``, ``bounds``, ``unreadable``, ``nan``, ``inf``, ``zero``, ``incomplete``."""
+    message: str
+    """One line."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return {
+            "file": self.file,
+            "tensor": self.tensor,
+            "kind": self.kind,
+            "message": self.message,
+        }
+
+    def line(self) -> str:
+        """``file: tensor 'x': message``."""
+        where = f"{self.file}: tensor {self.tensor!r}" if self.tensor else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class _Range:
+    """A contiguous byte range of one tensor (or of several records viewing the same bytes)."""
+
+    start: int
+    end: int
+    stats: Stats | None
+    records: list[TensorRecord]
+
+
+@dataclass
+class _Region:
+    """A run of bytes read in one go: a zip record, a legacy storage, a safetensors tensor."""
+
+    name: str
+    start: int
+    length: int
+    crc: int | None
+    ranges: list[_Range] = field(default_factory=list)
+    strided: list[TensorRecord] = field(default_factory=list)
+
+
+@dataclass
+class _FilePlan:
+    path: Path
+    rel: str
+    index: FileIndex
+    categories: dict[str, Category]
+    regions: list[_Region] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, Stats | None] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.length for r in self.regions)
+
+
+def verify(
+    path: str | os.PathLike[str], *, cancel: threading.Event | None = None
+) -> Iterator[Event]:
+    """Verify every checkpoint under `path`; the ``done`` event carries the report (`report`)."""
+    t0 = time.monotonic()
+    p = Path(path)
+    if not p.exists():
+        raise JobError(f"{p}: no such file or folder")
+    try:
+        inv = scan(p)
+    except OSError as exc:
+        raise JobError(str(exc)) from None
+    groups = _groups(inv, p)
+    if not groups:
+        raise JobError(f"{p}: no checkpoint found")
+    plans = [(ckpt, [_plan(inv, p, Path(f)) for f in files]) for ckpt, files in groups]
+    total = sum(fp.nbytes for _, fps in plans for fp in fps)
+    yield Event(
+        "start",
+        "verify",
+        0,
+        total,
+        f"verify {p.name or p}: {len(plans)} checkpoint(s)",
+        {"path": str(p), "checkpoints": len(plans)},
+    )
+    clock = ProgressClock("verify", total)
+    done = 0
+    results = []
+    for ckpt, fps in plans:
+        for fp in fps:
+            for now in _stream(fp, done, cancel):
+                done = now
+                event = clock.tick(done, fp.rel)
+                if event is not None:
+                    yield event
+        result = _verdict(inv, p, ckpt, fps)
+        results.append(result)
+        state = "healthy" if result["healthy"] else f"{len(result['problems'])} problem(s)"
+        yield Event("log", "verify", done, total, f"{result['path'] or p.name}: {state}")
+    event = clock.flush()
+    if event is not None:
+        yield event
+    report = {
+        "path": str(p),
+        "healthy": all(r["healthy"] for r in results),
+        "bytes_read": done,
+        "seconds": round(time.monotonic() - t0, 3),
+        "checkpoints": results,
+    }
+    bad = sum(not r["healthy"] for r in results)
+    yield Event(
+        "done",
+        "verify",
+        done,
+        total,
+        f"verified {len(results)} checkpoint(s), {done} bytes: "
+        + ("all healthy" if not bad else f"{bad} with problems"),
+        report,
+    )
+
+
+# ---------------------------------------------------------------------- what to read
+
+
+def _groups(inv: Inventory, p: Path) -> list[tuple[Checkpoint, list[str]]]:
+    out = [(c, [f for f in c.files if f in inv.files]) for c in inv.checkpoints]
+    if not out and p.is_file():
+        key = os.path.abspath(p)
+        inv.files[key] = read_file(p)
+        out = [(Checkpoint(key, "torch", files=[key]), [key])]
+    return out
+
+
+def _rel(root: Path, path: Path) -> str:
+    if root.is_file():
+        return path.name
+    try:
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+    except ValueError:
+        return str(path)
+    return "" if rel == "." else rel
+
+
+def _plan(inv: Inventory, root: Path, path: Path) -> _FilePlan:
+    key = os.path.abspath(path)
+    index = inv.files.get(key) or read_file(path)
+    cats = {r.name: r.category for r in inv.records.get(key, [])}
+    fp = _FilePlan(path, _rel(root, path), index, cats)
+    if index.error:
+        fp.problems.extend(_unreadable(fp))
+        return fp
+    try:
+        if index.format == "torch-zip":
+            _plan_zip(fp)
+        elif index.format == "torch-legacy":
+            offsets = index.metadata.get("storage_offsets", {})
+            for key_, nbytes in index.storages.items():
+                if key_ in offsets:
+                    fp.regions.append(_Region(f"storage {key_}", offsets[key_], nbytes, None))
+            _attach(fp, {r.name[len("storage ") :]: r for r in fp.regions})
+        elif index.format == "safetensors":
+            _plan_safetensors(fp)
+    except OSError as exc:
+        fp.regions.clear()
+        fp.problems.append(Problem(fp.rel, None, "unreadable", exc.strerror or str(exc)))
+    fp.regions.sort(key=lambda r: r.start)
+    return fp
+
+
+def _unreadable(fp: _FilePlan) -> list[Problem]:
+    error = fp.index.error or ""
+    if fp.index.format == "torch-zip":
+        walked = _walk_cut_zip(fp)
+        if walked:
+            return walked
+    kind = "truncated" if ("truncated" in error or "past the end" in error) else "unreadable"
+    named = re.search(r"tensor (['\"])(.*?)\1", error)
+    return [Problem(fp.rel, named.group(2) if named else None, kind, error)]
+
+
+def _plan_zip(fp: _FilePlan) -> None:
+    root = fp.index.metadata.get("root", "")
+    prefix = f"{root}/data/"
+    size = fp.index.size
+    with open(fp.path, "rb") as f:
+        try:
+            infos = zipfile.ZipFile(f).infolist()
+        except zipfile.BadZipFile as exc:
+            fp.problems.append(Problem(fp.rel, None, "unreadable", f"damaged zip ({exc})"))
+            return
+        by_key: dict[str, _Region] = {}
+        for info in infos:
+            head = os.pread(f.fileno(), _LOCAL.size, info.header_offset)
+            if len(head) < _LOCAL.size or _LOCAL.unpack(head)[0] != _LOCAL_MAGIC:
+                fp.problems.append(
+                    Problem(
+                        fp.rel,
+                        None,
+                        "bounds",
+                        f"record {info.filename}: no local header at byte {info.header_offset}",
+                    )
+                )
+                continue
+            fields = _LOCAL.unpack(head)
+            start = info.header_offset + _LOCAL.size + fields[9] + fields[10]
+            if start + info.compress_size > size:
+                fp.problems.append(
+                    Problem(
+                        fp.rel,
+                        None,
+                        "truncated",
+                        f"record {info.filename} ends at byte {start + info.compress_size}, "
+                        f"past the end of the file ({size} bytes)",
+                    )
+                )
+                continue
+            crc: int | None = info.CRC
+            if info.CRC == 0 and info.file_size:
+                fp.notes.append(f"{info.filename}: no CRC-32 recorded (saved without it)")
+                crc = None
+            if info.compress_type != zipfile.ZIP_STORED:
+                crc = None  # the CRC is of the uncompressed bytes; torch.save never compresses
+                fp.notes.append(f"{info.filename}: compressed, CRC not checked")
+            region = _Region(f"record {info.filename}", start, info.compress_size, crc)
+            fp.regions.append(region)
+            if info.filename.startswith(prefix) and info.compress_type == zipfile.ZIP_STORED:
+                by_key[info.filename[len(prefix) :]] = region
+    _attach(fp, by_key)
+
+
+def _attach(fp: _FilePlan, regions: dict[str, _Region]) -> None:
+    """Give each region the tensors that view it; identical views share one `Stats`."""
+    big = fp.index.metadata.get("byteorder", "little") == "big"
+    seen: dict[tuple[Any, ...], _Range] = {}
+    for rec in fp.index.tensors:
+        region = regions.get(rec.storage or "")
+        if region is None or not readable(rec.dtype):
+            fp.stats[rec.name] = None
+            continue
+        elsize = ELEMENT_SIZE[rec.dtype]
+        ident = (rec.storage, rec.storage_offset, rec.shape, rec.stride, rec.dtype)
+        if ident in seen:
+            seen[ident].records.append(rec)
+            fp.stats[rec.name] = seen[ident].stats
+            continue
+        stats = Stats(rec.dtype, big_endian=big)
+        fp.stats[rec.name] = stats
+        if rec.numel and _contiguous(rec):
+            first = region.start + rec.storage_offset * elsize
+            rng = _Range(first, first + rec.nbytes, stats, [rec])
+            region.ranges.append(rng)
+            seen[ident] = rng
+        elif rec.numel:
+            region.strided.append(rec)
+            seen[ident] = _Range(0, 0, stats, [rec])
+    for region in regions.values():
+        region.ranges.sort(key=lambda r: r.start)
+
+
+def _contiguous(rec: TensorRecord) -> bool:
+    if rec.stride is None:
+        return True
+    expect = 1
+    for d, s in zip(reversed(rec.shape), reversed(rec.stride), strict=True):
+        if d != 1 and s != expect:
+            return False
+        expect *= d
+    return True
+
+
+def _plan_safetensors(fp: _FilePlan) -> None:
+    header_end = 8 + int(fp.index.metadata.get("header_bytes", 0))
+    at = header_end
+    regions: dict[str, _Region] = {}
+    for rec in fp.index.tensors:  # sorted by offset by the reader
+        start = int(rec.data_offset or 0)
+        if start < at:
+            fp.problems.append(
+                Problem(
+                    fp.rel,
+                    rec.name,
+                    "bounds",
+                    f"starts at byte {start}, inside the tensor before it",
+                )
+            )
+        elif start > at:
+            fp.problems.append(
+                Problem(
+                    fp.rel, rec.name, "bounds", f"{start - at} unused bytes before it (byte {at})"
+                )
+            )
+        at = max(at, start + rec.nbytes)
+        regions[rec.name] = _Region(f"tensor {rec.name}", start, rec.nbytes, None)
+        fp.regions.append(regions[rec.name])
+    if at < fp.index.size:
+        fp.problems.append(
+            Problem(
+                fp.rel,
+                None,
+                "bounds",
+                f"{fp.index.size - at} bytes after the last tensor (byte {at}): not a safetensors file "
+                "as written",
+            )
+        )
+    _attach(fp, regions)
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def _stream(fp: _FilePlan, done: int, cancel: threading.Event | None) -> Iterator[int]:
+    """Read each region once in offset order: CRC and statistics; yields bytes done so far.
+
+    The file is mapped read-only and read in place (no copy into a buffer, as cat must make);
+    the pages read are given back every `RELEASE` bytes, so resident memory stays flat.
+    """
+    if not fp.regions:
+        return
+    with open(fp.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != fp.index.size:
+            fp.problems.append(
+                Problem(fp.rel, None, "truncated", f"changed size while being read ({size} bytes)")
+            )
+            return
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            yield from _stream_mapped(fp, mapped, f.fileno(), done, cancel)
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a view is still alive (an exception on its way out): unmapped when it goes
+
+
+def _stream_mapped(
+    fp: _FilePlan, mapped: mmap.mmap, fd: int, done: int, cancel: threading.Event | None
+) -> Iterator[int]:
+    released = 0
+    with memoryview(mapped) as view:
+        for region in fp.regions:
+            check_cancel(cancel)
+            crc = 0
+            pos = region.start
+            end = region.start + region.length
+            ranges = region.ranges
+            i = 0
+            active: list[_Range] = []
+            while pos < end:
+                stop = min(pos + CHUNK, end)
+                chunk = view[pos:stop]
+                if region.crc is not None:
+                    crc = crc32(chunk, crc)
+                while i < len(ranges) and ranges[i].start < stop:
+                    active.append(ranges[i])
+                    i += 1
+                for rng in active:
+                    lo = max(rng.start, pos)
+                    hi = min(rng.end, stop)
+                    if hi > lo and rng.stats is not None:
+                        rng.stats.feed(chunk[lo - pos : hi - pos])
+                active = [r for r in active if r.end > stop]
+                chunk.release()
+                done += stop - pos
+                pos = stop
+                if pos - released >= RELEASE and hasattr(mapped, "madvise"):
+                    lo = released - released % mmap.PAGESIZE
+                    mapped.madvise(mmap.MADV_DONTNEED, lo, pos - pos % mmap.PAGESIZE - lo)
+                    released = pos
+                yield done
+            if region.crc is not None and crc != region.crc:
+                fp.problems.append(
+                    Problem(
+                        fp.rel,
+                        _tensor_of(region),
+                        "crc",
+                        f"{region.name}: CRC-32 {crc:08x} does not match {region.crc:08x} "
+                        "in the archive (bytes changed since it was written)",
+                    )
+                )
+            for rec in region.strided:
+                _feed_strided(fd, region, rec, fp.stats.get(rec.name))
+
+
+def _tensor_of(region: _Region) -> str | None:
+    names = [r.name for rng in region.ranges for r in rng.records] + [
+        r.name for r in region.strided
+    ]
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} sharing its storage)"
+
+
+def _feed_strided(fd: int, region: _Region, rec: TensorRecord, stats: Stats | None) -> None:
+    import numpy as np
+
+    if stats is None or rec.stride is None:
+        return
+    elsize = ELEMENT_SIZE[rec.dtype]
+    raw = os.pread(fd, region.length, region.start)
+    flat = np.frombuffer(raw, dtype=np.uint8)[: region.length - region.length % elsize]
+    items = flat.view(f"V{elsize}")
+    view = np.lib.stride_tricks.as_strided(
+        items[rec.storage_offset :],
+        shape=rec.shape,
+        strides=tuple(s * elsize for s in rec.stride),
+        writeable=False,
+    )
+    stats.feed(np.ascontiguousarray(view).tobytes())
+
+
+# ---------------------------------------------------------------------- a cut-short zip
+
+
+def _walk_cut_zip(fp: _FilePlan) -> list[Problem]:
+    """Name the record (and tensor) where a torch zip cut short ends, from its local headers.
+
+    torch.save writes sizes after each record (a data descriptor, flag bit 3), so a record's
+    length comes from the pickle for storages (``numel x element size``) and from a search for
+    its descriptor for the few small records (``data.pkl``, ``byteorder``, ``version``).
+    """
+    size = fp.index.size
+    sizes: dict[str, int] = {}
+    names: dict[str, list[str]] = {}
+    last = None
+    try:
+        with open(fp.path, "rb") as f:
+            fd = f.fileno()
+            pos = 0
+            while pos + _LOCAL.size <= size:
+                fields = _LOCAL.unpack(os.pread(fd, _LOCAL.size, pos))
+                if fields[0] != _LOCAL_MAGIC:
+                    break
+                flags, csize, nlen, xlen = fields[2], fields[7], fields[9], fields[10]
+                name = os.pread(fd, nlen, pos + _LOCAL.size).decode("utf-8", "replace")
+                extra = os.pread(fd, xlen, pos + _LOCAL.size + nlen)
+                start = pos + _LOCAL.size + nlen + xlen
+                key = name.rsplit("/data/", 1)[-1] if "/data/" in name else None
+                if csize == 0xFFFFFFFF:
+                    csize = _zip64_size(extra, fields[8] == 0xFFFFFFFF)
+                elif flags & 0x08 and key is not None and key in sizes:
+                    csize = sizes[key]
+                elif flags & 0x08:
+                    found = _descriptor(fd, start, size)
+                    if found is None:
+                        return _cut(fp, name, names.get(key or "", []), size)
+                    csize = found
+                if start + csize > size:
+                    return _cut(fp, name, names.get(key or "", []), size)
+                if name.endswith("/data.pkl"):
+                    sizes, names = _storage_tensors(os.pread(fd, csize, start))
+                last = name
+                pos = start + csize
+                if flags & 0x08:
+                    pos += 24 if xlen and _zip64_size(extra, True) else 16
+    except OSError:
+        return []
+    if last is None:
+        return []
+    return [
+        Problem(
+            fp.rel,
+            None,
+            "truncated",
+            f"file cut short after record {last} (byte {size}): the zip's central directory "
+            "is missing",
+        )
+    ]
+
+
+def _cut(fp: _FilePlan, record: str, tensors: list[str], size: int) -> list[Problem]:
+    tensor = None
+    if tensors:
+        more = len(tensors) - 1
+        tensor = tensors[0] + (f" (+{more} sharing its storage)" if more else "")
+    return [
+        Problem(
+            fp.rel,
+            tensor,
+            "truncated",
+            f"record {record} is cut short: the file ends at byte {size}, inside it",
+        )
+    ]
+
+
+def _descriptor(fd: int, start: int, size: int) -> int | None:
+    """Length of the record starting at `start`, from the data descriptor that follows it."""
+    window = os.pread(fd, min(size - start, 64 << 20), start)
+    at = window.find(b"PK\x07\x08")
+    while at >= 0:
+        if at + 16 <= len(window) and struct.unpack_from("<I", window, at + 8)[0] == at:
+            return at
+        at = window.find(b"PK\x07\x08", at + 1)
+    return None
+
+
+def _zip64_size(extra: bytes, has_usize: bool) -> int:
+    at = 0
+    while at + 4 <= len(extra):
+        tag, n = struct.unpack_from("<HH", extra, at)
+        if tag == 0x0001:
+            off = at + 4 + (8 if has_usize else 0)
+            if off + 8 <= at + 4 + n:
+                return int(struct.unpack_from("<Q", extra, off)[0])
+        at += 4 + n
+    return 0
+
+
+def _storage_tensors(raw: bytes) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Storage sizes and storage key -> tensor names, from data.pkl (restricted, runs no code)."""
+    sizes: dict[str, int] = {}
+
+    def persistent(pid: Any) -> StorageRef:
+        ref = storage_from_pid(pid)
+        sizes[ref.key] = ref.nbytes
+        return ref
+
+    try:
+        recs = records_from(restricted_load(raw, persistent).data)
+    except (UnpickleError, FormatError, ValueError):
+        return {}, {}  # a damaged data.pkl only costs us the tensor's name
+    names: dict[str, list[str]] = {}
+    for rec in recs:
+        if rec.storage is not None:
+            names.setdefault(rec.storage, []).append(rec.name)
+    return sizes, names
+
+
+# ---------------------------------------------------------------------- verdicts
+
+
+def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan]) -> dict[str, Any]:
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    files = []
+    broken = {fp.rel for fp in fps if fp.index.error}
+    for text in ckpt.problems:
+        if not any(text.startswith(b + ":") or text.startswith(Path(b).name + ":") for b in broken):
+            problems.append(Problem(_rel(root, Path(ckpt.path)), None, "incomplete", text))
+    for fp in fps:
+        problems.extend(fp.problems)
+        warnings.extend(f"{fp.rel}: {n}" for n in fp.notes)
+        tensors = []
+        for rec in fp.index.tensors:
+            stats = fp.stats.get(rec.name)
+            summary = stats.summary() if stats is not None else None
+            category = fp.categories.get(rec.name, Category.OTHER)
+            if summary is not None:
+                found = _judge(fp.rel, rec, category, summary)
+                for item in found:
+                    if isinstance(item, Problem):
+                        problems.append(item)
+                    else:
+                        warnings.append(item)
+            tensors.append(
+                {
+                    "name": rec.name,
+                    "dtype": rec.dtype,
+                    "shape": list(rec.shape),
+                    "category": category.value,
+                    "stats": summary.to_dict() if summary is not None else None,
+                }
+            )
+        files.append(
+            {
+                "path": fp.rel,
+                "format": fp.index.format,
+                "size": fp.index.size,
+                "records_crc_checked": sum(r.crc is not None for r in fp.regions),
+                "tensors": tensors,
+            }
+        )
+    return {
+        "path": _rel(root, Path(ckpt.path)),
+        "layout": ckpt.layout,
+        "healthy": not problems,
+        "problems": [p.to_dict() for p in problems],
+        "warnings": warnings,
+        "files": files,
+    }
+
+
+_FLOATS = ("float64", "float32", "float16", "bfloat16")
+
+
+def _judge(rel: str, rec: TensorRecord, category: Category, s: Summary) -> list[Problem | str]:
+    """Problems (the checkpoint is not healthy) and notes (worth a look) from one tensor's values.
+
+    NaN/Inf in weights or optimizer state is a problem; in other state (a ``best score`` of
+    ``inf`` kept by a callback) a note. An all-zero weight matrix (``*.weight``, 2-D or more) is
+    a problem; other all-zero weights (biases, zero-initialised parameters) are notes.
+    """
+    out: list[Problem | str] = []
+    if s.nan or s.inf:
+        parts = ([f"{s.nan} NaN"] if s.nan else []) + ([f"{s.inf} Inf"] if s.inf else [])
+        text = f"{' and '.join(parts)} of {s.count} values ({category.value})"
+        if category is Category.OTHER:
+            out.append(f"{rel}: {rec.name}: {text}")
+        else:
+            out.append(Problem(rel, rec.name, "nan" if s.nan else "inf", text))
+    if s.zero and category is Category.WEIGHTS and rec.dtype in _FLOATS:
+        if len(rec.shape) >= 2 and rec.path[-1].split(".")[-1] == "weight":
+            out.append(Problem(rel, rec.name, "zero", f"all {s.count} values are zero"))
+        else:
+            out.append(f"{rel}: {rec.name}: all zero (as zero-initialised parameters are)")
+    return out

@@ -1,0 +1,225 @@
+"""verify on real writers' checkpoints: healthy ones pass, and each kind of damage is named."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import run_cli
+from weights_ref import load
+
+from ckpttui.jobs.events import Event, JobError
+from ckpttui.jobs.runner import ChildJob, JobSpec
+from ckpttui.jobs.source import TensorSource
+from ckpttui.jobs.verify import verify
+
+EP = "funasr/model.pt.ep{}"
+
+
+def report(path: Path) -> dict[str, Any]:
+    """Drain a verify job; check it starts and ends as every job must; its report."""
+    events = list(verify(path))
+    assert events[0].kind == "start" and events[-1].kind == "done"
+    assert all(e.kind in ("log", "progress") for e in events[1:-1])
+    return events[-1].data
+
+
+def problems(path: Path) -> list[tuple[str, str | None, str]]:
+    """(file, tensor, kind) of every problem of the one checkpoint at `path`."""
+    (ckpt,) = report(path)["checkpoints"]
+    assert ckpt["healthy"] is (not ckpt["problems"])
+    return [(p["file"], p["tensor"], p["kind"]) for p in ckpt["problems"]]
+
+
+def record_offset(path: Path, name: str) -> int:
+    """Byte offset in `path` of the storage holding tensor `name` (a key path joined by '/')."""
+    with TensorSource(path) as src:
+        rec = next(r for r in src.records if r.name == name)
+        return src._offsets[rec.storage or ""] + rec.storage_offset * 4
+
+
+@pytest.mark.parametrize(
+    "folder", ["funasr", "fairseq", "speechbrain", "wenet_v2", "lightning", "whisper_adapters"]
+)
+def test_real_toolkit_checkpoints_are_healthy(tk_root: Path, folder: str) -> None:
+    data = report(tk_root / folder)
+    assert data["checkpoints"] and data["healthy"], [
+        p for c in data["checkpoints"] for p in c["problems"]
+    ]
+    zips = [f for c in data["checkpoints"] for f in c["files"] if f["format"] == "torch-zip"]
+    assert zips and all(f["records_crc_checked"] > 0 for f in zips)
+
+
+def test_hf_trainer_and_safetensors_are_healthy(hf_root: Path) -> None:
+    data = report(hf_root)
+    formats = {f["format"] for c in data["checkpoints"] for f in c["files"]}
+    assert "safetensors" in formats
+    assert data["healthy"], [p for c in data["checkpoints"] for p in c["problems"]]
+
+
+def test_statistics_agree_with_torch(tk_root: Path) -> None:
+    path = tk_root / EP.format(2)
+    (ckpt,) = report(path)["checkpoints"]
+    state = load(path)
+    stats = {t["name"]: t for f in ckpt["files"] for t in f["tensors"]}
+    weights = state["state_dict"]
+    assert len([t for t in stats.values() if t["category"] == "weights"]) == len(weights)
+    moments = [k for k in stats if k.startswith("optimizer/state/") and k.endswith("exp_avg_sq")]
+    assert moments and all(stats[k]["category"] == "optimizer" for k in moments)
+    for key, value in weights.items():
+        ours = stats[f"state_dict/{key}"]["stats"]
+        ref = value.double().reshape(-1)
+        assert ours["count"] == ref.numel() and ours["nan"] == 0 and ours["inf"] == 0
+        assert ours["min"] == float(ref.min()) and ours["max"] == float(ref.max()), key
+        mean = float(ref.mean())
+        std = float(ref.std(unbiased=False)) if ref.numel() > 1 else 0.0
+        norm = float(ref.norm())
+        assert math.isclose(ours["mean"], mean, rel_tol=1e-5, abs_tol=1e-6 * (std + 1e-30)), key
+        assert math.isclose(ours["std"], std, rel_tol=1e-4, abs_tol=1e-7), key
+        assert math.isclose(ours["norm"], norm, rel_tol=1e-5), key
+
+
+def test_nan_and_inf_named_in_weights_and_optimizer_moments(tk_root: Path, tmp_path: Path) -> None:
+    state = load(tk_root / EP.format(1))
+    weight = "encoder.encoders0.0.feed_forward.w_1.weight"
+    state["state_dict"][weight][0, :3] = float("nan")
+    state["state_dict"][weight][1, 0] = float("inf")
+    moment = state["optimizer"]["state"][0]["exp_avg_sq"]
+    moment.view(-1)[:2] = float("-inf")
+    bad = tmp_path / "model.pt.ep1"
+    torch.save(state, bad)
+    (ckpt,) = report(bad)["checkpoints"]
+    found = {(p["tensor"], p["kind"]): p["message"] for p in ckpt["problems"]}
+    assert found[(f"state_dict/{weight}", "nan")].startswith("3 NaN and 1 Inf of ")
+    assert found[("optimizer/state/0/exp_avg_sq", "inf")].startswith("2 Inf of ")
+    assert all(p["file"] == "model.pt.ep1" for p in ckpt["problems"])
+    stats = {t["name"]: t["stats"] for t in ckpt["files"][0]["tensors"]}
+    finite = state["state_dict"][weight].double()
+    finite = finite[torch.isfinite(finite)]
+    assert stats[f"state_dict/{weight}"]["max"] == float(finite.max())
+
+
+def test_flipped_byte_is_a_crc_mismatch_naming_file_and_tensor(
+    tk_root: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "checkpoint2.pt"
+    shutil.copy(tk_root / "fairseq" / "checkpoint2.pt", bad)
+    state = load(bad)
+    name = next(k for k, v in state["model"].items() if v.numel() > 64)
+    at = record_offset(bad, f"model/{name}") + 17
+    with open(bad, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert ("checkpoint2.pt", f"model/{name}", "crc") in problems(bad)
+    (ckpt,) = report(bad)["checkpoints"]
+    (crc,) = [p for p in ckpt["problems"] if p["kind"] == "crc"]
+    assert "does not match" in crc["message"] and "/data/" in crc["message"]
+
+
+def test_truncated_record_names_the_tensor(tk_root: Path, tmp_path: Path) -> None:
+    src = tk_root / EP.format(3)
+    state = load(src)
+    name = "encoder.encoders0.0.feed_forward.w_2.weight"
+    cut_at = record_offset(src, f"state_dict/{name}") + 100
+    bad = tmp_path / "model.pt.ep3"
+    bad.write_bytes(src.read_bytes()[:cut_at])
+    assert problems(bad) == [("model.pt.ep3", f"state_dict/{name}", "truncated")]
+    assert state["state_dict"][name].numel() * 4 > 100
+    # Cut after the last record: the central directory is what is missing.
+    whole = src.read_bytes()
+    with zipfile.ZipFile(src) as z:
+        end = max(i.header_offset for i in z.infolist())
+    tail = tmp_path / "tail" / "model.pt.ep3"
+    tail.parent.mkdir()
+    tail.write_bytes(whole[: end + 200])
+    (ckpt,) = report(tail)["checkpoints"]
+    assert [p["kind"] for p in ckpt["problems"]] == ["truncated"]
+
+
+def test_truncated_safetensors_names_the_tensor(hf_root: Path, tmp_path: Path) -> None:
+    src = next(p for p in sorted(hf_root.rglob("model.safetensors")))
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(src.read_bytes()[:-10])
+    found = problems(bad)
+    assert len(found) == 1 and found[0][0] == "model.safetensors"
+    assert found[0][1] is not None and found[0][2] == "truncated"
+
+
+def test_all_zero_weight_matrix_is_a_problem(tk_root: Path, tmp_path: Path) -> None:
+    state = load(tk_root / "wenet_v2" / "2.pt")
+    name = next(k for k, v in state.items() if k.endswith(".weight") and v.dim() == 2)
+    state[name].zero_()
+    bias = name.removesuffix(".weight") + ".bias"
+    state[bias].zero_()
+    bad = tmp_path / "2.pt"
+    torch.save(state, bad)
+    assert problems(bad) == [("2.pt", name, "zero")]
+    (ckpt,) = report(bad)["checkpoints"]
+    assert any(bias in w for w in ckpt["warnings"])
+
+
+def test_cli_exit_codes_and_json(tk_root: Path, tmp_path: Path) -> None:
+    ok = run_cli("verify", str(tk_root / "funasr"))
+    assert ok.returncode == 0, ok.stderr
+    assert "model.pt.ep3 (funasr): healthy" in ok.stdout
+    state = load(tk_root / EP.format(1))
+    state["state_dict"]["encoder.encoders0.0.norm1.weight"][0] = float("nan")
+    torch.save(state, tmp_path / "model.pt.ep1")
+    bad = run_cli("verify", str(tmp_path), "--json")
+    assert bad.returncode == 1
+    doc = json.loads(bad.stdout)
+    assert doc["healthy"] is False
+    (p,) = doc["checkpoints"][0]["problems"]
+    assert p["tensor"] == "state_dict/encoder.encoders0.0.norm1.weight" and p["kind"] == "nan"
+    assert "nan" in run_cli("verify", str(tmp_path)).stdout
+    assert run_cli("verify").returncode == 2
+    missing = run_cli("verify", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "nope: no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_missing_path_is_a_job_error(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="no such file"):
+        list(verify(tmp_path / "nope.pt"))
+
+
+def test_runs_in_the_job_child_process(tk_root: Path) -> None:
+    job = ChildJob(JobSpec("verify", {"path": str(tk_root / EP.format(1))}))
+    events: list[Event] = list(job.events())
+    assert events[-1].kind == "done" and events[-1].data["healthy"] is True
+    assert job.spec.title == "verify model.pt.ep1"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
+def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> None:
+    from ckpttui.jobs.tensorstats import Stats
+
+    gen = torch.Generator().manual_seed(1)
+    values = 1.0 + torch.randn(10_001, generator=gen, dtype=torch.float64) * 1e-2
+    if dtype == torch.int64:
+        values = values * 1000
+    t = values.to(dtype)
+    if dtype.is_floating_point:
+        t[7], t[900] = float("nan"), float("-inf")
+    raw = t.view(torch.uint8).numpy().tobytes()
+    stats = Stats(str(dtype).removeprefix("torch."))
+    size = t.element_size()
+    for cut in range(0, len(raw), 333 * size):  # odd pieces, whole elements
+        stats.feed(raw[cut : cut + 333 * size])
+    s = stats.summary()
+    ref = t.double()
+    finite = ref[torch.isfinite(ref)]
+    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
+    assert s.inf == int(ref.isinf().sum())
+    assert s.min == float(finite.min()) and s.max == float(finite.max())
+    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7)
+    assert s.std == pytest.approx(float(finite.std(unbiased=False)), rel=1e-4)
+    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6)
