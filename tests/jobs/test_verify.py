@@ -142,6 +142,13 @@ def test_truncated_record_names_the_tensor(tk_root: Path, tmp_path: Path) -> Non
     tail.write_bytes(whole[: end + 200])
     (ckpt,) = report(tail)["checkpoints"]
     assert [p["kind"] for p in ckpt["problems"]] == ["truncated"]
+    # Cut inside data.pkl, the first record: no tensor to name, the record still named.
+    head = tmp_path / "head" / "model.pt.ep3"
+    head.parent.mkdir()
+    head.write_bytes(whole[:200])
+    (ckpt,) = report(head)["checkpoints"]
+    (p,) = ckpt["problems"]
+    assert p["kind"] == "truncated" and p["tensor"] is None and "data.pkl" in p["message"]
 
 
 def test_truncated_safetensors_names_the_tensor(hf_root: Path, tmp_path: Path) -> None:
