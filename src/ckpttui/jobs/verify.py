@@ -233,7 +233,8 @@ def _plan(inv: Inventory, root: Path, path: Path) -> _FilePlan:
 
 def _unreadable(fp: _FilePlan) -> list[Problem]:
     error = fp.index.error or ""
-    cut = find_cut(fp.path, fp.index.size) if fp.index.format == "torch-zip" else None
+    damaged = "truncated" in error or "damaged" in error or "past the end" in error
+    cut = find_cut(fp.path, fp.index.size) if fp.index.format == "torch-zip" and damaged else None
     if cut is not None and cut.record is not None:
         more = len(cut.tensors) - 1
         tensor = None

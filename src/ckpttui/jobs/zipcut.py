@@ -28,6 +28,7 @@ from ckpttui.formats.unpickler import StorageRef, UnpickleError, restricted_load
 
 LOCAL = struct.Struct("<IHHHHHIIIHH")
 LOCAL_MAGIC = 0x04034B50
+_CENTRAL_MAGIC = 0x02014B50
 _DESCRIPTOR_MAGIC = b"PK\x07\x08"
 _SEARCH = 64 << 20  # small records only are searched for their descriptor
 
@@ -55,6 +56,8 @@ def find_cut(path: Path, size: int) -> Cut | None:
             pos = 0
             while pos + LOCAL.size <= size:
                 fields = LOCAL.unpack(os.pread(fd, LOCAL.size, pos))
+                if fields[0] == _CENTRAL_MAGIC:
+                    return None  # the central directory is there: not a file cut short
                 if fields[0] != LOCAL_MAGIC:
                     break
                 flags, csize, nlen, xlen = fields[2], fields[7], fields[9], fields[10]
