@@ -112,6 +112,7 @@ class _FilePlan:
     rel: str
     index: FileIndex
     categories: dict[str, Category]
+    parts: dict[str, str] = field(default_factory=dict)
     regions: list[_Region] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -208,8 +209,9 @@ def _rel(root: Path, path: Path) -> str:
 def _plan(inv: Inventory, root: Path, path: Path) -> _FilePlan:
     key = os.path.abspath(path)
     index = inv.files.get(key) or read_file(path)
-    cats = {r.name: r.category for r in inv.records.get(key, [])}
-    fp = _FilePlan(path, _rel(root, path), index, cats)
+    classified = inv.records.get(key, [])
+    cats = {r.name: r.category for r in classified}
+    fp = _FilePlan(path, _rel(root, path), index, cats, {r.name: r.part for r in classified})
     if index.error:
         fp.problems.extend(_unreadable(fp))
         return fp
@@ -517,7 +519,7 @@ def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan])
             summary = stats.summary() if stats is not None else None
             category = fp.categories.get(rec.name, Category.OTHER)
             if summary is not None:
-                found = _judge(fp.rel, rec, category, summary)
+                found = _judge(fp.rel, rec, category, fp.parts.get(rec.name, ""), summary)
                 for item in found:
                     if isinstance(item, Problem):
                         problems.append(item)
@@ -554,12 +556,17 @@ def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan])
 _FLOATS = ("float64", "float32", "float16", "bfloat16")
 
 
-def _judge(rel: str, rec: TensorRecord, category: Category, s: Summary) -> list[Problem | str]:
+def _judge(
+    rel: str, rec: TensorRecord, category: Category, part: str, s: Summary
+) -> list[Problem | str]:
     """Problems (the checkpoint is not healthy) and notes (worth a look) from one tensor's values.
 
     NaN/Inf in weights or optimizer state is a problem; in other state (a ``best score`` of
-    ``inf`` kept by a callback) a note. An all-zero weight matrix (``*.weight``, 2-D or more) is
-    a problem; other all-zero weights (biases, zero-initialised parameters) are notes.
+    ``inf`` kept by a callback) a note, and in a flat fp32 master partition (part ``master``) a
+    note too: such partitions are padded for alignment with memory never written (ZeRO's, seen
+    with one NaN in 102 values), so only the consolidated weights can tell. An all-zero weight
+    matrix (``*.weight``, 2-D or more) is a problem; other all-zero weights (biases,
+    zero-initialised parameters) are notes.
     """
     out: list[Problem | str] = []
     if s.nan or s.inf:
@@ -567,6 +574,11 @@ def _judge(rel: str, rec: TensorRecord, category: Category, s: Summary) -> list[
         text = f"{' and '.join(parts)} of {s.count} values ({category.value})"
         if category is Category.OTHER:
             out.append(f"{rel}: {rec.name}: {text}")
+        elif part == "master" and len(rec.shape) == 1:
+            out.append(
+                f"{rel}: {rec.name}: {text} in a flat master partition, whose alignment padding "
+                "is never written: merge it and verify the result to know"
+            )
         else:
             out.append(Problem(rel, rec.name, "nan" if s.nan else "inf", text))
     if s.zero and category is Category.WEIGHTS and rec.dtype in _FLOATS:
