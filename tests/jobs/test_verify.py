@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import malicious_pickle, run_cli, torch_zip_bytes
 from weights_ref import load
 
 from ckpttui.jobs.events import Event, JobError
@@ -60,6 +60,15 @@ def test_hf_trainer_and_safetensors_are_healthy(hf_root: Path) -> None:
     data = report(hf_root)
     formats = {f["format"] for c in data["checkpoints"] for f in c["files"]}
     assert "safetensors" in formats
+    assert data["healthy"], [p for c in data["checkpoints"] for p in c["problems"]]
+
+
+def test_deepspeed_rank_files_are_healthy(ds_root: Path) -> None:
+    data = report(ds_root)
+    layouts = {c["layout"] for c in data["checkpoints"]}
+    assert "deepspeed" in layouts
+    dtypes = {t["dtype"] for c in data["checkpoints"] for f in c["files"] for t in f["tensors"]}
+    assert "bfloat16" in dtypes
     assert data["healthy"], [p for c in data["checkpoints"] for p in c["problems"]]
 
 
@@ -142,6 +151,13 @@ def test_truncated_record_names_the_tensor(tk_root: Path, tmp_path: Path) -> Non
     tail.write_bytes(whole[: end + 200])
     (ckpt,) = report(tail)["checkpoints"]
     assert [p["kind"] for p in ckpt["problems"]] == ["truncated"]
+    # Cut inside data.pkl, the first record: no tensor to name, the record still named.
+    head = tmp_path / "head" / "model.pt.ep3"
+    head.parent.mkdir()
+    head.write_bytes(whole[:200])
+    (ckpt,) = report(head)["checkpoints"]
+    (p,) = ckpt["problems"]
+    assert p["kind"] == "truncated" and p["tensor"] is None and "data.pkl" in p["message"]
 
 
 def test_truncated_safetensors_names_the_tensor(hf_root: Path, tmp_path: Path) -> None:
@@ -184,6 +200,17 @@ def test_cli_exit_codes_and_json(tk_root: Path, tmp_path: Path) -> None:
     missing = run_cli("verify", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "nope: no such file" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_pickle_that_would_run_code_is_unhealthy_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(torch_zip_bytes(malicious_pickle(marker)))
+    (p,) = problems(bad)
+    assert p == ("model.pt", None, "unreadable")
+    (ckpt,) = report(bad)["checkpoints"]
+    assert "would run code" in ckpt["problems"][0]["message"]
+    assert not marker.exists()
 
 
 def test_missing_path_is_a_job_error(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import mmap
 import os
 import re
-import struct
 import threading
 import time
 import zipfile
@@ -31,18 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpttui.formats import FormatError, read_file
-from ckpttui.formats.torch_zip import records_from
+from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import (
     ELEMENT_SIZE,
-    StorageRef,
-    UnpickleError,
-    restricted_load,
-    storage_from_pid,
 )
 from ckpttui.inventory import Inventory, scan
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.tensorstats import Stats, Summary, readable
+from ckpttui.jobs.zipcut import LOCAL, LOCAL_MAGIC, find_cut
 from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 256 << 10  # bytes read at a time: stays in L2 for the several passes over it
@@ -59,9 +54,6 @@ def _crc32_function() -> Callable[[Any, int], int]:
 
 
 crc32 = _crc32_function()
-
-_LOCAL = struct.Struct("<IHHHHHIIIHH")
-_LOCAL_MAGIC = 0x04034B50
 
 
 @dataclass
@@ -120,6 +112,7 @@ class _FilePlan:
     rel: str
     index: FileIndex
     categories: dict[str, Category]
+    parts: dict[str, str] = field(default_factory=dict)
     regions: list[_Region] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -216,8 +209,9 @@ def _rel(root: Path, path: Path) -> str:
 def _plan(inv: Inventory, root: Path, path: Path) -> _FilePlan:
     key = os.path.abspath(path)
     index = inv.files.get(key) or read_file(path)
-    cats = {r.name: r.category for r in inv.records.get(key, [])}
-    fp = _FilePlan(path, _rel(root, path), index, cats)
+    classified = inv.records.get(key, [])
+    cats = {r.name: r.category for r in classified}
+    fp = _FilePlan(path, _rel(root, path), index, cats, {r.name: r.part for r in classified})
     if index.error:
         fp.problems.extend(_unreadable(fp))
         return fp
@@ -241,10 +235,32 @@ def _plan(inv: Inventory, root: Path, path: Path) -> _FilePlan:
 
 def _unreadable(fp: _FilePlan) -> list[Problem]:
     error = fp.index.error or ""
-    if fp.index.format == "torch-zip":
-        walked = _walk_cut_zip(fp)
-        if walked:
-            return walked
+    damaged = "truncated" in error or "damaged" in error or "past the end" in error
+    cut = find_cut(fp.path, fp.index.size) if fp.index.format == "torch-zip" and damaged else None
+    if cut is not None and cut.record is not None:
+        more = len(cut.tensors) - 1
+        tensor = None
+        if cut.tensors:
+            tensor = cut.tensors[0] + (f" (+{more} sharing its storage)" if more > 0 else "")
+        return [
+            Problem(
+                fp.rel,
+                tensor,
+                "truncated",
+                f"record {cut.record} is cut short: the file ends at byte {fp.index.size}, "
+                "inside it",
+            )
+        ]
+    if cut is not None:
+        return [
+            Problem(
+                fp.rel,
+                None,
+                "truncated",
+                f"file cut short after record {cut.last} (byte {fp.index.size}): the zip's "
+                "central directory is missing",
+            )
+        ]
     kind = "truncated" if ("truncated" in error or "past the end" in error) else "unreadable"
     named = re.search(r"tensor (['\"])(.*?)\1", error)
     return [Problem(fp.rel, named.group(2) if named else None, kind, error)]
@@ -262,8 +278,8 @@ def _plan_zip(fp: _FilePlan) -> None:
             return
         by_key: dict[str, _Region] = {}
         for info in infos:
-            head = os.pread(f.fileno(), _LOCAL.size, info.header_offset)
-            if len(head) < _LOCAL.size or _LOCAL.unpack(head)[0] != _LOCAL_MAGIC:
+            head = os.pread(f.fileno(), LOCAL.size, info.header_offset)
+            if len(head) < LOCAL.size or LOCAL.unpack(head)[0] != LOCAL_MAGIC:
                 fp.problems.append(
                     Problem(
                         fp.rel,
@@ -273,8 +289,8 @@ def _plan_zip(fp: _FilePlan) -> None:
                     )
                 )
                 continue
-            fields = _LOCAL.unpack(head)
-            start = info.header_offset + _LOCAL.size + fields[9] + fields[10]
+            fields = LOCAL.unpack(head)
+            start = info.header_offset + LOCAL.size + fields[9] + fields[10]
             if start + info.compress_size > size:
                 fp.problems.append(
                     Problem(
@@ -483,123 +499,6 @@ def _feed_strided(fd: int, region: _Region, rec: TensorRecord, stats: Stats | No
     stats.feed(np.ascontiguousarray(view).tobytes())
 
 
-# ---------------------------------------------------------------------- a cut-short zip
-
-
-def _walk_cut_zip(fp: _FilePlan) -> list[Problem]:
-    """Name the record (and tensor) where a torch zip cut short ends, from its local headers.
-
-    torch.save writes sizes after each record (a data descriptor, flag bit 3), so a record's
-    length comes from the pickle for storages (``numel x element size``) and from a search for
-    its descriptor for the few small records (``data.pkl``, ``byteorder``, ``version``).
-    """
-    size = fp.index.size
-    sizes: dict[str, int] = {}
-    names: dict[str, list[str]] = {}
-    last = None
-    try:
-        with open(fp.path, "rb") as f:
-            fd = f.fileno()
-            pos = 0
-            while pos + _LOCAL.size <= size:
-                fields = _LOCAL.unpack(os.pread(fd, _LOCAL.size, pos))
-                if fields[0] != _LOCAL_MAGIC:
-                    break
-                flags, csize, nlen, xlen = fields[2], fields[7], fields[9], fields[10]
-                name = os.pread(fd, nlen, pos + _LOCAL.size).decode("utf-8", "replace")
-                extra = os.pread(fd, xlen, pos + _LOCAL.size + nlen)
-                start = pos + _LOCAL.size + nlen + xlen
-                key = name.rsplit("/data/", 1)[-1] if "/data/" in name else None
-                if csize == 0xFFFFFFFF:
-                    csize = _zip64_size(extra, fields[8] == 0xFFFFFFFF)
-                elif flags & 0x08 and key is not None and key in sizes:
-                    csize = sizes[key]
-                elif flags & 0x08:
-                    found = _descriptor(fd, start, size)
-                    if found is None:
-                        return _cut(fp, name, names.get(key or "", []), size)
-                    csize = found
-                if start + csize > size:
-                    return _cut(fp, name, names.get(key or "", []), size)
-                if name.endswith("/data.pkl"):
-                    sizes, names = _storage_tensors(os.pread(fd, csize, start))
-                last = name
-                pos = start + csize
-                if flags & 0x08:
-                    pos += 24 if xlen and _zip64_size(extra, True) else 16
-    except OSError:
-        return []
-    if last is None:
-        return []
-    return [
-        Problem(
-            fp.rel,
-            None,
-            "truncated",
-            f"file cut short after record {last} (byte {size}): the zip's central directory "
-            "is missing",
-        )
-    ]
-
-
-def _cut(fp: _FilePlan, record: str, tensors: list[str], size: int) -> list[Problem]:
-    tensor = None
-    if tensors:
-        more = len(tensors) - 1
-        tensor = tensors[0] + (f" (+{more} sharing its storage)" if more else "")
-    return [
-        Problem(
-            fp.rel,
-            tensor,
-            "truncated",
-            f"record {record} is cut short: the file ends at byte {size}, inside it",
-        )
-    ]
-
-
-def _descriptor(fd: int, start: int, size: int) -> int | None:
-    """Length of the record starting at `start`, from the data descriptor that follows it."""
-    window = os.pread(fd, min(size - start, 64 << 20), start)
-    at = window.find(b"PK\x07\x08")
-    while at >= 0:
-        if at + 16 <= len(window) and struct.unpack_from("<I", window, at + 8)[0] == at:
-            return at
-        at = window.find(b"PK\x07\x08", at + 1)
-    return None
-
-
-def _zip64_size(extra: bytes, has_usize: bool) -> int:
-    at = 0
-    while at + 4 <= len(extra):
-        tag, n = struct.unpack_from("<HH", extra, at)
-        if tag == 0x0001:
-            off = at + 4 + (8 if has_usize else 0)
-            if off + 8 <= at + 4 + n:
-                return int(struct.unpack_from("<Q", extra, off)[0])
-        at += 4 + n
-    return 0
-
-
-def _storage_tensors(raw: bytes) -> tuple[dict[str, int], dict[str, list[str]]]:
-    """Storage sizes and storage key -> tensor names, from data.pkl (restricted, runs no code)."""
-    sizes: dict[str, int] = {}
-
-    def persistent(pid: Any) -> StorageRef:
-        ref = storage_from_pid(pid)
-        sizes[ref.key] = ref.nbytes
-        return ref
-
-    try:
-        recs = records_from(restricted_load(raw, persistent).data)
-    except (UnpickleError, FormatError, ValueError):
-        return {}, {}  # a damaged data.pkl only costs us the tensor's name
-    names: dict[str, list[str]] = {}
-    for rec in recs:
-        if rec.storage is not None:
-            names.setdefault(rec.storage, []).append(rec.name)
-    return sizes, names
-
-
 # ---------------------------------------------------------------------- verdicts
 
 
@@ -620,7 +519,7 @@ def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan])
             summary = stats.summary() if stats is not None else None
             category = fp.categories.get(rec.name, Category.OTHER)
             if summary is not None:
-                found = _judge(fp.rel, rec, category, summary)
+                found = _judge(fp.rel, rec, category, fp.parts.get(rec.name, ""), summary)
                 for item in found:
                     if isinstance(item, Problem):
                         problems.append(item)
@@ -657,12 +556,17 @@ def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan])
 _FLOATS = ("float64", "float32", "float16", "bfloat16")
 
 
-def _judge(rel: str, rec: TensorRecord, category: Category, s: Summary) -> list[Problem | str]:
+def _judge(
+    rel: str, rec: TensorRecord, category: Category, part: str, s: Summary
+) -> list[Problem | str]:
     """Problems (the checkpoint is not healthy) and notes (worth a look) from one tensor's values.
 
     NaN/Inf in weights or optimizer state is a problem; in other state (a ``best score`` of
-    ``inf`` kept by a callback) a note. An all-zero weight matrix (``*.weight``, 2-D or more) is
-    a problem; other all-zero weights (biases, zero-initialised parameters) are notes.
+    ``inf`` kept by a callback) a note, and in a flat fp32 master partition (part ``master``) a
+    note too: such partitions are padded for alignment with memory never written (ZeRO's, seen
+    with one NaN in 102 values), so only the consolidated weights can tell. An all-zero weight
+    matrix (``*.weight``, 2-D or more) is a problem; other all-zero weights (biases,
+    zero-initialised parameters) are notes.
     """
     out: list[Problem | str] = []
     if s.nan or s.inf:
@@ -670,6 +574,11 @@ def _judge(rel: str, rec: TensorRecord, category: Category, s: Summary) -> list[
         text = f"{' and '.join(parts)} of {s.count} values ({category.value})"
         if category is Category.OTHER:
             out.append(f"{rel}: {rec.name}: {text}")
+        elif part == "master" and len(rec.shape) == 1:
+            out.append(
+                f"{rel}: {rec.name}: {text} in a flat master partition, whose alignment padding "
+                "is never written: merge it and verify the result to know"
+            )
         else:
             out.append(Problem(rel, rec.name, "nan" if s.nan else "inf", text))
     if s.zero and category is Category.WEIGHTS and rec.dtype in _FLOATS:
