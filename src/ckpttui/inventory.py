@@ -17,11 +17,12 @@ from typing import Any
 
 from ckpttui.accounting import Breakdown, breakdown, classify
 from ckpttui.formats import is_checkpoint_name, read_file
+from ckpttui.jobs.owner import temp_status
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
 
 _TMP = re.compile(
-    r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
+    r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)*$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
     r"ckpt|safetensors|pth)$"
 )
 
@@ -178,13 +179,16 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
     """A file outside any checkpoint folder: it is a checkpoint of its own if it looks like one."""
     name = path.name
     if is_temporary(name):
+        owner = temp_status(path)
         ckpt = Checkpoint(
             str(path),
             _guess_layout(name),
             files=[str(path)],
             complete=False,
-            problems=["still being written (temporary file name)"],
+            problems=[owner.message if owner else "still being written (temporary file name)"],
         )
+        if owner is not None:
+            ckpt.info["temp_owner"] = {"pid": owner.pid, "state": owner.state}
         inv.checkpoints.append(ckpt)
         return
     if not is_checkpoint_name(name):

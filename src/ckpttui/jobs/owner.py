@@ -176,3 +176,115 @@ def stale_lock(path: Path) -> bool:
     if owner is None or owner.host != host_name():
         return False
     return not pid_running(owner.pid, owner.started)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something a job that is gone left behind: its temporary output, or its lock file."""
+
+    path: Path
+    pid: int
+    kind: Literal["temp", "lock"]
+    size: int
+
+
+def _size(path: Path) -> int:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with_path = os.path.join(root, name)
+            try:
+                total += os.lstat(with_path).st_size
+            except OSError:
+                pass
+    return total
+
+
+def leftover(path: Path) -> Leftover | None:
+    """`path` as a leftover of a job that no longer runs (on this host), else None."""
+    status = temp_status(path)
+    if status is not None:
+        if status.state != "abandoned":
+            return None
+        return Leftover(path, status.pid, "temp", _size(path))
+    if path.name.endswith(LOCK_SUFFIX) and stale_lock(path):
+        owner = read_lock(path)
+        assert owner is not None
+        if owner.temp and os.path.lexists(path.with_name(owner.temp)):
+            return None  # its temporary output is listed (and removed) first
+        return Leftover(path, owner.pid, "lock", _size(path))
+    return None
+
+
+def find_leftovers(root: str | os.PathLike[str]) -> list[Leftover]:
+    """Abandoned temporary outputs and stale lock files under `root` (symlinks not followed)."""
+    top = Path(root)
+    if not top.is_dir() or top.is_symlink():
+        found = leftover(top)
+        return [found] if found is not None else []
+    temps: list[Leftover] = []
+    locks: list[Path] = []
+    for folder, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if TEMP_RE.match(name):
+                found = leftover(path)
+                if found is not None:
+                    temps.append(found)
+            elif name.endswith(LOCK_SUFFIX):
+                locks.append(path)
+        dirs[:] = [d for d in dirs if not TEMP_RE.match(d)]  # a temp folder is one leftover
+    gone = {t.path for t in temps}
+    result = list(temps)
+    for path in locks:
+        owner = read_lock(path)
+        if owner is not None and owner.temp and path.with_name(owner.temp) in gone:
+            if stale_lock(path):
+                result.append(Leftover(path, owner.pid, "lock", _size(path)))
+            continue
+        found = leftover(path)
+        if found is not None:
+            result.append(found)
+    return sorted(result, key=lambda x: str(x.path))
+
+
+def remove_leftover(item: Leftover) -> None:
+    """Remove one leftover, checking again first that its owner is gone (OSError on failure)."""
+    if item.kind == "temp":
+        status = temp_status(item.path)
+        if status is None or status.state != "abandoned":
+            raise OSError(f"{item.path}: its owner pid {item.pid} is running again")
+    else:
+        _remove_stale_lock(item.path)
+        return
+    if item.path.is_dir() and not item.path.is_symlink():
+        import shutil
+
+        shutil.rmtree(item.path)
+    else:
+        item.path.unlink()
+
+
+def _remove_stale_lock(path: Path) -> None:
+    """Unlink a lock file only while holding its lock (so no job can be holding it)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OSError(f"{path}: held by a running job") from None
+        if not stale_lock(path):
+            raise OSError(f"{path}: now held by a running job")
+        fst, cur = os.fstat(fd), os.lstat(path)
+        if (fst.st_dev, fst.st_ino) == (cur.st_dev, cur.st_ino):
+            os.unlink(path)
+    finally:
+        os.close(fd)
