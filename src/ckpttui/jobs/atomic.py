@@ -570,8 +570,8 @@ class AtomicOutput:
         else:
             files = [(temp, self.target.name)]
         for path, name in files:
-            if not is_checkpoint_name(name):
-                continue
+            if not is_checkpoint_name(name) or name.endswith(".json"):
+                continue  # shard indexes and configs are JSON, not checkpoints
             index = read_file(path)
             if index.error or index.format in ("text", "unknown", "empty"):
                 raise JobError(
