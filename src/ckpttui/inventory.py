@@ -142,6 +142,9 @@ def _walk(
         except OSError as exc:
             inv.errors.append((str(path), _reason(exc, path)))
             continue
+        if stat.S_ISDIR(st.st_mode) and temp_status(path) is not None:
+            _temporary(inv, path)  # a job's temporary folder of shards: one entry, not read
+            continue
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in seen:
@@ -179,17 +182,7 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
     """A file outside any checkpoint folder: it is a checkpoint of its own if it looks like one."""
     name = path.name
     if is_temporary(name):
-        owner = temp_status(path)
-        ckpt = Checkpoint(
-            str(path),
-            _guess_layout(name),
-            files=[str(path)],
-            complete=False,
-            problems=[owner.message if owner else "still being written (temporary file name)"],
-        )
-        if owner is not None:
-            ckpt.info["temp_owner"] = {"pid": owner.pid, "state": owner.state}
-        inv.checkpoints.append(ckpt)
+        _temporary(inv, path)
         return
     if not is_checkpoint_name(name):
         return
@@ -205,6 +198,21 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
         ckpt.problems.append(f"cannot read sidecar: {exc}")
     inv.checkpoints.append(ckpt)
     _finish(inv, ckpt)
+
+
+def _temporary(inv: Inventory, path: Path) -> None:
+    """A temporary file or folder: incomplete; a job's own says whether its owner still runs."""
+    owner = temp_status(path)
+    ckpt = Checkpoint(
+        str(path),
+        _guess_layout(path.name),
+        files=[str(path)] if path.is_file() else [],
+        complete=False,
+        problems=[owner.message if owner else "still being written (temporary file name)"],
+    )
+    if owner is not None:
+        ckpt.info["temp_owner"] = {"pid": owner.pid, "state": owner.state}
+    inv.checkpoints.append(ckpt)
 
 
 def _guess_layout(name: str) -> str:
