@@ -456,3 +456,21 @@ def test_write_error_names_the_output(tmp_path: Path) -> None:
         f"{target}: cannot write the output: No space left on device; nothing was written"
     )
     assert _leftovers(tmp_path) == []
+
+
+def test_inspect_shows_a_temporary_shard_folder_as_one_abandoned_entry(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    pid = int(dead.stdout)
+    temp = tmp_path / f"shards.tmp-{pid}-89abcdef"
+    temp.mkdir()
+    (temp / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 100)
+    (tmp_path / "model.pt.tmp").write_bytes(b"PK\x03\x04partial")  # another tool's: unknown owner
+    ckpts = {c["path"]: c for c in inspect_json(tmp_path)["checkpoints"]}
+    assert sorted(ckpts) == ["model.pt.tmp", temp.name]
+    assert ckpts[temp.name]["complete"] is False
+    assert ckpts[temp.name]["problems"][0].startswith(f"abandoned by pid {pid}")
+    assert ckpts["model.pt.tmp"]["problems"] == ["still being written (temporary file name)"]
+    proc = _clean(tmp_path, "y\n")
+    assert proc.returncode == 0 and not temp.exists() and (tmp_path / "model.pt.tmp").exists()
