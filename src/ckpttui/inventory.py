@@ -17,19 +17,19 @@ from typing import Any
 
 from ckpttui.accounting import Breakdown, breakdown, classify
 from ckpttui.formats import is_checkpoint_name, read_file
-from ckpttui.jobs.owner import temp_status
+from ckpttui.jobs.owner import TEMP_RE, temp_status
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
 
 _TMP = re.compile(
-    r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)*$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
+    r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
     r"ckpt|safetensors|pth)$"
 )
 
 
 def is_temporary(name: str) -> bool:
     """Whether a name is a checkpoint still being written (``x.pt.tmp``, ``x.tmp-1234``)."""
-    return bool(_TMP.search(name))
+    return bool(_TMP.search(name)) or TEMP_RE.match(name) is not None
 
 
 @dataclass
