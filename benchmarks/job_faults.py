@@ -14,6 +14,7 @@ job is left behind (``NAME.tmp-*``, ``NAME.lock``), and the job's one-line messa
 (and the other job's pid) where the category asks for it.
 
     python benchmarks/job_faults.py [--kinds file,sharded,torch,average] [--cases two-jobs,...]
+                                    [--src OTHER_CHECKOUT/src]
 """
 
 from __future__ import annotations
@@ -71,9 +72,13 @@ sys.exit(main(sys.argv[2:]))
 KINDS = ("file", "sharded", "torch", "average")
 
 
+JOB_SRC = SRC
+"""The ckpttui sources the jobs run from (``--src``: measure another checkout, e.g. main)."""
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(JOB_SRC) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
@@ -363,7 +368,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--src", type=Path, default=SRC, help="ckpttui sources to run the jobs from")
     opts = ap.parse_args()
+    global JOB_SRC
+    JOB_SRC = opts.src.resolve()
     kinds = opts.kinds.split(",")
     names = opts.cases.split(",")
     root = Path(tempfile.mkdtemp(prefix="ckpttui-faults-"))
