@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("inspect", "demo", "clean", "merge", "average", "export")
+COMMANDS = ("inspect", "demo", "merge", "average", "export")
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
@@ -155,7 +155,7 @@ def _main(argv: Sequence[str] | None) -> int:
         prog="ckpttui",
         description="Browse checkpoint folders: weights vs optimizer state, completeness, "
         "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
-        "export (see `ckpttui COMMAND --help`), clean PATH, demo.",
+        "export (see `ckpttui COMMAND --help`), demo.",
     )
     p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
     args = p.parse_args(argv)

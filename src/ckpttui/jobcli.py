@@ -258,7 +258,8 @@ def _run_json(spec: JobSpec, events: Iterator[Any], received: list[int]) -> int:
     return _exit_code(received) if received else 1
 
 
-def _run_bar(spec: JobSpec, events: Iterator[Any], received: list[int]) -> int:
+def progress_bar() -> Any:
+    """A transient rich progress bar on stderr: description, bar, bytes, rate, ETA."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -269,16 +270,19 @@ def _run_bar(spec: JobSpec, events: Iterator[Any], received: list[int]) -> int:
         TransferSpeedColumn,
     )
 
-    console = Console(stderr=True, highlight=False)
-    progress = Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=Console(stderr=True, highlight=False),
         transient=True,
     )
+
+
+def _run_bar(spec: JobSpec, events: Iterator[Any], received: list[int]) -> int:
+    progress = progress_bar()
     last = None
     try:
         with progress:
