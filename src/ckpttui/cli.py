@@ -1,4 +1,4 @@
-"""Command line: ``ckpttui [PATH]`` opens the app; ``inspect``, ``demo`` run headless."""
+"""Command line: ``ckpttui [PATH]`` opens the app; ``inspect``, ``demo``, ``clean`` run headless."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("inspect", "demo", "merge", "average", "export", "verify", "diff")
+COMMANDS = ("inspect", "demo", "merge", "average", "export", "verify", "diff", "clean")
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,55 @@ def _demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--regenerate", action="store_true", help="write it again from scratch")
     p.add_argument("--no-open", action="store_true", help="only generate; print its path")
     return p
+
+
+def _clean_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckpttui clean",
+        description="Remove what jobs that are no longer running left behind: their temporary "
+        "outputs (NAME.tmp-PID-XXXXXXXX) and lock files (NAME.lock). Lists them and asks first; "
+        "never touches a job that still runs.",
+    )
+    p.add_argument("path", help="a folder (walked recursively) or one temporary output")
+    p.add_argument("-y", "--yes", action="store_true", help="remove without asking")
+    return p
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Run ``ckpttui clean``."""
+    from ckpttui.jobs.owner import find_leftovers, remove_leftover
+    from ckpttui.units import human_bytes
+
+    if not os.path.lexists(args.path):
+        print(f"ckpttui clean: {args.path}: no such file or folder", file=sys.stderr)
+        return 1
+    items = find_leftovers(args.path)
+    if not items:
+        print("nothing to clean: no temporary outputs or lock files of jobs that are gone")
+        return 0
+    for item in items:
+        what = "temporary output" if item.kind == "temp" else "lock file"
+        print(
+            f"{item.path}  {human_bytes(item.size)}  {what} of pid {item.pid} (no longer running)"
+        )
+    total = human_bytes(sum(item.size for item in items))
+    if not args.yes:
+        try:
+            answer = input(f"Remove these {len(items)} ({total})? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    failed = 0
+    for item in items:
+        try:
+            remove_leftover(item)
+        except OSError as exc:
+            print(f"ckpttui clean: {exc}", file=sys.stderr)
+            failed += 1
+    print(f"removed {len(items) - failed} of {len(items)} ({total})")
+    return 1 if failed else 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -96,6 +145,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return cmd_inspect(_inspect_parser().parse_args(argv[1:]))
     if argv and argv[0] == "demo":
         return cmd_demo(_demo_parser().parse_args(argv[1:]))
+    if argv and argv[0] == "clean":
+        return cmd_clean(_clean_parser().parse_args(argv[1:]))
     if argv and argv[0] in ("merge", "average", "export"):
         from ckpttui.jobcli import run_job_command
 
@@ -108,7 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
         prog="ckpttui",
         description="Browse checkpoint folders: weights vs optimizer state, completeness, "
         "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
-        "export, verify PATH, diff A B (see `ckpttui COMMAND --help`), demo.",
+        "export, verify PATH, diff A B, clean PATH (see `ckpttui COMMAND --help`), demo.",
     )
     p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
     args = p.parse_args(argv)

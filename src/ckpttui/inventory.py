@@ -17,6 +17,7 @@ from typing import Any
 
 from ckpttui.accounting import Breakdown, breakdown, classify
 from ckpttui.formats import is_checkpoint_name, read_file
+from ckpttui.jobs.owner import TEMP_RE, temp_status
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
 
@@ -28,7 +29,7 @@ _TMP = re.compile(
 
 def is_temporary(name: str) -> bool:
     """Whether a name is a checkpoint still being written (``x.pt.tmp``, ``x.tmp-1234``)."""
-    return bool(_TMP.search(name))
+    return bool(_TMP.search(name)) or TEMP_RE.match(name) is not None
 
 
 @dataclass
@@ -141,6 +142,9 @@ def _walk(
         except OSError as exc:
             inv.errors.append((str(path), _reason(exc, path)))
             continue
+        if stat.S_ISDIR(st.st_mode) and temp_status(path) is not None:
+            _temporary(inv, path)  # a job's temporary folder of shards: one entry, not read
+            continue
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in seen:
@@ -178,14 +182,7 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
     """A file outside any checkpoint folder: it is a checkpoint of its own if it looks like one."""
     name = path.name
     if is_temporary(name):
-        ckpt = Checkpoint(
-            str(path),
-            _guess_layout(name),
-            files=[str(path)],
-            complete=False,
-            problems=["still being written (temporary file name)"],
-        )
-        inv.checkpoints.append(ckpt)
+        _temporary(inv, path)
         return
     if not is_checkpoint_name(name):
         return
@@ -201,6 +198,21 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
         ckpt.problems.append(f"cannot read sidecar: {exc}")
     inv.checkpoints.append(ckpt)
     _finish(inv, ckpt)
+
+
+def _temporary(inv: Inventory, path: Path) -> None:
+    """A temporary file or folder: incomplete; a job's own says whether its owner still runs."""
+    owner = temp_status(path)
+    ckpt = Checkpoint(
+        str(path),
+        _guess_layout(path.name),
+        files=[str(path)] if path.is_file() else [],
+        complete=False,
+        problems=[owner.message if owner else "still being written (temporary file name)"],
+    )
+    if owner is not None:
+        ckpt.info["temp_owner"] = {"pid": owner.pid, "state": owner.state}
+    inv.checkpoints.append(ckpt)
 
 
 def _guess_layout(name: str) -> str:

@@ -1,18 +1,78 @@
 """``ckpttui merge | average | export``: run a job headless, a progress bar on stderr or JSON lines.
 
 Exit codes: 0 done, 1 the job failed (one line on stderr naming the file), 2 usage error,
-130 interrupted (the job removed its temporary files).
+128 + the signal number when interrupted (130 SIGINT, 143 SIGTERM, 129 SIGHUP: a dropped SSH
+session): the job removed its temporary files and lock either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ckpttui.jobs.events import JobError
 from ckpttui.jobs.runner import JobSpec
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A job was stopped by a signal (SIGINT, SIGTERM or SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(cancel: threading.Event) -> Iterator[list[int]]:
+    """SIGINT, SIGTERM and SIGHUP set `cancel` and raise `Interrupted` (as Ctrl-C would).
+
+    The raise is left out while an output is being placed or removed (the job then stops at its
+    next cancel check), and happens once: later signals only set `cancel`. Yields the signals
+    received. Outside the main thread, where handlers cannot be set, it does nothing.
+    """
+    from ckpttui.jobs.atomic import interruptible
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    raised = False
+
+    def handler(signum: int, _frame: Any) -> None:
+        nonlocal raised
+        received.append(signum)
+        cancel.set()
+        if not raised and interruptible():
+            raised = True
+            raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _exit_code(received: list[int], exc: BaseException | None = None) -> int:
+    if isinstance(exc, Interrupted):
+        return 128 + exc.signum
+    return 128 + (received[0] if received else signal.SIGINT)
+
+
+def _say(line: str) -> None:
+    """Print to stderr; after SIGHUP the terminal is gone and writing fails: that is fine."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -160,23 +220,42 @@ def run_job_command(kind: str, argv: list[str]) -> int:
     except (OSError, ValueError, JobError) as exc:
         print(f"ckpttui {kind}: {exc}", file=sys.stderr)
         return 1
+    from ckpttui.jobs.atomic import discard_all
     from ckpttui.jobs.runner import run_spec
 
     cancel = threading.Event()
-    if args.json:
-        return _run_json(spec, cancel, run_spec)
-    return _run_bar(spec, cancel, run_spec)
+    events = None
+    try:
+        with stop_on_signals(cancel) as received:
+            try:
+                events = run_spec(spec, cancel)
+                if args.json:
+                    return _run_json(spec, events, received)
+                return _run_bar(spec, events, received)
+            except KeyboardInterrupt as exc:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        close()  # a job stopped at a yield removes its files here
+                discard_all()
+                _say(f"ckpttui {spec.kind}: interrupted; its temporary files were removed")
+                return _exit_code(received, exc)
+    finally:
+        discard_all()
 
 
-def _run_json(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
+def _run_json(spec: JobSpec, events: Iterator[Any], received: list[int]) -> int:
     last = None
     try:
-        for event in run_spec(spec, cancel):
+        for event in events:
             print(event.to_json(), flush=True)
             last = event
-    except KeyboardInterrupt:
-        return 130
-    return 0 if last is not None and last.kind == "done" else 1
+    except OSError:
+        if not received:
+            raise
+    if last is not None and last.kind == "done":
+        return 0
+    return _exit_code(received) if received else 1
 
 
 def progress_bar() -> Any:
@@ -202,27 +281,27 @@ def progress_bar() -> Any:
     )
 
 
-def _run_bar(spec: JobSpec, cancel: threading.Event, run_spec: Any) -> int:
+def _run_bar(spec: JobSpec, events: Iterator[Any], received: list[int]) -> int:
     progress = progress_bar()
     last = None
     try:
         with progress:
             task = progress.add_task(spec.title, total=None)
-            for event in run_spec(spec, cancel):
+            for event in events:
                 last = event
                 if event.bytes_total:
                     progress.update(task, total=event.bytes_total, completed=event.bytes_done)
                 if event.kind == "log":
                     progress.console.print(f"  {event.message}", soft_wrap=True)
-    except KeyboardInterrupt:
-        print(f"ckpttui {spec.kind}: interrupted; no output written", file=sys.stderr)
-        return 130
+    except OSError:
+        if not received:  # the terminal went away after SIGHUP: the job stops, cleaned up
+            raise
     # Plain prints: one line each however wide the terminal (scripts grep them).
     if last is None:
-        return 1
+        return _exit_code(received) if received else 1
     if last.kind == "error":
-        print(f"ckpttui {spec.kind}: {last.message}", file=sys.stderr)
-        return 1
-    print(f"wrote {spec.output}", file=sys.stderr)
-    print(last.message, file=sys.stderr)
+        _say(f"ckpttui {spec.kind}: {last.message}")
+        return _exit_code(received) if received else 1
+    _say(f"wrote {spec.output}")
+    _say(last.message)
     return 0

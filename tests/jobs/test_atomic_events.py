@@ -39,14 +39,18 @@ def test_failure_removes_the_temp_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+ST_EMPTY = (24).to_bytes(8, "little") + b'{"__metadata__":{}}     '
+"""A valid safetensors file with no tensors (a new output must read back before it replaces)."""
+
+
 def test_existing_target_needs_force(tmp_path: Path) -> None:
-    target = tmp_path / "out.bin"
+    target = tmp_path / "out.safetensors"
     target.write_bytes(b"old")
-    with pytest.raises(JobError, match=r"out\.bin exists \(pass --force"):
+    with pytest.raises(JobError, match=r"out\.safetensors exists \(pass --force"):
         AtomicOutput(target).check()
     with AtomicOutput(target, force=True) as temp:
-        temp.write_bytes(b"new")
-    assert target.read_bytes() == b"new"
+        temp.write_bytes(ST_EMPTY)
+    assert target.read_bytes() == ST_EMPTY
 
 
 def test_folder_output_replaces_an_old_folder(tmp_path: Path) -> None:
@@ -55,7 +59,7 @@ def test_folder_output_replaces_an_old_folder(tmp_path: Path) -> None:
     (target / "stale.safetensors").write_bytes(b"x")
     with AtomicOutput(target, force=True, folder=True) as temp:
         assert temp.is_dir()
-        (temp / "a.safetensors").write_bytes(b"a")
+        (temp / "a.safetensors").write_bytes(ST_EMPTY)
     assert sorted(p.name for p in target.iterdir()) == ["a.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
 

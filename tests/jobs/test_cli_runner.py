@@ -14,7 +14,7 @@ from ckpttui.jobs.runner import ChildJob, JobSpec
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name.endswith(".lock"))
 
 
 def test_cli_merge_writes_a_verified_file(ds_root: Path, tmp_path: Path) -> None:

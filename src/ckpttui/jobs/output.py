@@ -154,10 +154,13 @@ def write_planned(
         if last is not None:
             yield last
         check_cancel(cancel)
-    files = [target] if kind != "sharded" else [target / name for name in hashes]
-    if kind == "torch":
-        hashes = {target.name: sha256_file(target)}
-    yield verify_output(job, target, kind, plan, files, hashes, total)
+        # Verified before it is placed: a --force job never replaces an output with a bad one.
+        files = [temp] if kind != "sharded" else [temp / name for name in hashes]
+        if kind == "torch":
+            hashes = {target.name: sha256_file(temp)}
+        done = verify_output(job, target, kind, plan, files, hashes, total)
+        check_cancel(cancel)
+    yield done
 
 
 def stream_plan(
@@ -270,7 +273,9 @@ def verify_output(
             continue
         index = read_file(path)
         if index.error:
-            raise JobError(f"{path}: written but does not read back: {index.error}")
+            # `files` may still be the temporary output: name the file it is becoming
+            shown = target if kind in ("safetensors", "torch") else target / path.name
+            raise JobError(f"{shown}: written but does not read back: {index.error}")
         count += len(index.tensors)
         tensor_bytes += sum(t.nbytes for t in index.tensors)
     expected_bytes = sum(p.nbytes for p in plan)

@@ -1,8 +1,8 @@
 """Run a job in a child process and stream its events as JSON lines.
 
 The child is ``python -m ckpttui.jobs.runner SPEC_JSON``: it runs the job's generator and prints
-one `Event` per line on stdout; SIGTERM or SIGINT sets the job's cancel event, so the job removes
-its temporary files and ends with an ``error`` event marked cancelled. The parent side,
+one `Event` per line on stdout; SIGTERM, SIGINT or SIGHUP sets the job's cancel event, so the job
+removes its temporary files and ends with an ``error`` event marked cancelled. The parent side,
 `ChildJob`, reads those lines; the UI turns them into messages, never touching torch itself.
 """
 
@@ -129,7 +129,7 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
     except (JobError, OSError, ValueError, TypeError) as exc:
         yield Event("error", spec.kind, message=str(exc), data={"cancelled": False})
         return
-    yield from drive(_guard(events, spec.kind), spec.kind)
+    yield from drive(_guard(events, spec.output), spec.kind)
 
 
 def _select(select: dict[str, Any]) -> Any:
@@ -141,13 +141,13 @@ def _select(select: dict[str, Any]) -> Any:
     return select_best(select["root"], int(select["best"]), metric=select.get("metric"))
 
 
-def _guard(events: Iterator[Event], job: str) -> Iterator[Event]:
-    """OS errors (disk full, permissions) become JobErrors that name the file."""
+def _guard(events: Iterator[Event], output: str) -> Iterator[Event]:
+    """OS errors (disk full, permissions) become JobErrors that name the file (else the output)."""
     try:
         yield from events
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise JobError(f"{where}{exc.strerror or exc}") from None
+        where = exc.filename or output or "job"
+        raise JobError(f"{where}: {exc.strerror or exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,12 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     def stop(_signum: int, _frame: Any) -> None:
         cancel.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    from ckpttui.jobs.atomic import discard_all
+
     last = None
-    for event in run_spec(spec, cancel):
-        print(event.to_json(), flush=True)
-        last = event
+    try:
+        for event in run_spec(spec, cancel):
+            print(event.to_json(), flush=True)
+            last = event
+    finally:
+        discard_all()  # the parent went away (broken pipe): leave nothing behind
     return 0 if last is not None and last.kind == "done" else 1
 
 
