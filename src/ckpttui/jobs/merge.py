@@ -1,4 +1,6 @@
-"""Merge jobs: DeepSpeed ZeRO into one fp32 state dict; HF shards into one file or new shards.
+"""Merge jobs: DeepSpeed ZeRO into one fp32 state dict; HF shards into one file or new shards;
+a LoRA adapter into its base (`jobs.lora`); a torch.distributed.checkpoint folder (`jobs.dcp_merge`).
+`merge` picks the right one from the input.
 
 Both are generators of `Event`s (``start``, ``log``, ``progress``, ``done``) that read tensor data
 in place from memory-mapped inputs and stream it to the output (see `jobs.output` for formats,
@@ -48,6 +50,7 @@ def merge_zero(
     compat: bool = False,
     upcast_frozen: bool = True,
     exclude_frozen: bool = False,
+    workers: int | None = None,
 ) -> Iterator[Event]:
     """Consolidate DeepSpeed ZeRO 1/2/3 rank files into one state dict, as zero_to_fp32 does.
 
@@ -193,3 +196,67 @@ def _plan_shard(source: TensorSource, seen: dict[str, Path]) -> list[Planned]:
         owners[key] = name
         plan.append(Planned(name, rec.dtype, rec.shape, partial(source.tensor, rec)))
     return plan
+
+
+def merge(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    dtype: str | None = None,
+    with_optimizer: bool = False,
+    workers: int | None = None,
+    tag: str | None = None,
+    max_shard_size: int | str | None = None,
+    compat: bool = False,
+    upcast_frozen: bool = True,
+    exclude_frozen: bool = False,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> Iterator[Event]:
+    """The merge `src` calls for: LoRA into `base`, a DCP folder, HF shards, or ZeRO rank files."""
+    from ckpttui.layouts.lora import is_adapter_folder
+
+    root = Path(src)
+    if base is not None:
+        from ckpttui.jobs.lora import merge_lora
+
+        return merge_lora(
+            root,
+            out,
+            base=base,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            cancel=cancel,
+            force=force,
+        )
+    if is_adapter_folder(root):
+        raise JobError(f"{root}: an adapter; give the model to merge it into with --base")
+    if dtype is not None:
+        raise JobError("--dtype applies to LoRA merges (with --base)")
+    if (root / ".metadata").is_file():
+        from ckpttui.jobs.dcp_merge import merge_dcp
+
+        return merge_dcp(
+            root,
+            out,
+            with_optimizer=with_optimizer,
+            max_shard_size=max_shard_size,
+            workers=workers,
+            cancel=cancel,
+            force=force,
+        )
+    if root.is_dir() and any(root.glob("*.index.json")):
+        return merge_hf_shards(root, out, max_shard_size=max_shard_size, cancel=cancel, force=force)
+    return merge_zero(
+        root,
+        out,
+        tag=tag,
+        cancel=cancel,
+        force=force,
+        max_shard_size=max_shard_size,
+        compat=compat,
+        upcast_frozen=upcast_frozen,
+        exclude_frozen=exclude_frozen,
+        workers=workers,
+    )
