@@ -62,8 +62,12 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def _model(case: dict[str, Any]) -> Any:
-    from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig
-    from transformers import LlamaForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     if case["arch"] == "llama":
         cfg = LlamaConfig(

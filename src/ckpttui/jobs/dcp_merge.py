@@ -112,7 +112,8 @@ def read_dcp(folder: Path) -> tuple[list[DcpTensor], list[tuple[str, ...]]]:
     storage = fields.get("storage_data")
     if not isinstance(sd_meta, dict) or not isinstance(storage, dict):
         raise JobError(f"{meta_path}: not a torch.distributed.checkpoint Metadata pickle")
-    planner = fields.get("planner_data") if isinstance(fields.get("planner_data"), dict) else {}
+    planner_data = fields.get("planner_data")
+    planner: dict[Any, Any] = planner_data if isinstance(planner_data, dict) else {}
     where: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
     for index, info in storage.items():
         idx, inf = _fields(index), _fields(info)
@@ -323,7 +324,7 @@ def _fill(out: torch.Tensor, t: DcpTensor, chunk: Chunk) -> None:
         plain = ref.stride is None or ref.stride == _contiguous(chunk.sizes) or region.numel() == 1
         if region.is_contiguous() and plain:
             dest = region.reshape(-1).view(torch.uint8).numpy()
-            _pread_into(fd, memoryview(dest), start + ref.storage_offset * elsize, where)
+            _pread_into(fd, memoryview(dest.data), start + ref.storage_offset * elsize, where)
             return
         # Column shards and strided saves: read the chunk's storage, then copy it into place.
         assert ref.storage is not None

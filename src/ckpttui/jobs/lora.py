@@ -175,11 +175,11 @@ def plan_lora(
     for name, (source, rec) in base.records.items():
         if source.index.format == "safetensors":
             continue
-        key = (id(source), rec.storage, rec.storage_offset, rec.shape, rec.stride, rec.dtype)
-        if key in owners:
-            aliases[name] = owners[key]
+        tie = (id(source), rec.storage, rec.storage_offset, rec.shape, rec.stride, rec.dtype)
+        if tie in owners:
+            aliases[name] = owners[tie]
         else:
-            owners[key] = name
+            owners[tie] = name
 
     def out_dtype(d: str) -> str:
         return dtype if dtype is not None and _is_float(d) else d
