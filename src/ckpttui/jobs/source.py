@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpttui.formats import read_file
-from ckpttui.formats.unpickler import OpaqueObject, TensorRef
+from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
 from ckpttui.jobs.events import JobError
 from ckpttui.records import FileIndex, TensorRecord
 
@@ -142,6 +142,23 @@ class TensorSource:
             first = start + item.storage_offset * elsize
             self._touched.append((first, first + (reach + 1) * elsize))
         return view
+
+    def byte_range(self, ref: TensorRef) -> tuple[int, int] | None:
+        """File offset and length of a contiguous little-endian tensor's bytes (None otherwise).
+
+        Lets a job read the values with ``pread`` straight into its output buffer.
+        """
+        if ref.storage is None or self.big_endian and ELEMENT_SIZE.get(ref.dtype, 1) > 1:
+            return None
+        start = self._offsets.get(ref.storage.key)
+        if start is None or ref.stride not in (None, _contiguous_stride(tuple(ref.shape))):
+            return None
+        elsize = ELEMENT_SIZE.get(ref.dtype, 1)
+        first = start + ref.storage_offset * elsize
+        length = ref.numel * elsize
+        if ref.storage_offset * elsize + length > ref.storage.nbytes:
+            return None
+        return first, length
 
     def release(self) -> None:
         """Give back the pages of tensors handed out so far (they are re-read if used again).
