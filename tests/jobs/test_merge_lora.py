@@ -10,6 +10,7 @@ HF folders, safetensors / torch.load for files) and must have the same keys, dty
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,24 @@ def test_wrong_base_names_the_missing_tensor(lora_cases: dict[str, Path], tmp_pa
             )
         )
     assert list(tmp_path.iterdir()) == []
+
+
+ADAPTERS_PYTHON = os.environ.get("CKPTTUI_ADAPTERS_PYTHON", "")
+
+
+@pytest.mark.skipif(
+    not ADAPTERS_PYTHON,
+    reason="adapters 1.3.0 pins transformers 4.x and cannot share this venv (transformers 5); "
+    "set CKPTTUI_ADAPTERS_PYTHON to a Python with adapters==1.3.0 installed",
+)
+def test_adapters_library_lora_equals_its_merge_adapter(tmp_path: Path) -> None:
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    script = Path(__file__).with_name("adapters_fixture.py")
+    subprocess.run([ADAPTERS_PYTHON, str(script), str(tmp_path)], check=True, capture_output=True)
+    out = tmp_path / "merged.safetensors"
+    events = list(merge_lora(tmp_path / "adapter", out, base=tmp_path / "base"))
+    assert any("adapters LoRA: 10 module(s)" in e.message for e in events if e.kind == "log")
+    _compare(load_file(out), torch.load(tmp_path / "ref.pt", weights_only=True))

@@ -19,9 +19,9 @@ matching pattern in the dict's order).
 The ``adapters`` library (adapters 1.3.0: ``methods/lora.py``, ``loading.py``) saves
 ``adapter_config.json`` (``{"config": {"architecture": "lora", "r", "alpha", ...}, "name"}``) and
 ``pytorch_adapter.bin`` (or ``adapter.safetensors``) with keys
-``<module>.loras.<name>.lora_A`` (r, in) and ``.lora_B`` (out, r); its merge is
-``W + (B @ A) * alpha / r`` (``composition_mode="add"``) or ``W * (B @ A) * alpha / r``
-(``"scale"``, (IA)^3-like).
+``<module>.loras.<name>.lora_A`` (r, in) and ``.lora_B`` (out, r); its merge
+(``LoRALinear.merge_adapter``) is ``W + (B @ A) * alpha / r`` (``composition_mode="add"``;
+``"scale"`` is (IA)^3, refused, as are DoRA, gating and VeRA).
 
 No torch here: this module only reads names, shapes and the JSON config.
 """
@@ -108,7 +108,7 @@ class LoraAdapter:
     replace: dict[str, str] = field(default_factory=dict)
     """Base parameter name -> adapter key whose values replace it (modules_to_save, base_layer)."""
     composition: str = "add"
-    """``add`` (W + delta) or ``scale`` (W * delta, the ``adapters`` library's option)."""
+    """How the delta combines with W: ``add`` (the only one merged so far)."""
     notes: list[str] = field(default_factory=list)
     """Lines for the job log."""
 
@@ -253,8 +253,12 @@ def _read_adapters(root: Path, config: dict[str, Any]) -> LoraAdapter:
     if cfg.get("use_gating"):
         raise AdapterError(f"{where}: gated LoRA (use_gating) depends on the input; not merged")
     mode = str(cfg.get("composition_mode", "add"))
-    if mode not in ("add", "scale"):
-        raise AdapterError(f"{where}: composition_mode {mode!r} is not merged by ckpttui")
+    if mode != "add":
+        raise AdapterError(
+            f"{where}: composition_mode {mode!r} ((IA)^3 scaling) is not merged by ckpttui"
+        )
+    if cfg.get("use_dora"):
+        raise AdapterError(f"{where}: DoRA (use_dora) adapters are not merged by ckpttui")
     if cfg.get("vera_d") is not None or cfg.get("vera_b") is not None:
         raise AdapterError(f"{where}: VeRA adapters are not merged by ckpttui")
     weights = _weights(root, ADAPTERS_WEIGHTS)
