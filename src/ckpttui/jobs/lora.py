@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckpttui.jobs.events import Event, JobError
+from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import TORCH_SUFFIXES, Planned, write_planned
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.layouts.lora import AdapterError, LoraAdapter, LoraPair, read_adapter
@@ -327,6 +328,7 @@ def merge_lora(
             if to_folder and model.folder:
                 from ckpttui.jobs.export import write_hf_folder
 
+                return_large_blocks()
                 yield from write_hf_folder(
                     "merge-lora",
                     plan,
