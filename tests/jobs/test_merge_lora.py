@@ -250,3 +250,17 @@ def test_adapters_library_lora_equals_its_merge_adapter(tmp_path: Path) -> None:
     events = list(merge_lora(tmp_path / "adapter", out, base=tmp_path / "base"))
     assert any("adapters LoRA: 10 module(s)" in e.message for e in events if e.kind == "log")
     _compare(load_file(out), torch.load(tmp_path / "ref.pt", weights_only=True))
+
+
+def test_suggested_base_is_the_local_folder_the_adapter_names(tmp_path: Path) -> None:
+    from ckpttui.layouts.lora import suggested_base
+
+    (tmp_path / "base").mkdir()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "base")}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert suggested_base(adapter) == tmp_path / "base"
+    config["base_model_name_or_path"] = "meta-llama/Llama-3-8B"  # a hub id: nothing local
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert suggested_base(adapter) is None

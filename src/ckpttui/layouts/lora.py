@@ -151,6 +151,23 @@ def read_adapter(folder: str | Path) -> LoraAdapter:
     raise AdapterError(f"{config_path}: neither a PEFT nor an adapters-library adapter config")
 
 
+def suggested_base(folder: str | Path) -> Path | None:
+    """The base model an adapter names (``base_model_name_or_path``), when it is a local folder.
+
+    The app offers "merge into base" on an adapter node with this as the default ``--base``.
+    """
+    config, err = read_json(Path(folder) / "adapter_config.json")
+    if err is not None or not isinstance(config, dict):
+        return None
+    name = config.get("base_model_name_or_path")
+    if not isinstance(name, str) or not name:
+        return None
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(folder) / name if (Path(folder) / name).is_dir() else path
+    return path if path.is_dir() else None
+
+
 def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
     """The value of the first pattern matching module `name` (PEFT's get_pattern_key)."""
     for key, value in patterns.items():
