@@ -6,7 +6,7 @@ parameters shard unevenly over the 2 ranks (7 rows on 2 ranks: chunks of 4 and 3
 * ``OUT/fsdp2``: ``dcp.save({"model": ..., "optim": ...})`` of ``get_state_dict`` (DTensor shards,
   as torch's FSDP2 recipe and accelerate's FSDP2 checkpoints save them), plus a ``step`` int;
 * ``OUT/fsdp2_app``: ``{"app": {"model": ..., "optim": ...}}``, the DCP tutorial's nesting;
-* ``OUT/columns``: ``{"state_dict": ...}`` (Lightning's key) of DTensors sharded by columns
+* ``OUT/columns``: ``{"state_dict": ...}`` of DTensors sharded by columns
   (``Shard(1)``: each chunk is strided in the whole tensor) and bf16 rows, and a 0-d tensor;
 * ``OUT/<name>.pt``: torch's own ``dcp_to_torch_save`` of each folder (the reference).
 """

@@ -14,7 +14,8 @@ time; files are opened per read, so open files stay bounded whatever the number 
 Keys and values are those of torch's ``dcp_to_torch_save`` (``_EmptyStateDictLoadPlanner``, which
 nests each entry along ``planner_data``): the model weights are the subtree under the first
 ``model`` / ``state_dict`` / ``module`` key of that nesting (accelerate saves ``{"model": ...}``,
-Lightning ``{"state_dict": ...}``), keyed as in that subtree; ``with_optimizer`` writes every
+Lightning's sharded FSDP ``.ckpt/`` folders ``{"model": ..., "optimizer_0": ...}`` beside a
+``meta.pt`` that is left alone), keyed as in that subtree; ``with_optimizer`` writes every
 tensor, keyed by its DCP name (the nested keys joined by dots). Non-tensor entries (step counts,
 param_groups) are pickles this reader does not execute: they are listed, not written.
 """
