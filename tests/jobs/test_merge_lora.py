@@ -264,3 +264,22 @@ def test_suggested_base_is_the_local_folder_the_adapter_names(tmp_path: Path) ->
     config["base_model_name_or_path"] = "meta-llama/Llama-3-8B"  # a hub id: nothing local
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     assert suggested_base(adapter) is None
+
+
+def test_cli_merges_an_adapter_and_asks_for_its_base(
+    lora_cases: dict[str, Path], tmp_path: Path
+) -> None:
+    from helpers import run_cli
+    from safetensors.torch import load_file
+
+    folder = lora_cases["llama_rslora_bf16"]
+    out = tmp_path / "m.safetensors"
+    proc = run_cli("merge", str(folder / "adapter"), "--base", str(folder / "base"), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "verified:" in proc.stderr
+    ref = torch.load(folder / "ref.pt", weights_only=True)
+    _compare(load_file(out), ref)
+    proc = run_cli("merge", str(folder / "adapter"), "-o", str(tmp_path / "x.safetensors"))
+    assert proc.returncode == 1
+    assert "give the model to merge it into with --base" in proc.stderr
+    assert not (tmp_path / "x.safetensors").exists()
