@@ -150,6 +150,50 @@ def run_once(code: str, save: Path, out_dir: Path, workers: int) -> tuple[float,
     return wall, hwm, fds
 
 
+def disk_floor(save: Path, out_dir: Path, out_bytes: int) -> tuple[float, float, int]:
+    """(read s, write s, bytes read): pread of exactly the fp32 bytes the merge reads, and
+    ``dd conv=fsync`` of as many bytes as it writes (the physical copy it is measured against)."""
+    from ckpttui.jobs.zero import FlatVector, open_zero, resolve_tag_dir
+
+    ckpt = open_zero(resolve_tag_dir(save))
+    ranges = []
+    for o in ckpt.optim:
+        groups = o.get("optimizer_state_dict", "fp32_flat_groups")
+        vector = FlatVector([(o, ref) for ref in groups])
+        ranges += [(o.path, r) for r in vector.ranges if r is not None]
+    ckpt.close()
+    buf = bytearray(16 << 20)
+    os.sync()
+    t0 = time.perf_counter()
+    total = 0
+    for path, (start, length) in ranges:
+        fd = os.open(path, os.O_RDONLY)
+        pos = 0
+        while pos < length:
+            n = os.preadv(fd, [memoryview(buf)[: min(len(buf), length - pos)]], start + pos)
+            pos += n
+        os.close(fd)
+        total += length
+    read = time.perf_counter() - t0
+    target = out_dir / "dd.bin"
+    t0 = time.perf_counter()
+    subprocess.run(
+        [
+            "dd",
+            "if=/dev/zero",
+            f"of={target}",
+            "bs=16M",
+            f"count={-(-out_bytes // (16 << 20))}",
+            "conv=fsync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    write = time.perf_counter() - t0
+    target.unlink()
+    return read, write, total
+
+
 def same_output(a: Path, b: Path) -> bool:
     """Two safetensors files with the same keys and bit-equal values."""
     import torch
@@ -199,12 +243,14 @@ def main() -> None:
         equal = same_output(
             root / "out_DeepSpeed" / "model.safetensors", root / "out_ckpttui" / "model.safetensors"
         )
-        rows[save.name] = (runs, equal)
+        out_bytes = (root / "out_ckpttui" / "model.safetensors").stat().st_size
+        floor = disk_floor(save, root / "out_ckpttui", out_bytes)
+        rows[save.name] = (runs, equal, floor)
     size = sum(p.stat().st_size for p in many.rglob("*.pt"))
     print(f"\n{args.ranks}-rank folder {size / 1e9:.2f} GB; median of {args.repeat}\n")
     print("| ranks | tool | wall s | peak RSS MB | RSS x DS | open fds | output |")
     print("|---|---|---:|---:|---:|---:|---|")
-    for name, (runs, equal) in rows.items():
+    for name, (runs, equal, _) in rows.items():
         ds_rss = statistics.median(h for _, h, _ in runs["DeepSpeed"])
         for tool, r in runs.items():
             w = statistics.median(x for x, _, _ in r)
@@ -215,6 +261,17 @@ def main() -> None:
                 f"| {name.removeprefix('ranks')} | {tool} | {w:.1f} | {h / 2**20:.0f} "
                 f"| {h / ds_rss:.2f} | {fds} | {same if tool == 'ckpttui' else ''} |"
             )
+    print(
+        "\n| ranks | read floor s (pread of the fp32 bytes) | write floor s (dd conv=fsync) "
+        "| ckpttui wall / (read + write) |"
+    )
+    print("|---|---:|---:|---:|")
+    for name, (runs, _, (read, write, nbytes)) in rows.items():
+        w = statistics.median(x for x, _, _ in runs["ckpttui"])
+        print(
+            f"| {name.removeprefix('ranks')} | {read:.2f} ({nbytes / 1e9:.2f} GB) | {write:.2f} "
+            f"| {w / (read + write):.2f} |"
+        )
 
 
 if __name__ == "__main__":
