@@ -45,6 +45,17 @@ CASES: dict[str, dict[str, Any]] = {
             "target_modules": ["q_proj", "k_proj", "lm_head"],
         },
     },
+    "llama_dora": {
+        "arch": "llama",
+        "tie": False,
+        "dtype": "float32",
+        "lora": {
+            "r": 4,
+            "lora_alpha": 8,
+            "use_dora": True,
+            "target_modules": ["q_proj", "up_proj"],
+        },
+    },
     # GPT-2 Conv1D (fan_in_fan_out), a trained classification head (modules_to_save), lora_bias
     "gpt2_fifo_modules_to_save": {
         "arch": "gpt2",
@@ -204,17 +215,17 @@ def test_dtype_casts_after_merging(lora_cases: dict[str, Path], tmp_path: Path) 
         assert torch.equal(value, ref[key].to(torch.bfloat16)), key
 
 
-def test_dora_is_refused_by_name(lora_cases: dict[str, Path], tmp_path: Path) -> None:
+def test_other_variants_are_refused_by_name(lora_cases: dict[str, Path], tmp_path: Path) -> None:
     folder = lora_cases["llama_plain"]
-    adapter = tmp_path / "dora"
+    adapter = tmp_path / "qalora"
     adapter.mkdir()
     config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
-    config["use_dora"] = True
+    config["use_qalora"] = True
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     (adapter / "adapter_model.safetensors").write_bytes(
         (folder / "adapter" / "adapter_model.safetensors").read_bytes()
     )
-    with pytest.raises(JobError, match="DoRA"):
+    with pytest.raises(JobError, match="QALoRA"):
         list(merge_lora(adapter, tmp_path / "o.safetensors", base=folder / "base"))
     assert not (tmp_path / "o.safetensors").exists()
 

@@ -135,7 +135,10 @@ def _merged(
     pair: LoraPair,
     composition: str,
     out_dtype: str,
+    magnitude: TensorRecord | None = None,
 ) -> torch.Tensor:
+    import torch
+
     w = weight()
     delta = lora_delta(pair, _float(adapter, a), _float(adapter, b), tuple(w.shape))
     if tuple(delta.shape) != tuple(w.shape):
@@ -144,6 +147,12 @@ def _merged(
             f"{list(w.shape)} base tensor (grouped conv, or fan_in_fan_out wrong?)"
         )
     merged = w * delta if composition == "scale" else w + delta
+    if magnitude is not None:
+        # DoRA (peft variants.py DoraLinearVariant.merge_unsafe): rescale each output row to m
+        rows = merged.T if pair.fan_in_fan_out else merged
+        norm = torch.linalg.norm(rows, dim=1)
+        factor = (_float(adapter, magnitude) / norm).view(-1, 1)
+        merged = (factor.T if pair.fan_in_fan_out else factor) * merged
     return merged.to(torch_dtype(out_dtype))
 
 
@@ -235,6 +244,7 @@ def plan_lora(
             pair,
             adapter.composition,
             out_dtype(rec.dtype),
+            adapter_recs[pair.magnitude_key] if pair.magnitude_key else None,
         )
         if pair.bias_key is not None:
             bname = target(pair.module, "bias", "lora_bias updates")

@@ -10,6 +10,8 @@ whose keys start with ``base_model.model.`` and have the adapter name removed::
     <module>.base_layer.weight  the whole base tensor, saved when an embedding was resized
     <module>.<param>            a ``modules_to_save`` module's trained copy
 
+    <module>.lora_magnitude_vector  DoRA's m (linear layers; ``variants.py`` DoraLinearVariant)
+
 The delta is ``transpose(B @ A, fan_in_fan_out) * scaling`` (``(B @ A).T`` for embeddings), with
 ``scaling = lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``); r and alpha come from
 ``rank_pattern`` / ``alpha_pattern`` when a pattern matches the module name as
@@ -44,7 +46,6 @@ PEFT_PREFIX = "base_model.model."
 
 # LoraConfig fields that turn plain LoRA into a variant this merge does not reproduce.
 _VARIANTS = {
-    "use_dora": "DoRA (use_dora)",
     "use_qalora": "QALoRA (use_qalora)",
     "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
     "arrow_config": "Arrow routing (arrow_config)",
@@ -62,6 +63,7 @@ _RESIDUAL_INITS = ("pissa", "olora", "corda", "loftq", "eva")
 
 _PEFT_AB = re.compile(r"^(.*)\.lora_(A|B)(?:\.([^.]+))?\.(weight|bias)$")
 _PEFT_EMB = re.compile(r"^(.*)\.lora_embedding_(A|B)(?:\.([^.]+))?$")
+_PEFT_MAG = re.compile(r"^(.*)\.lora_magnitude_vector(?:\.([^.]+))?(?:\.weight)?$")
 _ADAPTERS_AB = re.compile(r"^(.*)\.loras\.([^.]+)\.lora_(A|B)$")
 
 
@@ -91,6 +93,8 @@ class LoraPair:
     """Key of B's bias (``lora_bias=True``), added to the base bias times the scaling."""
     param: str = "weight"
     """The base parameter the delta applies to."""
+    magnitude_key: str | None = None
+    """DoRA: key of the magnitude vector m; the merge is ``m / ||W + delta||_row * (W + delta)``."""
 
 
 @dataclass
@@ -213,6 +217,9 @@ def _read_peft(root: Path, config: dict[str, Any]) -> LoraAdapter:
         elif m := _PEFT_EMB.match(rel):
             module, slot, name = m.groups()
             kinds[module] = "embedding"
+        elif m := _PEFT_MAG.match(rel):
+            module, name = m.groups()
+            slot = "magnitude"
         elif ".lora_" in rel:
             raise AdapterError(f"{weights}: {key}: a LoRA variant tensor ckpttui does not merge")
         else:
@@ -237,6 +244,11 @@ def _read_peft(root: Path, config: dict[str, Any]) -> LoraAdapter:
                 f"{weights}: {slots['A']} has {a_shape[0] if a_shape else 0} rows but the "
                 f"config gives {module} rank {r}"
             )
+        if "magnitude" in slots and (kinds[module] != "linear" or not config.get("use_dora")):
+            raise AdapterError(
+                f"{weights}: DoRA on {module} ({kinds[module]}): only DoRA on linear layers "
+                "is merged by ckpttui"
+            )
         pairs.append(
             LoraPair(
                 module,
@@ -247,8 +259,11 @@ def _read_peft(root: Path, config: dict[str, Any]) -> LoraAdapter:
                 alpha / math.sqrt(r) if rslora else alpha / r,
                 fan_in_fan_out=fifo and kinds[module] == "linear",
                 bias_key=slots.get("bias"),
+                magnitude_key=slots.get("magnitude"),
             )
         )
+    if config.get("use_dora") and not any(p.magnitude_key for p in pairs):
+        raise AdapterError(f"{weights}: use_dora is set but no lora_magnitude_vector is saved")
     adapter = LoraAdapter(root, weights, "peft", pairs, replace)
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_RESIDUAL_INITS):
