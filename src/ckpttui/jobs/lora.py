@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import TORCH_SUFFIXES, Planned, write_planned
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.layouts.lora import AdapterError, LoraAdapter, LoraPair, read_adapter
-from ckpttui.records import TensorRecord
+from ckpttui.records import TensorRecord, shape_numel
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +114,7 @@ def lora_delta(
         return (b @ a).T * pair.scaling
     if pair.kind == "linear":
         delta = b @ a
-        return (delta.T if pair.fan_in_fan_out else delta) * pair.scaling
+        return delta.T * pair.scaling if pair.fan_in_fan_out else delta.mul_(pair.scaling)
     if tuple(base_shape[2:4]) == (1, 1):  # PEFT's 1x1 conv2d shortcut
         prod = b.squeeze(3).squeeze(2) @ a.squeeze(3).squeeze(2)
         return prod.unsqueeze(2).unsqueeze(3) * pair.scaling
@@ -146,7 +147,12 @@ def _merged(
             f"{adapter.path}: LoRA of {pair.module} gives a {list(delta.shape)} update for a "
             f"{list(w.shape)} base tensor (grouped conv, or fan_in_fan_out wrong?)"
         )
-    merged = w * delta if composition == "scale" else w + delta
+    if composition == "scale":
+        merged = w * delta
+    elif delta.is_contiguous() and w.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        merged = delta.add_(w)  # the same float32 sums as W + delta, without a second buffer
+    else:
+        merged = w + delta
     if magnitude is not None:
         # DoRA (peft variants.py DoraLinearVariant.merge_unsafe): rescale each output row to m
         rows = merged.T if pair.fan_in_fan_out else merged
@@ -154,6 +160,48 @@ def _merged(
         factor = (_float(adapter, magnitude) / norm).view(-1, 1)
         merged = (factor.T if pair.fan_in_fan_out else factor) * merged
     return merged.to(torch_dtype(out_dtype))
+
+
+class Ahead:
+    """Computes the next merged tensor in a thread while the writer writes the current one.
+
+    The writer asks for tensors in plan order; each request also starts the next tensor that needs
+    arithmetic (LoRA products, casts), so compute overlaps the write, fsync and hashing. At most
+    one tensor is computed ahead, and only while the two fit in the memory the largest tensor
+    needs anyway (a float32 product costs its output plus a float32 buffer), so peak memory stays
+    that of the largest tensor.
+    """
+
+    def __init__(self, loads: list[tuple[str, Callable[[], torch.Tensor], bool, int]]) -> None:
+        """`loads`: (name, load, needs arithmetic, bytes of memory it holds while computed)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.names = [name for name, _, _, _ in loads]
+        self.loads = {name: load for name, load, _, _ in loads}
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.computed = [name for name, _, heavy, _ in loads if heavy]
+        self.cost = {name: cost for name, _, _, cost in loads}
+        self.budget = max(self.cost.values(), default=0)
+        self.pending: dict[str, Future[torch.Tensor]] = {}
+        self.pool = ThreadPoolExecutor(1)
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor `name`, computed ahead if it was started."""
+        future = self.pending.pop(name, None)
+        i = self.index[name]
+        following = next((n for n in self.computed if self.index[n] > i), None)
+        if (
+            following is not None
+            and self.cost[name] + self.cost[following] <= self.budget
+            and not self.pending
+        ):
+            self.pending[following] = self.pool.submit(self.loads[following])
+        return future.result() if future is not None else self.loads[name]()
+
+    def close(self) -> None:
+        """Drop what was computed ahead and stop the thread."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
 
 
 def _bias(
@@ -176,7 +224,11 @@ def _cast(load: Callable[[], torch.Tensor], dtype: str) -> torch.Tensor:
 
 
 def plan_lora(
-    adapter: LoraAdapter, src: TensorSource, base: BaseModel, dtype: str | None
+    adapter: LoraAdapter,
+    src: TensorSource,
+    base: BaseModel,
+    dtype: str | None,
+    ahead: Callable[[list[tuple[str, Callable[[], torch.Tensor], bool, int]]], Ahead] | None = None,
 ) -> list[Planned]:
     """The merged state dict in the base's key order, as `Planned` tensors (no data read)."""
     adapter_recs = {rec.name: rec for rec in src.records}
@@ -271,7 +323,27 @@ def plan_lora(
             plan.append(
                 Planned(name, d, rec.shape, loads.get(name) or partial(_copy, source, rec, d))
             )
-    return plan + extra
+    plan += extra
+    if ahead is None:
+        return plan
+    heavy = set(loads) | {
+        p.name for p in plan if p.alias_of is None and p.dtype != _dtype_of(p, base)
+    }
+
+    def cost(p: Planned) -> int:
+        # input pages + float32 product + output while computed; a plain copy holds its input
+        return 2 * p.nbytes + 4 * shape_numel(p.shape) if p.name in heavy else p.nbytes
+
+    runner = ahead([(p.name, p.load, p.name in heavy, cost(p)) for p in plan if p.load is not None])
+    return [
+        p if p.load is None else Planned(p.name, p.dtype, p.shape, partial(runner.get, p.name))
+        for p in plan
+    ]
+
+
+def _dtype_of(p: Planned, base: BaseModel) -> str:
+    found = base.records.get(p.name)
+    return found[1].dtype if found is not None else p.dtype
 
 
 def merge_lora(
@@ -313,9 +385,15 @@ def merge_lora(
             "output .safetensors or .pt, or give --max-shard-size"
         )
     model = BaseModel(base_path)
+    runners: list[Ahead] = []
+
+    def ahead(loads: list[tuple[str, Callable[[], torch.Tensor], bool, int]]) -> Ahead:
+        runners.append(Ahead(loads))
+        return runners[-1]
+
     try:
         with TensorSource(adapter.weights) as asrc:
-            plan = plan_lora(adapter, asrc, model, cast)
+            plan = plan_lora(adapter, asrc, model, cast, ahead)
             inputs = [
                 *model.files,
                 *([model.index] if model.index else []),
@@ -367,4 +445,6 @@ def merge_lora(
                     sources=sources,
                 )
     finally:
+        for runner in runners:
+            runner.close()
         model.close()
