@@ -43,6 +43,7 @@ from ckpttui.formats.unpickler import (
     restricted_load,
     storage_from_pid,
 )
+from ckpttui.jobs.ahead import ahead_plan
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.output import Planned, write_planned
 from ckpttui.jobs.source import torch_dtype
@@ -397,8 +398,11 @@ def merge_dcp(
             raise JobError(f"{path}: missing (named by {folder / '.metadata'})")
     n_workers = max(1, workers if workers is not None else 4)
     pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    runner = None
     try:
         plan = [Planned(key, t.dtype, t.shape, partial(_assemble, t, pool)) for key, t in chosen]
+        # the next tensor's chunks are read while this one is written (within the largest's size)
+        plan, runner = ahead_plan(plan, {p.name: p.nbytes for p in plan})
         start = {
             "inputs": [str(folder / ".metadata"), *map(str, files)],
             "folder": str(folder),
@@ -416,5 +420,7 @@ def merge_dcp(
             notes=notes,
         )
     finally:
+        if runner is not None:
+            runner.close()
         if pool is not None:
             pool.shutdown()

@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ckpttui.jobs.ahead import Ahead
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import TORCH_SUFFIXES, Planned, write_planned
@@ -160,48 +160,6 @@ def _merged(
         factor = (_float(adapter, magnitude) / norm).view(-1, 1)
         merged = (factor.T if pair.fan_in_fan_out else factor) * merged
     return merged.to(torch_dtype(out_dtype))
-
-
-class Ahead:
-    """Computes the next merged tensor in a thread while the writer writes the current one.
-
-    The writer asks for tensors in plan order; each request also starts the next tensor that needs
-    arithmetic (LoRA products, casts), so compute overlaps the write, fsync and hashing. At most
-    one tensor is computed ahead, and only while the two fit in the memory the largest tensor
-    needs anyway (a float32 product costs its output plus a float32 buffer), so peak memory stays
-    that of the largest tensor.
-    """
-
-    def __init__(self, loads: list[tuple[str, Callable[[], torch.Tensor], bool, int]]) -> None:
-        """`loads`: (name, load, needs arithmetic, bytes of memory it holds while computed)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.names = [name for name, _, _, _ in loads]
-        self.loads = {name: load for name, load, _, _ in loads}
-        self.index = {name: i for i, name in enumerate(self.names)}
-        self.computed = [name for name, _, heavy, _ in loads if heavy]
-        self.cost = {name: cost for name, _, _, cost in loads}
-        self.budget = max(self.cost.values(), default=0)
-        self.pending: dict[str, Future[torch.Tensor]] = {}
-        self.pool = ThreadPoolExecutor(1)
-
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor `name`, computed ahead if it was started."""
-        future = self.pending.pop(name, None)
-        i = self.index[name]
-        following = next((n for n in self.computed if self.index[n] > i), None)
-        if (
-            following is not None
-            and self.cost[name] + self.cost[following] <= self.budget
-            and not self.pending
-        ):
-            self.pending[following] = self.pool.submit(self.loads[following])
-        return future.result() if future is not None else self.loads[name]()
-
-    def close(self) -> None:
-        """Drop what was computed ahead and stop the thread."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pending.clear()
 
 
 def _bias(
