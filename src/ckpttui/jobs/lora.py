@@ -100,7 +100,7 @@ class BaseModel:
 def _float(source: TensorSource, rec: TensorRecord) -> torch.Tensor:
     import torch
 
-    t = source.tensor(rec)
+    t = _read(source, rec)
     return t if t.dtype == torch.float32 else t.float()
 
 
@@ -172,9 +172,40 @@ def _bias(
     return (weight() + _float(adapter, bias) * scaling).to(torch_dtype(out_dtype))
 
 
+def _read(source: TensorSource, rec: TensorRecord) -> torch.Tensor:
+    """A private copy of a tensor, read with pread (not the mapping).
+
+    Merged tensors are computed in a second thread while the writer releases the mapped pages of
+    the tensor it just wrote; a copy keeps those computations off the mapping, so no page they
+    fault in outlives the tensor.
+    """
+    import torch
+
+    span = source.byte_range(rec)
+    if span is None:
+        return source.tensor(rec).clone()
+    out = torch.empty(tuple(rec.shape), dtype=torch_dtype(rec.dtype, str(source.path)))
+    if span[1]:
+        dest = memoryview(out.reshape(-1).view(torch.uint8).numpy().data)
+        with open(source.path, "rb", buffering=0) as f:
+            done = 0
+            while done < span[1]:
+                n = f.readinto(dest[done:]) if f.seek(span[0] + done) >= 0 else 0
+                if not n:
+                    raise JobError(f"{source.path}: ends inside tensor {rec.name!r} (truncated?)")
+                done += n
+    return out
+
+
+def _private(source: TensorSource, rec: TensorRecord, dtype: str) -> torch.Tensor:
+    t = _read(source, rec)
+    return t if rec.dtype == dtype else t.to(torch_dtype(dtype))
+
+
 def _copy(source: TensorSource, rec: TensorRecord, out_dtype: str) -> torch.Tensor:
-    t = source.tensor(rec)
-    return t if rec.dtype == out_dtype else t.to(torch_dtype(out_dtype))
+    if rec.dtype == out_dtype:
+        return source.tensor(rec)  # a view of the mapping, written by the main thread
+    return _read(source, rec).to(torch_dtype(out_dtype))
 
 
 def _cast(load: Callable[[], torch.Tensor], dtype: str) -> torch.Tensor:
@@ -231,11 +262,11 @@ def plan_lora(
                 f"{src.path}: {key} is {list(rec.shape)} but base tensor {found!r} is "
                 f"{list(brec.shape)}"
             )
-        origin[found] = partial(_copy, src, rec, brec.dtype)
+        origin[found] = partial(_private, src, rec, brec.dtype)
 
     def weight(name: str) -> Callable[[], torch.Tensor]:
         source, rec = base.records[name]
-        return origin.get(name) or partial(_copy, source, rec, rec.dtype)
+        return origin.get(name) or partial(_read, source, rec)
 
     loads: dict[str, Callable[[], torch.Tensor]] = {}
     for pair in adapter.pairs:

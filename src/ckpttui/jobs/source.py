@@ -143,22 +143,29 @@ class TensorSource:
             self._touched.append((first, first + (reach + 1) * elsize))
         return view
 
-    def byte_range(self, ref: TensorRef) -> tuple[int, int] | None:
+    def byte_range(self, item: TensorRecord | TensorRef) -> tuple[int, int] | None:
         """File offset and length of a contiguous little-endian tensor's bytes (None otherwise).
 
-        Lets a job read the values with ``pread`` straight into its output buffer.
+        Lets a job read the values with ``pread`` straight into its own buffer.
         """
-        if ref.storage is None or self.big_endian and ELEMENT_SIZE.get(ref.dtype, 1) > 1:
+        if isinstance(item, TensorRef):
+            key = item.storage.key if item.storage is not None else None
+        else:
+            key = item.storage
+        elsize = ELEMENT_SIZE.get(item.dtype, 1)
+        if key is None or self.big_endian and elsize > 1:
             return None
-        start = self._offsets.get(ref.storage.key)
-        if start is None or ref.stride not in (None, _contiguous_stride(tuple(ref.shape))):
+        start = self._offsets.get(key)
+        size = self.index.storages.get(key)
+        shape = tuple(item.shape)
+        if start is None or size is None or item.stride not in (None, _contiguous_stride(shape)):
             return None
-        elsize = ELEMENT_SIZE.get(ref.dtype, 1)
-        first = start + ref.storage_offset * elsize
-        length = ref.numel * elsize
-        if ref.storage_offset * elsize + length > ref.storage.nbytes:
+        numel = 1
+        for d in shape:
+            numel *= d
+        if item.storage_offset * elsize + numel * elsize > size:
             return None
-        return first, length
+        return start + item.storage_offset * elsize, numel * elsize
 
     def release(self) -> None:
         """Give back the pages of tensors handed out so far (they are re-read if used again).
