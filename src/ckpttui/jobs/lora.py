@@ -11,7 +11,11 @@ float32, and the base tensor is updated as ``W += delta`` does: ``(W + delta)`` 
 dtype. Tensors of ``modules_to_save`` (and ``base_layer`` copies) replace the base's, cast to the
 base dtype as ``load_state_dict`` copies them. Tied weights stay tied: an alias in a torch base
 file stays an alias of its (merged) owner; an HF folder whose config ties the embeddings has
-no second copy to write.
+no second copy to write. DoRA on linear layers then rescales each output row to the saved
+magnitude, as PEFT's ``DoraLinearVariant.merge_unsafe`` does.
+
+While the writer writes, fsyncs and hashes one tensor, the next merged one is computed in a second
+thread (`jobs.ahead`), its inputs read with ``pread`` into private buffers.
 """
 
 from __future__ import annotations
@@ -134,7 +138,6 @@ def _merged(
     a: TensorRecord,
     b: TensorRecord,
     pair: LoraPair,
-    composition: str,
     out_dtype: str,
     magnitude: TensorRecord | None = None,
 ) -> torch.Tensor:
@@ -147,9 +150,7 @@ def _merged(
             f"{adapter.path}: LoRA of {pair.module} gives a {list(delta.shape)} update for a "
             f"{list(w.shape)} base tensor (grouped conv, or fan_in_fan_out wrong?)"
         )
-    if composition == "scale":
-        merged = w * delta
-    elif delta.is_contiguous() and w.dtype in (torch.float32, torch.bfloat16, torch.float16):
+    if delta.is_contiguous() and w.dtype in (torch.float32, torch.bfloat16, torch.float16):
         merged = delta.add_(w)  # the same float32 sums as W + delta, without a second buffer
     else:
         merged = w + delta
@@ -283,7 +284,6 @@ def plan_lora(
             adapter_recs[pair.a_key],
             adapter_recs[pair.b_key],
             pair,
-            adapter.composition,
             out_dtype(rec.dtype),
             adapter_recs[pair.magnitude_key] if pair.magnitude_key else None,
         )

@@ -111,8 +111,6 @@ class LoraAdapter:
     """The LoRA updates, in file order."""
     replace: dict[str, str] = field(default_factory=dict)
     """Base parameter name -> adapter key whose values replace it (modules_to_save, base_layer)."""
-    composition: str = "add"
-    """How the delta combines with W: ``add`` (the only one merged so far)."""
     notes: list[str] = field(default_factory=list)
     """Lines for the job log."""
 
@@ -319,7 +317,7 @@ def _read_adapters(root: Path, config: dict[str, Any]) -> LoraAdapter:
     if not pairs:
         raise AdapterError(f"{weights}: no LoRA matrices")
     heads = [r.name for r in index.tensors if _ADAPTERS_AB.match(r.name) is None]
-    adapter = LoraAdapter(root, weights, "adapters", pairs, composition=mode)
+    adapter = LoraAdapter(root, weights, "adapters", pairs)
     if heads:
         adapter.notes.append(
             f"left out {len(heads)} tensor(s) that are not LoRA matrices (prediction heads)"
