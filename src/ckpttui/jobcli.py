@@ -96,12 +96,26 @@ def merge_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckpttui merge",
         description="Consolidate DeepSpeed ZeRO 1/2/3 rank files into one fp32 state dict "
-        "(equal to DeepSpeed's zero_to_fp32, without its faults), or join HF shards.",
+        "(equal to DeepSpeed's zero_to_fp32, without its faults), join HF shards, merge a "
+        "torch.distributed.checkpoint (FSDP) folder, or merge a LoRA adapter into its base "
+        "(--base).",
     )
     p.add_argument(
-        "src", help="DeepSpeed save folder (with `latest`), tag folder, or an HF sharded folder"
+        "src",
+        help="DeepSpeed save folder (with `latest`) or tag folder, an HF sharded folder, a DCP "
+        "folder (.metadata + .distcp files), or a LoRA adapter folder (with --base)",
     )
     _common(p)
+    p.add_argument(
+        "--base", metavar="BASE", help="LoRA: the base model (HF folder or state-dict file)"
+    )
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="LoRA: cast floating tensors")
+    p.add_argument(
+        "--with-optimizer",
+        action="store_true",
+        help="DCP: every tensor of the checkpoint, not only the model weights",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="parallel reads (default: 4)")
     p.add_argument("--tag", help="DeepSpeed tag (default: the `latest` file)")
     p.add_argument("--max-shard-size", help="write shards + index into OUT, e.g. 5GB")
     p.add_argument("--exclude-frozen", action="store_true", help="leave frozen parameters out")
@@ -166,6 +180,10 @@ def _spec(kind: str, args: argparse.Namespace) -> JobSpec:
                 "exclude_frozen": args.exclude_frozen,
                 "upcast_frozen": not args.keep_half_frozen,
                 "compat": args.deepspeed_compat,
+                **({"base": args.base} if args.base else {}),
+                **({"dtype": args.dtype} if args.dtype else {}),
+                **({"with_optimizer": True} if args.with_optimizer else {}),
+                **({"workers": args.workers} if args.workers else {}),
             },
         )
     if kind == "average":

@@ -1,4 +1,6 @@
-"""Merge jobs: DeepSpeed ZeRO into one fp32 state dict; HF shards into one file or new shards.
+"""Merge jobs: DeepSpeed ZeRO into one fp32 state dict; HF shards into one file or new shards;
+a LoRA adapter into its base (`jobs.lora`); a torch.distributed.checkpoint folder (`jobs.dcp_merge`).
+`merge` picks the right one from the input.
 
 Both are generators of `Event`s (``start``, ``log``, ``progress``, ``done``) that read tensor data
 in place from memory-mapped inputs and stream it to the output (see `jobs.output` for formats,
@@ -13,6 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.zero import open_zero, plan_zero, resolve_tag_dir
 from ckpttui.units import parse_size
 
+DEFAULT_WORKERS = 4  # parallel pread of ranks' pieces; page-cache copies scale past the cores
 HF_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 HF_SINGLE = ("model.safetensors", "pytorch_model.bin")
 
@@ -48,6 +52,7 @@ def merge_zero(
     compat: bool = False,
     upcast_frozen: bool = True,
     exclude_frozen: bool = False,
+    workers: int | None = None,
 ) -> Iterator[Event]:
     """Consolidate DeepSpeed ZeRO 1/2/3 rank files into one state dict, as zero_to_fp32 does.
 
@@ -56,13 +61,17 @@ def merge_zero(
     `ckpttui.jobs.zero`): ZeRO-1 frozen parameters are kept (DeepSpeed drops them,
     deepspeed#5439); half-precision frozen parameters are upcast to fp32, which is exact
     (``upcast_frozen=False`` keeps DeepSpeed's bf16/fp16); float64 buffers stay float64.
-    ``compat=True`` reproduces DeepSpeed's output exactly, faults included. ``out`` is
+    ``compat=True`` reproduces DeepSpeed's output exactly, faults included. Ranks' pieces are
+    read with ``pread`` straight into each output tensor, by `workers` threads (default 4);
+    memory stays near the largest tensor and open files near two, whatever the number of ranks. ``out`` is
     ``.safetensors``, ``.pt``/``.bin`` (torch.save's zip) or, with ``max_shard_size``, a folder
     of safetensors shards plus index; all are streamed, one tensor in memory at a time.
     """
     shard = _shard_size(max_shard_size)
     folder = resolve_tag_dir(src, tag)
     ckpt = open_zero(folder)
+    n_workers = max(1, workers if workers is not None else DEFAULT_WORKERS)
+    ckpt.pool = ThreadPoolExecutor(n_workers) if n_workers > 1 and ckpt.world_size > 1 else None
     try:
         plan = plan_zero(
             ckpt, compat=compat, upcast_frozen=upcast_frozen, exclude_frozen=exclude_frozen
@@ -88,6 +97,8 @@ def merge_zero(
         )
     finally:
         ckpt.close()
+        if ckpt.pool is not None:
+            ckpt.pool.shutdown()
 
 
 def _natural(text: str) -> list[int | str]:
@@ -193,3 +204,67 @@ def _plan_shard(source: TensorSource, seen: dict[str, Path]) -> list[Planned]:
         owners[key] = name
         plan.append(Planned(name, rec.dtype, rec.shape, partial(source.tensor, rec)))
     return plan
+
+
+def merge(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    dtype: str | None = None,
+    with_optimizer: bool = False,
+    workers: int | None = None,
+    tag: str | None = None,
+    max_shard_size: int | str | None = None,
+    compat: bool = False,
+    upcast_frozen: bool = True,
+    exclude_frozen: bool = False,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> Iterator[Event]:
+    """The merge `src` calls for: LoRA into `base`, a DCP folder, HF shards, or ZeRO rank files."""
+    from ckpttui.layouts.lora import is_adapter_folder
+
+    root = Path(src)
+    if base is not None:
+        from ckpttui.jobs.lora import merge_lora
+
+        return merge_lora(
+            root,
+            out,
+            base=base,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            cancel=cancel,
+            force=force,
+        )
+    if is_adapter_folder(root):
+        raise JobError(f"{root}: an adapter; give the model to merge it into with --base")
+    if dtype is not None:
+        raise JobError("--dtype applies to LoRA merges (with --base)")
+    if (root / ".metadata").is_file():
+        from ckpttui.jobs.dcp_merge import merge_dcp
+
+        return merge_dcp(
+            root,
+            out,
+            with_optimizer=with_optimizer,
+            max_shard_size=max_shard_size,
+            workers=workers,
+            cancel=cancel,
+            force=force,
+        )
+    if root.is_dir() and any(root.glob("*.index.json")):
+        return merge_hf_shards(root, out, max_shard_size=max_shard_size, cancel=cancel, force=force)
+    return merge_zero(
+        root,
+        out,
+        tag=tag,
+        cancel=cancel,
+        force=force,
+        max_shard_size=max_shard_size,
+        compat=compat,
+        upcast_frozen=upcast_frozen,
+        exclude_frozen=exclude_frozen,
+        workers=workers,
+    )

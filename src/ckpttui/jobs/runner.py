@@ -68,17 +68,12 @@ class JobSpec:
         return f"{self.kind} {Path(str(src)).name or src} -> {Path(self.output).name}"
 
 
-def _is_hf_sharded(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("*.index.json"))
-
-
 def engine(spec: JobSpec) -> Callable[..., Iterator[Event]]:
     """The generator function that runs a spec (imported lazily: engines import torch)."""
     if spec.kind == "merge":
-        from ckpttui.jobs.merge import merge_hf_shards, merge_zero
+        from ckpttui.jobs.merge import merge
 
-        src = Path(str(spec.args.get("src", "")))
-        return merge_hf_shards if _is_hf_sharded(src) else merge_zero
+        return merge
     if spec.kind == "average":
         from ckpttui.jobs.average import average
 
@@ -102,11 +97,7 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
     try:
         fn = engine(spec)
         if spec.kind == "merge":
-            if fn.__name__ == "merge_hf_shards":
-                for key in ("tag", "compat", "upcast_frozen", "exclude_frozen"):
-                    args.pop(key, None)
-                args["folder"] = args.pop("src")
-            events = fn(cancel=cancel, **args)
+            events = fn(args.pop("src"), args.pop("out"), cancel=cancel, **args)
         elif spec.kind == "average":
             select = args.pop("select", None)
             if select:

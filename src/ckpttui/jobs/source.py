@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpttui.formats import read_file
-from ckpttui.formats.unpickler import OpaqueObject, TensorRef
+from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
 from ckpttui.jobs.events import JobError
 from ckpttui.records import FileIndex, TensorRecord
 
@@ -142,6 +142,30 @@ class TensorSource:
             first = start + item.storage_offset * elsize
             self._touched.append((first, first + (reach + 1) * elsize))
         return view
+
+    def byte_range(self, item: TensorRecord | TensorRef) -> tuple[int, int] | None:
+        """File offset and length of a contiguous little-endian tensor's bytes (None otherwise).
+
+        Lets a job read the values with ``pread`` straight into its own buffer.
+        """
+        if isinstance(item, TensorRef):
+            key = item.storage.key if item.storage is not None else None
+        else:
+            key = item.storage
+        elsize = ELEMENT_SIZE.get(item.dtype, 1)
+        if key is None or self.big_endian and elsize > 1:
+            return None
+        start = self._offsets.get(key)
+        size = self.index.storages.get(key)
+        shape = tuple(item.shape)
+        if start is None or size is None or item.stride not in (None, _contiguous_stride(shape)):
+            return None
+        numel = 1
+        for d in shape:
+            numel *= d
+        if item.storage_offset * elsize + numel * elsize > size:
+            return None
+        return start + item.storage_offset * elsize, numel * elsize
 
     def release(self) -> None:
         """Give back the pages of tensors handed out so far (they are re-read if used again).

@@ -32,6 +32,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -91,6 +92,8 @@ class ZeroCheckpoint:
     model: list[TensorSource]
     optim: list[TensorSource]
     notes: list[str] = field(default_factory=list)
+    pool: Executor | None = None
+    """Threads reading ranks' pieces in parallel (None: one at a time)."""
 
     @property
     def files(self) -> list[Path]:
@@ -153,19 +156,23 @@ def open_zero(folder: Path) -> ZeroCheckpoint:
                 f"{count} (left over from an earlier run?)"
             )
         for rank in range(1, count):
-            sources.append(TensorSource(ranks[rank]))
+            sources.append(_indexed(TensorSource(ranks[rank])))
+        _indexed(first)
         optim = list(sources)
         if stage <= 2:
             names = [MODEL_FILE]
         else:
             names = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(count)]
-        model = []
+        model: list[TensorSource] = []
         for name in names:
             path = folder / name
             if not path.is_file():
                 raise JobError(f"{path}: missing (stage {stage}, {count} ranks)")
             model.append(TensorSource(path))
             sources.append(model[-1])
+            # Other ranks' model files matter only for their frozen-parameter fragments.
+            if len(model) > 1 and not model[0].get("frozen_param_shapes", default=None):
+                _indexed(model[-1])
         if not isinstance(model[0].get("buffer_names", default=None), list):
             raise JobError(f"{model[0].path}: no buffer_names: not a model state checkpoint")
     except BaseException:
@@ -175,8 +182,35 @@ def open_zero(folder: Path) -> ZeroCheckpoint:
     return ZeroCheckpoint(folder, stage, count, model, optim)
 
 
+def _indexed(source: TensorSource) -> TensorSource:
+    """Close the file but keep its index: flat groups are then read with pread (see FlatVector).
+
+    Many-rank checkpoints would otherwise hold two descriptors and a mapping per rank file.
+    """
+    if not source.big_endian:
+        source.close()
+    return source
+
+
+def _pread_into(path: Path, dest: memoryview, offset: int) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(dest):
+            n = os.preadv(fd, [dest[done:]], offset + done)
+            if n <= 0:
+                raise JobError(f"{path}: ends before byte {offset + len(dest)} (truncated?)")
+            done += n
+    finally:
+        os.close(fd)
+
+
 class FlatVector:
-    """Several 1-D tensors in the files read as one vector; a slice may cross pieces."""
+    """Several 1-D tensors in the files read as one vector; a slice may cross pieces.
+
+    Pieces are read with ``pread`` straight into the output buffer (`read_into`), opening each
+    file only for the read, so open files stay bounded whatever the number of ranks.
+    """
 
     def __init__(self, pieces: Sequence[tuple[TensorSource, TensorRef]]) -> None:
         self.pieces = list(pieces)
@@ -192,6 +226,31 @@ class FlatVector:
         if len(dtypes) > 1:
             raise JobError(f"flat groups disagree on dtype ({', '.join(sorted(dtypes))})")
         self.dtype = dtypes.pop() if dtypes else "float32"
+        self.elsize = ELEMENT_SIZE.get(self.dtype, 4)
+        self.ranges = [source.byte_range(ref) for source, ref in self.pieces]
+        for (source, _), rng in zip(self.pieces, self.ranges, strict=True):
+            if rng is None and source._map is None:
+                raise JobError(f"{source.path}: a flat group is not one contiguous block")
+
+    @property
+    def preadable(self) -> bool:
+        """Every piece is a contiguous little-endian block of its file."""
+        return all(r is not None for r in self.ranges)
+
+    def read_into(self, start: int, length: int, dest: memoryview) -> None:
+        """Elements ``[start, start + length)`` as bytes into `dest`."""
+        end, pos = start + length, 0
+        for (source, ref), first, rng in zip(self.pieces, self.starts, self.ranges, strict=True):
+            last = first + ref.shape[0]
+            if last <= start or first >= end or length == 0:
+                continue
+            assert rng is not None
+            lo, hi = max(start, first), min(end, last)
+            n = (hi - lo) * self.elsize
+            _pread_into(source.path, dest[pos : pos + n], rng[0] + (lo - first) * self.elsize)
+            pos += n
+        if pos != length * self.elsize:
+            raise JobError(f"elements [{start}, {end}) lie past the flat groups' {self.numel}")
 
     def take(self, start: int, length: int) -> list[torch.Tensor]:
         """The tensors covering elements ``[start, start + length)``."""
@@ -232,14 +291,36 @@ def _gather(
 
 
 def _slice(
-    vectors: list[FlatVector], offset: int, count: int, numel: int, shape: tuple[int, ...]
+    vectors: list[FlatVector],
+    offset: int,
+    count: int,
+    numel: int,
+    shape: tuple[int, ...],
+    pool: Executor | None = None,
 ) -> torch.Tensor:
     """`count` elements at `offset` of each flat vector, concatenated, cut to `numel`, shaped."""
-    if numel == 0:  # zero_to_fp32 fails on these under ZeRO-3; they are just empty
-        import torch
+    import torch
 
+    if numel == 0:  # zero_to_fp32 fails on these under ZeRO-3; they are just empty
         return torch.empty(shape, dtype=torch_dtype(vectors[0].dtype))
-    return _joined([t for v in vectors for t in v.take(offset, count)], numel, shape)
+    if not all(v.preadable for v in vectors):
+        return _joined([t for v in vectors for t in v.take(offset, count)], numel, shape)
+    out = torch.empty(numel, dtype=torch_dtype(vectors[0].dtype))
+    raw = memoryview(out.view(torch.uint8).numpy().data)
+    size = vectors[0].elsize
+    jobs = []
+    for i, vector in enumerate(vectors):
+        first = i * count
+        n = min(count, numel - first)  # the last ranks hold padding only
+        if n > 0:
+            jobs.append((vector, n, raw[first * size : (first + n) * size]))
+    if pool is None or len(jobs) < 2:
+        for vector, n, dest in jobs:
+            vector.read_into(offset, n, dest)
+    else:
+        for future in [pool.submit(v.read_into, offset, n, d) for v, n, d in jobs]:
+            future.result()
+    return out.view(shape)
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -353,7 +434,10 @@ def _plan_zero2(
             shape = tuple(shape)
             numel = _numel(shape)
             plan[name] = Planned(
-                name, vector.dtype, shape, partial(_slice, [vector], offset, numel, numel, shape)
+                name,
+                vector.dtype,
+                shape,
+                partial(_slice, [vector], offset, numel, numel, shape, ckpt.pool),
             )
             offset += numel + (pads[i] if pads is not None else 0)
         align = 2 * n
@@ -381,7 +465,10 @@ def _plan_zero3(
         numel = _numel(shape)
         part = math.ceil(numel / n)
         plan[name] = Planned(
-            name, vectors[0].dtype, shape, partial(_slice, vectors, offset, part, numel, shape)
+            name,
+            vectors[0].dtype,
+            shape,
+            partial(_slice, vectors, offset, part, numel, shape, ckpt.pool),
         )
         offset += part
     if offset * n != vectors[0].numel * n or any(v.numel != vectors[0].numel for v in vectors):
