@@ -17,7 +17,7 @@ from typing import Any
 
 from ckpttui.accounting import Breakdown, breakdown, classify
 from ckpttui.formats import is_checkpoint_name, read_file
-from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS
+from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS, layout_named
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
 
 _TMP = re.compile(
@@ -128,8 +128,9 @@ def _walk(
     for layout in DIR_LAYOUTS:
         if layout.claims(folder, names):
             # A checkpoint folder nested in another is its own checkpoint (checkpoint-N/ inside a
-            # model folder), except the ZeRO folder the HF Trainer writes inside checkpoint-N/.
-            if owner is None or not (owner.layout == "hf-trainer" and layout.name == "deepspeed"):
+            # model folder), except where the outer layout absorbs it (a ZeRO tag folder that a
+            # training loop writes inside its own checkpoint folder).
+            if owner is None or layout.name not in layout_named(owner.layout).absorbs:
                 claimed = Checkpoint(str(folder), layout.name)
                 inv.checkpoints.append(claimed)
                 owner = claimed
@@ -204,13 +205,8 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
 
 
 def _guess_layout(name: str) -> str:
-    if name.startswith("model.pt"):
-        return "funasr"
-    if re.match(r"(epoch|step)_\d+\.pt", name):
-        return "wenet"
-    if name.startswith("checkpoint"):
-        return "fairseq"
-    return "torch"
+    """The layout a file still being written will have, from its name alone."""
+    return next((L.name for L in FILE_LAYOUTS if layout_named(L.name).owns_name(name)), "torch")
 
 
 def _finish(inv: Inventory, ckpt: Checkpoint) -> None:

@@ -6,31 +6,25 @@ Outputs, by the name of OUT and the options:
 * ``*.safetensors``: the flat state dict (`jobs.output.write_planned`). A tied weight (two names,
   one storage) is written under each name with its own copy of the bytes, as safetensors refuses
   aliased storage; the pairs are listed in the header metadata (``ckpttui.aliases``). Views that
-  only overlap (DeepSpeed's flat buffers) are written as each view's own values.
+  only overlap (partitioned flat buffers) are written as each view's own values.
 * a folder, with ``max_shard_size``: safetensors shards + ``model.safetensors.index.json``
   (transformers' names, `jobs.st_writer.ShardedWriter`).
 * a folder, with ``config`` (an HF ``config.json`` or a model folder holding one): an HF model
   folder, ``config.json`` + ``model.safetensors`` (shards + index above ``max_shard_size``, default
   5GB, huggingface_hub's default), so ``from_pretrained`` loads it. Use ``strip_prefix`` to take an
-  HF model out of a toolkit's wrapper (SpeechBrain's ``wav2vec2.ckpt`` keeps it under ``model.``).
+  HF model out of a toolkit's wrapper (a recoverable that keeps it under ``model.``).
 * ``*.pt``/``.bin``/``.pth``/``.ckpt`` (also ``model.pt.avg5``): the slim layout of the source,
-  streamed by `TorchZipWriter` with a ``wrap``, so the framework's own loader still reads it:
-
-  - FunASR: ``{"state_dict": ...}``, as ``model.pt.avgN`` (funasr average_nbest_models.py).
-  - fairseq: ``args``, ``cfg``, ``model``, ``criterion``, ``optimizer_history``, ``task_state``,
-    ``extra_state``: ``checkpoint_utils._upgrade_state_dict`` indexes ``optimizer_history[-1]`` and
-    ``extra_state["train_iterator"]``, and ``load_model_ensemble_and_task`` reads ``args``/``cfg``
-    and ``model``; ``last_optimizer_state`` is left out (the trainer reads it with ``.get``).
-  - Lightning: what ``dump_checkpoint(weights_only=True)`` writes: ``epoch``, ``global_step``,
-    ``pytorch-lightning_version`` (its migration reads it), ``state_dict``, ``loops``,
-    ``hparams_name``, ``hyper_parameters`` (+ datamodule hyper-parameters).
-  - anything else: the state dict under the same keys as in the source (``{"model": ...}``), or
-    the plain state dict (WeNet, SpeechBrain recoverables, HF ``pytorch_model.bin``).
+  streamed by `TorchZipWriter` with a ``wrap``, so the framework's own loader still reads it. The
+  layout's `LoaderContract` says which: the top-level keys kept beside the state dict (``keep``:
+  the ones the loader or resume path reads; the rest is named as left out, one line), or the bare
+  state dict (``flat``: what the loader reads, a wrapped source is unwrapped). ``flat=True`` writes
+  the bare state dict from any source.
 
   Metadata is copied from our restricted unpickler's skeleton, never by running the source
-  pickle: plain data as is, ``argparse.Namespace`` rebuilt from its recorded state (the one
-  class rebuilt), Lightning's ``AttributeDict`` as a plain dict, torch dtypes as dtypes; anything
-  else (other classes, tensors, numpy arrays) is dropped and named in a ``log`` event.
+  pickle (`Carrier`): plain data as is, ``argparse.Namespace`` rebuilt from its recorded state
+  (the one class rebuilt), ``AttributeDict`` as a plain dict, torch dtypes as dtypes, tensors
+  (a meter's ``val`` and ``sum``) streamed from the source bit for bit; anything else (other
+  classes, numpy arrays) is dropped and summarised in one ``log`` line per kind.
 """
 
 from __future__ import annotations
@@ -43,6 +37,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +60,7 @@ from ckpttui.jobs.pt_writer import (
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
 from ckpttui.jobs.weights import WeightSet, open_weights
+from ckpttui.layouts import layout_named
 from ckpttui.units import parse_size
 
 if TYPE_CHECKING:
@@ -82,32 +78,9 @@ DTYPES = {
 }
 HF_DEFAULT_SHARD = 5 * 10**9
 _TORCH_NAME = re.compile(r"\.(pt|bin|pth|ckpt)(\.[A-Za-z0-9_]+)?$", re.IGNORECASE)
-KEEP: dict[str, tuple[str, ...]] = {
-    "funasr": ("state_dict",),
-    "fairseq": (
-        "args",
-        "cfg",
-        "model",
-        "criterion",
-        "optimizer_history",
-        "task_state",
-        "extra_state",
-    ),
-    "lightning": (
-        "epoch",
-        "global_step",
-        "pytorch-lightning_version",
-        "state_dict",
-        "loops",
-        "hparams_name",
-        "hyper_parameters",
-        "hparams_type",
-        "datamodule_hparams_name",
-        "datamodule_hyper_parameters",
-    ),
-}
 _DROP = object()
 _STATE = object()
+_META_PREFIX = "\0meta:"  # names of metadata tensors in a plan: never a state-dict name
 
 
 def is_torch_name(path: str | os.PathLike[str]) -> bool:
@@ -141,54 +114,131 @@ def shard_size(value: int | str | None) -> int | None:
 # ------------------------------------------------------------------------------- metadata
 
 
-def carry(value: Any, where: str, dropped: list[str]) -> Any:
-    """A copy of pickled metadata made of plain data only; `_DROP` (noted) for what is not."""
-    if value is None or type(value) in (bool, int, float, str, bytes, complex):
-        return value
-    if isinstance(value, TorchConst):
-        import torch
+class Carrier:
+    """Copies pickled metadata from our restricted unpickler's skeleton, never by running it.
 
-        dtype = getattr(torch, value.removeprefix("torch."), None)
-        if value.startswith("torch.") and isinstance(dtype, torch.dtype):
-            return dtype
-        dropped.append(f"{where} (torch constant {str(value)!r})")
+    Plain data is copied as is, ``argparse.Namespace`` rebuilt from its recorded state,
+    ``AttributeDict`` made a plain dict, torch dtypes made dtypes; a tensor inside metadata (a
+    meter's ``val``) becomes a placeholder whose values are streamed from the source file like a
+    weight (`tensors`), so the loader gets it back bit for bit. Anything else is dropped and
+    counted by kind (`dropped`).
+    """
+
+    def __init__(self, source: TensorSource | None) -> None:
+        self.source = source
+        self.tensors: list[Planned] = []
+        """The metadata tensors to write, in the order met (their names are placeholders)."""
+        self.dropped: dict[str, list[str]] = {}
+        """Kind (class name) -> where each dropped value sat."""
+
+    def carry(self, value: Any, where: str) -> Any:
+        """A copy of `value` that `torch.load(weights_only=True)` reads; `_DROP` where it cannot."""
+        if value is None or type(value) in (bool, int, float, str, bytes, complex):
+            return value
+        if isinstance(value, TorchConst):
+            import torch
+
+            dtype = getattr(torch, value.removeprefix("torch."), None)
+            if value.startswith("torch.") and isinstance(dtype, torch.dtype):
+                return dtype
+            return self._drop(f"torch constant {str(value)!r}", where)
+        if isinstance(value, TensorRef):
+            if self.source is None or value.storage is None:
+                return self._drop("tensor", where)
+            name = f"{_META_PREFIX}{len(self.tensors)}:{where}"
+            self.tensors.append(
+                Planned(name, value.dtype, value.shape, partial(self.source.tensor, value))
+            )
+            return _MetaTensor(name)
+        if isinstance(value, dict):
+            out: dict[Any, Any] = OrderedDict() if isinstance(value, OrderedDict) else {}
+            for key, item in value.items():
+                k = self.carry(key, f"{where}[{key!r}]")
+                v = self.carry(item, f"{where}.{key}") if k is not _DROP else _DROP
+                if v is not _DROP:
+                    out[k] = v
+            return out
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = [self.carry(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            if any(v is _DROP for v in items):
+                return _DROP
+            kind = type(value) if type(value) in (list, tuple, set, frozenset) else list
+            return kind(items)
+        if isinstance(value, OpaqueObject):
+            qualname = type(value).__qualname_full__
+            if qualname == "argparse.Namespace":
+                fields = self.carry(value.fields(), where)
+                return argparse.Namespace(**{str(k): v for k, v in fields.items()})
+            if qualname.endswith(".AttributeDict") and not value.fields():
+                return self.carry(dict(getattr(value, "items", {})), where)
+            return self._drop(qualname, where)
+        return self._drop(type(value).__name__, where)
+
+    def _drop(self, kind: str, where: str) -> Any:
+        self.dropped.setdefault(kind, []).append(where)
         return _DROP
-    if isinstance(value, TensorRef):
-        dropped.append(f"{where} (a tensor)")
-        return _DROP
+
+    def notes(self) -> list[str]:
+        """One line per kind of dropped value, naming where the first ones sat."""
+        return [
+            f"dropped {len(places)} {kind} value{'s' if len(places) > 1 else ''} "
+            f"({', '.join(places[:3])}{' ...' if len(places) > 3 else ''}): "
+            "only plain data, tensors and argparse.Namespace are carried"
+            for kind, places in self.dropped.items()
+        ]
+
+
+class _MetaTensor:
+    """Placeholder for a metadata tensor in the skeleton copy; `wrap` swaps in the written one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _place(value: Any, state: dict[str, Any]) -> Any:
+    """`value` with each `_MetaTensor` replaced by the written tensor of that name."""
+    if isinstance(value, _MetaTensor):
+        return state.pop(value.name)
+    if isinstance(value, argparse.Namespace):
+        return argparse.Namespace(**{k: _place(v, state) for k, v in vars(value).items()})
     if isinstance(value, dict):
-        out: dict[Any, Any] = OrderedDict() if isinstance(value, OrderedDict) else {}
-        for key, item in value.items():
-            k = carry(key, f"{where}[{key!r}]", dropped)
-            v = carry(item, f"{where}.{key}", dropped) if k is not _DROP else _DROP
-            if v is not _DROP:
-                out[k] = v
+        out = OrderedDict() if isinstance(value, OrderedDict) else {}
+        for k, v in value.items():
+            out[k] = _place(v, state)
         return out
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [carry(v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
-        if any(v is _DROP for v in items):
-            return _DROP
-        kind = type(value) if type(value) in (list, tuple, set, frozenset) else list
-        return kind(items)
-    if isinstance(value, OpaqueObject):
-        qualname = type(value).__qualname_full__
-        if qualname == "argparse.Namespace":
-            fields = carry(value.fields(), where, dropped)
-            return argparse.Namespace(**{str(k): v for k, v in fields.items()})
-        if qualname.endswith(".AttributeDict") and not value.fields():
-            return carry(dict(getattr(value, "items", {})), where, dropped)
-        dropped.append(f"{where} ({qualname})")
-        return _DROP
-    dropped.append(f"{where} ({type(value).__name__})")
-    return _DROP
+    if isinstance(value, (list, tuple)):
+        return type(value)(_place(v, state) for v in value)
+    return value
 
 
-def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
-    """How a ``.pt`` output wraps the state dict in `ws`'s layout, and notes on what was left out."""
+@dataclass
+class SlimLayout:
+    """How a ``.pt`` output holds the state dict in its framework's layout."""
+
+    wrap: Callable[[Any], Any]
+    """Builds the saved object from the state dict (metadata tensors included by name)."""
+    notes: list[str]
+    """What was left out, one line per kind."""
+    tensors: list[Planned]
+    """Metadata tensors to write after the weights (their placeholders are in `wrap`)."""
+
+
+def slim_layout(ws: WeightSet, *, flat: bool = False) -> SlimLayout:
+    """The ``.pt`` layout of `ws`'s framework (its `LoaderContract`), or a bare state dict when
+    `flat` or when the framework's loader reads one."""
+    layout = layout_named(ws.layout)
+    contract = layout.contract
     notes: list[str] = []
-    keep = KEEP.get(ws.layout)
     skeleton = ws.skeleton
     path = ws.container
+    if flat or contract.flat:
+        if path:
+            notes.append(
+                f"wrote the bare state dict (the source keeps it under {'/'.join(path)})"
+                + ("" if flat else f": what {layout.title}'s loader reads")
+            )
+        return SlimLayout(lambda state: state, notes, [])
+    keep = contract.keep
     if keep is None or not isinstance(skeleton, dict) or len(path) != 1:
 
         def nest(state: Any) -> Any:
@@ -196,29 +246,29 @@ def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
                 state = {key: state}
             return state
 
-        return nest, notes
+        return SlimLayout(nest, notes, [])
+    carrier = Carrier(ws.sources[0] if len(ws.sources) == 1 else None)
     entries: list[tuple[Any, Any]] = []
     left: list[str] = []
-    dropped: list[str] = []
     for key, value in skeleton.items():
         if key == path[0]:
             entries.append((key, _STATE))
         elif key in keep:
-            copied = carry(value, str(key), dropped)
+            copied = carrier.carry(value, str(key))
             if copied is not _DROP:
                 entries.append((key, copied))
         else:
             left.append(str(key))
     if left:
-        notes.append(f"{ws.layout} layout: left out {', '.join(left)}")
-    notes.extend(
-        f"dropped {d}: only plain data and argparse.Namespace are carried" for d in dropped
-    )
+        notes.append(f"{layout.title} layout: left out {', '.join(left)}")
+    notes.extend(carrier.notes())
 
     def wrap(state: Any) -> Any:
-        return {k: state if v is _STATE else v for k, v in entries}
+        weights = OrderedDict((k, v) for k, v in state.items() if not k.startswith(_META_PREFIX))
+        meta = {k: v for k, v in state.items() if k.startswith(_META_PREFIX)}
+        return {k: weights if v is _STATE else _place(v, meta) for k, v in entries}
 
-    return wrap, notes
+    return SlimLayout(wrap, notes, carrier.tensors)
 
 
 # ------------------------------------------------------------------------------- writers
@@ -441,6 +491,8 @@ def export(
     strip_prefix: str | None = None,
     max_shard_size: int | str | None = None,
     config: str | os.PathLike[str] | None = None,
+    flat: bool = False,
+    recoverable: str | None = None,
     cancel: threading.Event | None = None,
     force: bool = False,
 ) -> Iterator[Event]:
@@ -449,11 +501,13 @@ def export(
     `out` decides the format (see the module): ``.safetensors``, a folder of shards with
     `max_shard_size`, an HF model folder with `config`, or a slim ``.pt``/``.ckpt`` in the
     source's layout. `dtype` (fp16, bf16, fp32) casts floating tensors only; `strip_prefix`
-    (``module.``) is removed from the names that start with it.
+    (``module.``) is removed from the names that start with it; `flat` writes a ``.pt`` as the
+    bare state dict whatever the source's layout; `recoverable` takes one module's file of a
+    folder that holds one per module.
     """
     name = parse_dtype(dtype)
     shard = shard_size(max_shard_size)
-    ws = open_weights(src)
+    ws = open_weights(src, recoverable=recoverable)
     try:
         plan, notes = plan_export(ws, dtype=name, strip_prefix=strip_prefix)
         notes = [*ws.notes, *notes]
@@ -477,17 +531,17 @@ def export(
         elif is_torch_name(out):
             if shard is not None:
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
-            wrap, layout_notes = slim_layout(ws)
+            slim = slim_layout(ws, flat=flat)
             yield from write_torch(
                 "export",
-                plan,
+                [*plan, *slim.tensors],
                 out,
-                wrap,
+                slim.wrap,
                 inputs=inputs,
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=[*notes, *layout_notes],
+                notes=[*notes, *slim.notes],
                 sources=ws.sources,
             )
         else:

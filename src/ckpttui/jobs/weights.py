@@ -1,8 +1,9 @@
 """One checkpoint's weight tensors, read in place, under their state-dict names.
 
-`open_weights` opens one checkpoint (a file, or an HF ``checkpoint-N/``, SpeechBrain ``CKPT+...``
-or WeNet ``epoch_N.pt/`` folder) as its weight tensors under their state-dict names, read in
-place; optimizer and other training state are never touched.
+`open_weights` opens one checkpoint (a file, or a checkpoint folder: HF-style weights files, or one
+file per recoverable module) as its weight tensors under their state-dict names, read in place;
+optimizer and other training state are never touched. What a folder holds is the layout's answer
+(`Layout.weights_in_shards`, `Layout.recoverables`, `Layout.weights_refusal`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from ckpttui.formats import read_file
 from ckpttui.inventory import Inventory
 from ckpttui.jobs.events import JobError
 from ckpttui.jobs.merge import find_hf_shards
-from ckpttui.jobs.select import natural_key, scan_or_fail
+from ckpttui.jobs.select import scan_or_fail
 from ckpttui.jobs.source import TensorSource
+from ckpttui.layouts import DIR_LAYOUTS, Layout, layout_named
+from ckpttui.layouts.base import natural_key
 from ckpttui.records import Category, Checkpoint, TensorRecord
 from ckpttui.units import human_bytes
 
@@ -33,7 +36,7 @@ class WeightSet:
     path: Path
     """The checkpoint as given (file or folder)."""
     layout: str
-    """Its layout (``funasr``, ``fairseq``, ``hf-trainer``, ``torch``...)."""
+    """Its layout's registry name (see `ckpttui.layouts.layout_named`)."""
     files: list[Path]
     """The files the weights come from."""
     names: list[str]
@@ -89,7 +92,7 @@ def open_weights(
 ) -> WeightSet:
     """Open a checkpoint's weights (category weights in our accounting) for reading in place.
 
-    A SpeechBrain folder with several weight recoverables (``model.ckpt``, ``wav2vec2.ckpt``)
+    A folder of recoverables with several weights files (``model.ckpt``, ``wav2vec2.ckpt``)
     gives each file's names prefixed by its recoverable name, unless `recoverable` picks one.
     """
     p = Path(path)
@@ -115,14 +118,13 @@ def open_weights(
                 else " (none found inside)"
             )
         )
-    if ckpt.layout == "deepspeed":
-        raise JobError(f"{p}: a DeepSpeed ZeRO checkpoint; consolidate it with merge first")
-    if ckpt.layout == "dcp":
-        raise JobError(f"{p}: torch.distributed.checkpoint folders are not supported here")
+    layout = layout_named(ckpt.layout)
+    if layout.weights_refusal is not None:
+        raise JobError(f"{p}: {layout.weights_refusal}")
     if not ckpt.complete or ckpt.info.get("dangerous"):
         raise JobError(f"{p}: " + ("; ".join(ckpt.problems[:2]) or "incomplete checkpoint"))
     files = _weight_files(inv, ckpt, p, recoverable)
-    prefixed = ckpt.layout == "speechbrain" and len(files) > 1
+    prefixed = layout.recoverables and len(files) > 1
     ws = WeightSet(p, ckpt.layout, files, [], {})
     if prefixed:
         ws.notes.append(
@@ -143,16 +145,14 @@ def open_weights(
 
 
 def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | None) -> list[Path]:
-    if p.is_dir() and ckpt.layout in ("hf-trainer", "hf-model", "wenet"):
+    if p.is_dir() and layout_named(ckpt.layout).weights_in_shards:
         try:
             return find_hf_shards(p)[1]
         except JobError:
-            if any(
-                c.layout == "deepspeed" and c.path.startswith(ckpt.path + os.sep)
-                for c in inv.checkpoints
-            ) or any(q.name.startswith("global_step") for q in p.iterdir()):
+            inside = _absorbed(ckpt, p)
+            if inside is not None:
                 raise JobError(
-                    f"{p}: the weights are in a DeepSpeed ZeRO folder inside; "
+                    f"{p}: the weights are in a {inside.title} folder inside; "
                     "consolidate it with merge first"
                 ) from None
             raise
@@ -173,6 +173,17 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
     if not files:
         raise JobError(f"{p}: no weight tensors found")
     return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def _absorbed(ckpt: Checkpoint, folder: Path) -> Layout | None:
+    """The layout of a checkpoint folder nested in `folder` that its own layout absorbs."""
+    absorbs = layout_named(ckpt.layout).absorbs
+    for sub in sorted(q for q in folder.iterdir() if q.is_dir()):
+        names = {q.name for q in sub.iterdir()}
+        for inner in DIR_LAYOUTS:
+            if inner.name in absorbs and inner.claims(sub, names):
+                return layout_named(inner.name)
+    return None
 
 
 def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:

@@ -1,20 +1,64 @@
 """PyTorch Lightning ``.ckpt`` files (lightning/pytorch/trainer/connectors/checkpoint_connector.py
 ``dump_checkpoint``): ``epoch``, ``global_step``, ``pytorch-lightning_version``, ``state_dict``,
 ``loops``, ``callbacks``, ``optimizer_states``, ``lr_schedulers``, ``hyper_parameters``...
+
+``callbacks`` holds each callback's state under its ``state_key``; ``ModelCheckpoint``'s is
+``ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', ...}`` and records ``monitor``,
+``best_model_score``, ``best_model_path``, ``current_score`` and ``best_k_models`` (path -> score
+tensor) (lightning/pytorch/callbacks/model_checkpoint.py ``state_dict``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
-from ckpttui.layouts.base import as_int, number_in, plain
+from ckpttui.layouts.base import (
+    Layout,
+    LoaderContract,
+    Ranked,
+    RankError,
+    as_int,
+    number_in,
+    plain,
+    rank,
+    scalar,
+)
 from ckpttui.records import Checkpoint, FileIndex
 
+_STATE_KEY = re.compile(r"^ModelCheckpoint\{")
+_MODE = re.compile(r"'mode':\s*'(min|max)'")
 
-class Lightning:
+
+class Lightning(Layout):
     """A Lightning checkpoint (``epoch=3-step=1000.ckpt``, ``last.ckpt``)."""
 
     name = "lightning"
+    title = "Lightning"
+    training = True
+    # What dump_checkpoint(weights_only=True) writes: its migration reads
+    # pytorch-lightning_version, load_from_checkpoint reads state_dict and hyper_parameters.
+    contract = LoaderContract(
+        keep=(
+            "epoch",
+            "global_step",
+            "pytorch-lightning_version",
+            "state_dict",
+            "loops",
+            "hparams_name",
+            "hyper_parameters",
+            "hparams_type",
+            "datamodule_hparams_name",
+            "datamodule_hyper_parameters",
+        ),
+        average_name="averaged-{n}.ckpt",
+    )
+
+    def is_candidate(self, ckpt: Checkpoint) -> bool:
+        """Every save but ``last.ckpt`` (a copy of the newest) and links."""
+        name = Path(ckpt.path).name
+        return not ckpt.info.get("symlink_to") and not re.match(r"^last(-v\d+)?\.ckpt$", name)
 
     def claims(self, path: Path, index: FileIndex | None) -> bool:
         """Dicts carrying ``pytorch-lightning_version``."""
@@ -22,7 +66,7 @@ class Lightning:
         return isinstance(data, dict) and "pytorch-lightning_version" in data
 
     def describe(self, ckpt: Checkpoint, index: FileIndex | None) -> None:
-        """Epoch and global step from the dict (or the file name)."""
+        """Epoch and global step from the dict (or the file name); the ModelCheckpoint state."""
         data = index.data if index else {}
         name = Path(ckpt.path).name
         ckpt.epoch = as_int(data.get("epoch")) if isinstance(data, dict) else None
@@ -31,7 +75,96 @@ class Lightning:
             ckpt.epoch = number_in(r"epoch=(\d+)", name)
         if ckpt.step is None:
             ckpt.step = number_in(r"step=(\d+)", name)
-        if isinstance(data, dict):
-            ckpt.info["pytorch-lightning_version"] = plain(data.get("pytorch-lightning_version"))
-            if isinstance(data.get("hyper_parameters"), dict):
-                ckpt.info["hyper_parameters"] = plain(data["hyper_parameters"])
+        if not isinstance(data, dict):
+            return
+        ckpt.info["pytorch-lightning_version"] = plain(data.get("pytorch-lightning_version"))
+        if isinstance(data.get("hyper_parameters"), dict):
+            ckpt.info["hyper_parameters"] = plain(data["hyper_parameters"])
+        state, mode = _model_checkpoint(data)
+        if state is not None:
+            scores = {
+                Path(str(p)).name: v
+                for p, t in (state.get("best_k_models") or {}).items()
+                if (v := scalar(ckpt.path, t)) is not None
+            }
+            ckpt.info["model_checkpoint"] = {
+                "monitor": plain(state.get("monitor")),
+                "mode": mode,
+                "best_model_path": plain(state.get("best_model_path")),
+                "best_model_score": scalar(ckpt.path, state.get("best_model_score")),
+                "current_score": scalar(ckpt.path, state.get("current_score")),
+                "best_k_models": scores,
+            }
+
+    def rank(
+        self,
+        ckpts: list[Checkpoint],
+        siblings: list[Checkpoint],
+        files: dict[str, FileIndex],
+        metric: str | None,
+        mode: str | None,
+        root: Path,
+    ) -> tuple[Ranked, str]:
+        """By the ``ModelCheckpoint`` state (its ``monitor``, ``mode`` and ``best_k_models``, plus
+        each save's own ``current_score``), else by ``<metric>=<value>`` in the file names."""
+        states = [
+            c.info["model_checkpoint"]
+            for c in sorted(siblings, key=self.order)
+            if isinstance(c.info.get("model_checkpoint"), dict)
+        ]
+        monitors = [s["monitor"] for s in states if s.get("monitor")]
+        if monitors and (metric is None or metric == monitors[-1]):
+            monitor = monitors[-1]
+            values: dict[str, float] = {}
+            for ckpt in sorted(siblings, key=self.order):
+                state = ckpt.info.get("model_checkpoint") or {}
+                if state.get("monitor") != monitor:
+                    continue
+                if state.get("current_score") is not None:
+                    values[Path(ckpt.path).name] = state["current_score"]
+                values.update(state.get("best_k_models") or {})
+            kept_mode = next((s["mode"] for s in reversed(states) if s.get("mode")), "min")
+            lower = (mode or kept_mode) == "min"
+            scores = [
+                (Path(c.path), values[Path(c.path).name])
+                for c in ckpts
+                if Path(c.path).name in values
+            ]
+            if scores:
+                return rank(scores, lower), (
+                    f"{monitor} from the ModelCheckpoint state ({'lowest' if lower else 'highest'} first)"
+                )
+        if metric is None:
+            raise RankError(
+                f"{root}: these Lightning checkpoints hold no ModelCheckpoint(monitor=...) "
+                "state; pass --metric NAME to rank by NAME=value in the file names "
+                "(epoch=3-val_loss=0.12.ckpt)"
+            )
+        pattern = re.compile(re.escape(metric) + r"=([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+        scores = [
+            (Path(c.path), float(m.group(1)))
+            for c in ckpts
+            if (m := pattern.search(Path(c.path).stem))
+        ]
+        if not scores:
+            raise RankError(
+                f"{root}: no ModelCheckpoint state monitors {metric!r} and no file name holds "
+                f"{metric}=value; pass --metric with the monitored name"
+                + (f" ({monitors[-1]})" if monitors else "")
+            )
+        lower = mode != "max"  # ModelCheckpoint's mode defaults to "min"
+        return rank(
+            scores, lower
+        ), f"{metric} in the file names ({'lowest' if lower else 'highest'} first)"
+
+
+def _model_checkpoint(data: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The ModelCheckpoint callback state and its mode (from the state key), if any."""
+    callbacks = data.get("callbacks")
+    if not isinstance(callbacks, dict):
+        return None, None
+    for key, state in callbacks.items():
+        if isinstance(key, str) and _STATE_KEY.match(key) and isinstance(state, dict):
+            m = _MODE.search(key)
+            return state, (m.group(1) if m else None)
+    return None, None
