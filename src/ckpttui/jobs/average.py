@@ -178,11 +178,12 @@ def average(
             meta = last
         title = layout_named(last.layout).title
         if contract.integers:
-            notes[0] += f" ({title}'s own averaging {contract.integers})"
+            notes[0] += f" ({title}'s {contract.script} {contract.integers})"
         if is_torch_name(out) and not flat and not contract.flat:
             notes.append(
                 f"metadata from the {'first' if meta is sets[0] else 'last'} input "
-                f"({meta.path.name}), as {title}'s own averaging does"
+                f"({meta.path.name})"
+                + (f", as {title}'s {contract.script} does" if contract.script else "")
             )
         notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
         inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]

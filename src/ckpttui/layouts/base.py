@@ -34,8 +34,10 @@ class LoaderContract:
     """The loader reads a bare state dict: a wrapped source (``{"model": ...}``) is unwrapped."""
     metadata_from: str = "last"
     """Which input of an average gives the carried metadata (``first`` or ``last``)."""
+    script: str = ""
+    """The framework's own averaging script, if it has one (named in the job notes)."""
     integers: str = ""
-    """What the framework's own averaging does with integer tensors (ckpttui keeps the last)."""
+    """What that script does with integer tensors (ckpttui keeps the last input's)."""
     average_name: str = "avg{n}.pt"
     """The framework's name for an average of ``n`` checkpoints."""
 

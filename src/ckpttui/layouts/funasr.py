@@ -50,7 +50,10 @@ class FunASR(Layout):
     candidate = re.compile(r"^model\.pt\.ep\d+(\.\d+)?$")
     # average_nbest_models.py saves {"state_dict": avg} and sums integer tensors.
     contract = LoaderContract(
-        keep=("state_dict",), integers="sums them", average_name="model.pt.avg{n}"
+        keep=("state_dict",),
+        script="average_nbest_models.py",
+        integers="sums them",
+        average_name="model.pt.avg{n}",
     )
 
     def owns_name(self, name: str) -> bool:

@@ -80,21 +80,26 @@ class Lightning(Layout):
         ckpt.info["pytorch-lightning_version"] = plain(data.get("pytorch-lightning_version"))
         if isinstance(data.get("hyper_parameters"), dict):
             ckpt.info["hyper_parameters"] = plain(data["hyper_parameters"])
-        state, mode = _model_checkpoint(data)
-        if state is not None:
+        monitored = []
+        for state, mode in _model_checkpoints(data):
             scores = {
                 Path(str(p)).name: v
                 for p, t in (state.get("best_k_models") or {}).items()
                 if (v := scalar(ckpt.path, t)) is not None
             }
-            ckpt.info["model_checkpoint"] = {
-                "monitor": plain(state.get("monitor")),
-                "mode": mode,
-                "best_model_path": plain(state.get("best_model_path")),
-                "best_model_score": scalar(ckpt.path, state.get("best_model_score")),
-                "current_score": scalar(ckpt.path, state.get("current_score")),
-                "best_k_models": scores,
-            }
+            monitored.append(
+                {
+                    "monitor": plain(state.get("monitor")),
+                    "mode": mode,
+                    "dirpath": plain(state.get("dirpath")),
+                    "best_model_path": plain(state.get("best_model_path")),
+                    "best_model_score": scalar(ckpt.path, state.get("best_model_score")),
+                    "current_score": scalar(ckpt.path, state.get("current_score")),
+                    "best_k_models": scores,
+                }
+            )
+        if monitored:
+            ckpt.info["model_checkpoint"] = monitored
 
     def rank(
         self,
@@ -107,21 +112,40 @@ class Lightning(Layout):
     ) -> tuple[Ranked, str]:
         """By the ``ModelCheckpoint`` state (its ``monitor``, ``mode`` and ``best_k_models``, plus
         each save's own ``current_score``), else by ``<metric>=<value>`` in the file names."""
+        folder = Path(ckpts[0].path).parent.name
+        names = {Path(c.path).name for c in ckpts}
+        # One ModelCheckpoint callback per monitored metric (and folder): the one that saved here.
         states = [
-            c.info["model_checkpoint"]
+            s
             for c in sorted(siblings, key=self.order)
-            if isinstance(c.info.get("model_checkpoint"), dict)
+            for s in c.info.get("model_checkpoint") or []
+            if metric is None or s.get("monitor") == metric
         ]
-        monitors = [s["monitor"] for s in states if s.get("monitor")]
-        if monitors and (metric is None or metric == monitors[-1]):
-            monitor = monitors[-1]
+        here = [
+            s
+            for s in states
+            if Path(str(s.get("dirpath") or "")).name == folder or names & set(s["best_k_models"])
+        ]
+        monitors = sorted({str(s["monitor"]) for s in here or states})
+        if len(monitors) > 1:
+            raise RankError(
+                f"{root}: ModelCheckpoint callbacks monitor {', '.join(monitors)}; "
+                "pass --metric with one of them"
+            )
+        if monitors:
+            monitor = monitors[0]
             values: dict[str, float] = {}
-            for ckpt in sorted(siblings, key=self.order):
-                state = ckpt.info.get("model_checkpoint") or {}
-                if state.get("monitor") != monitor:
-                    continue
-                if state.get("current_score") is not None:
-                    values[Path(ckpt.path).name] = state["current_score"]
+            for ckpt in siblings:
+                # A callback updates current_score before it saves, so the file it saved holds
+                # its own score; another callback's save may hold the previous epoch's.
+                for state in ckpt.info.get("model_checkpoint") or []:
+                    if (
+                        state.get("monitor") == monitor
+                        and state.get("current_score") is not None
+                        and Path(str(state.get("dirpath") or "")).name == folder
+                    ):
+                        values[Path(ckpt.path).name] = state["current_score"]
+            for state in here or states:
                 values.update(state.get("best_k_models") or {})
             kept_mode = next((s["mode"] for s in reversed(states) if s.get("mode")), "min")
             lower = (mode or kept_mode) == "min"
@@ -134,6 +158,12 @@ class Lightning(Layout):
                 return rank(scores, lower), (
                     f"{monitor} from the ModelCheckpoint state ({'lowest' if lower else 'highest'} first)"
                 )
+        if metric is None and monitors:
+            raise RankError(
+                f"{root}: the ModelCheckpoint(monitor={monitors[0]!r}) state in these files "
+                "scores the files it saved elsewhere, not these; pass --metric NAME to rank by "
+                "NAME=value in the file names"
+            )
         if metric is None:
             raise RankError(
                 f"{root}: these Lightning checkpoints hold no ModelCheckpoint(monitor=...) "
@@ -158,13 +188,15 @@ class Lightning(Layout):
         ), f"{metric} in the file names ({'lowest' if lower else 'highest'} first)"
 
 
-def _model_checkpoint(data: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """The ModelCheckpoint callback state and its mode (from the state key), if any."""
+def _model_checkpoints(data: dict[str, Any]) -> list[tuple[dict[str, Any], str | None]]:
+    """Each ModelCheckpoint callback state that monitors a metric, with its mode (from the key)."""
     callbacks = data.get("callbacks")
     if not isinstance(callbacks, dict):
-        return None, None
+        return []
+    found = []
     for key, state in callbacks.items():
         if isinstance(key, str) and _STATE_KEY.match(key) and isinstance(state, dict):
-            m = _MODE.search(key)
-            return state, (m.group(1) if m else None)
-    return None, None
+            if state.get("monitor"):
+                m = _MODE.search(key)
+                found.append((state, m.group(1) if m else None))
+    return found

@@ -41,7 +41,9 @@ class SpeechBrain(Layout):
     # Each recoverable's .ckpt is a bare state dict that Checkpointer.recover_if_possible and
     # Pretrainer load by file name; speechbrain.utils.checkpoints.average_state_dicts divides
     # integer tensors; a CKPT+ output takes CKPT.yaml from the newest input.
-    contract = LoaderContract(flat=True, integers="divides them", average_name="CKPT+avg{n}")
+    contract = LoaderContract(
+        flat=True, script="average_checkpoints", integers="divides them", average_name="CKPT+avg{n}"
+    )
 
     def file_role(self, name: str) -> Category | None:
         """Schedulers, counters, ``brain.ckpt`` and dataloader state are training state."""

@@ -53,7 +53,12 @@ class WeNet(Layout):
     training = True
     candidate = re.compile(r"^(epoch_|step_)?\d+\.pt$")
     # wenet/bin/average_model.py: a bare state dict, integers divided into floats.
-    contract = LoaderContract(flat=True, integers="divides them", average_name="avg_{n}.pt")
+    contract = LoaderContract(
+        flat=True,
+        script="wenet/bin/average_model.py",
+        integers="divides them",
+        average_name="avg_{n}.pt",
+    )
     weights_in_shards = True  # epoch_N.pt/ folders hold pytorch_model.bin
 
     def owns_name(self, name: str) -> bool:
