@@ -195,8 +195,12 @@ def _model_checkpoints(data: dict[str, Any]) -> list[tuple[dict[str, Any], str |
         return []
     found = []
     for key, state in callbacks.items():
-        if isinstance(key, str) and _STATE_KEY.match(key) and isinstance(state, dict):
-            if state.get("monitor"):
-                m = _MODE.search(key)
-                found.append((state, m.group(1) if m else None))
+        if (
+            isinstance(key, str)
+            and _STATE_KEY.match(key)
+            and isinstance(state, dict)
+            and state.get("monitor")
+        ):
+            m = _MODE.search(key)
+            found.append((state, m.group(1) if m else None))
     return found
