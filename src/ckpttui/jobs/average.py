@@ -78,6 +78,20 @@ def check_agree(sets: Sequence[WeightSet]) -> None:
             )
 
 
+def _check_distinct(sets: Sequence[WeightSet]) -> None:
+    """Refuse the same file given twice (by device and inode: symlinks, hardlinks, two paths)."""
+    seen: dict[tuple[tuple[int, int], ...], Path] = {}
+    for ws in sets:
+        stats = [os.stat(f) for f in ws.files]
+        key = tuple(sorted((st.st_dev, st.st_ino) for st in stats))
+        if key in seen:
+            raise JobError(
+                f"cannot average: {ws.path} and {seen[key]} are the same file (a link or a "
+                "repeated path); it would count twice"
+            )
+        seen[key] = ws.path
+
+
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype | None:
     """The dtype a mean of `dtype` values is summed in; None for integer and bool tensors."""
     import torch
@@ -158,6 +172,7 @@ def average(
     try:
         for path in paths:
             sets.append(open_weights(path, recoverable=recoverable))
+        _check_distinct(sets)
         check_agree(sets)
         plan = plan_average(sets)
         last = sets[-1]

@@ -69,7 +69,13 @@ def run_checkpoints(
     """The regular checkpoints of the one run under `root`, oldest first, and notes on the rest."""
     inv = inventory if inventory is not None else scan_or_fail(Path(root))
     notes: list[str] = []
-    found = [c for c in inv.checkpoints if layout_named(c.layout).is_candidate(c)]
+    found = [
+        c
+        for c in inv.checkpoints
+        if layout_named(c.layout).is_candidate(c)
+        and "symlink_to" not in c.info
+        and "same_file_as" not in c.info  # a file reached twice is one checkpoint
+    ]
     if any(layout_named(c.layout).training for c in found):
         found = [c for c in found if layout_named(c.layout).training]
     layouts = sorted({c.layout for c in found})

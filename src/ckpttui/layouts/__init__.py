@@ -10,6 +10,7 @@ from __future__ import annotations
 from ckpttui.layouts.base import DirLayout, FileLayout, Layout, LoaderContract, RankError
 from ckpttui.layouts.dcp import DCP
 from ckpttui.layouts.deepspeed import DeepSpeed
+from ckpttui.layouts.espnet import ESPnet
 from ckpttui.layouts.fairseq import Fairseq
 from ckpttui.layouts.funasr import FunASR
 from ckpttui.layouts.hf import HFModel, HFTrainer, PeftAdapter
@@ -27,7 +28,14 @@ DIR_LAYOUTS: tuple[DirLayout, ...] = (
     WeNetFolder(),
     HFModel(),
 )
-FILE_LAYOUTS: tuple[FileLayout, ...] = (Lightning(), Fairseq(), FunASR(), WeNet(), PlainTorch())
+FILE_LAYOUTS: tuple[FileLayout, ...] = (
+    Lightning(),
+    Fairseq(),
+    FunASR(),
+    WeNet(),
+    ESPnet(),
+    PlainTorch(),
+)
 
 _BY_NAME: dict[str, Layout] = {}
 for _layout in (*FILE_LAYOUTS, *DIR_LAYOUTS):
