@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.export import is_torch_name, shard_size, slim_layout, write_torch
 from ckpttui.jobs.output import Planned, write_planned
+from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
 from ckpttui.jobs.source import torch_dtype
 from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
@@ -194,7 +195,7 @@ def average(
         title = layout_named(last.layout).title
         if contract.integers:
             notes[0] += f" ({title}'s {contract.script} {contract.integers})"
-        if is_torch_name(out) and not flat and not contract.flat:
+        if wants_folder(meta, out) or (is_torch_name(out) and not flat and not contract.flat):
             notes.append(
                 f"metadata from the {'first' if meta is sets[0] else 'last'} input "
                 f"({meta.path.name})"
@@ -204,9 +205,23 @@ def average(
         inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
         sources = [s for ws in sets for s in ws.sources]
         start = {"inputs": [str(ws.path) for ws in sets], "layout": last.layout}
-        if is_torch_name(out):
+        if shard is None and wants_folder(meta, out):
+            yield from write_folder(
+                "average",
+                meta,
+                plan,
+                out,
+                inputs=inputs_all,
+                force=force,
+                cancel=cancel,
+                start_data=start,
+                notes=notes,
+                sources=sources,
+            )
+        elif is_torch_name(out):
             if shard is not None:
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
+            refuse_prefixed_file(meta, out)
             slim = slim_layout(meta, flat=flat)
             yield from write_torch(
                 "average",

@@ -54,9 +54,8 @@ from ckpttui.jobs.output import (
     verify_output,
     write_planned,
 )
-from ckpttui.jobs.pt_writer import (
-    TorchZipWriter,
-)
+from ckpttui.jobs.pt_writer import TorchZipWriter
+from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
 from ckpttui.jobs.weights import WeightSet, open_weights
@@ -528,9 +527,23 @@ def export(
                 notes=notes,
                 sources=ws.sources,
             )
+        elif shard is None and wants_folder(ws, out):
+            yield from write_folder(
+                "export",
+                ws,
+                plan,
+                out,
+                inputs=inputs,
+                force=force,
+                cancel=cancel,
+                start_data=start,
+                notes=notes,
+                sources=ws.sources,
+            )
         elif is_torch_name(out):
             if shard is not None:
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
+            refuse_prefixed_file(ws, out)
             slim = slim_layout(ws, flat=flat)
             yield from write_torch(
                 "export",

@@ -51,6 +51,11 @@ class WeightSet:
     """The single torch file's unpickled top-level object, for metadata; None otherwise."""
     notes: list[str] = field(default_factory=list)
     """What was left out (optimizer and other state), one line each."""
+    companions: list[Path] = field(default_factory=list)
+    """Files of a checkpoint folder of recoverables that a folder output carries as they are: all
+    but the chosen weights files and the optimizer's (sidecars, counters, normaliser statistics)."""
+    prefixed: bool = False
+    """Names carry their recoverable's file stem (``model.``): several weights files in one set."""
 
     @property
     def sources(self) -> list[TensorSource]:
@@ -125,7 +130,9 @@ def open_weights(
         raise JobError(f"{p}: " + ("; ".join(ckpt.problems[:2]) or "incomplete checkpoint"))
     files = _weight_files(inv, ckpt, p, recoverable)
     prefixed = layout.recoverables and len(files) > 1
-    ws = WeightSet(p, ckpt.layout, files, [], {})
+    ws = WeightSet(p, ckpt.layout, files, [], {}, prefixed=prefixed)
+    if layout.recoverables and p.is_dir():
+        ws.companions = _companions(inv, ckpt, files)
     if prefixed:
         ws.notes.append(
             "names prefixed by their recoverable: " + ", ".join(f.stem + "." for f in files)
@@ -173,6 +180,19 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
     if not files:
         raise JobError(f"{p}: no weight tensors found")
     return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def _companions(inv: Inventory, ckpt: Checkpoint, weights: list[Path]) -> list[Path]:
+    """The checkpoint's files that are neither the chosen weights nor optimizer state (another
+    module's weights, when one recoverable is chosen, is carried as it is)."""
+    taken = {os.path.abspath(f) for f in weights}
+    out = []
+    for f in ckpt.files:
+        records = inv.records.get(f, [])
+        if os.path.abspath(f) in taken or any(r.category is Category.OPTIMIZER for r in records):
+            continue
+        out.append(Path(f))
+    return out
 
 
 def _absorbed(ckpt: Checkpoint, folder: Path) -> Layout | None:

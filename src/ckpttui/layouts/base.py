@@ -40,6 +40,8 @@ class LoaderContract:
     """What that script does with integer tensors (ckpttui keeps the last input's)."""
     average_name: str = "avg{n}.pt"
     """The framework's name for an average of ``n`` checkpoints."""
+    folder_prefix: str = ""
+    """Its loader finds checkpoint folders by this name prefix (a folder output is named so)."""
 
 
 class Layout:

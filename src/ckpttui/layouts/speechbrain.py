@@ -42,7 +42,11 @@ class SpeechBrain(Layout):
     # Pretrainer load by file name; speechbrain.utils.checkpoints.average_state_dicts divides
     # integer tensors; a CKPT+ output takes CKPT.yaml from the newest input.
     contract = LoaderContract(
-        flat=True, script="average_checkpoints", integers="divides them", average_name="CKPT+avg{n}"
+        flat=True,
+        script="average_checkpoints",
+        integers="divides them",
+        average_name="CKPT+avg{n}",
+        folder_prefix="CKPT+",
     )
 
     def file_role(self, name: str) -> Category | None:
