@@ -54,3 +54,21 @@ def test_bottleneck_adapter_type_and_reduction_factor(tmp_path: Path) -> None:
     assert ckpt["info"]["adapter_type"] == "bottleneck"
     assert ckpt["info"]["reduction_factor"] == 16
     assert ckpt["categories"]["weights"]["bytes"] == 256
+
+
+ADAPTERS = Path(__file__).resolve().parents[1] / "data" / "adapters"
+
+
+def test_real_adapters_saves() -> None:
+    bn = report_dict(scan(ADAPTERS / "saved_bn"))["checkpoints"][0]
+    assert (bn["layout"], bn["info"]["adapter_type"], bn["info"]["reduction_factor"]) == (
+        "peft-adapter",
+        "bottleneck",
+        16,
+    )
+    lora = report_dict(scan(ADAPTERS / "saved_lora"))["checkpoints"][0]
+    assert lora["info"]["adapter_type"] == "lora"
+    # AdapterTrainer's checkpoint-N holds the adapter folder, never full weights: complete
+    trainer = report_dict(scan(ADAPTERS / "run_bn" / "checkpoint-2"))["checkpoints"]
+    outer = next(c for c in trainer if c["path"] == "")
+    assert outer["layout"] == "hf-trainer" and outer["complete"], outer["problems"]

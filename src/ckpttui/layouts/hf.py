@@ -45,6 +45,8 @@ def _weights_problems(folder: Path, names: set[str], ckpt: Checkpoint) -> None:
         return
     if any(n.startswith("global_step") for n in names):
         return  # Trainer + DeepSpeed: the weights are in the nested ZeRO folder
+    if any((folder / n / "adapter_config.json").is_file() for n in names):
+        return  # adapters' AdapterTrainer: only the adapter folder (adapter_config.json + weights)
     ckpt.complete = False
     ckpt.problems.append("no model weights file (model.safetensors / pytorch_model.bin)")
 
