@@ -43,6 +43,7 @@ from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_
 from ckpttui.jobs.source import torch_dtype
 from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
+from ckpttui.units import human_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -91,6 +92,22 @@ def _check_distinct(sets: Sequence[WeightSet]) -> None:
                 "repeated path); it would count twice"
             )
         seen[key] = ws.path
+
+
+def _left_out(sets: Sequence[WeightSet]) -> list[str]:
+    """The inputs' notes, with what each left out summed into one line per category."""
+    totals: dict[str, list[int]] = {}
+    for ws in sets:
+        for cat, (n, b) in ws.left.items():
+            sums = totals.setdefault(cat, [0, 0])
+            sums[0] += n
+            sums[1] += b
+    lines = [
+        f"left out {n} {cat} tensors ({human_bytes(b)}) of the {len(sets)} inputs"
+        for cat, (n, b) in totals.items()
+    ]
+    rest = (n for ws in sets for n in ws.notes if ": left out " not in n)
+    return [*lines, *dict.fromkeys(rest)]
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype | None:
@@ -201,7 +218,7 @@ def average(
                 f"({meta.path.name})"
                 + (f", as {title}'s {contract.script} does" if contract.script else "")
             )
-        notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
+        notes.extend(_left_out(sets))
         inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
         sources = [s for ws in sets for s in ws.sources]
         start = {"inputs": [str(ws.path) for ws in sets], "layout": last.layout}

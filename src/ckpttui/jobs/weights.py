@@ -51,6 +51,8 @@ class WeightSet:
     """The single torch file's unpickled top-level object, for metadata; None otherwise."""
     notes: list[str] = field(default_factory=list)
     """What was left out (optimizer and other state), one line each."""
+    left: dict[str, list[int]] = field(default_factory=dict)
+    """Category -> [tensors, bytes] left out of the files read (optimizer and other state)."""
     companions: list[Path] = field(default_factory=list)
     """Files of a checkpoint folder of recoverables that a folder output carries as they are: all
     but the chosen weights files and the optimizer's (sidecars, counters, normaliser statistics)."""
@@ -216,9 +218,12 @@ def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
     if left:
         by_cat: dict[str, list[int]] = {}
         for r in left:
-            by_cat.setdefault(r.category.value, [0, 0])
-            by_cat[r.category.value][0] += 1
-            by_cat[r.category.value][1] += r.nbytes
+            for sums in (
+                by_cat.setdefault(r.category.value, [0, 0]),
+                ws.left.setdefault(r.category.value, [0, 0]),
+            ):
+                sums[0] += 1
+                sums[1] += r.nbytes
         ws.notes.append(
             f"{file.name}: left out "
             + ", ".join(f"{n} {cat} tensors ({human_bytes(b)})" for cat, (n, b) in by_cat.items())
