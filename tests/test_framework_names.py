@@ -83,3 +83,13 @@ def test_the_check_sees_names_strings_and_comments(tmp_path: Path) -> None:
         if t.type in (tokenize.NAME, tokenize.STRING, tokenize.COMMENT)
     ]
     assert [h.group(0) for h in hits if h] == ["deepspeed", "fairseq", "speechbrain"]
+
+
+def test_every_registered_layout_answers_for_its_framework() -> None:
+    from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS, Layout, layout_named
+
+    for recogniser in (*DIR_LAYOUTS, *FILE_LAYOUTS):
+        layout = layout_named(recogniser.name)
+        assert isinstance(layout, Layout) and layout.title, recogniser.name
+        assert layout.contract.metadata_from in ("first", "last")
+    assert layout_named("no-such-layout").name == "torch"
