@@ -109,7 +109,7 @@ def select_last(
     chosen = ckpts[-n:]
     return Selection(
         [Path(c.path) for c in chosen],
-        f"last {n} of {len(ckpts)} {chosen[0].layout} checkpoints",
+        f"last {n} of {len(ckpts)} {layout_named(chosen[0].layout).title} checkpoints",
         notes=notes,
     )
 
