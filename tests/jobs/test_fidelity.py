@@ -222,3 +222,23 @@ def test_speechbrain_folder_export_keeps_the_shape(sb_save: list[Path], tmp_path
     assert (out / "normalizer.ckpt").read_bytes() == (sb_save[0] / "normalizer.ckpt").read_bytes()
     assert same(load(out / "model.ckpt"), load(sb_save[0] / "model.ckpt"))
     assert not (out / "optimizer.ckpt").exists()
+
+
+def test_cli_flat_and_recoverable(sb_save: list[Path], tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    src = _fairseq(tmp_path / "checkpoint3.pt", 0, 40)
+    proc = run_cli("export", str(src), "--flat", "-o", str(tmp_path / "flat.pt"))
+    assert proc.returncode == 0, proc.stderr
+    assert list(torch.load(tmp_path / "flat.pt", weights_only=True)) == [
+        "encoder.w",
+        "decoder.w",
+        "decoder.b",
+    ]
+    out = tmp_path / "model.ckpt"
+    proc = run_cli("average", *map(str, sb_save), "--recoverable", "model", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert list(torch.load(out, weights_only=True)) == list(load(sb_save[0] / "model.ckpt"))
+    proc = run_cli("average", *map(str, sb_save), "-o", str(tmp_path / "all.pt"))
+    assert proc.returncode == 1 and "--recoverable" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
