@@ -216,7 +216,7 @@ def average(
             notes.append(
                 f"metadata from the {'first' if meta is sets[0] else 'last'} input "
                 f"({meta.path.name})"
-                + (f", as {title}'s {contract.script} does" if contract.script else "")
+                + (f", as {title}'s {contract.script} does" if contract.copies_metadata else "")
             )
         notes.extend(_left_out(sets))
         inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]

@@ -9,7 +9,8 @@ nothing, silently), so a folder output keeps the folder's shape:
 * each weights file averaged or exported as a bare state dict under its own file name;
 * every other file of the input named by the layout's `LoaderContract.metadata_from` (the newest
   by default) copied as it is, byte for byte: sidecars, counters and the normaliser statistics
-  the model needs to run (their integer counts included);
+  the model needs to run (their integer counts included); the metadata sidecar gets one comment
+  line appended (`WRITTEN_BY`: what it holds, so it is never taken for an interrupted save);
 * optimizer files left out, named in one line.
 
 The folder is written under a temporary name, fsynced and renamed, like every output.
@@ -34,6 +35,7 @@ from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.st_writer import TensorSpec
 from ckpttui.jobs.weights import WeightSet
 from ckpttui.layouts import layout_named
+from ckpttui.layouts.base import WRITTEN_BY
 
 
 def wants_folder(ws: WeightSet, out: str | os.PathLike[str]) -> bool:
@@ -124,6 +126,8 @@ def write_folder(
         yield Event("log", job, 0, total, note)
     clock = ProgressClock(job, total)
     hashes: dict[str, str] = {}
+    inputs_named = (start_data or {}).get("inputs") or [str(ws.path)]
+    inputs_named = [Path(p).name for p in inputs_named]
     with atomic as temp:
         for name, part in groups:
             specs = [TensorSpec(p.name, p.dtype, p.shape) for p in part]
@@ -145,6 +149,12 @@ def write_folder(
             if companion.name in hashes:
                 raise JobError(f"{companion}: its name is also a written weights file")
             shutil.copyfile(companion, temp / companion.name)
+            if companion.name == layout.contract.sidecar:
+                with open(temp / companion.name, "a", encoding="utf-8") as sidecar:
+                    sidecar.write(
+                        f"\n{WRITTEN_BY} ({job} of {', '.join(inputs_named)}; "
+                        "optimizer files left out)\n"
+                    )
             hashes[companion.name] = hashlib.sha256(
                 (temp / companion.name).read_bytes()
             ).hexdigest()

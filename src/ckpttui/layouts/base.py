@@ -19,6 +19,10 @@ _GENERIC_SKIP = re.compile(r"avg|average|best|last|latest|final|init", re.IGNORE
 _LOWER_IS_BETTER = ("loss", "wer", "cer", "err", "ppl", "perplexity", "distance")
 
 
+WRITTEN_BY = "# written by ckpttui"
+"""Start of the comment a folder output appends to its sidecar (see `LoaderContract.sidecar`)."""
+
+
 class RankError(ValueError):
     """A run cannot be ranked or chosen from as asked; the message names the folder and the fix."""
 
@@ -42,6 +46,11 @@ class LoaderContract:
     """The framework's name for an average of ``n`` checkpoints."""
     folder_prefix: str = ""
     """Its loader finds checkpoint folders by this name prefix (a folder output is named so)."""
+    sidecar: str = ""
+    """The YAML metadata file of a checkpoint folder; a folder output appends a comment to it
+    (`WRITTEN_BY`) saying what it holds, so that it is never taken for an interrupted save."""
+    copies_metadata: bool = False
+    """The framework's own averaging script copies one input's metadata (`metadata_from`)."""
 
 
 class Layout:

@@ -52,6 +52,7 @@ class Fairseq(Layout):
             "extra_state",
         ),
         metadata_from="first",
+        copies_metadata=True,
         script="scripts/average_checkpoints.py",
         integers="floor-divides them",
         average_name="checkpoint.avg{n}.pt",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckpttui.layouts.base import (
+    WRITTEN_BY,
     Layout,
     LoaderContract,
     Ranked,
@@ -28,6 +29,13 @@ from ckpttui.records import Category, Checkpoint, FileIndex
 # Recoverables that are training state, by the stem of their file name.
 _TRAINING_STATE = ("sched", "annealing", "noam", "counter", "brain", "dataloader", "scaler")
 _NOT_METRICS = ("unixtime", "end-of-epoch", "epoch")
+
+
+def _written_by_ckpttui(folder: Path) -> bool:
+    try:
+        return WRITTEN_BY in (folder / "CKPT.yaml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 class SpeechBrain(Layout):
@@ -47,6 +55,7 @@ class SpeechBrain(Layout):
         integers="divides them",
         average_name="CKPT+avg{n}",
         folder_prefix="CKPT+",
+        sidecar="CKPT.yaml",
     )
 
     def file_role(self, name: str) -> Category | None:
@@ -134,6 +143,9 @@ class SpeechBrain(Layout):
             if sibling != folder and sibling.name.startswith("CKPT+") and sibling.is_dir():
                 expected |= {p.name for p in sibling.iterdir() if p.suffix == ".ckpt"}
         missing = sorted(expected - mine)
+        if missing and _written_by_ckpttui(folder) and all("optim" in m for m in missing):
+            ckpt.info["optimizer_left_out"] = True  # a weights-only folder, not a broken save
+            missing = []
         if missing:
             ckpt.complete = False
             ckpt.problems.append(
