@@ -12,6 +12,7 @@ from weights_ref import load
 
 from ckpttui.inventory import report_dict, scan
 from ckpttui.jobs.average import average
+from ckpttui.jobs.export import export
 from ckpttui.jobs.select import select_last
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "speechbrain" / "save"
@@ -43,3 +44,14 @@ def test_last_two_average_to_a_recoverable_folder(tmp_path: Path) -> None:
     assert report["CKPT+avg2"]["complete"], report["CKPT+avg2"]["problems"]
     assert report["CKPT+avg2"]["categories"]["optimizer"]["bytes"] == 0
     assert "CKPT+avg2" not in {p.name for p in select_last(save, 3).paths}
+
+
+def test_normalizer_export_keeps_its_count(tmp_path: Path) -> None:
+    # InputNormalization._load_statistics_dict reads state["count"] (KeyError without it)
+    src = sorted(DATA.iterdir())[-1] / "normalizer.ckpt"
+    out = tmp_path / "normalizer.ckpt"
+    list(export(src, out))
+    ref = torch.load(src, weights_only=True)
+    ours = torch.load(out, weights_only=True)
+    assert list(ours) == list(ref) and ours["count"] == ref["count"]
+    assert all(torch.equal(ours[k], v) for k, v in ref.items() if isinstance(v, torch.Tensor))

@@ -222,6 +222,35 @@ class SlimLayout:
     """Metadata tensors to write after the weights (their placeholders are in `wrap`)."""
 
 
+def _bare_with_values(ws: WeightSet, skeleton: dict[Any, Any]) -> SlimLayout:
+    """A bare dict of tensors that also holds plain values (a normaliser's integer ``count``):
+    the values the loader reads stay beside the tensors, in the source's key order."""
+    names = set(ws.names)
+    carrier = Carrier(ws.sources[0] if len(ws.sources) == 1 else None)
+    values = {
+        k: v
+        for k, raw in skeleton.items()
+        if k not in names and not isinstance(raw, TensorRef)
+        if (v := carrier.carry(raw, str(k))) is not _DROP
+    }
+    if not values:
+        return SlimLayout(lambda state: state, carrier.notes(), [])
+    order = list(skeleton)
+
+    def wrap(state: Any) -> Any:
+        meta = {k: v for k, v in state.items() if k.startswith(_META_PREFIX)}
+        out = OrderedDict() if isinstance(skeleton, OrderedDict) else {}
+        for key in order:
+            if key in state:
+                out[key] = state[key]
+            elif key in values:
+                out[key] = _place(values[key], meta)
+        return out
+
+    notes = [f"kept {', '.join(map(str, values))} beside the tensors", *carrier.notes()]
+    return SlimLayout(wrap, notes, carrier.tensors)
+
+
 def slim_layout(ws: WeightSet, *, flat: bool = False) -> SlimLayout:
     """The ``.pt`` layout of `ws`'s framework (its `LoaderContract`), or a bare state dict when
     `flat` or when the framework's loader reads one."""
@@ -230,6 +259,8 @@ def slim_layout(ws: WeightSet, *, flat: bool = False) -> SlimLayout:
     notes: list[str] = []
     skeleton = ws.skeleton
     path = ws.container
+    if not path and isinstance(skeleton, dict):
+        return _bare_with_values(ws, skeleton)
     if flat or contract.flat:
         if path:
             notes.append(

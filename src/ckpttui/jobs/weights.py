@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpttui.accounting import classify
+from ckpttui.accounting import NEEDED_OTHER_PARTS, classify
 from ckpttui.formats import read_file
 from ckpttui.inventory import Inventory
 from ckpttui.jobs.events import JobError
@@ -170,6 +170,8 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
         for f in ckpt.files
         if any(r.category is Category.WEIGHTS for r in inv.records.get(f, []))
     ]
+    if not files:  # a file of state needed to run (normaliser statistics) and nothing else
+        files = [Path(f) for f in ckpt.files if any(map(_needed, inv.records.get(f, [])))]
     if recoverable is not None:
         wanted = [f for f in files if f.stem == recoverable]
         if not wanted:
@@ -182,6 +184,11 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
     if not files:
         raise JobError(f"{p}: no weight tensors found")
     return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def _needed(rec: TensorRecord) -> bool:
+    """State that running the model needs besides its weights (normaliser statistics)."""
+    return rec.category is Category.OTHER and rec.part in NEEDED_OTHER_PARTS
 
 
 def _companions(inv: Inventory, ckpt: Checkpoint, weights: list[Path]) -> list[Path]:
@@ -214,7 +221,11 @@ def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
     records = inv.records.get(key) or classify(ws.layout, file.name, index)
     source = TensorSource(file, index)
     weights = [r for r in records if r.category is Category.WEIGHTS]
-    left = [r for r in records if r.category is not Category.WEIGHTS]
+    if not weights and len(ws.files) == 1:
+        # a file of state needed to run (normaliser statistics) and nothing else: that is what
+        # exporting it means
+        weights = [r for r in records if _needed(r)]
+    left = [r for r in records if r not in weights]
     if left:
         by_cat: dict[str, list[int]] = {}
         for r in left:
