@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckpttui.jobs.events import Event, JobError
-from ckpttui.jobs.export import is_torch_name, shard_size, slim_layout, write_torch
+from ckpttui.jobs.export import is_torch_name, shard_size, write_torch
 from ckpttui.jobs.output import Planned, write_planned
 from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
+from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import torch_dtype
 from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
