@@ -242,3 +242,25 @@ def test_cli_flat_and_recoverable(sb_save: list[Path], tmp_path: Path) -> None:
     proc = run_cli("average", *map(str, sb_save), "-o", str(tmp_path / "all.pt"))
     assert proc.returncode == 1 and "--recoverable" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+FAIRSEQ = Path(__file__).resolve().parents[1] / "data" / "fairseq"
+
+
+def test_real_fairseq_mid_epoch_export_and_average(tmp_path: Path) -> None:
+    # fairseq-train --restore-file reads extra_state["metrics"] into meters (load_state_dict
+    # needs each AverageMeter's val/sum); these files were written by fairseq-train itself.
+    src = FAIRSEQ / "checkpoint_3_45.pt"
+    ref = torch.load(src, weights_only=False)
+    assert isinstance(ref["extra_state"]["metrics"]["default"][0][3]["val"], torch.Tensor)
+    events = list(export(src, tmp_path / "mid_slim.pt"))
+    out = torch.load(tmp_path / "mid_slim.pt", weights_only=False)
+    for key in ("cfg", "model", "criterion", "optimizer_history", "task_state", "extra_state"):
+        assert same(out[key], ref[key]), key
+    assert "last_optimizer_state" not in out
+    assert not any("other tensors" in m or "dropped" in m for m in logs(events))
+    first = torch.load(FAIRSEQ / "checkpoint_3_40.pt", weights_only=False)
+    list(average([FAIRSEQ / "checkpoint_3_40.pt", src], tmp_path / "mid_avg.pt"))
+    avg = torch.load(tmp_path / "mid_avg.pt", weights_only=False)
+    assert same(avg["extra_state"], first["extra_state"])
+    assert same(avg["optimizer_history"], first["optimizer_history"])

@@ -42,9 +42,8 @@ from ckpttui.jobs.output import Planned, write_planned
 from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
 from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import torch_dtype
-from ckpttui.jobs.weights import WeightSet, open_weights
+from ckpttui.jobs.weights import WeightSet, left_out, open_weights
 from ckpttui.layouts import layout_named
-from ckpttui.units import human_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -93,22 +92,6 @@ def _check_distinct(sets: Sequence[WeightSet]) -> None:
                 "repeated path); it would count twice"
             )
         seen[key] = ws.path
-
-
-def _left_out(sets: Sequence[WeightSet]) -> list[str]:
-    """The inputs' notes, with what each left out summed into one line per category."""
-    totals: dict[str, list[int]] = {}
-    for ws in sets:
-        for cat, (n, b) in ws.left.items():
-            sums = totals.setdefault(cat, [0, 0])
-            sums[0] += n
-            sums[1] += b
-    lines = [
-        f"left out {n} {cat} tensors ({human_bytes(b)}) of the {len(sets)} inputs"
-        for cat, (n, b) in totals.items()
-    ]
-    rest = (n for ws in sets for n in ws.notes if ": left out " not in n)
-    return [*lines, *dict.fromkeys(rest)]
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype | None:
@@ -219,7 +202,7 @@ def average(
                 f"({meta.path.name})"
                 + (f", as {title}'s {contract.script} does" if contract.copies_metadata else "")
             )
-        notes.extend(_left_out(sets))
+        notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
         inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
         sources = [s for ws in sets for s in ws.sources]
         start = {"inputs": [str(ws.path) for ws in sets], "layout": last.layout}
@@ -233,7 +216,7 @@ def average(
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out(sets)],
                 sources=sources,
             )
         elif is_torch_name(out):
@@ -241,6 +224,7 @@ def average(
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
             refuse_prefixed_file(meta, out)
             slim = slim_layout(meta, flat=flat)
+            kept = [(1, p.nbytes) for p in slim.tensors]
             yield from write_torch(
                 "average",
                 [*plan, *slim.tensors],
@@ -250,7 +234,7 @@ def average(
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=[*notes, *slim.notes],
+                notes=[*notes, *left_out(sets, kept), *slim.notes],
                 sources=sources,
             )
         else:
@@ -263,7 +247,7 @@ def average(
                 cancel=cancel,
                 max_shard_size=shard,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out(sets)],
                 sources=sources,
             )
     finally:

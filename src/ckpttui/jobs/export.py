@@ -49,7 +49,7 @@ from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_
 from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
-from ckpttui.jobs.weights import WeightSet, open_weights
+from ckpttui.jobs.weights import WeightSet, left_out, open_weights
 from ckpttui.units import parse_size
 
 if TYPE_CHECKING:
@@ -351,7 +351,7 @@ def export(
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out([ws])],
                 sources=ws.sources,
             )
         elif shard is None and wants_folder(ws, out):
@@ -364,7 +364,7 @@ def export(
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out([ws])],
                 sources=ws.sources,
             )
         elif is_torch_name(out):
@@ -381,7 +381,7 @@ def export(
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=[*notes, *slim.notes],
+                notes=[*notes, *left_out([ws], [(1, p.nbytes) for p in slim.tensors]), *slim.notes],
                 sources=ws.sources,
             )
         else:
@@ -394,7 +394,7 @@ def export(
                 cancel=cancel,
                 max_shard_size=shard,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out([ws])],
                 sources=ws.sources,
             )
     finally:

@@ -9,6 +9,7 @@ optimizer and other training state are never touched. What a folder holds is the
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,8 @@ class WeightSet:
     notes: list[str] = field(default_factory=list)
     """What was left out (optimizer and other state), one line each."""
     left: dict[str, list[int]] = field(default_factory=dict)
-    """Category -> [tensors, bytes] left out of the files read (optimizer and other state)."""
+    """Category -> [tensors, bytes] left out of the files read (optimizer and other state);
+    `left_out` words it."""
     companions: list[Path] = field(default_factory=list)
     """Files of a checkpoint folder of recoverables that a folder output carries as they are: all
     but the chosen weights files and the optimizer's (sidecars, counters, normaliser statistics)."""
@@ -186,6 +188,26 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
     return sorted(files, key=lambda f: natural_key(f.name))
 
 
+def left_out(sets: Sequence[WeightSet], kept: Sequence[tuple[int, int]] = ()) -> list[str]:
+    """One line per category of what the inputs leave out; `kept` are (count, bytes) of
+    non-weight tensors the output carries anyway (metadata tensors, counted as other)."""
+    totals: dict[str, list[int]] = {}
+    for ws in sets:
+        for cat, (n, b) in ws.left.items():
+            sums = totals.setdefault(cat, [0, 0])
+            sums[0] += n
+            sums[1] += b
+    if kept and Category.OTHER.value in totals:
+        totals[Category.OTHER.value][0] -= sum(n for n, _ in kept)
+        totals[Category.OTHER.value][1] -= sum(b for _, b in kept)
+    where = f" of the {len(sets)} inputs" if len(sets) > 1 else ""
+    return [
+        f"left out {n} {cat} tensors ({human_bytes(b)}){where}"
+        for cat, (n, b) in totals.items()
+        if n > 0
+    ]
+
+
 def _needed(rec: TensorRecord) -> bool:
     """State that running the model needs besides its weights (normaliser statistics)."""
     return rec.category is Category.OTHER and rec.part in NEEDED_OTHER_PARTS
@@ -225,20 +247,11 @@ def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
         # a file of state needed to run (normaliser statistics) and nothing else: that is what
         # exporting it means
         weights = [r for r in records if _needed(r)]
-    left = [r for r in records if r not in weights]
-    if left:
-        by_cat: dict[str, list[int]] = {}
-        for r in left:
-            for sums in (
-                by_cat.setdefault(r.category.value, [0, 0]),
-                ws.left.setdefault(r.category.value, [0, 0]),
-            ):
-                sums[0] += 1
-                sums[1] += r.nbytes
-        ws.notes.append(
-            f"{file.name}: left out "
-            + ", ".join(f"{n} {cat} tensors ({human_bytes(b)})" for cat, (n, b) in by_cat.items())
-        )
+    for r in records:
+        if r not in weights:
+            sums = ws.left.setdefault(r.category.value, [0, 0])
+            sums[0] += 1
+            sums[1] += r.nbytes
     container = _common_prefix([r.path[:-1] for r in weights])
     owners: dict[tuple[Any, ...], str] = {}
     taken = {name: src.path for name, (src, _) in ws.entries.items()}
