@@ -196,7 +196,10 @@ def average(
         title = layout_named(last.layout).title
         if contract.integers:
             notes[0] += f" ({title}'s {contract.script} {contract.integers})"
-        if wants_folder(meta, out) or (is_torch_name(out) and not flat and not contract.flat):
+        carries = contract.keep is not None and len(contract.keep) > 1  # more than the weights
+        if wants_folder(meta, out) or (
+            is_torch_name(out) and not flat and not contract.flat and carries
+        ):
             notes.append(
                 f"metadata from the {'first' if meta is sets[0] else 'last'} input "
                 f"({meta.path.name})"

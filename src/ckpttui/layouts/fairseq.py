@@ -101,8 +101,11 @@ class Fairseq(Layout):
                 best_files.append((path, float(m.group(2))))
         if best_files:
             return rank(best_files, lower), f"the value in checkpoint.best_* names ({first} first)"
+        # A mid-epoch save repeats the last validation's val_loss unless it was validated
+        # itself: rank epoch saves when there are any, as average_checkpoints.py never mixes.
+        pool, _ = self.last_pool(ckpts)
         scores = [
-            (Path(c.path), v) for c in ckpts if (v := number(c.info.get("val_loss"))) is not None
+            (Path(c.path), v) for c in pool if (v := number(c.info.get("val_loss"))) is not None
         ]
         return rank(scores, lower), f"extra_state val_loss ({first} first)"
 
