@@ -90,3 +90,29 @@ def test_cli_last_two(espnet_run: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     start = next(json.loads(line) for line in proc.stdout.splitlines() if '"start"' in line)
     assert [Path(p).name for p in start["data"]["inputs"]] == ["3epoch.pth", "4epoch.pth"]
+
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "espnet" / "asr_tiny"
+
+
+def test_real_run_best_average_equals_espnets_own(tmp_path: Path) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(REAL, tmp_path / "asr_tiny", symlinks=True))
+    assert (run / "latest.pth").is_symlink()
+    report = report_dict(scan(run))
+    assert {c["layout"] for c in report["checkpoints"]} == {"espnet"}
+    links = {c["path"]: c["size"] for c in report["checkpoints"] if "symlink_to" in c["info"]}
+    assert links == {"latest.pth": 0, "valid.acc.ave.pth": 0, "valid.acc.best.pth": 0}
+    assert [p.name for p in select_last(run, 2).paths] == ["1epoch.pth", "3epoch.pth"]
+    best = select_best(run, 2)
+    assert [p.name for p in best.ranked] == ["3epoch.pth", "1epoch.pth"]
+    out = tmp_path / "ours.pth"
+    _drive(average(best.paths, out))
+    ours = torch.load(out, weights_only=True)
+    theirs = torch.load(run / "valid.acc.ave_2best.pth", weights_only=True)
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], v) for k, v in theirs.items())  # fp32 sums of two: exact
+    _drive(export(run / "checkpoint.pth", tmp_path / "model.pth"))
+    model = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert all(torch.equal(model[k], v) for k, v in torch.load(run / "3epoch.pth").items())
