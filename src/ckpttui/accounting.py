@@ -1,9 +1,11 @@
 """Give every tensor a category (weights / optimizer / other) and a finer part, and sum them up.
 
-The category of a tensor depends on where its framework keeps it: a whole file (HF ``optimizer.pt``,
-DeepSpeed ``*_optim_states.pt``), a top-level key (FunASR ``state_dict`` vs ``optimizer``, fairseq
-``model`` vs ``last_optimizer_state``), or the shape of the dict around it (any ``{"state",
-"param_groups"}`` dict is a torch optimizer's state_dict, wherever it sits).
+The category of a tensor depends on where its framework keeps it: a whole file (``optimizer.pt``,
+``*_optim_states.pt``, or what the layout's `file_role` says), a top-level key (``state_dict`` vs
+``optimizer``, ``model`` vs ``last_optimizer_state``), or the shape of the dict around it (any
+``{"state", "param_groups"}`` dict is a torch optimizer's state_dict, wherever it sits). Statistics
+the model needs to run (a feature normaliser's mean and variance) are other/normalizer, never
+reclaimable, wherever they are.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpttui.layouts import layout_named
 from ckpttui.records import CATEGORIES, Category, FileIndex, TensorRecord
 
 W, O, X = Category.WEIGHTS, Category.OPTIMIZER, Category.OTHER
@@ -107,29 +110,9 @@ def _file_role(layout: str, name: str) -> Category | None:
         r"random_states(_\d+)?\.(pkl|pt|pth|bin)$", lower
     ):  # accelerate save_state
         return X
-    if lower.endswith(".safetensors") or re.match(
-        r"(pytorch_model|adapter_model|model)"
-        r"(-\d+-of-\d+)?\.(bin|pt)$",
-        lower,
-    ):
-        return W if layout in ("hf-trainer", "hf-model", "peft-adapter") else None
-    if layout == "speechbrain":
-        stem = lower.rsplit(".", 1)[0]
-        if any(
-            k in stem
-            for k in (
-                "normaliz",
-                "sched",
-                "annealing",
-                "noam",
-                "counter",
-                "brain",
-                "dataloader",
-                "scaler",
-            )
-        ):
-            return X
-    return None
+    if "normaliz" in lower:
+        return X  # part normalizer: needed to run
+    return layout_named(layout).file_role(name)
 
 
 def _other_part(text: str) -> str:
@@ -207,9 +190,7 @@ def _category_in_tree(layout: str, index: FileIndex, rec: TensorRecord, flat: bo
         return O
     if flat or len(rec.path) == 1:
         return X if _other_part(rec.path[-1]) in ("ema", "rng") else W
-    if layout == "speechbrain":
-        return W
-    return X
+    return W if layout_named(layout).nested_weights else X
 
 
 def _child(node: Any, key: str) -> Any:

@@ -90,7 +90,7 @@ def list_dir(path: str) -> list[Entry]:
 
 
 def disk_usage(path: str) -> int:
-    """Bytes of all regular files under a path (symlinked folders not followed)."""
+    """Bytes of all regular files under a path, each file once (symlinked folders not followed)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -98,6 +98,7 @@ def disk_usage(path: str) -> int:
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size
     total = 0
+    seen: set[tuple[int, int]] = set()  # a file reached twice (symlink, hardlink) counts once
     stack = [path]
     while stack:
         current = stack.pop()
@@ -108,7 +109,10 @@ def disk_usage(path: str) -> int:
                         if e.is_dir(follow_symlinks=False):
                             stack.append(e.path)
                         elif e.is_file(follow_symlinks=True):
-                            total += e.stat(follow_symlinks=True).st_size
+                            fst = e.stat(follow_symlinks=True)
+                            if (fst.st_dev, fst.st_ino) not in seen:
+                                seen.add((fst.st_dev, fst.st_ino))
+                                total += fst.st_size
                     except OSError:
                         continue
         except OSError:

@@ -1,17 +1,15 @@
 """Training curves: the metric each framework recorded per step or epoch, and where checkpoints sit.
 
-Sources: HF ``trainer_state.json`` log_history (loss, eval_loss); WeNet ``epoch_N.yaml``
-(``loss_dict.loss`` in 3.x, ``cv_loss`` in 2.x); SpeechBrain ``CKPT.yaml`` meta (WER, ACC, loss);
-FunASR ``val_acc_step_or_epoch`` / ``val_loss_step_or_epoch``; fairseq ``extra_state.val_loss``;
-DeepSpeed client state (``cv_loss``, ``loss``). Everything comes from an `Inventory`.
+Each layout says which metrics its checkpoints recorded (`Layout.curve_points`) and where a
+checkpoint sits on the x axis (`Layout.curve_x`). Everything comes from an `Inventory`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ckpttui.inventory import Inventory
+from ckpttui.layouts import layout_named
 
 
 @dataclass
@@ -55,62 +53,24 @@ def _add(series: dict[str, Series], name: str, x: float | None, y: object) -> No
 
 
 def build_curve(inv: Inventory) -> Curve:
-    """Collect every recorded metric of the checkpoints in an inventory."""
+    """Collect every recorded metric of the checkpoints in an inventory (each layout says which)."""
     series: dict[str, Series] = {}
     curve = Curve()
-    # Epoch-based toolkits (FunASR, WeNet, SpeechBrain, fairseq) plot per epoch; HF per step.
+    # Epoch-based runs plot per epoch; a layout whose curves are per step (log every N steps) wins.
     with_epoch = sum(c.epoch is not None for c in inv.checkpoints)
     with_step = sum(c.step is not None for c in inv.checkpoints)
     by_epoch = (
         with_epoch > 0
         and with_epoch >= with_step
-        and not any(c.layout == "hf-trainer" for c in inv.checkpoints)
+        and not any(layout_named(c.layout).steps_axis for c in inv.checkpoints)
     )
-    hf_history: list[dict[str, object]] = []
     for ckpt in inv.checkpoints:
-        info = ckpt.info
-        x: float | None = ckpt.epoch if by_epoch else ckpt.step
-        if by_epoch and x is not None and ckpt.layout == "funasr" and ckpt.step is not None:
-            x += 0.5  # model.pt.ep1.3: mid-way through (0-based) epoch 1
-        label = inv.rel(ckpt.path) or "."
-        if ckpt.layout == "hf-trainer" and isinstance(info.get("log_history"), list):
-            if len(info["log_history"]) > len(hf_history):
-                hf_history = info["log_history"]
-        elif ckpt.layout == "wenet" or info.get("variant") == "wenet":
-            loss = (
-                info.get("loss_dict", {}).get("loss")
-                if isinstance(info.get("loss_dict"), dict)
-                else info.get("cv_loss")
-            )
-            _add(series, "cv_loss", x, loss)
-        elif ckpt.layout == "speechbrain":
-            meta_value = info.get("meta")
-            meta: dict[str, object] = meta_value if isinstance(meta_value, dict) else {}
-            for key, value in meta.items():
-                if key not in ("unixtime", "end-of-epoch", "epoch") and _num(value) is not None:
-                    _add(series, key, x, value)
-        elif ckpt.layout == "funasr":
-            for metric in ("val_acc", "val_loss"):
-                values = info.get(metric)
-                if isinstance(values, dict):
-                    for name, value in values.items():
-                        m = re.match(r"(?:model\.pt\.)?ep(\d+)(?:\.(\d+))?$", str(name))
-                        if m:
-                            ex = float(m.group(1)) + (0.5 if m.group(2) else 0.0)
-                            _add(series, metric, ex, value)
-        elif ckpt.layout == "fairseq":
-            _add(series, "val_loss", x, info.get("val_loss"))
-        elif ckpt.layout == "deepspeed":
-            for key in ("cv_loss", "val_loss", "loss"):
-                _add(series, key, x, info.get(key))
+        layout = layout_named(ckpt.layout)
+        x = layout.curve_x(ckpt, by_epoch)
+        for name, px, py in layout.curve_points(ckpt, x):
+            _add(series, name, px, py)
         if x is not None:
-            curve.checkpoints.append((float(x), label))
-    for entry in hf_history:
-        if not isinstance(entry, dict):
-            continue
-        step = _num(entry.get("step"))
-        for key in ("loss", "eval_loss"):
-            _add(series, key, step, entry.get(key))
+            curve.checkpoints.append((float(x), inv.rel(ckpt.path) or "."))
     for s in series.values():
         pairs = sorted(set(zip(s.x, s.y)))
         s.x = [p[0] for p in pairs]

@@ -18,7 +18,7 @@ from typing import Any
 from ckpttui.accounting import Breakdown, breakdown, classify
 from ckpttui.formats import is_checkpoint_name, read_file
 from ckpttui.jobs.owner import TEMP_RE, temp_status
-from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS
+from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS, layout_named
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
 
 _TMP = re.compile(
@@ -48,6 +48,10 @@ class Inventory:
     """(absolute path, one line) for every file or link that could not be read."""
     layout_of: dict[str, str] = field(default_factory=dict)
     """Layout of the checkpoint each read file belongs to."""
+    inodes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """(device, inode) of every file met, by absolute path."""
+    same_as: dict[str, str] = field(default_factory=dict)
+    """A file reached again (symlink, hardlink) -> the path it is counted under."""
 
     def rel(self, path: str) -> str:
         """Path relative to the root, with '/' separators ('' for the root itself)."""
@@ -65,10 +69,11 @@ class Inventory:
         return breakdown(self.records.get(path, []))
 
     def checkpoint_breakdown(self, ckpt: Checkpoint) -> Breakdown:
-        """Sums over a checkpoint's files."""
+        """Sums over a checkpoint's files; a file reached twice counts under its first path only."""
         total = Breakdown()
         for f in ckpt.files:
-            total.merge(self.file_breakdown(f))
+            if f not in self.same_as:
+                total.merge(self.file_breakdown(f))
         return total
 
 
@@ -83,10 +88,32 @@ def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = 
     if stat.S_ISDIR(st.st_mode):
         _walk(inv, top, None, {(st.st_dev, st.st_ino)}, progress)
     elif stat.S_ISREG(st.st_mode):
+        inv.inodes[str(top)] = (st.st_dev, st.st_ino)
         _loose_file(inv, top, progress)
     else:
         raise OSError(f"{root}: not a regular file or folder")
+    _count_once(inv)
     return inv
+
+
+def _count_once(inv: Inventory) -> None:
+    """Files reached twice (symlinks, hardlinks) count under one path: the first that is not a
+    symlink; checkpoints made only of such files say so (they are never averaged or totalled)."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for path, key in inv.inodes.items():
+        groups.setdefault(key, []).append(path)
+    for paths in groups.values():
+        if len(paths) < 2:
+            continue
+        owner = next((p for p in paths if not os.path.islink(p)), paths[0])
+        for p in paths:
+            if p != owner:
+                inv.same_as[p] = owner
+    for ckpt in inv.checkpoints:
+        if os.path.islink(ckpt.path):
+            ckpt.info.setdefault("symlink_to", os.readlink(ckpt.path))
+        if ckpt.files and all(f in inv.same_as for f in ckpt.files):
+            ckpt.info["same_file_as"] = inv.rel(inv.same_as[ckpt.files[0]])
 
 
 def _reason(exc: OSError, path: Path) -> str:
@@ -129,8 +156,9 @@ def _walk(
     for layout in DIR_LAYOUTS:
         if layout.claims(folder, names):
             # A checkpoint folder nested in another is its own checkpoint (checkpoint-N/ inside a
-            # model folder), except the ZeRO folder the HF Trainer writes inside checkpoint-N/.
-            if owner is None or not (owner.layout == "hf-trainer" and layout.name == "deepspeed"):
+            # model folder), except where the outer layout absorbs it (a ZeRO tag folder that a
+            # training loop writes inside its own checkpoint folder).
+            if owner is None or layout.name not in layout_named(owner.layout).absorbs:
                 claimed = Checkpoint(str(folder), layout.name)
                 inv.checkpoints.append(claimed)
                 owner = claimed
@@ -154,6 +182,7 @@ def _walk(
                 continue
             _walk(inv, path, owner, seen | {key}, progress)
         elif stat.S_ISREG(st.st_mode):
+            inv.inodes[str(path)] = (st.st_dev, st.st_ino)
             if owner is not None:
                 owner.files.append(str(path))
                 if (
@@ -216,13 +245,8 @@ def _temporary(inv: Inventory, path: Path) -> None:
 
 
 def _guess_layout(name: str) -> str:
-    if name.startswith("model.pt"):
-        return "funasr"
-    if re.match(r"(epoch|step)_\d+\.pt", name):
-        return "wenet"
-    if name.startswith("checkpoint"):
-        return "fairseq"
-    return "torch"
+    """The layout a file still being written will have, from its name alone."""
+    return next((L.name for L in FILE_LAYOUTS if layout_named(L.name).owns_name(name)), "torch")
 
 
 def _finish(inv: Inventory, ckpt: Checkpoint) -> None:
@@ -250,7 +274,7 @@ def report_dict(inv: Inventory) -> dict[str, Any]:
     """The ``inspect --json`` document (see README, "inspect --json")."""
     files = []
     for path, index in inv.files.items():
-        if not (index.tensors or index.unsafe_globals or index.error):
+        if not (index.tensors or index.unsafe_globals or index.error) or path in inv.same_as:
             continue
         b = inv.file_breakdown(path)
         files.append(
@@ -276,6 +300,8 @@ def report_dict(inv: Inventory) -> dict[str, Any]:
         b = inv.checkpoint_breakdown(ckpt)
         size = 0
         for f in ckpt.files:
+            if f in inv.same_as:
+                continue
             try:
                 size += os.stat(f).st_size
             except OSError:
@@ -293,7 +319,9 @@ def report_dict(inv: Inventory) -> dict[str, Any]:
                 "size": size,
                 "tensor_bytes": b.bytes,
                 "storage_bytes": sum(
-                    inv.files[f].storage_bytes for f in ckpt.files if f in inv.files
+                    inv.files[f].storage_bytes
+                    for f in ckpt.files
+                    if f in inv.files and f not in inv.same_as
                 ),
                 "reclaimable_bytes": b.reclaimable,
                 "parts": dict(sorted(b.parts.items())),

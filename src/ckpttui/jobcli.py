@@ -91,6 +91,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--flat",
+        action="store_true",
+        help="write a .pt output as the bare state dict, whatever the source's layout",
+    )
+    p.add_argument(
+        "--recoverable",
+        metavar="NAME",
+        help="of a folder holding one file per module, take this one only (e.g. model)",
+    )
+
+
 def merge_parser() -> argparse.ArgumentParser:
     """``ckpttui merge``."""
     p = argparse.ArgumentParser(
@@ -147,7 +160,11 @@ def average_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--best", type=int, metavar="N", help="the best N by the metric the framework recorded"
     )
-    p.add_argument("--metric", help="metric for --best (default: what the framework recorded)")
+    p.add_argument(
+        "--metric",
+        help="metric for --best (default: the one the framework's own averaging ranks by)",
+    )
+    _shape(p)
     return p
 
 
@@ -164,6 +181,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--strip-prefix", metavar="P", help="remove a key prefix, e.g. module.")
     p.add_argument("--max-shard-size", help="write shards + index into OUT, e.g. 5GB")
     p.add_argument("--config", help="HF config.json (or model folder): write an HF model folder")
+    _shape(p)
     return p
 
 
@@ -186,6 +204,8 @@ def _spec(kind: str, args: argparse.Namespace) -> JobSpec:
                 **({"workers": args.workers} if args.workers else {}),
             },
         )
+    if kind != "merge":
+        common.update(flat=args.flat, recoverable=args.recoverable)
     if kind == "average":
         inputs = list(args.src)
         if args.last or args.best:

@@ -104,7 +104,7 @@ class Checkpoint:
     path: str
     """Absolute path of the file or folder."""
     layout: str
-    """``hf-trainer``, ``deepspeed``, ``funasr``, ... (see layouts)."""
+    """The registry name of the layout that recognised it (``ckpttui.layouts.layout_named``)."""
     files: list[str] = field(default_factory=list)
     """Absolute paths of the files that belong to it."""
     step: int | None = None

@@ -69,7 +69,7 @@ def read_file(path: str | os.PathLike[str]) -> FileIndex:
         )
     reader = _READERS.get(fmt or "")
     if reader is None and _is_text(head):
-        # SpeechBrain's counter.ckpt and brain.ckpt are text: not checkpoints of tensors.
+        # Text sidecars named like checkpoints (epoch counters, YAML state): no tensors.
         return FileIndex(str(p), "text", size)
     if reader is None:
         return FileIndex(

@@ -1,8 +1,7 @@
 """Average: N checkpoints of one model into one, streamed tensor by tensor across the N inputs.
 
-Inputs are checkpoints as `jobs.select.open_weights` reads them: FunASR ``model.pt.epN``, WeNet
-``epoch_N.pt``, fairseq ``checkpointN.pt``, Lightning ``.ckpt``, SpeechBrain ``CKPT+...`` folders,
-HF ``checkpoint-N`` folders, plain state dicts, safetensors files (`jobs.select.select_last` and
+Inputs are checkpoints as `jobs.weights.open_weights` reads them: any layout's training saves,
+checkpoint folders, plain state dicts, safetensors files (`jobs.select.select_last` and
 `select_best` choose them from a run). Only the weights are read (category weights in our
 accounting); optimizer state is never touched.
 
@@ -12,13 +11,16 @@ accounting); optimizer state is never touched.
   the order given, divided by N, and cast back to the input dtype. This differs on purpose from
   the toolkits' scripts, which sum in the input dtype (bf16/fp16 sums lose bits).
 * Integer and bool tensors (BatchNorm ``num_batches_tracked``, position ids...) are the last
-  input's, unchanged. The toolkits disagree here: FunASR sums them, WeNet and SpeechBrain divide
-  them into floats, fairseq floor-divides them; a count or an index averaged is no longer one.
+  input's, unchanged. The toolkits' own scripts disagree here (each layout's
+  `LoaderContract.integers` says what its script does, and the job notes repeat it); a count or an
+  index averaged is no longer one.
 * Tensors tied in every input (one storage, two names) stay tied in a ``.pt`` output.
 
 Output (see `jobs.export` for each layout): ``.safetensors`` (flat), a folder with
 ``max_shard_size`` (shards + index), or a ``.pt``/``.ckpt``/``model.pt.avgN`` in the layout of the
-last input, with its metadata carried (fairseq ``args``/``cfg``, Lightning ``hyper_parameters``).
+inputs, with the metadata of the input the framework's own averaging script copies
+(`LoaderContract.metadata_from`: the first input for some, the last for the rest), tensors in it
+included.
 
 Peak memory does not grow with N or with the model: each output tensor is computed when the
 writer asks for it (one accumulator), from views of the memory-mapped inputs whose pages are
@@ -35,10 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckpttui.jobs.events import Event, JobError
-from ckpttui.jobs.export import is_torch_name, shard_size, slim_layout, write_torch
+from ckpttui.jobs.export import is_torch_name, shard_size, write_torch
 from ckpttui.jobs.output import Planned, write_planned
+from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
+from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import torch_dtype
-from ckpttui.jobs.weights import WeightSet, open_weights
+from ckpttui.jobs.weights import WeightSet, left_out, open_weights
+from ckpttui.layouts import layout_named
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +78,20 @@ def check_agree(sets: Sequence[WeightSet]) -> None:
             raise JobError(
                 f"cannot average: tensor {extra[0]!r} is in {other.path} but not in {first.path}"
             )
+
+
+def _check_distinct(sets: Sequence[WeightSet]) -> None:
+    """Refuse the same file given twice (by device and inode: symlinks, hardlinks, two paths)."""
+    seen: dict[tuple[tuple[int, int], ...], Path] = {}
+    for ws in sets:
+        stats = [os.stat(f) for f in ws.files]
+        key = tuple(sorted((st.st_dev, st.st_ino) for st in stats))
+        if key in seen:
+            raise JobError(
+                f"cannot average: {ws.path} and {seen[key]} are the same file (a link or a "
+                "repeated path); it would count twice"
+            )
+        seen[key] = ws.path
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype | None:
@@ -140,11 +159,12 @@ def average(
     force: bool = False,
     max_shard_size: int | str | None = None,
     recoverable: str | None = None,
+    flat: bool = False,
 ) -> Iterator[Event]:
     """Average the weights of `inputs` (same model) into `out`; see the module for the rules.
 
-    `recoverable` picks one weights file of SpeechBrain ``CKPT+...`` folders (``model``);
-    without it every weights file is averaged, its names prefixed by its recoverable name.
+    `recoverable` picks one weights file of checkpoint folders holding one file per module
+    (``model``); `flat` writes a ``.pt`` as the bare state dict whatever the layout.
     """
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -154,6 +174,7 @@ def average(
     try:
         for path in paths:
             sets.append(open_weights(path, recoverable=recoverable))
+        _check_distinct(sets)
         check_agree(sets)
         plan = plan_average(sets)
         last = sets[-1]
@@ -164,29 +185,59 @@ def average(
             )
         ]
         layouts = sorted({ws.layout for ws in sets})
+        contract = layout_named(last.layout).contract
+        meta = sets[0] if contract.metadata_from == "first" else last
         if len(layouts) > 1:
             notes.append(
                 f"inputs are of layouts {', '.join(layouts)}; a .pt output follows "
                 f"the last one ({last.layout})"
             )
+            meta = last
+        title = layout_named(last.layout).title
+        if contract.integers:
+            notes[0] += f" ({title}'s {contract.script} {contract.integers})"
+        carries = contract.keep is not None and len(contract.keep) > 1  # more than the weights
+        if wants_folder(meta, out) or (
+            is_torch_name(out) and not flat and not contract.flat and carries
+        ):
+            notes.append(
+                f"metadata from the {'first' if meta is sets[0] else 'last'} input "
+                f"({meta.path.name})"
+                + (f", as {title}'s {contract.script} does" if contract.copies_metadata else "")
+            )
         notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
         inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
         sources = [s for ws in sets for s in ws.sources]
         start = {"inputs": [str(ws.path) for ws in sets], "layout": last.layout}
-        if is_torch_name(out):
-            if shard is not None:
-                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
-            wrap, layout_notes = slim_layout(last)
-            yield from write_torch(
+        if shard is None and wants_folder(meta, out):
+            yield from write_folder(
                 "average",
+                meta,
                 plan,
                 out,
-                wrap,
                 inputs=inputs_all,
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=[*notes, *layout_notes],
+                notes=[*notes, *left_out(sets)],
+                sources=sources,
+            )
+        elif is_torch_name(out):
+            if shard is not None:
+                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
+            refuse_prefixed_file(meta, out)
+            slim = slim_layout(meta, flat=flat)
+            kept = [(1, p.nbytes) for p in slim.tensors]
+            yield from write_torch(
+                "average",
+                [*plan, *slim.tensors],
+                out,
+                slim.wrap,
+                inputs=inputs_all,
+                force=force,
+                cancel=cancel,
+                start_data=start,
+                notes=[*notes, *left_out(sets, kept), *slim.notes],
                 sources=sources,
             )
         else:
@@ -199,7 +250,7 @@ def average(
                 cancel=cancel,
                 max_shard_size=shard,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out(sets)],
                 sources=sources,
             )
     finally:

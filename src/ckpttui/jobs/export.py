@@ -6,48 +6,33 @@ Outputs, by the name of OUT and the options:
 * ``*.safetensors``: the flat state dict (`jobs.output.write_planned`). A tied weight (two names,
   one storage) is written under each name with its own copy of the bytes, as safetensors refuses
   aliased storage; the pairs are listed in the header metadata (``ckpttui.aliases``). Views that
-  only overlap (DeepSpeed's flat buffers) are written as each view's own values.
+  only overlap (partitioned flat buffers) are written as each view's own values.
 * a folder, with ``max_shard_size``: safetensors shards + ``model.safetensors.index.json``
   (transformers' names, `jobs.st_writer.ShardedWriter`).
 * a folder, with ``config`` (an HF ``config.json`` or a model folder holding one): an HF model
   folder, ``config.json`` + ``model.safetensors`` (shards + index above ``max_shard_size``, default
   5GB, huggingface_hub's default), so ``from_pretrained`` loads it. Use ``strip_prefix`` to take an
-  HF model out of a toolkit's wrapper (SpeechBrain's ``wav2vec2.ckpt`` keeps it under ``model.``).
+  HF model out of a toolkit's wrapper (a recoverable that keeps it under ``model.``).
 * ``*.pt``/``.bin``/``.pth``/``.ckpt`` (also ``model.pt.avg5``): the slim layout of the source,
-  streamed by `TorchZipWriter` with a ``wrap``, so the framework's own loader still reads it:
-
-  - FunASR: ``{"state_dict": ...}``, as ``model.pt.avgN`` (funasr average_nbest_models.py).
-  - fairseq: ``args``, ``cfg``, ``model``, ``criterion``, ``optimizer_history``, ``task_state``,
-    ``extra_state``: ``checkpoint_utils._upgrade_state_dict`` indexes ``optimizer_history[-1]`` and
-    ``extra_state["train_iterator"]``, and ``load_model_ensemble_and_task`` reads ``args``/``cfg``
-    and ``model``; ``last_optimizer_state`` is left out (the trainer reads it with ``.get``).
-  - Lightning: what ``dump_checkpoint(weights_only=True)`` writes: ``epoch``, ``global_step``,
-    ``pytorch-lightning_version`` (its migration reads it), ``state_dict``, ``loops``,
-    ``hparams_name``, ``hyper_parameters`` (+ datamodule hyper-parameters).
-  - anything else: the state dict under the same keys as in the source (``{"model": ...}``), or
-    the plain state dict (WeNet, SpeechBrain recoverables, HF ``pytorch_model.bin``).
-
-  Metadata is copied from our restricted unpickler's skeleton, never by running the source
-  pickle: plain data as is, ``argparse.Namespace`` rebuilt from its recorded state (the one
-  class rebuilt), Lightning's ``AttributeDict`` as a plain dict, torch dtypes as dtypes; anything
-  else (other classes, tensors, numpy arrays) is dropped and named in a ``log`` event.
+  streamed by `TorchZipWriter` with a ``wrap``, so the framework's own loader still reads it. The
+  layout's `LoaderContract` says which (`jobs.slim.slim_layout`); ``flat=True`` writes the bare
+  state dict from any source.
+* a folder name without a suffix, for a folder of one file per module: a folder of the same
+  shape (`jobs.recoverables`).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpttui.formats.unpickler import OpaqueObject, TensorRef, TorchConst
 from ckpttui.jobs.atomic import AtomicOutput, sha256_file
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.heap import return_large_blocks
@@ -59,12 +44,12 @@ from ckpttui.jobs.output import (
     verify_output,
     write_planned,
 )
-from ckpttui.jobs.pt_writer import (
-    TorchZipWriter,
-)
+from ckpttui.jobs.pt_writer import TorchZipWriter
+from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
+from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import TensorSource, torch_dtype
 from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
-from ckpttui.jobs.weights import WeightSet, open_weights
+from ckpttui.jobs.weights import WeightSet, left_out, open_weights
 from ckpttui.units import parse_size
 
 if TYPE_CHECKING:
@@ -82,32 +67,6 @@ DTYPES = {
 }
 HF_DEFAULT_SHARD = 5 * 10**9
 _TORCH_NAME = re.compile(r"\.(pt|bin|pth|ckpt)(\.[A-Za-z0-9_]+)?$", re.IGNORECASE)
-KEEP: dict[str, tuple[str, ...]] = {
-    "funasr": ("state_dict",),
-    "fairseq": (
-        "args",
-        "cfg",
-        "model",
-        "criterion",
-        "optimizer_history",
-        "task_state",
-        "extra_state",
-    ),
-    "lightning": (
-        "epoch",
-        "global_step",
-        "pytorch-lightning_version",
-        "state_dict",
-        "loops",
-        "hparams_name",
-        "hyper_parameters",
-        "hparams_type",
-        "datamodule_hparams_name",
-        "datamodule_hyper_parameters",
-    ),
-}
-_DROP = object()
-_STATE = object()
 
 
 def is_torch_name(path: str | os.PathLike[str]) -> bool:
@@ -136,89 +95,6 @@ def shard_size(value: int | str | None) -> int | None:
     if size <= 0:
         raise JobError(f"max shard size must be positive, not {value}")
     return size
-
-
-# ------------------------------------------------------------------------------- metadata
-
-
-def carry(value: Any, where: str, dropped: list[str]) -> Any:
-    """A copy of pickled metadata made of plain data only; `_DROP` (noted) for what is not."""
-    if value is None or type(value) in (bool, int, float, str, bytes, complex):
-        return value
-    if isinstance(value, TorchConst):
-        import torch
-
-        dtype = getattr(torch, value.removeprefix("torch."), None)
-        if value.startswith("torch.") and isinstance(dtype, torch.dtype):
-            return dtype
-        dropped.append(f"{where} (torch constant {str(value)!r})")
-        return _DROP
-    if isinstance(value, TensorRef):
-        dropped.append(f"{where} (a tensor)")
-        return _DROP
-    if isinstance(value, dict):
-        out: dict[Any, Any] = OrderedDict() if isinstance(value, OrderedDict) else {}
-        for key, item in value.items():
-            k = carry(key, f"{where}[{key!r}]", dropped)
-            v = carry(item, f"{where}.{key}", dropped) if k is not _DROP else _DROP
-            if v is not _DROP:
-                out[k] = v
-        return out
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [carry(v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
-        if any(v is _DROP for v in items):
-            return _DROP
-        kind = type(value) if type(value) in (list, tuple, set, frozenset) else list
-        return kind(items)
-    if isinstance(value, OpaqueObject):
-        qualname = type(value).__qualname_full__
-        if qualname == "argparse.Namespace":
-            fields = carry(value.fields(), where, dropped)
-            return argparse.Namespace(**{str(k): v for k, v in fields.items()})
-        if qualname.endswith(".AttributeDict") and not value.fields():
-            return carry(dict(getattr(value, "items", {})), where, dropped)
-        dropped.append(f"{where} ({qualname})")
-        return _DROP
-    dropped.append(f"{where} ({type(value).__name__})")
-    return _DROP
-
-
-def slim_layout(ws: WeightSet) -> tuple[Callable[[Any], Any], list[str]]:
-    """How a ``.pt`` output wraps the state dict in `ws`'s layout, and notes on what was left out."""
-    notes: list[str] = []
-    keep = KEEP.get(ws.layout)
-    skeleton = ws.skeleton
-    path = ws.container
-    if keep is None or not isinstance(skeleton, dict) or len(path) != 1:
-
-        def nest(state: Any) -> Any:
-            for key in reversed(path):
-                state = {key: state}
-            return state
-
-        return nest, notes
-    entries: list[tuple[Any, Any]] = []
-    left: list[str] = []
-    dropped: list[str] = []
-    for key, value in skeleton.items():
-        if key == path[0]:
-            entries.append((key, _STATE))
-        elif key in keep:
-            copied = carry(value, str(key), dropped)
-            if copied is not _DROP:
-                entries.append((key, copied))
-        else:
-            left.append(str(key))
-    if left:
-        notes.append(f"{ws.layout} layout: left out {', '.join(left)}")
-    notes.extend(
-        f"dropped {d}: only plain data and argparse.Namespace are carried" for d in dropped
-    )
-
-    def wrap(state: Any) -> Any:
-        return {k: state if v is _STATE else v for k, v in entries}
-
-    return wrap, notes
 
 
 # ------------------------------------------------------------------------------- writers
@@ -441,6 +317,8 @@ def export(
     strip_prefix: str | None = None,
     max_shard_size: int | str | None = None,
     config: str | os.PathLike[str] | None = None,
+    flat: bool = False,
+    recoverable: str | None = None,
     cancel: threading.Event | None = None,
     force: bool = False,
 ) -> Iterator[Event]:
@@ -449,11 +327,13 @@ def export(
     `out` decides the format (see the module): ``.safetensors``, a folder of shards with
     `max_shard_size`, an HF model folder with `config`, or a slim ``.pt``/``.ckpt`` in the
     source's layout. `dtype` (fp16, bf16, fp32) casts floating tensors only; `strip_prefix`
-    (``module.``) is removed from the names that start with it.
+    (``module.``) is removed from the names that start with it; `flat` writes a ``.pt`` as the
+    bare state dict whatever the source's layout; `recoverable` takes one module's file of a
+    folder that holds one per module.
     """
     name = parse_dtype(dtype)
     shard = shard_size(max_shard_size)
-    ws = open_weights(src)
+    ws = open_weights(src, recoverable=recoverable)
     try:
         plan, notes = plan_export(ws, dtype=name, strip_prefix=strip_prefix)
         notes = [*ws.notes, *notes]
@@ -471,23 +351,37 @@ def export(
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out([ws])],
+                sources=ws.sources,
+            )
+        elif shard is None and wants_folder(ws, out):
+            yield from write_folder(
+                "export",
+                ws,
+                plan,
+                out,
+                inputs=inputs,
+                force=force,
+                cancel=cancel,
+                start_data=start,
+                notes=[*notes, *left_out([ws])],
                 sources=ws.sources,
             )
         elif is_torch_name(out):
             if shard is not None:
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
-            wrap, layout_notes = slim_layout(ws)
+            refuse_prefixed_file(ws, out)
+            slim = slim_layout(ws, flat=flat)
             yield from write_torch(
                 "export",
-                plan,
+                [*plan, *slim.tensors],
                 out,
-                wrap,
+                slim.wrap,
                 inputs=inputs,
                 force=force,
                 cancel=cancel,
                 start_data=start,
-                notes=[*notes, *layout_notes],
+                notes=[*notes, *left_out([ws], [(1, p.nbytes) for p in slim.tensors]), *slim.notes],
                 sources=ws.sources,
             )
         else:
@@ -500,7 +394,7 @@ def export(
                 cancel=cancel,
                 max_shard_size=shard,
                 start_data=start,
-                notes=notes,
+                notes=[*notes, *left_out([ws])],
                 sources=ws.sources,
             )
     finally:

@@ -105,7 +105,7 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
                 yield Event(
                     "log",
                     "average",
-                    message=f"{chosen.rule}: " + ", ".join(p.name for p in chosen.paths),
+                    message=chosen.summary(),
                 )
                 for note in chosen.notes:
                     yield Event("log", "average", message=note)

@@ -1,24 +1,28 @@
 """One checkpoint's weight tensors, read in place, under their state-dict names.
 
-`open_weights` opens one checkpoint (a file, or an HF ``checkpoint-N/``, SpeechBrain ``CKPT+...``
-or WeNet ``epoch_N.pt/`` folder) as its weight tensors under their state-dict names, read in
-place; optimizer and other training state are never touched.
+`open_weights` opens one checkpoint (a file, or a checkpoint folder: HF-style weights files, or one
+file per recoverable module) as its weight tensors under their state-dict names, read in place;
+optimizer and other training state are never touched. What a folder holds is the layout's answer
+(`Layout.weights_in_shards`, `Layout.recoverables`, `Layout.weights_refusal`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpttui.accounting import classify
+from ckpttui.accounting import NEEDED_OTHER_PARTS, classify
 from ckpttui.formats import read_file
 from ckpttui.inventory import Inventory
 from ckpttui.jobs.events import JobError
 from ckpttui.jobs.merge import find_hf_shards
-from ckpttui.jobs.select import natural_key, scan_or_fail
+from ckpttui.jobs.select import scan_or_fail
 from ckpttui.jobs.source import TensorSource
+from ckpttui.layouts import DIR_LAYOUTS, Layout, layout_named
+from ckpttui.layouts.base import natural_key
 from ckpttui.records import Category, Checkpoint, TensorRecord
 from ckpttui.units import human_bytes
 
@@ -33,7 +37,7 @@ class WeightSet:
     path: Path
     """The checkpoint as given (file or folder)."""
     layout: str
-    """Its layout (``funasr``, ``fairseq``, ``hf-trainer``, ``torch``...)."""
+    """Its layout's registry name (see `ckpttui.layouts.layout_named`)."""
     files: list[Path]
     """The files the weights come from."""
     names: list[str]
@@ -48,6 +52,14 @@ class WeightSet:
     """The single torch file's unpickled top-level object, for metadata; None otherwise."""
     notes: list[str] = field(default_factory=list)
     """What was left out (optimizer and other state), one line each."""
+    left: dict[str, list[int]] = field(default_factory=dict)
+    """Category -> [tensors, bytes] left out of the files read (optimizer and other state);
+    `left_out` words it."""
+    companions: list[Path] = field(default_factory=list)
+    """Files of a checkpoint folder of recoverables that a folder output carries as they are: all
+    but the chosen weights files and the optimizer's (sidecars, counters, normaliser statistics)."""
+    prefixed: bool = False
+    """Names carry their recoverable's file stem (``model.``): several weights files in one set."""
 
     @property
     def sources(self) -> list[TensorSource]:
@@ -89,7 +101,7 @@ def open_weights(
 ) -> WeightSet:
     """Open a checkpoint's weights (category weights in our accounting) for reading in place.
 
-    A SpeechBrain folder with several weight recoverables (``model.ckpt``, ``wav2vec2.ckpt``)
+    A folder of recoverables with several weights files (``model.ckpt``, ``wav2vec2.ckpt``)
     gives each file's names prefixed by its recoverable name, unless `recoverable` picks one.
     """
     p = Path(path)
@@ -115,15 +127,16 @@ def open_weights(
                 else " (none found inside)"
             )
         )
-    if ckpt.layout == "deepspeed":
-        raise JobError(f"{p}: a DeepSpeed ZeRO checkpoint; consolidate it with merge first")
-    if ckpt.layout == "dcp":
-        raise JobError(f"{p}: torch.distributed.checkpoint folders are not supported here")
+    layout = layout_named(ckpt.layout)
+    if layout.weights_refusal is not None:
+        raise JobError(f"{p}: {layout.weights_refusal}")
     if not ckpt.complete or ckpt.info.get("dangerous"):
         raise JobError(f"{p}: " + ("; ".join(ckpt.problems[:2]) or "incomplete checkpoint"))
     files = _weight_files(inv, ckpt, p, recoverable)
-    prefixed = ckpt.layout == "speechbrain" and len(files) > 1
-    ws = WeightSet(p, ckpt.layout, files, [], {})
+    prefixed = layout.recoverables and len(files) > 1
+    ws = WeightSet(p, ckpt.layout, files, [], {}, prefixed=prefixed)
+    if layout.recoverables and p.is_dir():
+        ws.companions = _companions(inv, ckpt, files)
     if prefixed:
         ws.notes.append(
             "names prefixed by their recoverable: " + ", ".join(f.stem + "." for f in files)
@@ -143,16 +156,14 @@ def open_weights(
 
 
 def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | None) -> list[Path]:
-    if p.is_dir() and ckpt.layout in ("hf-trainer", "hf-model", "wenet"):
+    if p.is_dir() and layout_named(ckpt.layout).weights_in_shards:
         try:
             return find_hf_shards(p)[1]
         except JobError:
-            if any(
-                c.layout == "deepspeed" and c.path.startswith(ckpt.path + os.sep)
-                for c in inv.checkpoints
-            ) or any(q.name.startswith("global_step") for q in p.iterdir()):
+            inside = _absorbed(ckpt, p)
+            if inside is not None:
                 raise JobError(
-                    f"{p}: the weights are in a DeepSpeed ZeRO folder inside; "
+                    f"{p}: the weights are in a {inside.title} folder inside; "
                     "consolidate it with merge first"
                 ) from None
             raise
@@ -161,6 +172,8 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
         for f in ckpt.files
         if any(r.category is Category.WEIGHTS for r in inv.records.get(f, []))
     ]
+    if not files:  # a file of state needed to run (normaliser statistics) and nothing else
+        files = [Path(f) for f in ckpt.files if any(map(_needed, inv.records.get(f, [])))]
     if recoverable is not None:
         wanted = [f for f in files if f.stem == recoverable]
         if not wanted:
@@ -175,23 +188,70 @@ def _weight_files(inv: Inventory, ckpt: Checkpoint, p: Path, recoverable: str | 
     return sorted(files, key=lambda f: natural_key(f.name))
 
 
+def left_out(sets: Sequence[WeightSet], kept: Sequence[tuple[int, int]] = ()) -> list[str]:
+    """One line per category of what the inputs leave out; `kept` are (count, bytes) of
+    non-weight tensors the output carries anyway (metadata tensors, counted as other)."""
+    totals: dict[str, list[int]] = {}
+    for ws in sets:
+        for cat, (n, b) in ws.left.items():
+            sums = totals.setdefault(cat, [0, 0])
+            sums[0] += n
+            sums[1] += b
+    if kept and Category.OTHER.value in totals:
+        totals[Category.OTHER.value][0] -= sum(n for n, _ in kept)
+        totals[Category.OTHER.value][1] -= sum(b for _, b in kept)
+    where = f" of the {len(sets)} inputs" if len(sets) > 1 else ""
+    return [
+        f"left out {n} {cat} tensors ({human_bytes(b)}){where}"
+        for cat, (n, b) in totals.items()
+        if n > 0
+    ]
+
+
+def _needed(rec: TensorRecord) -> bool:
+    """State that running the model needs besides its weights (normaliser statistics)."""
+    return rec.category is Category.OTHER and rec.part in NEEDED_OTHER_PARTS
+
+
+def _companions(inv: Inventory, ckpt: Checkpoint, weights: list[Path]) -> list[Path]:
+    """The checkpoint's files that are neither the chosen weights nor optimizer state (another
+    module's weights, when one recoverable is chosen, is carried as it is)."""
+    taken = {os.path.abspath(f) for f in weights}
+    out = []
+    for f in ckpt.files:
+        records = inv.records.get(f, [])
+        if os.path.abspath(f) in taken or any(r.category is Category.OPTIMIZER for r in records):
+            continue
+        out.append(Path(f))
+    return out
+
+
+def _absorbed(ckpt: Checkpoint, folder: Path) -> Layout | None:
+    """The layout of a checkpoint folder nested in `folder` that its own layout absorbs."""
+    absorbs = layout_named(ckpt.layout).absorbs
+    for sub in sorted(q for q in folder.iterdir() if q.is_dir()):
+        names = {q.name for q in sub.iterdir()}
+        for inner in DIR_LAYOUTS:
+            if inner.name in absorbs and inner.claims(sub, names):
+                return layout_named(inner.name)
+    return None
+
+
 def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
     key = os.path.abspath(file)
     index = inv.files.get(key) or read_file(file)
     records = inv.records.get(key) or classify(ws.layout, file.name, index)
     source = TensorSource(file, index)
     weights = [r for r in records if r.category is Category.WEIGHTS]
-    left = [r for r in records if r.category is not Category.WEIGHTS]
-    if left:
-        by_cat: dict[str, list[int]] = {}
-        for r in left:
-            by_cat.setdefault(r.category.value, [0, 0])
-            by_cat[r.category.value][0] += 1
-            by_cat[r.category.value][1] += r.nbytes
-        ws.notes.append(
-            f"{file.name}: left out "
-            + ", ".join(f"{n} {cat} tensors ({human_bytes(b)})" for cat, (n, b) in by_cat.items())
-        )
+    if not weights and len(ws.files) == 1:
+        # a file of state needed to run (normaliser statistics) and nothing else: that is what
+        # exporting it means
+        weights = [r for r in records if _needed(r)]
+    for r in records:
+        if r not in weights:
+            sums = ws.left.setdefault(r.category.value, [0, 0])
+            sums[0] += 1
+            sums[1] += r.nbytes
     container = _common_prefix([r.path[:-1] for r in weights])
     owners: dict[tuple[Any, ...], str] = {}
     taken = {name: src.path for name, (src, _) in ws.entries.items()}

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckpttui.layouts.base import number_in
+from ckpttui.layouts.base import Layout, number_in
 from ckpttui.records import Checkpoint, FileIndex
 
 
-class DCP:
+class DCP(Layout):
     """A DCP checkpoint folder (torch/distributed/checkpoint/filesystem.py, FileSystemWriter)."""
 
     name = "dcp"
+    title = "torch.distributed.checkpoint"
+    weights_refusal = "a torch.distributed.checkpoint folder: not read in place here"
 
     def claims(self, folder: Path, names: set[str]) -> bool:
         """Folders with a ``.metadata`` file (data files may be missing: then it is incomplete)."""

@@ -16,17 +16,33 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, dig, enum_value, number_in, plain, read_yaml
+from ckpttui.layouts.base import (
+    Layout,
+    as_int,
+    dig,
+    enum_value,
+    number_in,
+    plain,
+    points,
+    read_yaml,
+)
 from ckpttui.records import Checkpoint, FileIndex
 
 _MODEL = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
 _OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 
 
-class DeepSpeed:
+class DeepSpeed(Layout):
     """A DeepSpeed tag folder (``global_step100/``, WeNet ``epoch_3.pt/``, FunASR ``model.pt.ep3/``)."""
 
     name = "deepspeed"
+    title = "DeepSpeed ZeRO"
+    weights_refusal = "a DeepSpeed ZeRO checkpoint; consolidate it with merge first"
+    mergeable = True
+
+    def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
+        """Client-state metrics (``cv_loss``, ``val_loss``, ``loss``) saved beside the model."""
+        return points(ckpt.info, x, ("cv_loss", "val_loss", "loss"))
 
     def claims(self, folder: Path, names: set[str]) -> bool:
         """Folders with a ``*_model_states.pt`` or ``*_optim_states.pt`` file."""

@@ -11,8 +11,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, check_index, number_in, plain, read_json
-from ckpttui.records import Checkpoint, FileIndex
+from ckpttui.layouts.base import (
+    Layout,
+    Ranked,
+    as_int,
+    check_index,
+    number,
+    number_in,
+    plain,
+    rank,
+    read_json,
+)
+from ckpttui.records import Category, Checkpoint, FileIndex
 
 _WEIGHTS = re.compile(
     r"^(model|pytorch_model|adapter_model|diffusion_pytorch_model)"
@@ -35,14 +45,72 @@ def _weights_problems(folder: Path, names: set[str], ckpt: Checkpoint) -> None:
         return
     if any(n.startswith("global_step") for n in names):
         return  # Trainer + DeepSpeed: the weights are in the nested ZeRO folder
+    if any((folder / n / "adapter_config.json").is_file() for n in names):
+        return  # adapters' AdapterTrainer: only the adapter folder (adapter_config.json + weights)
     ckpt.complete = False
     ckpt.problems.append("no model weights file (model.safetensors / pytorch_model.bin)")
 
 
-class HFTrainer:
+class _HFFolder(Layout):
+    """What the HF folders share: weights files named by transformers, read as shards."""
+
+    weights_in_shards = True
+
+    def file_role(self, name: str) -> Category | None:
+        """``model.safetensors``, ``pytorch_model.bin`` and their shards hold the weights."""
+        lower = name.lower()
+        if lower.endswith(".safetensors") or re.match(
+            r"(pytorch_model|adapter_model|model)(-\d+-of-\d+)?\.(bin|pt)$", lower
+        ):
+            return Category.WEIGHTS
+        return None
+
+
+class HFTrainer(_HFFolder):
     """A ``checkpoint-N/`` folder written by ``transformers.Trainer``."""
 
     name = "hf-trainer"
+    title = "HF Trainer"
+    training = True
+    candidate = re.compile(r"^checkpoint-\d+$")
+    absorbs = ("deepspeed",)  # Trainer + DeepSpeed: the ZeRO tag folder inside checkpoint-N/
+    steps_axis = True
+
+    def rank(
+        self,
+        ckpts: list[Checkpoint],
+        siblings: list[Checkpoint],
+        files: dict[str, FileIndex],
+        metric: str | None,
+        mode: str | None,
+        root: Path,
+    ) -> tuple[Ranked, str]:
+        """``eval_<metric>`` logged at each checkpoint's step in ``log_history``; higher is better
+        unless the name ends in ``loss`` (``TrainingArguments.greater_is_better``)."""
+        name = metric or "loss"
+        name = name if name.startswith("eval_") else f"eval_{name}"
+        at_step: dict[int, float] = {}
+        for ckpt in ckpts:
+            for entry in ckpt.info.get("log_history") or []:
+                if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+                    value = number(entry.get(name))
+                    if value is not None:
+                        at_step[entry["step"]] = value
+        scores = [(Path(c.path), at_step[c.step]) for c in ckpts if c.step in at_step]
+        lower = mode == "min" if mode is not None else name.endswith("loss")
+        return rank(scores, lower), f"{name} ({'lowest' if lower else 'highest'} first)"
+
+    def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
+        """``loss`` and ``eval_loss`` of every ``log_history`` entry, at its step."""
+        out = []
+        for entry in ckpt.info.get("log_history") or []:
+            if isinstance(entry, dict) and (step := number(entry.get("step"))) is not None:
+                out += [
+                    (k, step, v)
+                    for k in ("loss", "eval_loss")
+                    if (v := number(entry.get(k))) is not None
+                ]
+        return out
 
     def claims(self, folder: Path, names: set[str]) -> bool:
         """``checkpoint-N`` / ``tmp-checkpoint-N`` folders, or trainer state beside optimizer state."""
@@ -86,10 +154,12 @@ class HFTrainer:
         _weights_problems(folder, names, ckpt)
 
 
-class HFModel:
+class HFModel(_HFFolder):
     """A model folder from ``save_pretrained`` (or zero_to_fp32): weights, or shards + index."""
 
     name = "hf-model"
+    title = "HF model"
+    mergeable = True  # shards + index join into one file
 
     def claims(self, folder: Path, names: set[str]) -> bool:
         """A folder with an HF weights index, or config.json beside a weights file."""
@@ -112,10 +182,18 @@ class HFModel:
         _weights_problems(folder, names, ckpt)
 
 
-class PeftAdapter:
+class PeftAdapter(_HFFolder):
     """An adapter folder: PEFT's ``adapter_model.safetensors`` or ``adapters``' ``pytorch_adapter.bin``."""
 
     name = "peft-adapter"
+    title = "PEFT/adapters"
+    weights_in_shards = False
+
+    def file_role(self, name: str) -> Category | None:
+        """Adapter weights files (``pytorch_adapter.bin``, ``adapter_model.*``) are weights."""
+        if re.match(r"pytorch_(adapter|model_head)\.bin$", name.lower()):
+            return Category.WEIGHTS
+        return super().file_role(name)
 
     def claims(self, folder: Path, names: set[str]) -> bool:
         """Folders holding ``adapter_config.json`` (PEFT, or the ``adapters`` library)."""
@@ -142,10 +220,18 @@ class PeftAdapter:
         if names & {"pytorch_adapter.bin", "adapter.safetensors"}:
             # adapters/loading.py AdapterLoader.save (adapter-transformers' successor)
             ckpt.info["library"] = "adapters"
-            if isinstance(config, dict) and isinstance(config.get("config"), dict):
-                ckpt.info["adapter_type"] = plain(
-                    config["config"].get("architecture") or config["config"].get("reduction_factor")
+            inner = config.get("config") if isinstance(config, dict) else None
+            if isinstance(inner, dict):
+                # BnConfig (bottleneck adapters) has no ``architecture``; its ``reduction_factor``
+                # is the bottleneck's hidden-size divisor, not a type (adapters/configuration).
+                kind = inner.get("architecture") or (
+                    "bottleneck" if "reduction_factor" in inner else None
                 )
+                if kind is not None:
+                    ckpt.info["adapter_type"] = plain(kind)
+                for key in ("reduction_factor", "r", "alpha", "non_linearity"):
+                    if key in inner:
+                        ckpt.info[key] = plain(inner[key])
             return
         if not any(n.startswith("adapter_model.") for n in names):
             ckpt.complete = False

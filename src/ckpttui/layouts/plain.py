@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, number_in
+from ckpttui.layouts.base import Layout, LoaderContract, as_int, number_in
 from ckpttui.records import Checkpoint, FileIndex
 
 
-class PlainTorch:
+class PlainTorch(Layout):
     """The fallback: a plain state dict or dict of training state."""
 
     name = "torch"
+    title = "torch.save"
+    # A slim file keeps the state dict under the same keys, with the plain counters a resume
+    # script reads beside it (``epoch``, ``step``); everything else is named as left out.
+    contract = LoaderContract(keep=("epoch", "step", "global_step", "iteration", "iter"))
 
     def claims(self, path: Path, index: FileIndex | None) -> bool:
         """Every checkpoint-like file no other layout claimed."""

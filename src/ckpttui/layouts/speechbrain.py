@@ -11,14 +11,108 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, plain, read_yaml
-from ckpttui.records import Checkpoint, FileIndex
+from ckpttui.layouts.base import (
+    WRITTEN_BY,
+    Layout,
+    LoaderContract,
+    Ranked,
+    RankError,
+    as_int,
+    lower_is_better,
+    number,
+    plain,
+    rank,
+    read_yaml,
+)
+from ckpttui.records import Category, Checkpoint, FileIndex
+
+# Recoverables that are training state, by the stem of their file name.
+_TRAINING_STATE = ("sched", "annealing", "noam", "counter", "brain", "dataloader", "scaler")
+_NOT_METRICS = ("unixtime", "end-of-epoch", "epoch")
 
 
-class SpeechBrain:
+def _written_by_ckpttui(folder: Path) -> bool:
+    try:
+        return WRITTEN_BY in (folder / "CKPT.yaml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+class SpeechBrain(Layout):
     """A ``CKPT+...`` folder."""
 
     name = "speechbrain"
+    title = "SpeechBrain"
+    training = True
+    recoverables = True
+    nested_weights = True
+    # Each recoverable's .ckpt is a bare state dict that Checkpointer.recover_if_possible and
+    # Pretrainer load by file name; speechbrain.utils.checkpoints.average_state_dicts divides
+    # integer tensors; a CKPT+ output takes CKPT.yaml from the newest input.
+    contract = LoaderContract(
+        flat=True,
+        script="average_checkpoints",
+        integers="divides them",
+        average_name="CKPT+avg{n}",
+        folder_prefix="CKPT+",
+        sidecar="CKPT.yaml",
+    )
+
+    def file_role(self, name: str) -> Category | None:
+        """Schedulers, counters, ``brain.ckpt`` and dataloader state are training state."""
+        stem = name.lower().rsplit(".", 1)[0]
+        return Category.OTHER if any(k in stem for k in _TRAINING_STATE) else None
+
+    def is_candidate(self, ckpt: Checkpoint) -> bool:
+        """Every ``CKPT+`` folder but links (the Checkpointer names them all alike)."""
+        return not ckpt.info.get("symlink_to") and not Path(ckpt.path).name.startswith("CKPT+avg")
+
+    def progress(self, ckpt: Checkpoint) -> float | None:
+        """The save time (``unixtime`` in CKPT.yaml), as ``find_checkpoints`` orders them."""
+        meta = ckpt.info.get("meta")
+        return number(meta.get("unixtime")) if isinstance(meta, dict) else None
+
+    def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
+        """Every numeric ``CKPT.yaml`` meta value (WER, ACC, loss...)."""
+        meta = ckpt.info.get("meta")
+        if x is None or not isinstance(meta, dict):
+            return []
+        return [
+            (str(k), x, v)
+            for k, value in meta.items()
+            if k not in _NOT_METRICS and (v := number(value)) is not None
+        ]
+
+    def rank(
+        self,
+        ckpts: list[Checkpoint],
+        siblings: list[Checkpoint],
+        files: dict[str, FileIndex],
+        metric: str | None,
+        mode: str | None,
+        root: Path,
+    ) -> tuple[Ranked, str]:
+        """One ``CKPT.yaml`` meta key, lowest or highest N (``Checkpointer.find_checkpoints``
+        ``min_key`` / ``max_key``); the key must be named when several are recorded."""
+        keys: set[str] = set()
+        for ckpt in ckpts:
+            keys |= {k for k, _, _ in self.curve_points(ckpt, 0.0)}
+        if metric is None:
+            if len(keys) != 1:
+                raise RankError(
+                    f"{root}: CKPT.yaml records {', '.join(sorted(keys)) or 'no metric'}; "
+                    "name the metric to rank by (--metric)"
+                )
+            metric = next(iter(keys))
+        scores = [
+            (Path(c.path), float(v))
+            for c in ckpts
+            if (v := number((c.info.get("meta") or {}).get(metric))) is not None
+        ]
+        lower = lower_is_better(metric, mode)
+        return rank(
+            scores, lower
+        ), f"{metric} ({'min' if lower else 'max'}_key: {'lowest' if lower else 'highest'} first)"
 
     def claims(self, folder: Path, names: set[str]) -> bool:
         """Folders named ``CKPT+...`` or holding ``CKPT.yaml``."""
@@ -49,6 +143,9 @@ class SpeechBrain:
             if sibling != folder and sibling.name.startswith("CKPT+") and sibling.is_dir():
                 expected |= {p.name for p in sibling.iterdir() if p.suffix == ".ckpt"}
         missing = sorted(expected - mine)
+        if missing and _written_by_ckpttui(folder) and all("optim" in m for m in missing):
+            ckpt.info["optimizer_left_out"] = True  # a weights-only folder, not a broken save
+            missing = []
         if missing:
             ckpt.complete = False
             ckpt.problems.append(

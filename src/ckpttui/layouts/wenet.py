@@ -13,7 +13,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, number_in, plain, read_yaml
+from ckpttui.layouts.base import (
+    Layout,
+    LoaderContract,
+    Ranked,
+    as_int,
+    dig,
+    lower_is_better,
+    number,
+    number_in,
+    plain,
+    rank,
+    read_yaml,
+)
 from ckpttui.records import Checkpoint, FileIndex
 
 _NAME = re.compile(r"^(epoch_\d+|step_\d+|init|final|avg_\d+|avg\d+|\d+)\.pt$")
@@ -33,10 +45,54 @@ _METRICS = (
 )
 
 
-class WeNet:
+class WeNet(Layout):
     """``epoch_N.pt`` with its ``epoch_N.yaml`` sidecar."""
 
     name = "wenet"
+    title = "WeNet"
+    training = True
+    candidate = re.compile(r"^(epoch_|step_)?\d+\.pt$")
+    # wenet/bin/average_model.py: a bare state dict, integers divided into floats.
+    contract = LoaderContract(
+        flat=True,
+        script="wenet/bin/average_model.py",
+        integers="divides them",
+        average_name="avg_{n}.pt",
+    )
+    weights_in_shards = True  # epoch_N.pt/ folders hold pytorch_model.bin
+
+    def owns_name(self, name: str) -> bool:
+        """``epoch_N.pt`` / ``step_N.pt``."""
+        return bool(re.match(r"(epoch|step)_\d+\.pt", name))
+
+    def rank(
+        self,
+        ckpts: list[Checkpoint],
+        siblings: list[Checkpoint],
+        files: dict[str, FileIndex],
+        metric: str | None,
+        mode: str | None,
+        root: Path,
+    ) -> tuple[Ranked, str]:
+        """``loss_dict.loss`` (v3) or ``cv_loss`` (v2) of each ``epoch_N.yaml``, lowest N
+        (wenet/bin/average_model.py ``--val_best``)."""
+        name = metric or "loss"
+        scores: Ranked = []
+        for ckpt in ckpts:
+            value = number(dig(ckpt.info, "loss_dict", name))
+            if value is None:
+                value = number(ckpt.info.get("cv_loss" if name == "loss" else name))
+            if value is not None:
+                scores.append((Path(ckpt.path), value))
+        lower = lower_is_better(name, mode)
+        return rank(scores, lower), f"cv {name} (WeNet: {'lowest' if lower else 'highest'} first)"
+
+    def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
+        """``loss_dict.loss`` (3.x) or ``cv_loss`` (2.x), as ``cv_loss``."""
+        info = ckpt.info
+        loss_dict = info.get("loss_dict")
+        loss = number(loss_dict.get("loss") if isinstance(loss_dict, dict) else info.get("cv_loss"))
+        return [] if x is None or loss is None else [("cv_loss", x, loss)]
 
     def claims(self, path: Path, index: FileIndex | None) -> bool:
         """WeNet names with a YAML sidecar (or a sibling ``epoch_*.yaml``)."""
@@ -67,17 +123,15 @@ class WeNet:
             ckpt.info["symlink_to"] = str(path.readlink())
 
 
-class WeNetFolder:
+class WeNetFolder(WeNet):
     """``epoch_N.pt/`` folders holding ``pytorch_model.bin`` (WeNet + DeepSpeed, model_only)."""
 
-    name = "wenet"
-
-    def claims(self, folder: Path, names: set[str]) -> bool:
+    def claims(self, folder: Path, names: set[str]) -> bool:  # type: ignore[override]
         """A folder with a WeNet checkpoint name and consolidated weights inside."""
         return bool(_NAME.match(folder.name)) and any(
             n.startswith("pytorch_model") or n.endswith(".safetensors") for n in names
         )
 
-    def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:
+    def describe(self, ckpt: Checkpoint, indexes: dict[str, FileIndex]) -> None:  # type: ignore[override]
         """Epoch and metrics from the sidecar YAML beside the folder."""
         WeNet().describe(ckpt, None)

@@ -15,6 +15,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, TabbedContent, TabPa
 
 from ckpttui.browse import dir_layout
 from ckpttui.jobs.runner import JobSpec
+from ckpttui.layouts import mergeable_titles
 from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.curve import CurveView
@@ -296,7 +297,7 @@ class CkptApp(App[int]):
         )
         yield SystemCommand(
             "Merge",
-            "DeepSpeed ZeRO folder or HF shards into one file",
+            f"{mergeable_titles()} into one file",
             lambda: self.action_job("merge"),
         )
         yield SystemCommand(

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ckpttui.browse import dir_layout
+from ckpttui.layouts import layout_named, mergeable_titles
 from ckpttui.ui.screens.job_form import JobRequest
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.tree import NodeData
@@ -70,8 +71,7 @@ def request_for(
         src = _merge_source(selected)
         if src is None:
             raise JobRequestError(
-                "Select a DeepSpeed checkpoint (global_stepN/ or its save "
-                "folder with `latest`) or an HF sharded folder to merge"
+                f"Select one of {mergeable_titles()} (or a save folder with `latest`) to merge"
             )
         name = Path(src).name
         out = Path(src).parent / f"{name}-fp32.safetensors"
@@ -92,9 +92,10 @@ def _merge_source(selected: NodeData) -> str | None:
     for folder in candidates:
         if (folder / "latest").is_file():
             return str(folder)
-        layout = dir_layout(str(folder))
-        if layout == "deepspeed":
-            return str(folder)
-        if layout == "hf-model" and any(folder.glob("*.index.json")):
+        name = dir_layout(str(folder))
+        layout = layout_named(name) if name else None
+        if layout is None or not layout.mergeable:
+            continue
+        if not layout.weights_in_shards or any(folder.glob("*.index.json")):
             return str(folder)
     return None

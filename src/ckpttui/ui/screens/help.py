@@ -25,7 +25,7 @@ runs a pickle: headers and pickles are read with a restricted unpickler.
 | `1` `2` `3` | Summary, Breakdown, Tensors tabs of a checkpoint |
 | `c` | training curve of the selected folder |
 | space | mark a checkpoint (for averaging) |
-| `m` | merge the selected DeepSpeed checkpoint (or HF shards) into one file |
+| `m` | merge the selected ZeRO checkpoint (or HF shards) into one file |
 | `a` | average the marked checkpoints, or the last / best N of the selected run folder |
 | `e` | export the selection's weights: safetensors, slim .pt, or an HF folder |
 | `x` | cancel the selected (or newest) running job; `j` shows or hides the jobs pane |

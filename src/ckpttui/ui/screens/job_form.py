@@ -60,13 +60,13 @@ class JobForm(ModalScreen[JobSpec | None]):
                 yield Label("output (.safetensors, .pt/.bin, or a folder with a shard size)")
                 yield Input(r.output, id="form-output")
                 if r.kind == "merge":
-                    yield Label("DeepSpeed tag (empty: the `latest` file)")
+                    yield Label("tag (empty: the `latest` file)")
                     yield Input("", id="form-tag")
                     yield Label("max shard size (empty: one file), e.g. 5GB")
                     yield Input("", id="form-shard")
                     yield Checkbox("leave frozen parameters out", id="form-exclude-frozen")
                     yield Checkbox(
-                        "reproduce zero_to_fp32 exactly (drops ZeRO-1 frozen params)",
+                        "reproduce the ZeRO reference script exactly (drops ZeRO-1 frozen params)",
                         id="form-compat",
                     )
                 elif r.kind == "average":
@@ -82,7 +82,7 @@ class JobForm(ModalScreen[JobSpec | None]):
                         yield Input("5", id="form-n", type="integer")
                         yield Label(
                             "metric for best N (empty: what the framework recorded; "
-                            "SpeechBrain runs with several need one, e.g. WER)"
+                            "runs that record several need one, e.g. WER)"
                         )
                         yield Input("", id="form-metric")
                 else:

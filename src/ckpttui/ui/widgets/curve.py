@@ -39,8 +39,8 @@ class CurveView(Vertical):
             note.update("scanning...")
         elif curve.empty:
             note.update(
-                "No metric recorded by these checkpoints (HF trainer_state, WeNet yaml, "
-                "SpeechBrain CKPT.yaml, FunASR val_*, fairseq val_loss)."
+                "No metric recorded by these checkpoints (trainer state, sidecar YAML, "
+                "validation values saved in the checkpoint)."
             )
         else:
             best = []
