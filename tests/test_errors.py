@@ -23,6 +23,7 @@ def _defined_errors() -> dict[str, type[BaseException]]:
                 inspect.isclass(obj)
                 and issubclass(obj, BaseException)
                 and obj.__module__ == module.__name__
+                and not name.startswith("_")  # private control flow never reaches a user
             ):
                 found[name] = obj
     return found
@@ -34,7 +35,11 @@ def _documented() -> dict[str, tuple[str, str]]:
     parents: dict[int, str] = {}
     for line in (ckpttui.errors.__doc__ or "").splitlines():
         m = re.match(r"^(\s*(?:[│ ]\s*)*(?:├── |└── )?)(\w+)(?:\s+(ckpttui\.[\w.]+))?", line)
-        if not m or not (m.group(3) or m.group(2) in ("Exception", "RuntimeError")):
+        if not m or not (
+            m.group(3)
+            or m.group(2)
+            in ("BaseException", "Exception", "RuntimeError", "ValueError", "KeyboardInterrupt")
+        ):
             continue
         depth = len(m.group(1))
         parents[depth] = m.group(2)

@@ -7,7 +7,8 @@ Exempt, and why:
 * ``layouts/``: where frameworks live.
 * ``demo/``: writes imitation checkpoints of each framework for ``ckpttui demo`` and the tests.
 * format modules, which read one framework's own file format, as ``formats/`` reads torch's:
-  ``jobs/zero.py`` (ZeRO rank partitions) and ``jobs/merge.py`` (consolidating them, HF shards).
+  ``jobs/zero.py`` (ZeRO rank partitions), ``jobs/merge.py`` (consolidating them, HF shards) and
+  ``jobs/lora.py`` (merging a LoRA adapter with the semantics of the library that wrote it).
 * the ``merge`` command's own parser in ``jobcli.py`` (``merge_parser`` and the ``merge`` branch
   of ``_spec``): its options name the format it converts (``--deepspeed-compat``).
 User-facing text elsewhere takes a framework's name from its layout (``Layout.title``).
@@ -33,7 +34,7 @@ WORDS = re.compile(
     re.IGNORECASE,
 )
 EXEMPT_DIRS = ("layouts", "demo")
-EXEMPT_FILES = {"jobs/zero.py", "jobs/merge.py"}
+EXEMPT_FILES = {"jobs/zero.py", "jobs/merge.py", "jobs/lora.py"}
 EXEMPT_FUNCTIONS = {"jobcli.py": {"merge_parser"}}
 
 

@@ -7,9 +7,15 @@ Hierarchy::
     ├── UnpickleError      ckpttui.formats.unpickler  a pickle cannot be read (restricted unpickler)
     ├── JobError           ckpttui.jobs.events      a merge/average/export job cannot go on
     │   └── JobCancelled   ckpttui.jobs.events      the job's cancel event was set
+    ├── AdapterError       ckpttui.layouts.lora     an adapter folder cannot be merged into its base
     ├── JobRequestError    ckpttui.ui.jobrequest    the app's selection does not fit the job
+    ├── ValueError
+    │   └── RankError      ckpttui.layouts.base     a run cannot be ranked or chosen from as asked
     └── RuntimeError
         └── DemoWriterError  ckpttui.demo.hf_writer  a demo writer's child process failed
+    BaseException
+    └── KeyboardInterrupt
+        └── Interrupted    ckpttui.jobcli           a job command was stopped by SIGINT/SIGTERM/SIGHUP
 
 What each one becomes for the user (never a traceback):
 
@@ -25,7 +31,7 @@ What each one becomes for the user (never a traceback):
   print it on stderr and exit 1 (2 for usage errors); the app's jobs pane shows it.
 - ``JobRequestError`` is shown by the app as a warning notification telling the user what to
   select; no job starts.
-- ``DemoWriterError`` is raised inside the demo's build process: the peft adapter alone is
+- ``DemoWriterError`` is raised inside the demo's build process: the adapter example alone is
   skipped with a note; any other failure ends ``ckpttui demo`` with ``ckpttui demo: demo
   generation failed:`` and the build's last lines, exit 1.
 

@@ -1,4 +1,5 @@
-"""Merge a ``torch.distributed.checkpoint`` folder (FSDP/FSDP2, accelerate, Lightning) into one file.
+"""Merge a ``torch.distributed.checkpoint`` folder (FSDP/FSDP2, accelerate, trainers' sharded
+``.ckpt/`` folders) into one file.
 
 The folder's ``.metadata`` (see `ckpttui.formats.dcp`) lists, for each tensor, its global size
 and dtype and its chunks (``ChunkStorageMetadata(offsets, sizes)``: where each rank's piece sits in
@@ -14,7 +15,7 @@ time; files are opened per read, so open files stay bounded whatever the number 
 Keys and values are those of torch's ``dcp_to_torch_save`` (``_EmptyStateDictLoadPlanner``, which
 nests each entry along ``planner_data``): the model weights are the subtree under the first
 ``model`` / ``state_dict`` / ``module`` key of that nesting (accelerate saves ``{"model": ...}``,
-Lightning's sharded FSDP ``.ckpt/`` folders ``{"model": ..., "optimizer_0": ...}`` beside a
+trainers' sharded FSDP ``.ckpt/`` folders ``{"model": ..., "optimizer_0": ...}`` beside a
 ``meta.pt`` that is left alone), keyed as in that subtree; ``with_optimizer`` writes every
 tensor, keyed by its DCP name (the nested keys joined by dots). Non-tensor entries (step counts,
 param_groups) are pickles this reader does not execute: they are listed, not written.
