@@ -16,6 +16,7 @@ from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.curve import CurveView
 from ckpttui.ui.widgets.folder_view import FolderView
+from ckpttui.ui.widgets.render import GLYPHS
 from ckpttui.ui.widgets.tree import CheckpointTree
 
 
@@ -76,7 +77,11 @@ async def test_funasr_file_breakdown_matches_inspect(ui_root: Path) -> None:
 
         for cat in ("weights", "optimizer"):
             pct = f"{100 * cats[cat]['bytes'] / total:.1f}%"
-            row = next(line for line in shown.splitlines() if line.strip().startswith(f"█ {cat}"))
+            row = next(
+                line
+                for line in shown.splitlines()
+                if line.strip().startswith(f"{GLYPHS[cat]} {cat}")
+            )
             assert human_bytes(cats[cat]["bytes"]) in row and pct in row, row
         assert app.query_one(CheckpointTree).cursor_node.data.path == str(path)
 
