@@ -147,13 +147,18 @@ def split_runs(inv: Inventory) -> list[tuple[str, Inventory]]:
 
 
 def scale_groups(curve: Curve) -> list[list[Series]]:
-    """Series grouped by magnitude (accuracies in 0-1 apart from losses in 7-14), one plot each."""
-    groups: dict[int, list[Series]] = {}
+    """Series grouped by direction and magnitude, one plot each.
+
+    Accuracies (higher is better) never share an axis with losses, and a loss in 7-14 not with
+    one in 0.1-0.5.
+    """
+    groups: dict[tuple[bool, int], list[Series]] = {}
     for s in curve.series:
         if not s.y:
             continue
         top = max(abs(v) for v in s.y) or 1.0
-        groups.setdefault(math.floor(math.log10(top) + 0.3), []).append(s)
+        key = (curve.lower_is_better.get(s.name, True), math.floor(math.log10(top) + 0.3))
+        groups.setdefault(key, []).append(s)
     return [groups[k] for k in sorted(groups)]
 
 
