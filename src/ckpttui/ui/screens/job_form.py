@@ -94,14 +94,15 @@ class JobForm(ModalScreen[JobSpec | None]):
     class Previewed(Message):
         """The preview worker finished."""
 
-        def __init__(self, token: int, preview: Preview) -> None:
+        def __init__(self, token: int, preview: Preview, opts: dict[str, Any]) -> None:
             super().__init__()
-            self.token, self.preview = token, preview
+            self.token, self.preview, self.opts = token, preview, opts
 
     def __init__(self, request: JobRequest, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request = request
         self.preview: Preview | None = None
+        self._preview_opts: dict[str, Any] = {}
         self._token = 0
 
     def compose(self) -> ComposeResult:
@@ -200,13 +201,14 @@ class JobForm(ModalScreen[JobSpec | None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="form-preview")
     def _preview(self, token: int, opts: dict[str, Any], known: int) -> None:
-        self.post_message(self.Previewed(token, compute_preview(opts, known)))
+        self.post_message(self.Previewed(token, compute_preview(opts, known), opts))
 
     @on(Previewed)
     def _previewed(self, message: Previewed) -> None:
         if message.token != self._token:
             return
         self.preview = p = message.preview
+        self._preview_opts = message.opts
         reads = Text("will read: ", style="bold")
         if p.error:
             reads.append(p.error, style="bold red")
@@ -299,7 +301,12 @@ class JobForm(ModalScreen[JobSpec | None]):
 
     def action_submit(self) -> None:
         """Start the job."""
-        if self.preview is not None and self.preview.error:
+        # A preview of other options (still being computed) does not stop the job.
+        if (
+            self.preview is not None
+            and self.preview.error
+            and self._preview_opts == self._options()
+        ):
             self.notify(self.preview.error, severity="error")
             return
         try:
