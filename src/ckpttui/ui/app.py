@@ -285,6 +285,7 @@ class CkptApp(App[int]):
         except JobRequestError as exc:
             self.notify(str(exc), severity="warning", timeout=6)
             return
+        request.base = self.query_one(FolderView).base
         from ckpttui.ui.screens.job_form import JobForm
 
         self.push_screen(JobForm(request), self._start_job)

@@ -35,6 +35,8 @@ class JobRequest:
     run_folder: str | None = None
     """For average without marks: the run folder to pick the last/best N from."""
     notes: list[str] = field(default_factory=list)
+    base: str = ""
+    """Paths are shown relative to this folder (the parent of the app's root)."""
 
 
 _ITEMSIZE = {"fp16": 2, "bf16": 2, "fp32": 4}
@@ -111,7 +113,10 @@ class JobForm(ModalScreen[JobSpec | None]):
         with Vertical(id="job-form"):
             yield Label(Text(f"{r.kind.capitalize()}", style="bold"), id="form-title")
             with VerticalScroll(id="form-body"):
-                shown = r.inputs if r.inputs else [r.run_folder or ""]
+                shown = [
+                    os.path.relpath(p, r.base) if r.base else p
+                    for p in (r.inputs if r.inputs else [r.run_folder or ""])
+                ]
                 yield Static(
                     Text("from: " + "\n      ".join(shown), overflow="fold"), id="form-inputs"
                 )
@@ -160,7 +165,7 @@ class JobForm(ModalScreen[JobSpec | None]):
                     yield Input("", id="form-shard")
                     yield Label("HF config.json or model folder (writes an HF model folder)")
                     yield Input("", id="form-config")
-                yield Static("", id="form-size")
+            yield Static("", id="form-size")
             with Horizontal(id="form-buttons"):
                 yield Button("Start (ctrl+s)", variant="primary", id="form-start")
                 yield Button("Cancel (esc)", id="form-cancel")

@@ -50,7 +50,8 @@ class CurveView(Vertical, can_focus=True):
         from textual_plotext import PlotextPlot
 
         yield Static("", id="curve-note")
-        yield PlotextPlot(id="curve-plot")
+        with Vertical(id="curve-plots"):
+            yield PlotextPlot(classes="curve-plot")
 
     def show_inventory(self, inv: Inventory | None) -> None:
         """Curves of every run in a folder's inventory (None: still scanning)."""
@@ -100,10 +101,8 @@ class CurveView(Vertical, can_focus=True):
 
         curve = self.curve
         note = self.query_one("#curve-note", Static)
-        plot = self.query_one("#curve-plot", PlotextPlot)
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
+        box = self.query_one("#curve-plots", Vertical)
+        box.remove_children()
         if curve is None:
             note.update("scanning...")
         elif curve.empty:
@@ -131,17 +130,22 @@ class CurveView(Vertical, can_focus=True):
                 text.append("   ")
             text.append(f"| {len(curve.checkpoints)} checkpoints; b selects the best", style="dim")
             note.update(text)
-            groups = scale_groups(curve)
-            plt.subplots(len(groups), 1)
             xs = sorted({x for x, _ in curve.checkpoints})
             lines = xs if len(xs) <= MAX_LINES else sorted(set(best_x))
-            for i, group in enumerate(groups, start=1):
-                plt.subplot(i, 1)
+            what = "checkpoints" if len(xs) <= MAX_LINES else "best points"
+            plots = []
+            # One plot per scale: an accuracy in 0-1 never shares an axis with a loss in 7-14.
+            for group in scale_groups(curve):
+                plot = PlotextPlot(classes="curve-plot")
+                plt = plot.plt
                 for s in group:
                     plt.plot(s.x, s.y, label=s.name, marker="braille")
                 for x in lines:
                     plt.vertical_line(x, color="gray")
                 plt.xlabel(curve.x_label)
-                what = "checkpoints" if len(xs) <= MAX_LINES else "best points"
-                plt.title(f"{', '.join(s.name for s in group)} per {curve.x_label} (grey: {what})")
-        plot.refresh()
+                names = ", ".join(s.name for s in group)
+                plt.title(f"{names} per {curve.x_label} (grey: {what})")
+                plots.append(plot)
+            box.mount_all(plots)
+            return
+        box.mount(PlotextPlot(classes="curve-plot"))

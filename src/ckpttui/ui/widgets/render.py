@@ -178,28 +178,26 @@ def advice_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType | None
     text: Text | None = None
     if ckpt.layout == "deepspeed" and shards:
         text = Text.assemble(
-            ("What this is: ", "bold"),
-            f"a ZeRO checkpoint folder; the full-precision weights are split across "
-            f"{len(shards)} optimizer shard file(s). torch.load and the toolkits' own loaders "
-            "(a recognize.py, from_pretrained) take one file, not a folder. ",
+            ("A ZeRO checkpoint folder: ", "bold"),
+            f"the fp32 weights are split over {len(shards)} optimizer shard(s), and loaders "
+            "(torch.load, a recognize.py, from_pretrained) take one file, not a folder. ",
             ("Press m", "bold"),
-            " to merge it into one weights file.",
+            " to merge it into one file.",
         )
     elif ckpt.layout == "deepspeed" and models:
         text = Text.assemble(
-            ("What this is: ", "bold"),
-            "a DeepSpeed folder saved with model states only (no optimizer shards), so there "
-            f"is nothing to merge: the weights are under `module` in {models[0]}. Loaders take "
-            "one file, not a folder. ",
+            ("Model states only: ", "bold"),
+            "saved without optimizer shards, so there is nothing to merge; the weights are "
+            f"under `module` in {models[0]}, and loaders take one file, not a folder. ",
             ("Select that file and press e", "bold"),
-            " to export the weights as one file.",
+            " to export them as one file.",
         )
     elif any(n.endswith(".index.json") for n in names) and any(
         n.endswith((".safetensors", ".bin")) for n in names
     ):
         text = Text.assemble(
-            ("What this is: ", "bold"),
-            "weights sharded over several files with an index. ",
+            ("Sharded weights: ", "bold"),
+            "several files and an index. ",
             ("Press m", "bold"),
             " to join them into one file, or e to export (dtype, prefix, shard size).",
         )

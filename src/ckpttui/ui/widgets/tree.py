@@ -80,6 +80,27 @@ def entry_label(entry: Entry) -> Text:
     return label
 
 
+def _fit(text: Text, name: str, room: int) -> Text:
+    """Shorten a label to `room` cells: the name loses its middle, then the suffix goes."""
+    plain = text.plain
+    at = plain.rfind(name) if name else -1
+    if at < 0:
+        head = (room - 1) * 2 // 3
+        return Text.assemble(text[:head], ("…", "dim"), text[-(room - 1 - head) :])
+    before, part, after = text[:at], text[at : at + len(name)], text[at + len(name) :]
+    for suffix in (after, after[:1] if after.plain.startswith("/") else Text("")):
+        space = room - before.cell_len - suffix.cell_len
+        if space >= min(len(name), 8):
+            break
+    if len(name) <= space:
+        return Text.assemble(before, part, suffix)
+    space = max(space, 2)
+    head = (space - 1) - (space - 1) // 2
+    tail = space - 1 - head
+    short = Text.assemble(part[:head], ("…", "dim"), part[len(name) - tail :] if tail else "")
+    return Text.assemble(before, short, suffix)
+
+
 def can_mark(data: NodeData | None) -> bool:
     """Whether a node is a checkpoint that averaging can take (a checkpoint folder or a tensor file)."""
     if data is None:
@@ -157,9 +178,7 @@ class CheckpointTree(Tree[NodeData]):
             parent = parent.parent
         room = self.scrollable_content_region.width - self.guide_depth * depth - 1
         if room > 8 and text.cell_len > room:
-            head = (room - 1) * 2 // 3
-            tail = room - 1 - head
-            text = Text.assemble(text[:head], ("…", "dim"), text[-tail:] if tail else "")
+            text = _fit(text, os.path.basename(data.path) if data is not None else "", room)
         return text
 
     def on_resize(self, event: events.Resize) -> None:
