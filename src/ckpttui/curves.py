@@ -174,3 +174,18 @@ def checkpoint_near(curve: Curve, x: float) -> str | None:
     if not curve.checkpoints:
         return None
     return min(curve.checkpoints, key=lambda c: abs(c[0] - x))[1]
+
+
+def checkpoint_metric(inv: Inventory) -> tuple[str, float] | None:
+    """(metric, value) recorded for the single checkpoint of an inventory, for a list column."""
+    if len(inv.checkpoints) != 1:
+        return None
+    curve = build_curve(inv)
+    if curve.empty or not curve.checkpoints:
+        return None
+    x = curve.checkpoints[0][0]
+    for s in curve.series:
+        for sx, sy in zip(s.x, s.y):
+            if abs(sx - x) < 1e-6:
+                return s.name, sy
+    return None

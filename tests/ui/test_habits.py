@@ -498,3 +498,27 @@ def test_curves_are_split_by_run_and_by_scale(ui_root: Path) -> None:
     assert funasr.x_label == "epoch"
     groups = [{s.name for s in g} for g in scale_groups(funasr)]
     assert {"val_acc"} in groups and {"val_loss"} in groups  # never on one axis
+
+
+async def test_the_list_has_a_metric_column_and_the_curve_leads_to_the_best_file(
+    ui_root: Path,
+) -> None:
+    run = ui_root / "asr-funasr" / "exp"
+    app = make_app(str(run))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(app, pilot)
+        folder = app.query_one(FolderView)
+        assert "metric" in [c.key for c in folder.columns]
+        ep3 = folder.stats[str(run / "model.pt.ep3")]
+        assert ep3.metric is not None and ep3.metric[0] in ("val_acc", "val_loss")
+        await pilot.press("c")
+        await settle(app, pilot)
+        await pilot.press("b")
+        await settle(app, pilot)
+        tree = app.query_one(CheckpointTree)
+        curve = app.query_one("CurveView").curve
+        from ckpttui.curves import best_point, checkpoint_near
+
+        best = checkpoint_near(curve, best_point(curve, curve.series[0])[0])
+        assert tree.cursor_node.data.path == str(run / best)
+        assert app.focused is tree

@@ -6,6 +6,7 @@ import os
 import re
 import stat
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckpttui.browse import Entry, list_dir
+from ckpttui.curves import checkpoint_metric
 from ckpttui.inventory import Inventory, scan
 from ckpttui.ui.widgets.render import COLORS, GLYPHS, category_bytes, stacked_bar
 from ckpttui.units import human_bytes
 
-SORTS = ("size", "reclaimable", "name", "step")
+SORTS = ("size", "reclaimable", "name", "step", "metric")
 MAX_ROWS = 1000
 SIZE_W = 9
 """``1023.9 MiB`` is 10 cells; sizes are right-aligned in 9 (``999.9 GiB``)."""
@@ -45,6 +47,7 @@ NAME_MIN = 12
 BAR_MIN, BAR_MAX = 8, 16
 OPTIONAL = (
     Column("weights", "weights", SIZE_W),
+    Column("metric", "metric", 9),
     Column("optim", "optimizer", SIZE_W),
     Column("other", "other", SIZE_W),
     Column("step", "step", 6),
@@ -109,6 +112,8 @@ class ChildStats:
     incomplete: int = 0
     errors: int = 0
     scanned: bool = False
+    metric: tuple[str, float] | None = None
+    """The metric the framework recorded for this checkpoint (name, value), if one."""
 
 
 def _disk_usage(path: str, seen: set[tuple[int, int]]) -> int:
@@ -318,6 +323,7 @@ class FolderView(Vertical):
                     stats.incomplete += not ckpt.complete
                 stats.checkpoints = len(inv.checkpoints)
                 stats.errors = len(inv.errors)
+                stats.metric = checkpoint_metric(inv)
                 total.checkpoints.extend(inv.checkpoints)
                 total.files.update(inv.files)
                 total.records.update(inv.records)
@@ -386,6 +392,8 @@ class FolderView(Vertical):
             rows.sort(key=lambda s: (-s.size, natural_key(s.entry.name)))
         elif self.sort_by == "reclaimable":
             rows.sort(key=lambda s: (-s.reclaimable, -s.size, natural_key(s.entry.name)))
+        elif self.sort_by == "metric":
+            rows.sort(key=lambda s: (s.metric is None, s.metric[1] if s.metric else 0.0))
         elif self.sort_by == "name":
             rows.sort(key=lambda s: natural_key(s.entry.name))
         else:
@@ -407,6 +415,9 @@ class FolderView(Vertical):
                     label.append(GLYPHS[cat], style=COLORS[cat]).append(short)
                     if cat != "other" and col.width >= 8:
                         label.append(" ")
+            elif col.key == "metric":
+                names = Counter(s.metric[0] for s in self.stats.values() if s.metric)
+                label = Text(names.most_common(1)[0][0] if names else "metric", justify="right")
             elif col.key in ("size", "reclaim", "weights", "optim", "other"):
                 label = Text(col.label, justify="right")
             table.add_column(label, key=col.key, width=col.width)
@@ -485,6 +496,7 @@ class FolderView(Vertical):
             "optim": size(s.optimizer),
             "other": size(s.other),
             "step": "" if e.step is None else str(e.step),
+            "metric": Text(f"{s.metric[1]:.4g}" if s.metric else "", justify="right"),
         }
         return tuple(cells[c.key] for c in self.columns)
 

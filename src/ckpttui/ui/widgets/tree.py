@@ -176,7 +176,7 @@ class CheckpointTree(Tree[NodeData]):
         while parent is not None:
             depth += 1
             parent = parent.parent
-        room = self.scrollable_content_region.width - self.guide_depth * depth - 1
+        room = self.scrollable_content_region.width - self.guide_depth * depth
         if room > 8 and text.cell_len > room:
             text = _fit(text, os.path.basename(data.path) if data is not None else "", room)
         return text
@@ -368,18 +368,18 @@ class CheckpointTree(Tree[NodeData]):
                 existing[data.path] = child
         previous: TreeNode[NodeData] | None = None
         for entry in entries:
-            child = existing.get(entry.path)
-            if child is None:
+            found = existing.get(entry.path)
+            if found is None:
                 if previous is not None:
-                    child = self._new_child(node, entry, after=previous)
+                    found = self._new_child(node, entry, after=previous)
                 elif node.children:
-                    child = self._new_child(node, entry, before=0)
+                    found = self._new_child(node, entry, before=0)
                 else:
-                    child = self._new_child(node, entry)
-            elif child.data is not None and child.data.entry != entry:
-                child.data.entry = entry
-                child.set_label(entry_label(entry))
-            previous = child
+                    found = self._new_child(node, entry)
+            elif found.data is not None and found.data.entry != entry:
+                found.data.entry = entry
+                found.set_label(entry_label(entry))
+            previous = found
 
     def _add_entries(self, node: TreeNode[NodeData], entries: list[Entry]) -> None:
         """Add children a chunk at a time, so a folder of 10,000 entries never stalls the keys."""
