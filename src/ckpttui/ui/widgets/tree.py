@@ -81,19 +81,18 @@ def entry_label(entry: Entry) -> Text:
 
 
 def _fit(text: Text, name: str, room: int) -> Text:
-    """Shorten a label to `room` cells: the name loses its middle, then the suffix goes."""
+    """Shorten a label to `room` cells: the suffix (size, layout) goes, then the name's middle."""
     plain = text.plain
     at = plain.rfind(name) if name else -1
     if at < 0:
         head = (room - 1) * 2 // 3
         return Text.assemble(text[:head], ("…", "dim"), text[-(room - 1 - head) :])
     before, part, after = text[:at], text[at : at + len(name)], text[at + len(name) :]
+    # The whole name first: the size or layout after it goes before the name is shortened.
     for suffix in (after, after[:1] if after.plain.startswith("/") else Text("")):
         space = room - before.cell_len - suffix.cell_len
-        if space >= min(len(name), 8):
-            break
-    if len(name) <= space:
-        return Text.assemble(before, part, suffix)
+        if len(name) <= space:
+            return Text.assemble(before, part, suffix)
     space = max(space, 2)
     head = (space - 1) - (space - 1) // 2
     tail = space - 1 - head
