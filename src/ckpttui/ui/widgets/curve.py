@@ -26,7 +26,7 @@ class CurveView(Vertical, can_focus=True):
     BINDINGS = [
         Binding("left_square_bracket", "run(-1)", "Prev run", show=False),
         Binding("right_square_bracket", "run(1)", "Next run", show=False),
-        Binding("b", "best", "Best checkpoint"),
+        Binding("b", "best", "Best"),
     ]
 
     run_index: reactive[int] = reactive(0, init=False)

@@ -236,7 +236,7 @@ def summary_renderable(
     unsafe = sorted({g for f in ckpt.files if f in inv.files for g in inv.files[f].unsafe_globals})
     if unsafe:
         t.add_row("unsafe globals", Text("\n".join(unsafe), style="yellow"))
-    files = Table(title="Files", title_justify="left", box=None, padding=(0, 2))
+    files = Table(title="Files", title_justify="left", box=None, padding=(0, 1))
     for col, justify in (
         ("file", "left"),
         ("format", "left"),
@@ -244,12 +244,14 @@ def summary_renderable(
         ("tensors", "right"),
         ("note", "left"),
     ):
-        # Long names wrap rather than being cut; numbers never wrap.
+        # Long names wrap rather than being cut, and keep room to be read; notes give way.
+        longest = max((len(os.path.basename(f)) for f in ckpt.files), default=4)
         files.add_column(
             col,
             justify=justify,  # type: ignore[arg-type]
-            overflow="fold",
-            no_wrap=col in ("size", "tensors", "format"),
+            overflow="ellipsis" if col == "note" else "fold",
+            no_wrap=col in ("size", "tensors", "format", "note"),
+            min_width=min(longest, 16) if col == "file" else None,
         )
     for f in ckpt.files:
         index = inv.files.get(f)
