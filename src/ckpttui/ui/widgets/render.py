@@ -252,12 +252,13 @@ def summary_renderable(
             overflow="ellipsis" if col == "note" else "fold",
             no_wrap=col in ("size", "tensors", "format", "note"),
             min_width=min(longest, 16) if col == "file" else None,
+            max_width=16 if col == "note" else None,
         )
     for f in ckpt.files:
         index = inv.files.get(f)
         rel: Any = os.path.relpath(f, ckpt.path) if f != ckpt.path else os.path.basename(f)
         if f == focus:
-            rel = Text("▶ " + rel, style="bold")
+            rel = Text(rel, style="bold underline")
         if index is None:
             try:
                 size = os.stat(f).st_size
