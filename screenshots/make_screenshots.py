@@ -82,13 +82,32 @@ async def _jobs(app: Any, pilot: Any) -> None:
     await pilot.pause()
 
 
+async def _export_form(app: Any, pilot: Any) -> None:
+    """Open the export form on a FunASR epoch and choose bf16: the preview follows."""
+    await pilot.press("e")
+    await pilot.pause()
+    form = app.screen
+    form.query_one("#form-dtype").value = "bf16"
+    for _ in range(3):
+        await pilot.pause()
+        await form.workers.wait_for_complete()
+
+
 async def main() -> None:
-    """Folder view, FunASR epoch breakdown, training curve, jobs pane."""
+    """Folder view (80x24 and 120x40), breakdown, curve, DeepSpeed folder, export form, jobs."""
     demo = ensure_demo()
     await _shot(demo, "folder-view")
+    await _shot(demo, "folder-view-80x24", size=(80, 24))
     await _shot(demo / "asr-paraformer-funasr" / "exp" / "model.pt.ep3", "funasr-breakdown")
     await _shot(demo / "asr-paraformer-funasr" / "exp", "training-curve", keys=("c",))
     await _shot(demo / "lm-gpt2-hf-trainer" / "checkpoint-6", "hf-checkpoint-summary", keys=("1",))
+    await _shot(demo / "lm-deepspeed-zero2" / "global_step2", "deepspeed-folder", size=(80, 24))
+    await _shot(
+        demo / "asr-paraformer-funasr" / "exp" / "model.pt.ep3",
+        "export-form",
+        size=(80, 24),
+        before=_export_form,
+    )
     await _shot(demo, "jobs-pane", before=_jobs)
 
 

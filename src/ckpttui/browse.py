@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -69,7 +70,8 @@ def list_dir(path: str) -> list[Entry]:
         try:
             st = e.stat(follow_symlinks=True)
         except OSError as exc:
-            reason = "symlink loop" if "loop" in str(exc).lower() else "dangling symlink"
+            # errno, not the message: the message holds the path, which may contain "loop".
+            reason = "symlink loop" if exc.errno == errno.ELOOP else "dangling symlink"
             out.append(Entry(e.name, e.path, "other", error=reason))
             continue
         if stat.S_ISDIR(st.st_mode):

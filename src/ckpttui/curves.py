@@ -6,6 +6,8 @@ checkpoint sits on the x axis (`Layout.curve_x`). Everything comes from an `Inve
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 
 from ckpttui.inventory import Inventory
@@ -82,3 +84,68 @@ def build_curve(inv: Inventory) -> Curve:
         s.name: not any(k in s.name.lower() for k in ("acc", "bleu", "f1")) for s in curve.series
     }
     return curve
+
+
+def split_runs(inv: Inventory) -> list[tuple[str, Inventory]]:
+    """One inventory per run (the folder that holds its checkpoints), so runs are not mixed.
+
+    Each keeps the original root, so checkpoint labels stay relative to it.
+    """
+    runs: dict[str, Inventory] = {}
+    for ckpt in inv.checkpoints:
+        folder = os.path.dirname(ckpt.path.rstrip(os.sep))
+        sub = runs.get(folder)
+        if sub is None:
+            sub = runs[folder] = Inventory(root=inv.root)
+        sub.checkpoints.append(ckpt)
+        for f in ckpt.files:
+            if f in inv.files:
+                sub.files[f] = inv.files[f]
+            if f in inv.records:
+                sub.records[f] = inv.records[f]
+    return sorted(runs.items())
+
+
+def scale_groups(curve: Curve) -> list[list[Series]]:
+    """Series grouped by direction and magnitude, one plot each.
+
+    Accuracies (higher is better) never share an axis with losses, and a loss in 7-14 not with
+    one in 0.1-0.5.
+    """
+    groups: dict[tuple[bool, int], list[Series]] = {}
+    for s in curve.series:
+        if not s.y:
+            continue
+        top = max(abs(v) for v in s.y) or 1.0
+        key = (curve.lower_is_better.get(s.name, True), math.floor(math.log10(top) + 0.3))
+        groups.setdefault(key, []).append(s)
+    return [groups[k] for k in sorted(groups)]
+
+
+def best_point(curve: Curve, series: Series) -> tuple[float, float]:
+    """(x, value) of a series' best value (lowest, or highest for accuracies)."""
+    pick = min if curve.lower_is_better.get(series.name, True) else max
+    value = pick(series.y)
+    return series.x[series.y.index(value)], value
+
+
+def checkpoint_near(curve: Curve, x: float) -> str | None:
+    """Label of the checkpoint saved at (or nearest to) x on the curve's axis."""
+    if not curve.checkpoints:
+        return None
+    return min(curve.checkpoints, key=lambda c: abs(c[0] - x))[1]
+
+
+def checkpoint_metric(inv: Inventory) -> tuple[str, float] | None:
+    """(metric, value) recorded for the single checkpoint of an inventory, for a list column."""
+    if len(inv.checkpoints) != 1:
+        return None
+    curve = build_curve(inv)
+    if curve.empty or not curve.checkpoints:
+        return None
+    x = curve.checkpoints[0][0]
+    for s in curve.series:
+        for sx, sy in zip(s.x, s.y):
+            if abs(sx - x) < 1e-6:
+                return s.name, sy
+    return None

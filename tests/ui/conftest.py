@@ -34,3 +34,17 @@ def ui_root(tmp_path_factory: pytest.TempPathFactory, tk_root: Path, ds_root: Pa
     (broken / "model.pt.ep9").write_bytes(data[: len(data) // 3])
     (broken / "empty.pt").write_bytes(b"")
     return root
+
+
+@pytest.fixture(autouse=True)
+def no_cursor_blink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inputs do not blink, so snapshots do not depend on the moment they are taken (harlequin)."""
+    from textual.widgets import Input
+
+    original = Input.__init__
+
+    def init(self: Input, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.cursor_blink = False
+
+    monkeypatch.setattr(Input, "__init__", init)

@@ -182,6 +182,16 @@ class ChildJob:
             start_new_session=True,
         )
         self.started = time.monotonic()
+        # stderr is drained beside stdout: a child that writes more than a pipe buffer (64 KB)
+        # to stderr would otherwise block, and so would the reader waiting on its stdout.
+        self._stderr_tail: list[str] = []
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr_tail = (self._stderr_tail + [line.rstrip()])[-20:]
 
     def events(self) -> Iterator[Event]:
         """Events as the child prints them; a crash becomes a final ``error`` event."""
@@ -199,7 +209,8 @@ class ChildJob:
             yield event
         code = self.proc.wait()
         if not final:
-            err = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()
+            self._stderr_reader.join(timeout=5)
+            err = [line for line in self._stderr_tail if line.strip()]
             tail = err[-1] if err else ""
             yield Event(
                 "error",

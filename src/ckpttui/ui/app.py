@@ -11,16 +11,19 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, Footer, Input, TabbedContent, TabPane, Tree
+from textual.widgets import ContentSwitcher, Footer, TabbedContent, TabPane, Tabs, Tree
+from textual.worker import Worker, WorkerState
 
 from ckpttui.browse import dir_layout
 from ckpttui.jobs.runner import JobSpec
 from ckpttui.layouts import mergeable_titles
+from ckpttui.ui.screens.confirm import ConfirmScreen
 from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.curve import CurveView
 from ckpttui.ui.widgets.folder_view import FolderView
 from ckpttui.ui.widgets.jobs import JobsPane
+from ckpttui.ui.widgets.render import use_theme
 from ckpttui.ui.widgets.tree import CheckpointTree, NodeData
 
 
@@ -34,18 +37,33 @@ class CkptApp(App[int]):
         Binding("question_mark", "help", "Help"),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
+        Binding("S", "reverse_sort", "Reverse sort", show=False),
         Binding("r", "refresh", "Refresh", show=False),
-        Binding("c", "curve", "Curve"),
+        Binding("c", "curve", "Curve", show=False),
         Binding("m", "job('merge')", "Merge"),
-        Binding("a", "job('average')", "Average"),
+        Binding("a", "job('average')", "Avg"),
         Binding("e", "job('export')", "Export"),
-        Binding("x", "cancel_job", "Cancel job"),
-        Binding("j", "toggle_jobs", "Jobs", show=False),
+        Binding("x", "cancel_job", "Cancel"),
+        Binding("J", "toggle_jobs", "Jobs", show=False),
         Binding("1", "tab('tab-summary')", "Summary", show=False),
         Binding("2", "tab('tab-breakdown')", "Breakdown", show=False),
         Binding("3", "tab('tab-tensors')", "Tensors", show=False),
-        Binding("escape", "close_filter", "Close filter", show=False),
     ]
+    KEYS = {
+        "help": "?",
+        "filter": "/",
+        "sort": "s",
+        "reverse_sort": "S",
+        "refresh": "r",
+        "curve": "c",
+        "merge": "m",
+        "average": "a",
+        "export": "e",
+        "cancel_job": "x",
+        "toggle_jobs": "J",
+        "quit": "q",
+    }
+    """Keys shown beside the command palette's entries."""
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -54,9 +72,10 @@ class CkptApp(App[int]):
         self.root_path = os.path.dirname(path) if self.start_file else path
         self.root_layout = None if self.start_file else dir_layout(self.root_path)
         self.selected: NodeData | None = None
+        self.quitting = False
 
     def compose(self) -> ComposeResult:
-        """Tree | (folder view with curve) or checkpoint view; footer."""
+        """Tree | (folder view with curve) or checkpoint view; jobs; footer."""
         with Horizontal(id="main"):
             yield CheckpointTree(self.root_path, self.root_layout, id="tree")
             with ContentSwitcher(initial="folder-pane", id="right"):
@@ -67,12 +86,15 @@ class CkptApp(App[int]):
                         yield CurveView(id="curve")
                 yield CheckpointView(id="ckpt-pane")
         yield JobsPane(id="jobs")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Show the root folder, or the file given on the command line with its breakdown."""
-        self.query_one("#folder-filter", Input).display = False
         self.query_one(JobsPane).display = False
+        for tabs in self.query(Tabs):
+            tabs.can_focus = False  # tab goes tree -> list; 1 2 3 and c switch tabs
+        self._theme_changed()
+        self.theme_changed_signal.subscribe(self, lambda _theme: self._theme_changed())
         base = os.path.dirname(self.root_path.rstrip(os.sep))
         self.query_one(FolderView).base = base
         self.query_one(CheckpointView).base = base
@@ -85,12 +107,21 @@ class CkptApp(App[int]):
             self._show_folder(self.root_path)
         self.query_one(CheckpointTree).focus()
 
+    def _theme_changed(self) -> None:
+        use_theme(self.current_theme)
+        folder = self.query_one(FolderView)
+        if folder.path:
+            folder.refresh_rows()
+
     # --- what the right pane shows -----------------------------------------------------------
 
-    def _show_folder(self, path: str) -> None:
-        self.query_one("#right", ContentSwitcher).current = "folder-pane"
-        self.query_one(CurveView).show(None)
-        self.query_one(FolderView).show(path)
+    def _show_folder(self, path: str, force: bool = False) -> None:
+        switcher = self.query_one("#right", ContentSwitcher)
+        folder = self.query_one(FolderView)
+        if folder.path != path or force:
+            self.query_one(CurveView).show_inventory(None)
+        switcher.current = "folder-pane"
+        folder.show(path, force=force)
 
     def _show_checkpoint(self, path: str, key_prefix: tuple[str, ...]) -> None:
         self.query_one("#right", ContentSwitcher).current = "ckpt-pane"
@@ -112,42 +143,75 @@ class CkptApp(App[int]):
             self._show_checkpoint(data.path, data.key_path)
         elif data.entry is not None and data.entry.is_tensor_file:
             self._show_checkpoint(data.path, ())
+        else:
+            # A plain file: its folder, with the cursor on it (never a stale checkpoint pane).
+            self._show_folder(os.path.dirname(data.path))
+            self.query_one(FolderView).select_path(data.path)
 
     @on(CheckpointTree.Loaded)
     def _tree_loaded(self, message: CheckpointTree.Loaded) -> None:
         if not self.start_file or message.node is not self.query_one(CheckpointTree).root:
             return
-        tree = self.query_one(CheckpointTree)
-        for child in message.node.children:
-            if child.data is not None and child.data.path == self.start_file:
-                self.start_file = None
-                self.selected = child.data
-                tree.move_cursor(child)
-                return
+        start, self.start_file = self.start_file, None
+        self.query_one(CheckpointTree).reveal(start)
 
     @on(FolderView.ScanDone)
     def _scan_done(self, message: FolderView.ScanDone) -> None:
-        from ckpttui.curves import build_curve
+        self.query_one(CurveView).show_inventory(message.inventory)
 
-        self.query_one(CurveView).show(build_curve(message.inventory))
+    @on(CurveView.GoTo)
+    def _curve_goto(self, message: CurveView.GoTo) -> None:
+        tree = self.query_one(CheckpointTree)
+        tree.reveal(message.path)
+        tree.focus()
 
     @on(FolderView.Open)
     def _open_child(self, message: FolderView.Open) -> None:
+        """Enter in the list drills in: a folder replaces the list, a checkpoint opens."""
         tree = self.query_one(CheckpointTree)
-        node = tree.cursor_node
-        if node is None:
+        if os.path.isdir(message.path) and dir_layout(message.path) is None:
+            self._show_folder(message.path)
+            tree.reveal(message.path)
+            self.query_one("#folder-table").focus()
             return
-        node.expand()
-        for child in node.children:
-            if child.data is not None and child.data.path == message.path:
-                tree.move_cursor(child)
-                tree.focus()
-                return
+        tree.reveal(message.path)
+        tree.focus()
+
+    @on(FolderView.Up)
+    def _folder_up(self, message: FolderView.Up) -> None:
+        """Backspace or left in the list: the parent folder, the cursor on where we were."""
+        path = message.path.rstrip(os.sep)
+        if path == self.root_path.rstrip(os.sep):
+            return
+        parent = os.path.dirname(path)
+        self._show_folder(parent)
+        folder = self.query_one(FolderView)
+        folder.select_path(path)
+        self.query_one(CheckpointTree).reveal(parent)
+        self.query_one("#folder-table").focus()
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        """A background reader that raised is reported, never silently lost."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        self.notify(
+            f"{event.worker.group or event.worker.name} failed: {type(error).__name__}: {error}",
+            severity="error",
+            timeout=10,
+        )
 
     # --- actions -----------------------------------------------------------------------------
 
     def _right_is_folder(self) -> bool:
         return self.query_one("#right", ContentSwitcher).current == "folder-pane"
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Footer shows the keys that work here: Cancel only while a job runs."""
+        if action == "cancel_job":
+            return self.query_one(JobsPane).running_count() > 0
+        return True
 
     def action_help(self) -> None:
         """Show keys and colours."""
@@ -161,24 +225,22 @@ class CkptApp(App[int]):
         else:
             self.query_one(CheckpointView).open_filter()
 
-    def action_close_filter(self) -> None:
-        """Leave a filter: the folder filter is cleared and hidden, the tensor filter kept."""
-        if self.focused is self.query_one("#tensor-filter", Input):
-            self.query_one("#tensor-table").focus()
-            return
-        box = self.query_one("#folder-filter", Input)
-        if box.display:
-            box.value = ""
-            box.display = False
-            self.query_one("#folder-table").focus()
-
     def action_sort(self) -> None:
         """Cycle the sort key of the list on the right."""
         if self._right_is_folder():
             key = self.query_one(FolderView).cycle_sort()
         else:
             key = self.query_one(CheckpointView).cycle_sort()
-        self.notify(f"sorted by {key}", timeout=1.5)
+        self.notify(f"sorted by {key} (S reverses)", timeout=1.5)
+
+    def action_reverse_sort(self) -> None:
+        """Reverse the order of the list on the right."""
+        view: FolderView | CheckpointView = (
+            self.query_one(FolderView)
+            if self._right_is_folder()
+            else self.query_one(CheckpointView)
+        )
+        view.reverse = not view.reverse
 
     def action_refresh(self) -> None:
         """Read the selection again from disk."""
@@ -187,16 +249,14 @@ class CkptApp(App[int]):
         if self._right_is_folder():
             folder = self.query_one(FolderView)
             if folder.path:
-                self._show_folder(folder.path)
+                self._show_folder(folder.path, force=True)
+                self.query_one(CheckpointTree).reload(folder.path)
         elif self.selected is not None:
             self._show_checkpoint(self.selected.path, self.selected.key_path)
         tree = self.query_one(CheckpointTree)
         node = tree.cursor_node
         if node is not None and node.data is not None and node.data.kind in ("dir", "checkpoint"):
-            node.data.loaded = False
-            node.remove_children()
-            node.collapse()
-            node.expand()
+            tree.reload(node.data.path)
         self.notify("refreshed", timeout=1.0)
 
     def action_curve(self) -> None:
@@ -206,6 +266,7 @@ class CkptApp(App[int]):
             folder = os.path.dirname(data.path) if data else self.root_path
             self._show_folder(folder)
         self.query_one("#folder-pane", TabbedContent).active = "tab-curve"
+        self.query_one(CurveView).focus()
 
     def action_tab(self, tab: str) -> None:
         """Switch the checkpoint view's tab."""
@@ -223,8 +284,9 @@ class CkptApp(App[int]):
         try:
             request = request_for(kind, self.selected, tree.marked_paths(), view)
         except JobRequestError as exc:
-            self.notify(str(exc), severity="warning")
+            self.notify(str(exc), severity="warning", timeout=6)
             return
+        request.base = self.query_one(FolderView).base
         from ckpttui.ui.screens.job_form import JobForm
 
         self.push_screen(JobForm(request), self._start_job)
@@ -235,9 +297,11 @@ class CkptApp(App[int]):
         pane = self.query_one(JobsPane)
         job_id = pane.start(spec)
         self.notify(f"job #{job_id} started: {spec.title}", timeout=2)
+        self.refresh_bindings()
 
     @on(JobsPane.JobEnded)
     def _job_ended(self, message: JobsPane.JobEnded) -> None:
+        self.refresh_bindings()
         event = message.event
         if event.kind == "done":
             self.notify(f"job #{message.job_id} done: {message.spec.output}", timeout=5)
@@ -250,24 +314,11 @@ class CkptApp(App[int]):
             )
 
     def _reload_folder(self, folder: str) -> None:
-        """Show a new output: reload the tree node of its folder and the folder view."""
-        tree = self.query_one(CheckpointTree)
-        for node in [tree.root, *tree.root.children]:
-            stack = [node]
-            while stack:
-                current = stack.pop()
-                data = current.data
-                if data is not None and data.path == folder and data.loaded:
-                    data.loaded = False
-                    current.remove_children()
-                    if current.is_expanded:
-                        current.collapse()
-                        current.expand()
-                    break
-                stack.extend(current.children)
+        """Show a new output: the tree and the list update in place; cursor and marks stay."""
+        self.query_one(CheckpointTree).reload(folder)
         folder_view = self.query_one(FolderView)
-        if self._right_is_folder() and folder_view.path == folder:
-            self._show_folder(folder)
+        if folder_view.path == folder:
+            folder_view.show(folder, force=True)
 
     def action_cancel_job(self) -> None:
         """Cancel the selected (or newest) running job."""
@@ -281,44 +332,86 @@ class CkptApp(App[int]):
         pane.display = not pane.display
 
     async def action_quit(self) -> None:
-        """Quit; running jobs are cancelled and clean up their temporary files first."""
-        self.query_one(JobsPane).stop_all()
-        self.exit(0)
+        """Quit; with jobs running, ask first, then cancel them (they remove their temp files)."""
+        pane = self.query_one(JobsPane)
+        running = pane.running_count()
+        if not running:
+            self.exit(0)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.quitting = True
+                self.notify(f"cancelling {running} job(s)...", timeout=10)
+                pane.stop_all(then=lambda: self.exit(0))
+
+        plural = "s" if running > 1 else ""
+        self.push_screen(
+            ConfirmScreen(
+                f"{running} job{plural} running. Quit and cancel {'them' if plural else 'it'}?",
+                "Cancelled jobs remove their temporary files; nothing half-written is left.",
+            ),
+            answer,
+        )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        """Every action, in the command palette."""
+        """Every action, in the command palette, with its key."""
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Help", "Keys and colours", self.action_help)
-        yield SystemCommand("Filter", "Filter names in the view on the right", self.action_filter)
-        yield SystemCommand("Sort", "Cycle the sort key", self.action_sort)
-        yield SystemCommand("Refresh", "Read the selection again from disk", self.action_refresh)
-        yield SystemCommand(
-            "Training curve", "Metrics per step/epoch of the selected folder", self.action_curve
+        k = self.KEYS
+
+        def cmd(title: str, key: str, help: str, callback: Any) -> SystemCommand:
+            return SystemCommand(f"{title}  [{key}]", help, callback)
+
+        yield cmd("Help", k["help"], "Keys and colours", self.action_help)
+        yield cmd(
+            "Filter", k["filter"], "Filter names in the view on the right", self.action_filter
         )
-        yield SystemCommand(
+        yield cmd("Sort", k["sort"], "Cycle the sort key", self.action_sort)
+        yield cmd("Reverse sort", k["reverse_sort"], "Reverse the order", self.action_reverse_sort)
+        yield cmd(
+            "Refresh", k["refresh"], "Read the selection again from disk", self.action_refresh
+        )
+        yield cmd(
+            "Training curve",
+            k["curve"],
+            "Metrics per step/epoch of the selected folder",
+            self.action_curve,
+        )
+        yield cmd(
             "Merge",
+            k["merge"],
             f"{mergeable_titles()} into one file",
             lambda: self.action_job("merge"),
         )
-        yield SystemCommand(
+        yield cmd(
             "Average",
+            k["average"],
             "Marked checkpoints, or the last/best N of a run",
             lambda: self.action_job("average"),
         )
-        yield SystemCommand(
+        yield cmd(
             "Export",
+            k["export"],
             "Weights only: safetensors, slim .pt or HF folder",
             lambda: self.action_job("export"),
         )
-        yield SystemCommand("Cancel job", "Cancel the selected running job", self.action_cancel_job)
-        yield SystemCommand("Jobs pane", "Show or hide the jobs pane", self.action_toggle_jobs)
-        for tab, title in (
-            ("tab-summary", "Summary"),
-            ("tab-breakdown", "Breakdown"),
-            ("tab-tensors", "Tensors"),
+        yield cmd(
+            "Cancel job", k["cancel_job"], "Cancel the selected running job", self.action_cancel_job
+        )
+        yield cmd(
+            "Jobs pane", k["toggle_jobs"], "Show or hide the jobs pane", self.action_toggle_jobs
+        )
+        for n, (tab, title) in enumerate(
+            (
+                ("tab-summary", "Summary"),
+                ("tab-breakdown", "Breakdown"),
+                ("tab-tensors", "Tensors"),
+            ),
+            start=1,
         ):
-            yield SystemCommand(
+            yield cmd(
                 f"{title} tab",
+                str(n),
                 f"Show the checkpoint's {title} tab",
                 lambda tab=tab: self.action_tab(tab),
             )

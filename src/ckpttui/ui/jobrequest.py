@@ -69,6 +69,8 @@ def request_for(
     path = selected.path
     if kind == "merge":
         src = _merge_source(selected)
+        if src is not None:
+            _check_mergeable(src)
         if src is None:
             raise JobRequestError(
                 f"Select one of {mergeable_titles()} (or a save folder with `latest`) to merge"
@@ -99,3 +101,20 @@ def _merge_source(selected: NodeData) -> str | None:
         if not layout.weights_in_shards or any(folder.glob("*.index.json")):
             return str(folder)
     return None
+
+
+def _check_mergeable(src: str) -> None:
+    """A DeepSpeed folder saved without optimizer shards has nothing to merge: say what to do."""
+    folder = Path(src)
+    if any(folder.glob("*.index.json")):
+        return
+    found = [p for pattern in ("*", "*/*") for p in folder.glob(pattern) if p.is_file()]
+    shards = [p for p in found if p.name.endswith("optim_states.pt")]
+    models = [p for p in found if p.name.endswith("model_states.pt")]
+    if models and not shards:
+        rel = os.path.relpath(models[0], folder)
+        raise JobRequestError(
+            f"{folder.name} holds model states only (saved without optimizer shards): "
+            f"nothing to merge. Its weights are in {rel}: select that file and press e "
+            "to export them as one file"
+        )

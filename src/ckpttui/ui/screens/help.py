@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
+from textual.widgets import Footer, Markdown
 
 HELP = """\
 # ckpttui
@@ -16,24 +16,27 @@ runs a pickle: headers and pickles are read with a restricted unpickler.
 
 | key | does |
 |---|---|
-| arrows, enter | move; open a folder, checkpoint or file |
-| right / left | expand / collapse in the tree |
+| arrows, `j` `k` | move |
+| right, `l`, enter | open: expand a folder or checkpoint in the tree, drill into a row of the list |
+| left, `h` | collapse an open node, else go to its parent (left open) |
+| backspace | up to the parent folder (tree and list) |
 | tab | move between the tree and the right pane |
-| `/` | filter: names in the folder view, tensor names in a checkpoint |
-| `s` | sort: size, name, step (folder view); bytes, name, category, dtype (tensors) |
+| `/` | filter: names in the folder view, tensor names in a checkpoint; enter keeps it, esc clears it |
+| `s` / `S` | sort: size, reclaimable, name, step (folder view); bytes, name, category, dtype (tensors) / reverse |
 | `r` | re-read the selection from disk |
 | `1` `2` `3` | Summary, Breakdown, Tensors tabs of a checkpoint |
 | `c` | training curve of the selected folder |
-| space | mark a checkpoint (for averaging) |
+| space | mark a checkpoint (for averaging); marks stay until you unmark them |
 | `m` | merge the selected ZeRO checkpoint (or HF shards) into one file |
 | `a` | average the marked checkpoints, or the last / best N of the selected run folder |
 | `e` | export the selection's weights: safetensors, slim .pt, or an HF folder |
-| `x` | cancel the selected (or newest) running job; `j` shows or hides the jobs pane |
-| ctrl+p | command palette: every action |
-| `q` | quit |
+| `x` | cancel the selected (or newest) running job; `J` shows or hides the jobs pane |
+| ctrl+p | command palette: every action, with its key |
+| `q` | quit (asks first while jobs run) |
 
-**Colours**: green weights, magenta optimizer state, yellow other training state (rng,
-scheduler, EMA, normaliser). **Reclaimable** is what is not needed to run the model.
+**Bars**: `█` weights, `▒` optimizer state, `░` other training state (rng, scheduler, EMA,
+normaliser), in the theme's success, primary and warning colours; red is kept for errors.
+**Reclaimable** is what is not needed to run the model. Sizes count hardlinked files once.
 
 A red `!` marks folders holding incomplete or unreadable checkpoints; the Summary tab says why.
 
@@ -45,9 +48,10 @@ the output, check it, then rename it. Cancelling or a failure leaves nothing beh
 class HelpScreen(ModalScreen[None]):
     """Keys and colours."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close", key_display="esc")]
 
     def compose(self) -> ComposeResult:
         """The help text."""
         with VerticalScroll(id="help"):
             yield Markdown(HELP)
+        yield Footer()

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
 from ckpttui.jobs.runner import JobSpec
 from ckpttui.units import human_bytes, parse_size
@@ -34,16 +35,77 @@ class JobRequest:
     run_folder: str | None = None
     """For average without marks: the run folder to pick the last/best N from."""
     notes: list[str] = field(default_factory=list)
+    base: str = ""
+    """Paths are shown relative to this folder (the parent of the app's root)."""
+
+
+_ITEMSIZE = {"fp16": 2, "bf16": 2, "fp32": 4}
+_FLOATS = ("float16", "bfloat16", "float32", "float64", "half", "float", "double")
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a job will read, and about how many bytes it will write."""
+
+    reads: list[tuple[str, int]]
+    """(path, bytes on disk) of each input."""
+    estimate: int
+    """Output bytes (0: unknown)."""
+    rule: str = ""
+    """How the inputs were chosen (average of a run)."""
+    error: str | None = None
+    """Why the options cannot run (shown before Start, not after)."""
+
+
+def weights_bytes(path: str, dtype: str | None = None) -> int:
+    """Bytes of a checkpoint's weights, with floating tensors cast to `dtype` (fp16/bf16/fp32)."""
+    from ckpttui.inventory import scan
+    from ckpttui.records import Category
+
+    inv = scan(path)
+    total = 0
+    for recs in inv.records.values():
+        for r in recs:
+            if r.category != Category.WEIGHTS:
+                continue
+            if dtype in _ITEMSIZE and r.dtype in _FLOATS:
+                total += r.numel * _ITEMSIZE[dtype]
+            else:
+                total += r.nbytes
+    return total
+
+
+def _disk_size(path: str) -> int:
+    from ckpttui.browse import disk_usage
+
+    return disk_usage(path)
 
 
 class JobForm(ModalScreen[JobSpec | None]):
-    """Options for one job; returns a JobSpec, or None when cancelled."""
+    """Options for one job; returns a JobSpec, or None when cancelled.
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "submit", "Start")]
+    Before Start, it previews the job: the files it will read (for the last/best N of a run,
+    the very checkpoints chosen), the output's size for the chosen dtype, the free space.
+    """
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "submit", "Start"),
+    ]
+
+    class Previewed(Message):
+        """The preview worker finished."""
+
+        def __init__(self, token: int, preview: Preview, opts: dict[str, Any]) -> None:
+            super().__init__()
+            self.token, self.preview, self.opts = token, preview, opts
 
     def __init__(self, request: JobRequest, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request = request
+        self.preview: Preview | None = None
+        self._preview_opts: dict[str, Any] = {}
+        self._token = 0
 
     def compose(self) -> ComposeResult:
         """Title, inputs, output, the kind's options, size line, buttons."""
@@ -51,10 +113,14 @@ class JobForm(ModalScreen[JobSpec | None]):
         with Vertical(id="job-form"):
             yield Label(Text(f"{r.kind.capitalize()}", style="bold"), id="form-title")
             with VerticalScroll(id="form-body"):
-                shown = r.inputs if r.inputs else [r.run_folder or ""]
+                shown = [
+                    os.path.relpath(p, r.base) if r.base else p
+                    for p in (r.inputs if r.inputs else [r.run_folder or ""])
+                ]
                 yield Static(
-                    Text("from: " + "\n      ".join(shown), overflow="ellipsis"), id="form-inputs"
+                    Text("from: " + "\n      ".join(shown), overflow="fold"), id="form-inputs"
                 )
+                yield Static(Text("will read: ...", style="dim"), id="form-reads")
                 for note in r.notes:
                     yield Static(Text(note, style="dim"))
                 yield Label("output (.safetensors, .pt/.bin, or a folder with a shard size)")
@@ -99,18 +165,65 @@ class JobForm(ModalScreen[JobSpec | None]):
                     yield Input("", id="form-shard")
                     yield Label("HF config.json or model folder (writes an HF model folder)")
                     yield Input("", id="form-config")
-                yield Static("", id="form-size")
+            yield Static("", id="form-size")
             with Horizontal(id="form-buttons"):
-                yield Button("Start", variant="primary", id="form-start")
-                yield Button("Cancel", id="form-cancel")
+                yield Button("Start (ctrl+s)", variant="primary", id="form-start")
+                yield Button("Cancel (esc)", id="form-cancel")
+        yield Footer()
 
     def on_mount(self) -> None:
-        """Show the size line and focus the output."""
+        """Show the size line, preview the inputs, focus the output."""
         self._update_size()
+        self._refresh_preview()
         self.query_one("#form-output", Input).focus()
 
     @on(Input.Changed, "#form-output")
     def _output_changed(self) -> None:
+        self._update_size()
+
+    @on(Input.Changed, "#form-n")
+    @on(Input.Changed, "#form-metric")
+    @on(Select.Changed)
+    def _options_changed(self) -> None:
+        self._refresh_preview()
+
+    def _options(self) -> dict[str, Any]:
+        r = self.request
+        opts: dict[str, Any] = {"kind": r.kind, "inputs": list(r.inputs), "run": r.run_folder}
+        if r.kind == "export":
+            dtype = self.query_one("#form-dtype", Select).value
+            opts["dtype"] = None if dtype == "keep" else str(dtype)
+        if r.kind == "average" and r.run_folder:
+            n = self._value("#form-n")
+            opts["n"] = int(n) if n.isdigit() else 0
+            opts["mode"] = str(self.query_one("#form-mode", Select).value)
+            opts["metric"] = self._value("#form-metric") or None
+        return opts
+
+    def _refresh_preview(self) -> None:
+        self._token += 1
+        self._preview(self._token, self._options(), self.request.estimate)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="form-preview")
+    def _preview(self, token: int, opts: dict[str, Any], known: int) -> None:
+        self.post_message(self.Previewed(token, compute_preview(opts, known), opts))
+
+    @on(Previewed)
+    def _previewed(self, message: Previewed) -> None:
+        if message.token != self._token:
+            return
+        self.preview = p = message.preview
+        self._preview_opts = message.opts
+        reads = Text("will read: ", style="bold")
+        if p.error:
+            reads.append(p.error, style="bold red")
+        else:
+            if p.rule:
+                reads.append(f"{p.rule}\n", style="dim")
+            for path, size in p.reads:
+                reads.append(f"\n  {os.path.basename(path.rstrip(os.sep))}")
+                reads.append(f"  {human_bytes(size)}", style="dim")
+        self.query_one("#form-reads", Static).update(reads)
         self._update_size()
 
     def _update_size(self) -> None:
@@ -123,10 +236,13 @@ class JobForm(ModalScreen[JobSpec | None]):
             free_text = human_bytes(free)
         except OSError:
             free, free_text = 0, "unknown"
-        est = self.request.estimate
+        est = self.preview.estimate if self.preview is not None else self.request.estimate
+        size = human_bytes(est) if est else ("..." if self.preview is None else "an unknown size")
         line = Text.assemble(
-            ("will write about ", "dim"),
-            human_bytes(est) if est else "an unknown size",
+            ("will write ", "dim"),
+            (os.path.basename(out.rstrip(os.sep)) or "?", "bold"),
+            (", about ", "dim"),
+            size,
             ("   free space ", "dim"),
             free_text,
         )
@@ -190,6 +306,14 @@ class JobForm(ModalScreen[JobSpec | None]):
 
     def action_submit(self) -> None:
         """Start the job."""
+        # A preview of other options (still being computed) does not stop the job.
+        if (
+            self.preview is not None
+            and self.preview.error
+            and self._preview_opts == self._options()
+        ):
+            self.notify(self.preview.error, severity="error")
+            return
         try:
             spec = self.build_spec()
         except (ValueError, OSError) as exc:
@@ -212,3 +336,35 @@ class JobForm(ModalScreen[JobSpec | None]):
     @on(Input.Submitted)
     def _submitted(self) -> None:
         self.action_submit()
+
+
+def compute_preview(opts: dict[str, Any], known: int = 0) -> Preview:
+    """The inputs a job will read and its output size (runs in a worker: it reads headers)."""
+    kind = opts["kind"]
+    try:
+        if kind == "average" and opts.get("run"):
+            from ckpttui.jobs.events import JobError
+            from ckpttui.jobs.select import select_best, select_last
+
+            n = int(opts.get("n") or 0)
+            if n < 1:
+                return Preview([], 0, error="N must be a positive number")
+            try:
+                if opts.get("mode") == "best":
+                    chosen = select_best(opts["run"], n, metric=opts.get("metric"))
+                else:
+                    chosen = select_last(opts["run"], n)
+            except JobError as exc:
+                return Preview([], 0, error=str(exc))
+            paths = [str(p) for p in chosen.paths]
+            reads = [(p, _disk_size(p)) for p in paths]
+            return Preview(reads, weights_bytes(paths[-1]) if paths else 0, chosen.rule)
+        inputs = list(opts.get("inputs") or [])
+        reads = [(p, _disk_size(p)) for p in inputs]
+        if kind == "average":
+            return Preview(reads, weights_bytes(inputs[-1]) if inputs else 0)
+        if kind == "export" and inputs:
+            return Preview(reads, weights_bytes(inputs[0], opts.get("dtype")))
+        return Preview(reads, known)
+    except OSError as exc:
+        return Preview([], 0, error=str(exc))

@@ -3,37 +3,99 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
+from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Static
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
-from ckpttui.browse import Entry, disk_usage, list_dir
+from ckpttui.browse import Entry, list_dir
+from ckpttui.curves import checkpoint_metric
 from ckpttui.inventory import Inventory, scan
-from ckpttui.ui.widgets.render import COLORS, category_bytes, stacked_bar
+from ckpttui.ui.widgets.render import COLORS, GLYPHS, category_bytes, stacked_bar
 from ckpttui.units import human_bytes
 
-SORTS = ("size", "name", "step")
-COLUMNS = (
-    ("name", "name"),
-    ("size", "size"),
-    ("reclaim", "reclaimable"),
-    ("bar", "weights|optim|other"),
-    ("weights", "weights"),
-    ("optim", "optimizer"),
-    ("other", "other"),
-    ("step", "step"),
-)
-NAME_WIDTH = 30
+SORTS = ("size", "reclaimable", "name", "step", "metric")
 MAX_ROWS = 1000
+SIZE_W = 9
+"""``1023.9 MiB`` is 10 cells; sizes are right-aligned in 9 (``999.9 GiB``)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the list: its key, header, width, and whether it may be dropped."""
+
+    key: str
+    label: str
+    width: int
+    optional: bool = True
+
+
+NAME_MIN = 12
+BAR_MIN, BAR_MAX = 8, 16
+OPTIONAL = (
+    Column("weights", "weights", SIZE_W),
+    Column("metric", "metric", 9),
+    Column("optim", "optimizer", SIZE_W),
+    Column("other", "other", SIZE_W),
+    Column("step", "step", 6),
+)
+PAD = 2
+"""Cells a DataTable adds around each column."""
+
+
+def plan_columns(width: int) -> list[Column]:
+    """Columns that fit `width` cells: name, size, reclaimable and the bar first, then the rest."""
+    fixed = [Column("size", "size", SIZE_W, False), Column("reclaim", "reclaim", SIZE_W, False)]
+    used = NAME_MIN + BAR_MIN + sum(c.width for c in fixed) + PAD * 4
+    extra: list[Column] = []
+    for col in OPTIONAL:
+        # An optional column only when the name keeps room to breathe (NAME_MIN + 12).
+        if used + col.width + PAD + 12 <= width:
+            extra.append(col)
+            used += col.width + PAD
+    slack = max(0, width - used)
+    bar = BAR_MIN + min(slack // 3, BAR_MAX - BAR_MIN)
+    name = NAME_MIN + max(0, slack - (bar - BAR_MIN))
+    name = min(name, 60)
+    return [
+        Column("name", "name", name, False),
+        *fixed,
+        Column("bar", "bar", bar, False),
+        *extra,
+    ]
+
+
+def elide(text: str, width: int) -> str:
+    """Shorten in the middle (``model.pt…ep12``), so both ends of a name stay readable."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = (width - 1) - (width - 1) // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + (text[-tail:] if tail else "")
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key for names with numbers in them: ep2 before ep10, case ignored."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", name.casefold())
+        if part
+    )
 
 
 @dataclass
@@ -50,10 +112,74 @@ class ChildStats:
     incomplete: int = 0
     errors: int = 0
     scanned: bool = False
+    metric: tuple[str, float] | None = None
+    """The metric the framework recorded for this checkpoint (name, value), if one."""
+
+
+def _disk_usage(path: str, seen: set[tuple[int, int]]) -> int:
+    """Bytes of the regular files under a path, each (device, inode) counted once (hardlinks)."""
+    total = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            st = os.stat(current)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                total += st.st_size
+            continue
+        try:
+            with os.scandir(current) as it:
+                for e in it:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        elif e.is_file(follow_symlinks=True):
+                            est = e.stat(follow_symlinks=True)
+                            key = (est.st_dev, est.st_ino)
+                            if key not in seen:
+                                seen.add(key)
+                                total += est.st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+class FolderTable(DataTable[Any]):
+    """The list: enter or right drills in, left or backspace goes up, vim keys move."""
+
+    BINDINGS = [
+        Binding("right,l", "select_cursor", "Open", show=False),
+        Binding("left,h,backspace", "up", "Up", show=False),
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+    ]
+
+    class Up(Message):
+        """The user asked for the parent folder."""
+
+    def action_up(self) -> None:
+        """Go to the parent folder."""
+        self.post_message(self.Up())
 
 
 class FolderView(Vertical):
     """Children sorted by size, each with a weights / optimizer / other bar and reclaimable bytes."""
+
+    BINDINGS = [Binding("escape", "clear_filter", "Clear filter", show=False)]
+
+    sort_by: reactive[str] = reactive("size", init=False)
+    """``size``, ``reclaimable``, ``name`` or ``step``."""
+    reverse: reactive[bool] = reactive(False, init=False)
+    """Smallest (or last) first."""
+    filter_text: reactive[str] = reactive("", init=False)
+    """Only names containing this (case ignored) are listed and counted."""
 
     class Listed(Message):
         """The folder's entries are known (names and file sizes)."""
@@ -77,7 +203,14 @@ class FolderView(Vertical):
             self.token, self.inventory = token, inventory
 
     class Open(Message):
-        """The user chose a child (enter on a row)."""
+        """The user chose a child (enter or right on a row)."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self.path = path
+
+    class Up(Message):
+        """The user asked for the parent of the folder shown."""
 
         def __init__(self, path: str) -> None:
             super().__init__()
@@ -88,9 +221,11 @@ class FolderView(Vertical):
         self.path: str | None = None
         self.token = 0
         self.stats: dict[str, ChildStats] = {}
-        self.sort_by = "size"
-        self.filter_text = ""
         self.inventory: Inventory | None = None
+        self.scan_error: str | None = None
+        self.cursor_path: str | None = None
+        """The row the user is on, kept across re-sorts and reloads (None: the first row)."""
+        self.columns: list[Column] = plan_columns(80)
         self._last_refill = 0.0
         self._biggest = 0
         self.base = ""
@@ -99,23 +234,58 @@ class FolderView(Vertical):
     def compose(self) -> ComposeResult:
         """Totals line, filter, table."""
         yield Static("", id="folder-totals")
-        yield Input(placeholder="filter names (esc to close)", id="folder-filter")
-        table: DataTable[Any] = DataTable(id="folder-table", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield Input(placeholder="filter names: enter to keep, esc to clear", id="folder-filter")
+        yield FolderTable(id="folder-table", cursor_type="row", zebra_stripes=True)
 
-    def show(self, path: str) -> None:
-        """Show a folder: list it now, scan its children in the background."""
+    def on_mount(self) -> None:
+        """Columns for the width we have; the filter starts hidden."""
+        self.query_one("#folder-filter", Input).display = False
+        self._set_columns()
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Columns give way by priority when the pane narrows, and come back when it widens."""
+        planned = plan_columns(self._table_width())
+        if planned != self.columns:
+            self._refill()
+
+    def _table_width(self) -> int:
+        width = self.size.width or 80
+        return width - 2  # the vertical scrollbar and a margin
+
+    # --- what is shown ---------------------------------------------------------------------
+
+    def show(self, path: str, force: bool = False) -> None:
+        """Show a folder: list it now, scan its children in the background.
+
+        Showing the folder already shown does nothing unless `force` (a reload after a job or
+        `r`), which keeps the cursor, the sort and the filter.
+        """
+        if path == self.path and not force:
+            return
+        if path != self.path:
+            self.cursor_path = None
+            if self.filter_text:
+                self.set_reactive(FolderView.filter_text, "")
+                box = self.query_one("#folder-filter", Input)
+                box.value = ""
+                box.display = False
         self.path = path
         self.token += 1
         self.stats = {}
         self.inventory = None
+        self.scan_error = None
         self.query_one("#folder-table", DataTable).clear()
         self.query_one("#folder-totals", Static).update(
             Text(f"{self._shown(path)}  scanning...", style="dim")
         )
         self._scan(self.token, path)
+
+    def select_path(self, path: str) -> None:
+        """Put the cursor on a child (when the tree points at a file, or coming back up)."""
+        self.cursor_path = path
+        table = self.query_one("#folder-table", DataTable)
+        if path in table.rows:
+            table.move_cursor(row=table.get_row_index(path))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="folder")
     def _scan(self, token: int, path: str) -> None:
@@ -127,6 +297,7 @@ class FolderView(Vertical):
             return
         self.post_message(self.Listed(token, path, entries, None))
         total = Inventory(root=Path(path))
+        seen: set[tuple[int, int]] = set()
         batch: list[ChildStats] = []
         last_post = time.monotonic()
         # Files first (cheap), then folders, so the list fills in quickly.
@@ -136,12 +307,12 @@ class FolderView(Vertical):
             stats = ChildStats(entry, size=entry.size)
             inv = None
             if entry.error is None:
+                stats.size = _disk_usage(entry.path, seen)
                 try:
                     inv = scan(entry.path)
                 except OSError:
                     inv = None
             if inv is not None:
-                stats.size = disk_usage(entry.path)
                 for ckpt in inv.checkpoints:
                     b = inv.checkpoint_breakdown(ckpt)
                     w, o, x = category_bytes(b)
@@ -152,10 +323,12 @@ class FolderView(Vertical):
                     stats.incomplete += not ckpt.complete
                 stats.checkpoints = len(inv.checkpoints)
                 stats.errors = len(inv.errors)
+                stats.metric = checkpoint_metric(inv)
                 total.checkpoints.extend(inv.checkpoints)
                 total.files.update(inv.files)
                 total.records.update(inv.records)
                 total.errors.extend(inv.errors)
+                total.layout_of.update(inv.layout_of)
             stats.scanned = True
             batch.append(stats)
             if time.monotonic() - last_post > 0.2:
@@ -163,6 +336,16 @@ class FolderView(Vertical):
                 batch, last_post = [], time.monotonic()
         self.post_message(self.ChildrenScanned(token, batch))
         self.post_message(self.ScanDone(token, total))
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        """A scan that raised says so, instead of 'scanning N more...' forever."""
+        if event.worker.group != "folder" or event.state != WorkerState.ERROR:
+            return
+        event.stop()
+        error = event.worker.error
+        self.scan_error = f"scan failed: {type(error).__name__}: {error}"
+        self._update_totals(done=True)
 
     @on(Listed)
     def _listed(self, message: Listed) -> None:
@@ -185,8 +368,8 @@ class FolderView(Vertical):
         message.stop()
         for stats in message.stats:
             self.stats[stats.entry.path] = stats
-        # Re-sorting rebuilds the table and moves rows under the cursor: while scanning, only for
-        # small folders and at most once a second; big folders are sorted when the scan ends.
+        # Re-sorting rebuilds the table: while scanning, only for small folders and at most once
+        # a second; big folders are sorted when the scan ends. The cursor stays on its path.
         now = time.monotonic()
         if len(self.stats) <= 100 and now - self._last_refill > 1.0:
             self._refill()
@@ -199,30 +382,53 @@ class FolderView(Vertical):
         if message.token != self.token:
             return
         self.inventory = message.inventory
-        self._refill()
-        self._update_totals(done=True)
+        self._refill(done=True)
 
-    def _rows(self) -> list[ChildStats]:
-        rows = [s for s in self.stats.values() if self.filter_text.lower() in s.entry.name.lower()]
+    def rows(self) -> list[ChildStats]:
+        """The children listed, filtered and in the current order."""
+        needle = self.filter_text.casefold()
+        rows = [s for s in self.stats.values() if needle in s.entry.name.casefold()]
         if self.sort_by == "size":
-            rows.sort(key=lambda s: (-s.size, s.entry.name))
+            rows.sort(key=lambda s: (-s.size, natural_key(s.entry.name)))
+        elif self.sort_by == "reclaimable":
+            rows.sort(key=lambda s: (-s.reclaimable, -s.size, natural_key(s.entry.name)))
+        elif self.sort_by == "metric":
+            rows.sort(key=lambda s: (s.metric is None, s.metric[1] if s.metric else 0.0))
         elif self.sort_by == "name":
-            rows.sort(key=lambda s: s.entry.name)
+            rows.sort(key=lambda s: natural_key(s.entry.name))
         else:
-            rows.sort(key=lambda s: (s.entry.step is None, s.entry.step or 0, s.entry.name))
+            rows.sort(
+                key=lambda s: (s.entry.step is None, s.entry.step or 0, natural_key(s.entry.name))
+            )
+        if self.reverse:
+            rows.reverse()
         return rows
 
-    def _refill(self) -> None:
+    def _set_columns(self) -> None:
         table = self.query_one("#folder-table", DataTable)
-        cursor_key = None
-        if table.row_count and table.cursor_row < table.row_count:
-            cursor_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        # Columns too: their widths then follow what is shown now, not what was shown before.
+        self.columns = plan_columns(self._table_width())
+        for col in self.columns:
+            label: Any = col.label
+            if col.key == "bar":
+                label = Text()
+                for cat, short in (("weights", "w"), ("optimizer", "o"), ("other", "x")):
+                    label.append(GLYPHS[cat], style=COLORS[cat]).append(short)
+                    if cat != "other" and col.width >= 8:
+                        label.append(" ")
+            elif col.key == "metric":
+                names = Counter(s.metric[0] for s in self.stats.values() if s.metric)
+                label = Text(names.most_common(1)[0][0] if names else "metric", justify="right")
+            elif col.key in ("size", "reclaim", "weights", "optim", "other"):
+                label = Text(col.label, justify="right")
+            table.add_column(label, key=col.key, width=col.width)
+
+    def _refill(self, done: bool = False) -> None:
+        table = self.query_one("#folder-table", DataTable)
+        # Columns too: their widths then follow the space there is now.
         table.clear(columns=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        self._set_columns()
         self._last_refill = time.monotonic()
-        rows = self._rows()
+        rows = self.rows()
         self._biggest = max((s.size for s in rows), default=0)
         # DataTable measures every row when it first renders: a 10,000-entry folder shows its
         # first MAX_ROWS in the current order; the filter reaches the rest.
@@ -231,79 +437,124 @@ class FolderView(Vertical):
         if len(rows) > MAX_ROWS:
             table.add_row(
                 Text(f"... {len(rows) - MAX_ROWS} more (/ to filter)", style="dim"),
-                *[""] * (len(COLUMNS) - 1),
+                *[""] * (len(self.columns) - 1),
                 key="--more--",
             )
-        if cursor_key is not None and cursor_key in table.rows:
-            table.move_cursor(row=table.get_row_index(cursor_key))
-        self._update_totals(done=False)
+        if self.cursor_path is not None and self.cursor_path in table.rows:
+            table.move_cursor(row=table.get_row_index(self.cursor_path), animate=False)
+        elif table.row_count:
+            table.move_cursor(row=0, animate=False)
+        self._update_totals(done=done)
+
+    @on(DataTable.RowHighlighted, "#folder-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        # Only the user moves the cursor of a focused table; refills follow `cursor_path`.
+        if event.data_table.has_focus and event.row_key.value not in (None, "--more--"):
+            self.cursor_path = str(event.row_key.value)
 
     def _update_rows(self, changed: list[ChildStats]) -> None:
         table = self.query_one("#folder-table", DataTable)
         for s in changed:
             if s.entry.path not in table.rows:
                 continue
-            for (key, _), value in zip(COLUMNS, self._cells(s)):
-                table.update_cell(s.entry.path, key, value)
+            for col, value in zip(self.columns, self._cells(s)):
+                table.update_cell(s.entry.path, col.key, value)
 
     def _cells(self, s: ChildStats) -> tuple[Any, ...]:
         biggest = max(self._biggest, s.size)
         e = s.entry
+        widths = {c.key: c.width for c in self.columns}
+        flag = "  !" if (s.incomplete or s.errors) else ""
         label = e.name + ("/" if e.kind == "dir" else "")
-        if len(label) > NAME_WIDTH:
-            label = label[: NAME_WIDTH - 1] + "…"
-        name = Text(label, style="bold" if e.kind != "file" else "")
-        if e.kind == "checkpoint":
-            name.append(f"  {e.layout}", style="cyan")
+        room = widths["name"] - len(flag)
+        suffix = f"  {e.layout}" if e.kind == "checkpoint" and e.layout else ""
         if e.error:
-            name.append(f"  {e.error}", style="red")
-        if s.incomplete or s.errors:
-            name.append("  !", style="bold red")
+            suffix = f"  {e.error}"
+        if len(label) + len(suffix) > room and not e.error:
+            suffix = ""  # the tree and the Summary still say the layout
+        name = Text(
+            elide(label, max(1, room - len(suffix))), style="bold" if e.kind != "file" else ""
+        )
+        name.append(suffix, style="red" if e.error else "cyan")
+        if flag:
+            name.append(flag, style="bold red")
         scanned = s.scanned
-        bar = (
-            stacked_bar(s.weights, s.optimizer, s.other, 16, scale=max(biggest, 1))
-            if scanned
-            else Text("…", style="dim")
-        )
-        return (
-            name,
-            human_bytes(s.size),
-            human_bytes(s.reclaimable) if scanned else "",
-            bar,
-            human_bytes(s.weights) if scanned else "",
-            human_bytes(s.optimizer) if scanned else "",
-            human_bytes(s.other) if scanned else "",
-            "" if e.step is None else str(e.step),
-        )
+
+        def size(value: int) -> Text:
+            return Text(human_bytes(value) if scanned else "", justify="right")
+
+        cells: dict[str, Any] = {
+            "name": name,
+            "size": Text(human_bytes(s.size), justify="right"),
+            "reclaim": size(s.reclaimable),
+            "bar": (
+                stacked_bar(s.weights, s.optimizer, s.other, widths["bar"], scale=max(biggest, 1))
+                if scanned
+                else Text("…", style="dim")
+            ),
+            "weights": size(s.weights),
+            "optim": size(s.optimizer),
+            "other": size(s.other),
+            "step": "" if e.step is None else str(e.step),
+            "metric": Text(f"{s.metric[1]:.4g}" if s.metric else "", justify="right"),
+        }
+        return tuple(cells[c.key] for c in self.columns)
 
     def _update_totals(self, done: bool) -> None:
-        rows = list(self.stats.values())
+        rows = self.rows() if self.filter_text else list(self.stats.values())
         size = sum(s.size for s in rows)
         optimizer = sum(s.optimizer for s in rows)
         reclaim = sum(s.reclaimable for s in rows)
         ckpts = sum(s.checkpoints for s in rows)
         bad = sum(s.incomplete for s in rows)
         pending = sum(not s.scanned for s in rows)
+        arrow = "↑" if self.reverse else "↓"
+        head = Text(self._shown(self.path or ""), style="bold")
+        if self.filter_text:
+            head.append(
+                f"   filter {self.filter_text!r}: {len(rows)} of {len(self.stats)}", style="bold"
+            )
         text = Text.assemble(
-            (f"{self._shown(self.path or '')}\n", "bold"),
-            ("optimizer state: ", COLORS["optimizer"]),
+            head,
+            "\n",
+            (f"{GLYPHS['optimizer']} optimizer state: ", "bold"),
             f"{human_bytes(optimizer)} of {human_bytes(size)}",
-            ("   reclaimable: ", "bold"),
+            "\n",
+            ("reclaimable: ", "bold"),
             human_bytes(reclaim),
             f"   {ckpts} checkpoints",
-            (f"   {bad} incomplete" if bad else "", "red"),
+            (f"   {bad} incomplete" if bad else "", "bold red"),
             (f"   scanning {pending} more..." if pending and not done else "", "dim"),
-            (f"   sorted by {self.sort_by}", "dim"),
+            (f"   by {self.sort_by} {arrow}", "dim"),
         )
+        if self.scan_error:
+            text.append(f"\n{self.scan_error}", style="bold red")
         self.query_one("#folder-totals", Static).update(text)
+
+    def refresh_rows(self) -> None:
+        """Draw the rows again (new theme colours)."""
+        self._refill(done=self.inventory is not None)
 
     def _shown(self, path: str) -> str:
         return os.path.relpath(path, self.base) if self.base else path
 
+    # --- sort and filter ---------------------------------------------------------------------
+
+    def watch_sort_by(self) -> None:
+        """Re-sort, the cursor staying on its row."""
+        self._refill(done=self.inventory is not None)
+
+    def watch_reverse(self) -> None:
+        """Re-sort, the cursor staying on its row."""
+        self._refill(done=self.inventory is not None)
+
+    def watch_filter_text(self) -> None:
+        """List (and count) only the matching names."""
+        self._refill(done=self.inventory is not None)
+
     def cycle_sort(self) -> str:
-        """Sort by the next key (size, name, step)."""
+        """Sort by the next key (size, reclaimable, name, step)."""
         self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
-        self._refill()
         return self.sort_by
 
     def open_filter(self) -> None:
@@ -312,12 +563,35 @@ class FolderView(Vertical):
         box.display = True
         box.focus()
 
+    def action_clear_filter(self) -> None:
+        """Esc: clear and hide the filter, back to the list."""
+        box = self.query_one("#folder-filter", Input)
+        if not box.display and not self.filter_text:
+            return
+        box.value = ""
+        box.display = False
+        self.filter_text = ""
+        self.query_one("#folder-table").focus()
+
     @on(Input.Changed, "#folder-filter")
     def _filter(self, event: Input.Changed) -> None:
         self.filter_text = event.value
-        self._refill()
+
+    @on(Input.Submitted, "#folder-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        """Enter keeps the filter and moves to the list."""
+        event.stop()
+        if not event.value:
+            event.input.display = False
+        self.query_one("#folder-table").focus()
 
     @on(DataTable.RowSelected, "#folder-table")
     def _open(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value and event.row_key.value != "--more--":
             self.post_message(self.Open(str(event.row_key.value)))
+
+    @on(FolderTable.Up)
+    def _up(self, message: FolderTable.Up) -> None:
+        message.stop()
+        if self.path:
+            self.post_message(self.Up(self.path))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import time
+import re
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -18,6 +19,12 @@ from ckpttui.jobs.runner import ChildJob, JobSpec, RateMeter
 from ckpttui.units import human_bytes
 
 _IDS = itertools.count(1)
+_BYTES = re.compile(r"\b(\d{4,}) bytes\b")
+
+
+def humanize(message: str) -> str:
+    """Byte counts in a job's message for people: ``486539264 bytes`` -> ``464.0 MiB``."""
+    return _BYTES.sub(lambda m: human_bytes(int(m.group(1))), message)
 
 
 def _duration(seconds: float | None) -> str:
@@ -51,6 +58,7 @@ class JobRow(Vertical, can_focus=True):
             yield ProgressBar(total=None, show_eta=False, classes="job-bar")
             yield Label("", classes="job-stats")
         yield Static("", classes="job-log")
+        yield Static("", classes="job-result")
 
     def _title(self) -> Text:
         style = {
@@ -74,14 +82,25 @@ class JobRow(Vertical, can_focus=True):
             self.meter.update(event.bytes_done)
             bar.update(total=event.bytes_total, progress=event.bytes_done)
         if event.kind in ("log", "start") and event.message:
-            self.log_lines = (self.log_lines + [event.message])[-200:]
+            self.log_lines = (self.log_lines + [humanize(event.message)])[-200:]
+        result = self.query_one(".job-result", Static)
         if event.kind == "done":
             self.state = "done"
             bar.update(total=max(event.bytes_total, 1), progress=max(event.bytes_total, 1))
-            self.log_lines = (self.log_lines + [event.message])[-200:]
+            self.log_lines = (self.log_lines + [humanize(event.message)])[-200:]
+            # The verification line (tensors, size, sha256) stays whole, below the log.
+            result.update(Text(humanize(event.message), style="green"))
         elif event.kind == "error":
             self.state = "cancelled" if event.data.get("cancelled") else "failed"
-            self.log_lines = (self.log_lines + [event.message])[-200:]
+            self.log_lines = (self.log_lines + [humanize(event.message)])[-200:]
+            # A job that ends before any progress stops pulsing: an empty, still bar.
+            if bar.total is None:
+                bar.update(total=1, progress=0)
+            result.update(
+                Text(
+                    humanize(event.message), style="yellow" if self.state == "cancelled" else "red"
+                )
+            )
         stats = ""
         if event.bytes_total:
             stats = (
@@ -92,9 +111,9 @@ class JobRow(Vertical, can_focus=True):
                 stats += f"  ETA {_duration(self.meter.eta(event.bytes_done, event.bytes_total))}"
         self.query_one(".job-stats", Label).update(stats)
         self.query_one(".job-title", Label).update(self._title())
-        log_style = "red" if self.state == "failed" else "dim"
+        log = self.log_lines if self.running else self.log_lines[:-1]
         self.query_one(".job-log", Static).update(
-            Text("\n".join(self.log_lines[-3:]), style=log_style, overflow="ellipsis")
+            Text("\n".join(log[-3:]), style="dim", overflow="ellipsis", no_wrap=True)
         )
 
     @property
@@ -128,7 +147,7 @@ class JobsPane(VerticalScroll):
         self.display = True
         row.child = ChildJob(spec)
         self._follow(job_id, row.child)
-        self.call_after_refresh(row.scroll_visible)
+        self.call_after_refresh(self.scroll_end, animate=False)
         return job_id
 
     @work(thread=True, exit_on_error=False, group="jobs")
@@ -140,7 +159,10 @@ class JobsPane(VerticalScroll):
     def _event(self, message: JobEvent) -> None:
         message.stop()
         row = self.query_one(f"#job-{message.job_id}", JobRow)
+        following = self.scroll_y >= self.max_scroll_y - 1
         row.apply(message.event)
+        if following:  # follow new output, unless the user scrolled up to read
+            self.call_after_refresh(self.scroll_end, animate=False)
         if message.event.kind in ("done", "error"):
             self.post_message(self.JobEnded(message.job_id, row.spec, message.event))
 
@@ -169,14 +191,23 @@ class JobsPane(VerticalScroll):
         """Jobs still running."""
         return sum(r.running for r in self.rows())
 
-    def stop_all(self) -> None:
-        """Cancel every running job (on quit) and give them a moment to clean up."""
+    def stop_all(self, then: Callable[[], None] | None = None) -> None:
+        """Cancel every running job (on quit); wait for them to clean up in a thread, then `then`."""
         children = [r.child for r in self.rows() if r.running and r.child is not None]
         for child in children:
             child.cancel()
+        self._wait_for(children, then)
+
+    @work(thread=True, exit_on_error=False, group="jobs-stop")
+    def _wait_for(self, children: list[ChildJob], then: Callable[[], None] | None) -> None:
+        import subprocess
+        import time
+
         deadline = time.monotonic() + 5
         for child in children:
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
+            except subprocess.TimeoutExpired:
                 child.proc.kill()
+        if then is not None:
+            self.app.call_from_thread(then)

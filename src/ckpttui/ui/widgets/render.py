@@ -13,8 +13,40 @@ from ckpttui.inventory import Inventory
 from ckpttui.records import Checkpoint
 from ckpttui.units import human_bytes
 
-COLORS = {"weights": "green", "optimizer": "magenta", "other": "yellow"}
-BLOCK = "█"
+COLORS = {"weights": "green", "optimizer": "blue", "other": "yellow"}
+"""Category colours; `use_theme` sets them from the app's theme (success, primary, warning)."""
+GLYPHS = {"weights": "█", "optimizer": "▒", "other": "░"}
+"""A glyph per category, so a bar reads without colour (NO_COLOR, monochrome terminals)."""
+BLOCK = GLYPHS["weights"]
+CATEGORY_NAMES = ("weights", "optimizer", "other")
+
+
+def use_theme(theme: Any) -> None:
+    """Take the category colours from a Textual theme, never the theme's error colour."""
+    error = str(getattr(theme, "error", "") or "").lower()
+    choices = {
+        "weights": ("success", "secondary"),
+        "optimizer": ("primary", "accent", "secondary"),
+        "other": ("warning", "accent"),
+    }
+    taken: set[str] = {error}
+    for cat, names in choices.items():
+        for name in names:
+            value = str(getattr(theme, name, "") or "")
+            if value and value.lower() not in taken:
+                COLORS[cat] = value.replace("ansi_", "")
+                taken.add(value.lower())
+                break
+
+
+def legend() -> Text:
+    """``█ weights  ▒ optimizer  ░ other``, each in its colour."""
+    text = Text()
+    for cat in CATEGORY_NAMES:
+        text.append(f"{GLYPHS[cat]} {cat}", style=COLORS[cat])
+        text.append("  ")
+    text.rstrip()
+    return text
 
 
 def pct(part: int, whole: int) -> str:
@@ -37,7 +69,7 @@ def stacked_bar(
         cells = min(cells, width - used)
         if value and cells == 0 and used < width:
             cells = 1
-        text.append(BLOCK * cells, style=COLORS[cat])
+        text.append(GLYPHS[cat] * cells, style=COLORS[cat])
         used += cells
     text.append("·" * (width - used), style="dim")
     return text
@@ -81,7 +113,7 @@ def breakdown_renderable(b: Breakdown, width: int = 80) -> RenderableType:
         cats.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for name, value in (("weights", w), ("optimizer", o), ("other", x)):
         cats.add_row(
-            Text(BLOCK + " " + name, style=COLORS[name]),
+            Text(GLYPHS[name] + " " + name, style=COLORS[name]),
             str(b.categories[name]["tensors"]),
             human_bytes(value),
             pct(value, total),
@@ -134,8 +166,53 @@ def _info_value(value: Any) -> str:
     return str(value)
 
 
-def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> RenderableType:
-    """The Summary tab: layout, position, completeness, framework metadata, globals, files."""
+def advice_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType | None:
+    """Plain words on a checkpoint folder that loaders cannot take as it is, and the key to press."""
+    import os
+
+    if not os.path.isdir(ckpt.path):
+        return None
+    names = [os.path.basename(f) for f in ckpt.files]
+    shards = [n for n in names if n.endswith("optim_states.pt")]
+    models = [n for n in names if n.endswith("model_states.pt")]
+    text: Text | None = None
+    if ckpt.layout == "deepspeed" and shards:
+        text = Text.assemble(
+            ("A ZeRO checkpoint folder: ", "bold"),
+            f"the fp32 weights are split over {len(shards)} optimizer shard(s), and loaders "
+            "(torch.load, a recognize.py, from_pretrained) take one file, not a folder. ",
+            ("Press m", "bold"),
+            " to merge it into one file.",
+        )
+    elif ckpt.layout == "deepspeed" and models:
+        text = Text.assemble(
+            ("Model states only: ", "bold"),
+            "saved without optimizer shards, so there is nothing to merge; the weights are "
+            f"under `module` in {models[0]}, and loaders take one file, not a folder. ",
+            ("Select that file and press e", "bold"),
+            " to export them as one file.",
+        )
+    elif any(n.endswith(".index.json") for n in names) and any(
+        n.endswith((".safetensors", ".bin")) for n in names
+    ):
+        text = Text.assemble(
+            ("Sharded weights: ", "bold"),
+            "several files and an index. ",
+            ("Press m", "bold"),
+            " to join them into one file, or e to export (dtype, prefix, shard size).",
+        )
+    if text is None:
+        return None
+    return Group(text, Text(""))
+
+
+def summary_renderable(
+    inv: Inventory, ckpt: Checkpoint, base: str = "", focus: str | None = None
+) -> RenderableType:
+    """The Summary tab: layout, position, completeness, framework metadata, globals, files.
+
+    `focus` is the file the user selected inside the checkpoint; its row is marked.
+    """
     import os
 
     t = Table.grid(padding=(0, 2))
@@ -159,7 +236,7 @@ def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> Rend
     unsafe = sorted({g for f in ckpt.files if f in inv.files for g in inv.files[f].unsafe_globals})
     if unsafe:
         t.add_row("unsafe globals", Text("\n".join(unsafe), style="yellow"))
-    files = Table(title="Files", title_justify="left", box=None, padding=(0, 2))
+    files = Table(title="Files", title_justify="left", box=None, padding=(0, 1))
     for col, justify in (
         ("file", "left"),
         ("format", "left"),
@@ -167,10 +244,21 @@ def summary_renderable(inv: Inventory, ckpt: Checkpoint, base: str = "") -> Rend
         ("tensors", "right"),
         ("note", "left"),
     ):
-        files.add_column(col, justify=justify)  # type: ignore[arg-type]
+        # Long names wrap rather than being cut, and keep room to be read; notes give way.
+        longest = max((len(os.path.basename(f)) for f in ckpt.files), default=4)
+        files.add_column(
+            col,
+            justify=justify,  # type: ignore[arg-type]
+            overflow="ellipsis" if col == "note" else "fold",
+            no_wrap=col in ("size", "tensors", "format", "note"),
+            min_width=min(longest, 16) if col == "file" else None,
+            max_width=16 if col == "note" else None,
+        )
     for f in ckpt.files:
         index = inv.files.get(f)
-        rel = os.path.relpath(f, ckpt.path) if f != ckpt.path else os.path.basename(f)
+        rel: Any = os.path.relpath(f, ckpt.path) if f != ckpt.path else os.path.basename(f)
+        if f == focus:
+            rel = Text(rel, style="bold underline")
         if index is None:
             try:
                 size = os.stat(f).st_size

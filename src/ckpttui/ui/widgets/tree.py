@@ -6,10 +6,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.style import Style
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.binding import Binding
 from textual.message import Message
+from textual.reactive import reactive
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
@@ -78,14 +80,53 @@ def entry_label(entry: Entry) -> Text:
     return label
 
 
+def _fit(text: Text, name: str, room: int) -> Text:
+    """Shorten a label to `room` cells: the suffix (size, layout) goes, then the name's middle."""
+    plain = text.plain
+    at = plain.rfind(name) if name else -1
+    if at < 0:
+        head = (room - 1) * 2 // 3
+        return Text.assemble(text[:head], ("…", "dim"), text[-(room - 1 - head) :])
+    before, part, after = text[:at], text[at : at + len(name)], text[at + len(name) :]
+    # The whole name first: the size or layout after it goes before the name is shortened.
+    for suffix in (after, after[:1] if after.plain.startswith("/") else Text("")):
+        space = room - before.cell_len - suffix.cell_len
+        if len(name) <= space:
+            return Text.assemble(before, part, suffix)
+    space = max(space, 2)
+    head = (space - 1) - (space - 1) // 2
+    tail = space - 1 - head
+    short = Text.assemble(part[:head], ("…", "dim"), part[len(name) - tail :] if tail else "")
+    return Text.assemble(before, short, suffix)
+
+
+def can_mark(data: NodeData | None) -> bool:
+    """Whether a node is a checkpoint that averaging can take (a checkpoint folder or a tensor file)."""
+    if data is None:
+        return False
+    if data.kind == "checkpoint":
+        return True
+    return data.kind == "file" and data.entry is not None and data.entry.is_tensor_file
+
+
 class CheckpointTree(Tree[NodeData]):
-    """A tree that lists folders on expansion, in a worker, with a placeholder meanwhile."""
+    """A tree that lists folders on expansion, in a worker, with a placeholder meanwhile.
+
+    Marks and the cursor are kept by path: a reload updates the nodes in place, so the cursor,
+    the expanded folders and the marks stay where they were.
+    """
 
     BINDINGS = [
-        Binding("right", "expand_node", "Expand", show=False),
-        Binding("left", "collapse_node", "Collapse", show=False),
+        Binding("right,l", "expand_node", "Expand", show=False),
+        Binding("left,h", "collapse_node", "Collapse", show=False),
+        Binding("backspace", "parent", "Up", show=False),
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
         Binding("space", "mark", "Mark"),
     ]
+
+    marked: reactive[tuple[str, ...]] = reactive((), always_update=True, init=False)
+    """Marked checkpoints (paths), in the order they were marked."""
 
     class Loaded(Message):
         """A worker finished listing a node's children."""
@@ -111,32 +152,62 @@ class CheckpointTree(Tree[NodeData]):
         super().__init__(label, NodeData(kind, root_path), **kwargs)
         self.show_root = True
         self.guide_depth = 2
-        self.marked: dict[str, TreeNode[NodeData]] = {}
+        self._reveal: str | None = None
+        """A path the cursor goes to once the folders on the way are loaded."""
 
     def on_mount(self) -> None:
         """Load the root's children."""
         self.root.expand()
 
+    def watch_marked(self) -> None:
+        """Redraw the marks."""
+        self._invalidate()
+
+    def render_label(self, node: TreeNode[NodeData], base_style: Style, style: Style) -> Text:
+        """The label, with a mark in front of marked checkpoints."""
+        text = super().render_label(node, base_style, style)
+        data = node.data
+        if data is not None and data.kind != "key" and data.path in self.marked:
+            text = Text.assemble(("● ", "bold"), text)
+        # Long names are shortened in the middle to the width there is (no sideways scrolling).
+        depth = 0
+        parent = node.parent
+        while parent is not None:
+            depth += 1
+            parent = parent.parent
+        room = self.scrollable_content_region.width - self.guide_depth * depth
+        if room > 8 and text.cell_len > room:
+            text = _fit(text, os.path.basename(data.path) if data is not None else "", room)
+        return text
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Labels are shortened to the width: draw them again."""
+        self._invalidate()
+
     def action_expand_node(self) -> None:
-        """Expand the node under the cursor."""
-        if self.cursor_node is not None:
-            self.cursor_node.expand()
+        """Expand the node under the cursor (a plain file has nothing to expand: nothing is read)."""
+        node = self.cursor_node
+        if node is None or not node.allow_expand:
+            return
+        if node.is_expanded and node.children:
+            self.move_cursor(node.children[0])
+        else:
+            node.expand()
 
     def action_mark(self) -> None:
-        """Mark or unmark the checkpoint under the cursor (for averaging)."""
+        """Mark or unmark the checkpoint under the cursor (for averaging), then move down."""
         node = self.cursor_node
-        if node is None or node.data is None or node.data.kind not in ("checkpoint", "file"):
+        if node is None or node.data is None:
+            return
+        if not can_mark(node.data):
+            name = os.path.basename(node.data.path)
+            self.notify(f"{name}: not a checkpoint; only checkpoints can be marked", timeout=3)
             return
         path = node.data.path
-        label = node.label.copy() if isinstance(node.label, Text) else Text(str(node.label))
         if path in self.marked:
-            del self.marked[path]
-            if label.plain.startswith("● "):
-                label = label[2:]
+            self.marked = tuple(p for p in self.marked if p != path)
         else:
-            self.marked[path] = node
-            label = Text.assemble(("● ", "bold magenta"), label)
-        node.set_label(label)
+            self.marked = (*self.marked, path)
         self.action_cursor_down()
 
     def marked_paths(self) -> list[str]:
@@ -144,15 +215,88 @@ class CheckpointTree(Tree[NodeData]):
         return list(self.marked)
 
     def action_collapse_node(self) -> None:
-        """Collapse the node under the cursor, or go to its parent."""
+        """Collapse the node under the cursor if it is open, else go to its parent (left open)."""
         node = self.cursor_node
         if node is None:
             return
         if node.is_expanded and node.allow_expand:
             node.collapse()
-        elif node.parent is not None:
-            self.select_node(node.parent)
+        else:
+            self.action_parent()
+
+    def action_parent(self) -> None:
+        """Go to the parent node, leaving it open."""
+        node = self.cursor_node
+        if node is not None and node.parent is not None:
             self.move_cursor(node.parent)
+
+    def node_of(self, path: str) -> TreeNode[NodeData] | None:
+        """The loaded node of a path (folders and files, not keys), or None."""
+        node = self.root
+        while True:
+            data = node.data
+            if data is not None and data.path == path and data.kind != "key":
+                return node
+            node_next = None
+            for child in node.children:
+                cd = child.data
+                if cd is None or cd.kind in ("key", "placeholder"):
+                    continue
+                if path == cd.path or path.startswith(cd.path.rstrip(os.sep) + os.sep):
+                    node_next = child
+                    break
+            if node_next is None:
+                return None
+            node = node_next
+
+    def reveal(self, path: str) -> None:
+        """Move the cursor to a path below the root, opening (and loading) folders on the way."""
+        node = self.root
+        assert node.data is not None
+        if path != node.data.path and not path.startswith(node.data.path.rstrip(os.sep) + os.sep):
+            return
+        self._reveal = None
+        while True:
+            data = node.data
+            assert data is not None
+            if data.path == path:
+                self._goto(node)
+                return
+            if not data.loaded or not node.is_expanded:
+                self._reveal = path
+                node.expand()
+                if not data.loaded or any(
+                    c.data is not None and c.data.kind == "placeholder" for c in node.children
+                ):
+                    return  # `_loaded` comes back here
+            child = next(
+                (
+                    c
+                    for c in node.children
+                    if c.data is not None
+                    and c.data.kind not in ("key", "placeholder")
+                    and (
+                        path == c.data.path or path.startswith(c.data.path.rstrip(os.sep) + os.sep)
+                    )
+                ),
+                None,
+            )
+            if child is None:
+                self._reveal = None
+                return
+            node = child
+
+    def _goto(self, node: TreeNode[NodeData]) -> None:
+        self._tree_lines  # noqa: B018 (builds the lines, so the node knows its line)
+        self.move_cursor(node)
+
+    def reload(self, path: str) -> None:
+        """Read a loaded folder again; nodes that still exist keep their place, marks and state."""
+        node = self.node_of(path)
+        if node is None or node.data is None or not node.data.loaded:
+            return
+        if node.data.kind in ("dir", "checkpoint"):
+            self._load(node)
 
     @on(Tree.NodeExpanded)
     def _expanded(self, event: Tree.NodeExpanded[NodeData]) -> None:
@@ -185,29 +329,66 @@ class CheckpointTree(Tree[NodeData]):
     @on(Loaded)
     def _loaded(self, message: Loaded) -> None:
         node = message.node
-        node.remove_children()
+        real = [c for c in node.children if c.data is not None and c.data.kind != "placeholder"]
+        if message.entries is not None and real:
+            self._sync(node, message.entries)
+        else:
+            node.remove_children()
+            if message.entries is not None:
+                self._add_entries(node, message.entries)
         if message.error:
             node.add_leaf(Text(message.error, style="red"), NodeData("placeholder", ""))
-        if message.entries is not None:
-            self._add_entries(node, message.entries)
         if message.records is not None:
             tree = key_tree(message.records)
             assert node.data is not None
             node.data.children = tree
             self._add_keys(node, tree)
+        if self._reveal is not None and (message.entries is None or real):
+            self.reveal(self._reveal)  # new folders call it when their last chunk is in
+
+    def _new_child(
+        self, node: TreeNode[NodeData], entry: Entry, **where: Any
+    ) -> TreeNode[NodeData]:
+        kind = entry.kind if entry.kind != "other" else "file"
+        data = NodeData(kind, entry.path, entry)
+        if kind in ("dir", "checkpoint") or entry.is_tensor_file:
+            return node.add(entry_label(entry), data, **where)
+        return node.add_leaf(entry_label(entry), data, **where)
+
+    def _sync(self, node: TreeNode[NodeData], entries: list[Entry]) -> None:
+        """Bring loaded children up to date in place: remove the gone, add the new, relabel."""
+        wanted = {e.path for e in entries}
+        existing: dict[str, TreeNode[NodeData]] = {}
+        for child in list(node.children):
+            data = child.data
+            if data is None or data.kind == "placeholder" or data.path not in wanted:
+                child.remove()
+            else:
+                existing[data.path] = child
+        previous: TreeNode[NodeData] | None = None
+        for entry in entries:
+            found = existing.get(entry.path)
+            if found is None:
+                if previous is not None:
+                    found = self._new_child(node, entry, after=previous)
+                elif node.children:
+                    found = self._new_child(node, entry, before=0)
+                else:
+                    found = self._new_child(node, entry)
+            elif found.data is not None and found.data.entry != entry:
+                found.data.entry = entry
+                found.set_label(entry_label(entry))
+            previous = found
 
     def _add_entries(self, node: TreeNode[NodeData], entries: list[Entry]) -> None:
         """Add children a chunk at a time, so a folder of 10,000 entries never stalls the keys."""
         chunk, rest = entries[:CHUNK], entries[CHUNK:]
         for entry in chunk:
-            kind = entry.kind if entry.kind != "other" else "file"
-            data = NodeData(kind, entry.path, entry)
-            if kind in ("dir", "checkpoint") or entry.is_tensor_file:
-                node.add(entry_label(entry), data)
-            else:
-                node.add_leaf(entry_label(entry), data)
+            self._new_child(node, entry)
         if rest:
             self.set_timer(0.001, lambda: self._add_entries(node, rest))
+        elif self._reveal is not None:
+            self.reveal(self._reveal)
 
     def _add_keys(self, node: TreeNode[NodeData], tree: dict[str, Any]) -> None:
         assert node.data is not None
