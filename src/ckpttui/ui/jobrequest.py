@@ -104,7 +104,7 @@ def _merge_source(selected: NodeData) -> str | None:
 
 
 def _check_mergeable(src: str) -> None:
-    """A DeepSpeed folder saved without optimizer shards has nothing to merge: say what to do."""
+    """A ZeRO folder saved without optimizer shards has nothing to merge: say what to do."""
     folder = Path(src)
     if any(folder.glob("*.index.json")):
         return

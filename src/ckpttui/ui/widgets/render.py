@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ckpttui.accounting import Breakdown
 from ckpttui.inventory import Inventory
+from ckpttui.layouts import layout_named
 from ckpttui.records import Checkpoint
 from ckpttui.units import human_bytes
 
@@ -176,7 +177,9 @@ def advice_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType | None
     shards = [n for n in names if n.endswith("optim_states.pt")]
     models = [n for n in names if n.endswith("model_states.pt")]
     text: Text | None = None
-    if ckpt.layout == "deepspeed" and shards:
+    layout = layout_named(ckpt.layout)
+    partitioned = layout is not None and layout.mergeable and layout.weights_refusal is not None
+    if partitioned and shards:
         text = Text.assemble(
             ("A ZeRO checkpoint folder: ", "bold"),
             f"the fp32 weights are split over {len(shards)} optimizer shard(s), and loaders "
@@ -184,7 +187,7 @@ def advice_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType | None
             ("Press m", "bold"),
             " to merge it into one file.",
         )
-    elif ckpt.layout == "deepspeed" and models:
+    elif partitioned and models:
         text = Text.assemble(
             ("Model states only: ", "bold"),
             "saved without optimizer shards, so there is nothing to merge; the weights are "
