@@ -73,7 +73,7 @@ async def test_merge_refuses_a_non_deepspeed_selection(ds_root: Path, tmp_path: 
         assert not isinstance(app.screen, JobForm)
         # what the user sees instead: a warning on screen saying what to select
         toasts = [str(t.render()) for t in app.screen.query("Toast") if t.region.area]
-        assert any(t.startswith("Select a DeepSpeed checkpoint") for t in toasts), toasts
+        assert any(t.startswith("Select one of DeepSpeed ZeRO checkpoints") for t in toasts), toasts
 
 
 @pytest.fixture(scope="module")
