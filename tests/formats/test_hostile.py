@@ -59,7 +59,8 @@ def test_unpickler_never_imports_named_modules(tmp_path: Path) -> None:
     index = read_file(path)
     assert "colorsys" not in sys.modules, "the reader imported a module the pickle named"
     assert index.unsafe_globals == ["colorsys.rgb_to_hsv"]
-    assert index.error is None  # not code-running: listed, not an error
+    # Allowlist, not denylist: any call outside plain-data constructors would run code.
+    assert index.error == "pickle would run colorsys.rgb_to_hsv on load (recorded, not executed)"
 
 
 def test_truncated_zip(tmp_path: Path) -> None:
