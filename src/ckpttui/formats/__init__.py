@@ -50,6 +50,7 @@ def sniff(head: bytes, name: str) -> str | None:
 
 def read_file(path: str | os.PathLike[str]) -> FileIndex:
     """Read one checkpoint file's index, or a FileIndex whose `error` names what is wrong."""
+    _known_calls()
     p = Path(path)
     name = p.name
     try:
@@ -122,6 +123,11 @@ def judge(index: FileIndex) -> FileIndex:
 
 
 _SNIFF_BYTES = 65536
+
+
+def _known_calls() -> None:
+    """The layouts declare the framework enums real checkpoints call (layouts.known_calls)."""
+    import ckpttui.layouts.known_calls  # noqa: F401
 
 
 def _is_text(head: bytes) -> bool:

@@ -16,7 +16,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, dig, enum_value, number_in, plain, read_yaml
+from ckpttui.layouts.base import (
+    as_int,
+    dig,
+    enum_value,
+    number_in,
+    plain,
+    read_small_text,
+    read_yaml,
+)
 from ckpttui.records import Checkpoint, FileIndex
 
 _MODEL = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
@@ -56,10 +64,9 @@ class DeepSpeed:
                     if key in info:
                         ckpt.info[key] = plain(info[key])
         latest = folder.parent / "latest"
-        try:
-            ckpt.info["latest"] = latest.read_text(encoding="utf-8").strip() == tag
-        except (OSError, UnicodeDecodeError):
-            pass
+        text = read_small_text(latest)
+        if text is not None:
+            ckpt.info["latest"] = text.strip() == tag
 
         model_files = sorted(n for n in names if _MODEL.match(n))
         optim_files = sorted(n for n in names if _OPTIM.match(n))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckpttui.layouts.base import as_int, plain, read_yaml
+from ckpttui.layouts.base import as_int, plain, read_small_text, read_yaml
 from ckpttui.records import Checkpoint, FileIndex
 
 
@@ -36,10 +36,7 @@ class SpeechBrain:
             ckpt.info["end_of_epoch"] = bool(meta.get("end-of-epoch"))
             ckpt.epoch = as_int(meta.get("epoch"))
         for counter in ("counter.ckpt", "epoch_counter.ckpt"):
-            try:
-                text = (folder / counter).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                continue
+            text = (read_small_text(folder / counter) or "").strip()
             if as_int(text) is not None:
                 ckpt.epoch = as_int(text)
                 break
