@@ -30,7 +30,7 @@ def is_checkpoint_name(name: str) -> bool:
 def sniff(head: bytes, name: str) -> str | None:
     """Guess a file's format from its first bytes (and name); None when it is not a checkpoint."""
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (
-        len(head) < 4 and b"PK\x03\x04".startswith(head) and len(head) >= 2
+        len(head) < 4 and b"PK\x03\x04".startswith(head)
     ):
         return "torch-zip"
     if head.startswith(_PICKLE_MAGIC):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,7 @@ def loads_yaml(raw: bytes | str) -> Any:
     counted, depth and expansion bounded; SidecarError on any problem."""
     import yaml
 
+    _check_brackets(raw)
     loader = _loader_class()(raw)
     try:
         try:
@@ -175,6 +177,22 @@ def loads_yaml(raw: bytes | str) -> Any:
 def read_yaml(path: str | os.PathLike[str], cap: int = MAX_YAML_BYTES) -> Any:
     """A YAML sidecar's value (see `loads_yaml`); FileNotFoundError or SidecarError."""
     return loads_yaml(read_bytes(path, cap))
+
+
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def _check_brackets(raw: bytes | str) -> None:
+    """Refuse flow-style nesting deeper than MAX_DEPTH before PyYAML (pure Python) parses it."""
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    depth = 0
+    for m in _BRACKETS.finditer(data):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SidecarError(f"nests more than {MAX_DEPTH} levels deep")
+        elif depth:
+            depth -= 1
 
 
 _LOADER: type | None = None

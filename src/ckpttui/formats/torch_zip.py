@@ -88,16 +88,32 @@ def read_entry(f: Any, info: zipfile.ZipInfo, size: int, limit: int) -> bytes:
     return data
 
 
+def _judge_all(path: Path, size: int, pickles: list[zipfile.ZipInfo]) -> list[str]:
+    """What every readable data.pkl would run (for an archive refused for another reason)."""
+    would_run: list[str] = []
+    with open(path, "rb") as f:
+        for info in pickles:
+            try:
+                raw = read_entry(f, info, size, MAX_PICKLE_BYTES)
+                would_run += PickleReader(raw).load(lambda pid: None).would_run
+            except FormatError:
+                continue
+            except UnpickleError as exc:
+                would_run += exc.would_run
+    return would_run
+
+
 def read(path: Path, size: int) -> FileIndex:
     """Index a torch zip file: unpickle every ``data.pkl`` with stand-ins, check storage bounds."""
     infos = _directory(path)
     names = [i.filename for i in infos]
+    pickles = [i for i in infos if i.filename.endswith("data.pkl")]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[0]
         raise FormatError(
-            f"zip archive holds entry {dup} twice: loaders disagree on which one is read"
+            f"zip archive holds entry {dup} twice: loaders disagree on which one is read",
+            _judge_all(path, size, pickles),
         )
-    pickles = [i for i in infos if i.filename.endswith("data.pkl")]
     if not pickles:
         raise FormatError("zip archive without <root>/data.pkl: not written by torch.save")
     # torch reads <first entry's folder>/data.pkl; every other data.pkl is judged as well.

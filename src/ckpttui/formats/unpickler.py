@@ -172,6 +172,7 @@ ALLOWED_CALLS: set[str] = {
     "torch.distributed.checkpoint.metadata.TensorProperties",
     "torch.distributed.checkpoint.metadata.MetadataIndex",
     "torch.distributed.checkpoint.metadata.StorageMeta",
+    "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
     "torch.distributed.checkpoint.filesystem._StorageInfo",
 }
 
@@ -919,6 +920,8 @@ class _Machine:
             elif isinstance(factory, OpaqueObject):
                 self.runs(describe(factory))
         if name == "torch._tensor._rebuild_from_type_v2" and len(args) >= 2:
+            if args[0] not in _TENSOR_FUNCS:
+                self.runs(describe(args[0]))  # torch calls func(*args) whatever it is
             new_type = args[1]
             if (
                 isinstance(new_type, type)
@@ -996,6 +999,7 @@ class _Machine:
         end = self.end
         take = self.take
         unpack = struct.unpack
+        unpack_from = struct.unpack_from
         ops = 0
         while True:
             pos = self.pos
@@ -1007,17 +1011,35 @@ class _Machine:
             if ops >= 4096:
                 self.charge(ops)
                 ops = 0
-            if op == 0x71:  # BINPUT
-                memo[take(1)[0]] = stack[-1]
+            if op == 0x71:  # BINPUT (the hot opcodes read their argument inline)
+                memo[buf[pos + 1]] = stack[-1]
+                self.pos = pos + 2
             elif op == 0x94:  # MEMOIZE
                 memo[len(memo)] = stack[-1]
             elif op == 0x68:  # BINGET
-                stack.append(memo[take(1)[0]])
+                stack.append(memo[buf[pos + 1]])
+                self.pos = pos + 2
             elif op == 0x8C:  # SHORT_BINUNICODE
-                n = take(1)[0]
-                stack.append(str(take(n), "utf-8", "surrogatepass"))
+                n = buf[pos + 1]
+                if pos + 2 + n > end:
+                    raise UnpickleError(f"pickle ends early: needs {n} bytes at byte {pos}")
+                stack.append(str(buf[pos + 2 : pos + 2 + n], "utf-8", "surrogatepass"))
+                self.pos = pos + 2 + n
             elif op == 0x4B:  # BININT1
-                stack.append(take(1)[0])
+                stack.append(buf[pos + 1])
+                self.pos = pos + 2
+            elif op == 0x4D:  # BININT2
+                stack.append(unpack_from("<H", buf, pos + 1)[0])
+                self.pos = pos + 3
+            elif op == 0x4A:  # BININT
+                stack.append(unpack_from("<i", buf, pos + 1)[0])
+                self.pos = pos + 5
+            elif op == 0x6A:  # LONG_BINGET
+                stack.append(memo[unpack_from("<I", buf, pos + 1)[0]])
+                self.pos = pos + 5
+            elif op == 0x72:  # LONG_BINPUT
+                memo[unpack_from("<I", buf, pos + 1)[0]] = stack[-1]
+                self.pos = pos + 5
             elif op == 0x28:  # MARK
                 if len(metastack) >= MAX_MARK_DEPTH:
                     raise UnpickleError(f"pickle nests more than {MAX_MARK_DEPTH} marks")
@@ -1092,10 +1114,6 @@ class _Machine:
             elif op == 0x8D:  # BINUNICODE8
                 (n,) = unpack("<Q", take(8))
                 stack.append(str(take(n), "utf-8", "surrogatepass"))
-            elif op == 0x4A:  # BININT
-                stack.append(unpack("<i", take(4))[0])
-            elif op == 0x4D:  # BININT2
-                stack.append(unpack("<H", take(2))[0])
             elif op == 0x8A:  # LONG1
                 n = take(1)[0]
                 stack.append(self._long(take(n)))
@@ -1112,10 +1130,6 @@ class _Machine:
                 stack.append(True)
             elif op == 0x89:  # NEWFALSE
                 stack.append(False)
-            elif op == 0x6A:  # LONG_BINGET
-                stack.append(memo[unpack("<I", take(4))[0]])
-            elif op == 0x72:  # LONG_BINPUT
-                memo[unpack("<I", take(4))[0]] = stack[-1]
             elif op == 0x43:  # SHORT_BINBYTES
                 n = take(1)[0]
                 stack.append(bytes(take(n)))
@@ -1305,6 +1319,9 @@ def check_graph(
             on_path.discard(key)
             depth, nodes, tensors = 0, 1, 0
             for child in _children(node):
+                if type(child) in _LEAVES:
+                    nodes += 1
+                    continue
                 got = size.get(id(child))
                 if got is None:  # a cycle back to a node on the path counts once
                     continue
@@ -1336,9 +1353,24 @@ def check_graph(
         on_path.add(key)
         keep.append(node)
         stack.append((node, True))
-        stack.extend((child, False) for child in kids if id(child) not in size)
+        pushed: set[int] = set()
+        for child in kids:
+            if type(child) in _LEAVES:
+                continue
+            cid = id(child)
+            if cid in size or cid in pushed:
+                continue
+            pushed.add(cid)
+            if type(child) is TensorRef:
+                size[cid] = (1, 1, 1)
+                keep.append(child)
+            else:
+                stack.append((child, False))
     top = size.get(id(obj), (1, 1, 0))
     return top[1], top[2]
+
+
+_LEAVES = frozenset({int, float, str, bytes, bool, type(None), complex, TorchConst})
 
 
 def _children(node: Any) -> list[Any]:
@@ -1474,12 +1506,15 @@ def is_pickle(head: bytes) -> bool:
     """Whether bytes start like a pickle of any protocol (recognised by opcodes, not names)."""
     if head[:1] == b"\x80" and head[1:2] in (b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"):
         return True
+    reader = PickleReader(head)
+    m = _Machine(head, 0, lambda pid: None, reader.work)
     try:
-        reader = PickleReader(head)
-        reader.load(lambda pid: None)
+        m.load()
         return True
-    except UnpickleError as exc:
-        return bool(reader.globals or exc.would_run) or "ends early" in str(exc) and len(head) > 2
+    except Exception:
+        # text fails within its first bytes; a pickle that names a global, or runs valid
+        # opcodes for a while before a problem, is a (damaged or hostile) pickle
+        return bool(m.seen or m.would_run) or m.pos >= 8
 
 
 def iter_tensors(obj: Any, max_depth: int = 200) -> list[tuple[tuple[str, ...], TensorRef]]:
@@ -1497,9 +1532,9 @@ def iter_tensors(obj: Any, max_depth: int = 200) -> list[tuple[tuple[str, ...], 
             continue
         children: list[tuple[str, Any]]
         if isinstance(node, dict):
-            children = [(str(k), v) for k, v in node.items()]
+            children = [(str(k), v) for k, v in node.items() if type(v) not in _LEAVES]
         elif isinstance(node, (list, tuple)):
-            children = [(str(i), v) for i, v in enumerate(node)]
+            children = [(str(i), v) for i, v in enumerate(node) if type(v) not in _LEAVES]
         elif isinstance(node, OpaqueObject):
             children = list(node.fields().items()) + [(str(k), v) for k, v in node.items.items()]
             children += [(str(i), v) for i, v in enumerate(node.list_items)]
@@ -1510,5 +1545,9 @@ def iter_tensors(obj: Any, max_depth: int = 200) -> list[tuple[tuple[str, ...], 
         if id(node) in on_path:
             continue
         on_path.add(id(node))
-        stack.extend((path + (key,), child) for key, child in reversed(children))
+        stack.extend(
+            (path + (key,), child)
+            for key, child in reversed(children)
+            if type(child) not in _LEAVES
+        )
     return found
