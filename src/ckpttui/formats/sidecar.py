@@ -156,8 +156,8 @@ def loads_yaml(raw: bytes | str) -> Any:
     import yaml
 
     _check_brackets(raw)
-    loader = _loader_class()(raw)
     try:
+        loader = _loader_class()(raw)
         try:
             value = loader.get_single_data()
         finally:

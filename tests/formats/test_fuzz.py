@@ -1,0 +1,12 @@
+"""A short seeded fuzz run over every reader and sidecar parser (the long one: ./dev fuzz)."""
+
+from __future__ import annotations
+
+from fuzz_readers import fuzz
+
+
+def test_fuzzed_files_raise_only_the_projects_error_types() -> None:
+    result = fuzz(iterations=600, seed=12)
+    assert result["tried"] == 600
+    problems = {p: (t, len(d)) for p, (t, d) in result["problems"].items()}
+    assert problems == {}, "exception types escaped (or a hang) on fuzzed files"
