@@ -1302,11 +1302,12 @@ def _tuple_depth(value: tuple[Any, ...]) -> int:
 
 def check_graph(
     obj: Any, max_depth: int = MAX_DEPTH, max_nodes: int = 1_000_000
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Raise UnpickleError when `obj` nests deeper than `max_depth` or, with shared references
     expanded the way a tree walk expands them, holds more than `max_nodes` nodes.
 
-    Returns (expanded node count, expanded tensor-reference count). Linear in distinct objects.
+    Returns (expanded nodes, expanded tensor references, distinct tensors). Linear in distinct
+    objects.
     """
     size: dict[int, tuple[int, int, int]] = {}  # id -> (depth, nodes, tensors)
     on_path: set[int] = set()
@@ -1367,7 +1368,7 @@ def check_graph(
             else:
                 stack.append((child, False))
     top = size.get(id(obj), (1, 1, 0))
-    return top[1], top[2]
+    return top[1], top[2], sum(1 for v in keep if type(v) is TensorRef)
 
 
 _LEAVES = frozenset({int, float, str, bytes, bool, type(None), complex, TorchConst})
@@ -1432,8 +1433,7 @@ class PickleReader:
         try:
             try:
                 obj = m.load()
-                nodes, tensors = check_graph(obj, MAX_DEPTH, max(self.nodes_left, 0))
-                distinct = sum(1 for _ in _distinct_tensors(obj)) if tensors > 10_000 else 0
+                nodes, tensors, distinct = check_graph(obj, MAX_DEPTH, max(self.nodes_left, 0))
                 if tensors > 10_000 and tensors > 16 * distinct:
                     raise UnpickleError(
                         f"pickle refers to its {distinct} tensor(s) {tensors} times (refused)"
@@ -1472,22 +1472,6 @@ class PickleReader:
         self.globals |= m.seen
         self.would_run.update(m.would_run)
         return UnpickleResult(data=obj, globals=set(m.seen), would_run=list(m.would_run))
-
-
-def _distinct_tensors(obj: Any) -> set[int]:
-    seen: set[int] = set()
-    tensors: set[int] = set()
-    stack = [obj]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, TensorRef):
-            tensors.add(id(node))
-        else:
-            stack.extend(_children(node))
-    return tensors
 
 
 def restricted_load(
