@@ -165,3 +165,21 @@ def test_path_that_does_not_exist_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "missing" in proc.stderr and proc.stdout == ""
     assert "Traceback" not in proc.stderr
+
+
+def test_dcp_non_tensor_value_that_runs_code_is_reported(tmp_path: Path) -> None:
+    """dcp.load hands non-tensor values to torch.load(weights_only=False): they are judged too."""
+    import torch
+    import torch.distributed.checkpoint as dist_cp
+    from helpers import RunsCode
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "dcp"
+    dist_cp.save({"w": torch.ones(2), "extra": RunsCode(marker)}, checkpoint_id=str(folder))
+    assert not marker.exists()
+    index = read_file(folder / ".metadata")
+    assert not marker.exists(), "reading ran the payload"
+    assert index.error is not None and "posix.system" in index.error
+    clean = tmp_path / "clean"
+    dist_cp.save({"w": torch.ones(2), "step": 3}, checkpoint_id=str(clean))
+    assert read_file(clean / ".metadata").error is None

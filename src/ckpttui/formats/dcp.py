@@ -24,7 +24,7 @@ from typing import Any
 
 from ckpttui.formats.errors import FormatError
 from ckpttui.formats.torch_legacy import _mapped
-from ckpttui.formats.torch_zip import with_would_run
+from ckpttui.formats.torch_zip import judge_saved_bytes, with_would_run
 from ckpttui.formats.unpickler import (
     ELEMENT_SIZE,
     MAX_INT64,
@@ -33,6 +33,8 @@ from ckpttui.formats.unpickler import (
     UnpickleError,
 )
 from ckpttui.records import FileIndex, TensorRecord
+
+MAX_BYTES_JUDGED = 256 * 1024 * 1024  # non-tensor values (optimizer steps, rng states) are small
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -110,17 +112,19 @@ def read(path: Path, size: int) -> FileIndex:
     # Check each data file is there and long enough for the chunks it should hold.
     need: dict[str, int] = {}
     storage_data = fields.get("storage_data")
+    byte_entries: list[tuple[str, int, int]] = []
     if isinstance(storage_data, dict):
-        for info in storage_data.values():
+        for index, info in storage_data.items():
             sf = _fields(info)
             rel = sf.get("relative_path")
             if isinstance(rel, str):
                 if "/" in rel or rel in ("", ".", ".."):
                     raise FormatError(f"storage_data names {rel[:60]!r}, not a file of the folder")
-                end = _count(sf.get("offset"), f"{rel[:60]}: offset") + _count(
-                    sf.get("length"), f"{rel[:60]}: length"
-                )
-                need[rel] = max(need.get(rel, 0), end)
+                offset = _count(sf.get("offset"), f"{rel[:60]}: offset")
+                length = _count(sf.get("length"), f"{rel[:60]}: length")
+                need[rel] = max(need.get(rel, 0), offset + length)
+                if str(_fields(index).get("fqn")) in nontensors:
+                    byte_entries.append((rel, length, offset))
     missing, short = [], []
     folder = path.parent
     for rel, end in sorted(need.items()):
@@ -131,6 +135,20 @@ def read(path: Path, size: int) -> FileIndex:
             continue
         if have < end:
             short.append(f"{rel} has {have} bytes, chunks need {end}")
+    would_run = list(result.would_run)
+    left = MAX_BYTES_JUDGED
+    for rel, length, offset in byte_entries:
+        # dcp.load hands each non-tensor value to torch.load(weights_only=False)
+        if length > left:
+            raise FormatError(f"{rel}: over {MAX_BYTES_JUDGED} bytes of pickled values", would_run)
+        left -= length
+        try:
+            with open(folder / rel, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(length)
+        except OSError:
+            continue
+        would_run += judge_saved_bytes(chunk)
     return FileIndex(
         str(path),
         "dcp",
@@ -147,6 +165,6 @@ def read(path: Path, size: int) -> FileIndex:
                 "short_files": short,
                 "non_tensor_entries": nontensors,
             },
-            result.would_run,
+            would_run,
         ),
     )

@@ -17,6 +17,7 @@ Only the central directory and ``data.pkl`` are read; storage entries are looked
 
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
 import zlib
@@ -39,7 +40,7 @@ MAX_PICKLE_BYTES = 1 << 30  # data.pkl holds structure only; a gigabyte of it is
 MAX_SMALL_ENTRY = 4096  # byteorder, version
 
 
-def _directory(path: Path) -> list[zipfile.ZipInfo]:
+def _directory(path: Path | io.BytesIO) -> list[zipfile.ZipInfo]:
     """The central directory, or a FormatError: every way zipfile fails becomes one line."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -101,6 +102,33 @@ def _judge_all(path: Path, size: int, pickles: list[zipfile.ZipInfo]) -> list[st
             except UnpickleError as exc:
                 would_run += exc.would_run
     return would_run
+
+
+def judge_saved_bytes(data: bytes) -> list[str]:
+    """What ``torch.load(BytesIO(data), weights_only=False)`` would run: every pickle of a
+    torch.save stream (zip or legacy), as DCP keeps its non-tensor values in ``.distcp`` files."""
+    would_run: list[str] = []
+
+    def storage(pid: Any) -> StorageRef:
+        return storage_from_pid(pid)
+
+    if data.startswith(b"PK"):
+        f = io.BytesIO(data)
+        for info in _directory(f):
+            if info.filename.endswith(".pkl"):
+                raw = read_entry(f, info, len(data), MAX_PICKLE_BYTES)
+                try:
+                    would_run += PickleReader(raw).load(storage).would_run
+                except UnpickleError as exc:
+                    would_run += exc.would_run
+        return would_run
+    reader = PickleReader(data)
+    try:
+        for _ in range(5):  # a legacy stream: magic, protocol, sys_info, object, storage keys
+            reader.load(storage)
+    except UnpickleError as exc:
+        would_run += exc.would_run
+    return list(dict.fromkeys(would_run + list(reader.would_run)))
 
 
 def read(path: Path, size: int) -> FileIndex:
