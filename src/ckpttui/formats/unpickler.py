@@ -145,6 +145,7 @@ ALLOWED_CALLS: set[str] = {
     "torch.serialization._get_layout",
     "torch.storage.UntypedStorage",
     "torch.storage.TypedStorage",
+    "torch.torch_version.TorchVersion",
     "numpy.core.multiarray._reconstruct",
     "numpy._core.multiarray._reconstruct",
     "numpy.core.multiarray.scalar",
