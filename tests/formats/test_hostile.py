@@ -183,3 +183,22 @@ def test_dcp_non_tensor_value_that_runs_code_is_reported(tmp_path: Path) -> None
     clean = tmp_path / "clean"
     dist_cp.save({"w": torch.ones(2), "step": 3}, checkpoint_id=str(clean))
     assert read_file(clean / ".metadata").error is None
+
+
+def test_a_layout_failing_on_one_file_costs_one_line_not_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpttui.layouts.plain import PlainTorch
+
+    def boom(self: object, ckpt: object, index: object) -> None:
+        raise ValueError("hostile value\nwith a second line")
+
+    monkeypatch.setattr(PlainTorch, "describe", boom)
+    for name in ("a.pt", "b.pt"):
+        (tmp_path / name).write_bytes(torch_zip_bytes(b"\x80\x02}q\x00."))
+    from ckpttui.inventory import report_dict
+
+    report = report_dict(scan(tmp_path))
+    errors = {e["path"]: e["error"] for e in report["errors"]}
+    assert set(errors) == {"a.pt", "b.pt"}
+    assert all("ValueError" in e and "\n" not in e for e in errors.values())
