@@ -564,13 +564,12 @@ def check(case: Case, folder: Path, marker: Path) -> str | None:
     ):
         return "the good file beside it was not read"
     files = sorted(p for p in (folder / "case").rglob("*") if p.is_file())
+    index = inv.files.get(str(files[0])) or read_file(files[0])
     if case.kind == "run":
-        index = read_file(files[0])
         named = " ".join(index.metadata.get("dangerous_globals", []))
         if not index.error or case.expect not in named:
             return f"not reported as running {case.expect}: {index.error!r} ({named})"
     elif case.expect == "error":
-        index = read_file(files[0])
         if not index.error:
             return "accepted though invalid"
     return None

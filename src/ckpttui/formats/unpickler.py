@@ -31,6 +31,7 @@ import _compat_pickle
 import codecs
 import collections
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1308,28 +1309,29 @@ def check_graph(
     expanded the way a tree walk expands them, holds more than `max_nodes` nodes.
 
     Returns (expanded nodes, expanded tensor references, distinct tensors). Linear in distinct
-    objects.
+    objects; each container's children are grouped by identity first (at C speed), so a list of
+    ten million references to one object costs one visit.
     """
     size: dict[int, tuple[int, int, int]] = {}  # id -> (depth, nodes, tensors)
+    groups: dict[int, tuple[int, dict[int, Any], Counter[int]]] = {}
     on_path: set[int] = set()
     stack: list[tuple[Any, bool]] = [(obj, False)]
     keep: list[Any] = []
+    distinct = 0
     while stack:
         node, done = stack.pop()
         key = id(node)
         if done:
             on_path.discard(key)
-            depth, nodes, tensors = 0, 1, 0
-            for child in _children(node):
-                if type(child) in _LEAVES:
-                    nodes += 1
-                    continue
-                got = size.get(id(child))
+            leaves, by_id, counts = groups.pop(key)
+            depth, nodes, tensors = (1 if leaves else 0), 1 + leaves, 0
+            for cid, mult in counts.items():
+                got = size.get(cid)
                 if got is None:  # a cycle back to a node on the path counts once
                     continue
                 depth = max(depth, got[0])
-                nodes = min(nodes + got[1], max_nodes + 1)
-                tensors = min(tensors + got[2], max_nodes + 1)
+                nodes = min(nodes + mult * got[1], max_nodes + 1)
+                tensors = min(tensors + mult * got[2], max_nodes + 1)
             if depth + 1 > max_depth:
                 raise UnpickleError(f"pickle nests more than {max_depth} levels deep")
             if nodes > max_nodes:
@@ -1338,9 +1340,11 @@ def check_graph(
                 )
             size[key] = (depth + 1, nodes, tensors)
             continue
-        if isinstance(node, TensorRef):
-            size[key] = (1, 1, 1)
-            keep.append(node)
+        if type(node) is TensorRef:
+            if key not in size:
+                size[key] = (1, 1, 1)
+                keep.append(node)
+                distinct += 1
             continue
         kids = _children(node)
         if not kids:
@@ -1354,22 +1358,20 @@ def check_graph(
             raise UnpickleError(f"pickle nests more than {max_depth} levels deep")
         on_path.add(key)
         keep.append(node)
+        if set(map(type, kids)) <= _LEAVES:  # numbers and strings only (at C speed)
+            groups[key] = (len(kids), {}, Counter())
+            stack.append((node, True))
+            continue
+        inner = [k for k in kids if type(k) not in _LEAVES]
+        by_id = dict(zip(map(id, inner), inner))
+        counts = Counter(map(id, inner))
+        groups[key] = (len(kids) - len(inner), by_id, counts)
         stack.append((node, True))
-        pushed: set[int] = set()
-        for child in kids:
-            if type(child) in _LEAVES:
-                continue
-            cid = id(child)
-            if cid in size or cid in pushed:
-                continue
-            pushed.add(cid)
-            if type(child) is TensorRef:
-                size[cid] = (1, 1, 1)
-                keep.append(child)
-            else:
+        for cid, child in by_id.items():
+            if cid not in size:
                 stack.append((child, False))
     top = size.get(id(obj), (1, 1, 0))
-    return top[1], top[2], sum(1 for v in keep if type(v) is TensorRef)
+    return top[1], top[2], distinct
 
 
 _LEAVES = frozenset({int, float, str, bytes, bool, type(None), complex, TorchConst})
@@ -1519,6 +1521,8 @@ def iter_tensors(obj: Any, max_depth: int = 200) -> list[tuple[tuple[str, ...], 
         if isinstance(node, dict):
             children = [(str(k), v) for k, v in node.items() if type(v) not in _LEAVES]
         elif isinstance(node, (list, tuple)):
+            if set(map(type, node)) <= _LEAVES:
+                continue  # numbers and strings only (checked at C speed)
             children = [(str(i), v) for i, v in enumerate(node) if type(v) not in _LEAVES]
         elif isinstance(node, OpaqueObject):
             children = list(node.fields().items()) + [(str(k), v) for k, v in node.items.items()]
