@@ -89,11 +89,14 @@ def main() -> int:
     passed: Counter[str] = Counter()
     slowest = (0.0, "")
     biggest = (0.0, "")
+    biggest_small = (0.0, "")
     for case in all_cases():
         if args.no_big and case.big:
             continue
         category = "code-running pickles" if case.kind == "run" else "malformed inputs"
-        problem, seconds, grown, _ = run_case(case)
+        problem, seconds, grown, size = run_case(case)
+        if size < 1 << 20:
+            biggest_small = max(biggest_small, (grown, case.name))
         tried[category] += 1
         slowest = max(slowest, (seconds, case.name))
         biggest = max(biggest, (grown, case.name))
@@ -114,6 +117,7 @@ def main() -> int:
         print(f"{category:<24}{tried[category]:>8}{passed[category]:>8}")
     print(f"slowest case: {slowest[1]} ({slowest[0]:.1f} CPU s)")
     print(f"most memory: {biggest[1]} (+{biggest[0]:.0f} MB)")
+    print(f"most memory, files under 1 MB: {biggest_small[1]} (+{biggest_small[0]:.0f} MB)")
     return 0 if tried == passed else 1
 
 
