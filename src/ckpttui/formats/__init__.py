@@ -115,7 +115,7 @@ def judge(index: FileIndex) -> FileIndex:
     )
     problem = f"; also {index.error}" if index.error else ""
     if would_run:
-        line = f"pickle would run {shown} on load (recorded, not executed){problem}"
+        line = f"pickle would run code on load: {shown} (recorded, not executed){problem}"
     else:
         line = f"pickle would run code on load: it names {shown} (recorded, not executed){problem}"
     index.error = line[:400]

@@ -225,6 +225,10 @@ def is_safe_global(qualname: str) -> bool:
     return module in ("torch", "torch.cuda") and name.endswith("Tensor") and name.isidentifier()
 
 
+# Standard-library number types whose constructors only parse plain arguments (str, int, float).
+_PLAIN_ARG_CALLS = {"fractions.Fraction", "decimal.Decimal"}
+
+
 def is_call_allowed(qualname: str) -> bool:
     """Whether calling this global builds plain data only (allowlist or a layout's enum)."""
     return is_safe_global(qualname) or qualname in _DATA_CALLS
@@ -881,7 +885,10 @@ class _Machine:
             name = func.__qualname_full__
             if how == "NEWOBJ" and not args and not kwargs:
                 return func()  # instantiated and filled: loading needs the class, nothing runs
-            if not is_call_allowed(name):
+            plain = name in _PLAIN_ARG_CALLS and all(
+                type(a) in _LEAVES for a in (*args, *kwargs.values())
+            )
+            if not plain and not is_call_allowed(name):
                 self.runs(name)
                 self.runs_callables_in(args)
                 self.runs_callables_in(tuple(kwargs.values()))
