@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ckpttui.formats.errors import FormatError
+
 MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json of a long run is a few MB
 MAX_YAML_BYTES = 4 * 1024 * 1024  # hyper-parameter files; PyYAML parses ~1 MB/s
 MAX_TEXT_BYTES = 64 * 1024  # counter.ckpt, DeepSpeed's `latest`
@@ -24,11 +26,11 @@ MAX_ALIASES = 1000
 MAX_INT_DIGITS = 80
 
 
-class SidecarError(Exception):
+class SidecarError(FormatError):
     """A sidecar could not be read or parsed; the message is one line."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split())[:300])
+        super().__init__(str(message)[:300])
 
 
 def read_bytes(path: str | os.PathLike[str], cap: int) -> bytes:
