@@ -1434,7 +1434,7 @@ class PickleReader:
         self.globals: set[str] = set()
         self.would_run: dict[str, None] = {}
         self.work = WORK_PER_BYTE * (len(buf) - pos) + WORK_BASE
-        self.nodes_left = 2 * (len(buf) - pos) + 100_000
+        self.nodes_left = 2 * (len(buf) - pos) + 1_000_000
 
     def load(self, persistent: Callable[[Any], Any] | None = None) -> UnpickleResult:
         """The next pickle: its object (checked for depth and sharing) and what it names."""
