@@ -569,6 +569,8 @@ def check(case: Case, folder: Path, marker: Path) -> str | None:
         named = " ".join(index.metadata.get("dangerous_globals", []))
         if not index.error or case.expect not in named:
             return f"not reported as running {case.expect}: {index.error!r} ({named})"
+        if "RUNS CODE ON LOAD" not in out.getvalue():
+            return "the text report does not flag the checkpoint"
     elif case.expect == "error" and not index.error:
         return "accepted though invalid"
     return None
