@@ -872,6 +872,19 @@ class _Machine:
             ):
                 self.runs(describe(a))
 
+    def classes_handed_to(self, name: str, args: tuple[Any, ...]) -> None:
+        """A class outside the allowlist handed to an allowed call is built or called by it
+        (``_reconstruct(Subclass, ...)``, ``_rebuild_wrapper_subclass(cls, ...)``): it runs."""
+        for a in args:
+            if (
+                isinstance(a, type)
+                and issubclass(a, OpaqueObject)
+                and not is_call_allowed(a.__qualname_full__)
+            ):
+                self.runs(a.__qualname_full__)
+            elif isinstance(a, OpaqueObject) and a.__qualname_full__ in self.would_run:
+                self.runs(describe(a))
+
     def call(self, func: Any, args: Any, kwargs: dict[str, Any] | None, how: str) -> Any:
         """What REDUCE/NEWOBJ/INST/OBJ would do with `func`; records what it would run."""
         if not isinstance(args, tuple):
@@ -892,6 +905,8 @@ class _Machine:
                 self.runs(name)
                 self.runs_callables_in(args)
                 self.runs_callables_in(tuple(kwargs.values()))
+            else:
+                self.classes_handed_to(name, (*args, *kwargs.values()))
             return func(*args, **kwargs)
         if isinstance(func, OpaqueObject):
             # calling what an earlier call returned: getattr(...)(...), partial(...)(...)
@@ -901,6 +916,8 @@ class _Machine:
             return inst
         impl_name = _IMPL_NAMES.get(id(func))
         if impl_name is not None:
+            if impl_name != "collections.defaultdict":  # its factory is judged in call_impl
+                self.classes_handed_to(impl_name, (*args, *kwargs.values()))
             return self.call_impl(impl_name, func, args, kwargs, how)
         if isinstance(func, (StorageType, TorchConst)):
             return self.stub(str(getattr(func, "name", func)))(*args)
@@ -938,8 +955,9 @@ class _Machine:
                 and not is_call_allowed(new_type.__qualname_full__)
             ):
                 self.runs(new_type.__qualname_full__)
-        if name.startswith("torch._utils._rebuild_tensor_v") and len(args) >= 6:
-            hooks = args[5]
+        hook_at = 5 if name.startswith("torch._utils._rebuild_tensor_v") else 2
+        if name.startswith(("torch._utils._rebuild_tensor_v", "torch._utils._rebuild_param")):
+            hooks = args[hook_at] if len(args) > hook_at else None
             if isinstance(hooks, dict) and hooks:
                 self.runs_callables_in(tuple(hooks.values()))
         return func(*args, **kw)
