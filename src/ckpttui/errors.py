@@ -4,6 +4,7 @@ Hierarchy::
 
     Exception
     ├── FormatError        ckpttui.formats.errors   a file is not what its format promises
+    │   └── SidecarError   ckpttui.formats.sidecar  a sidecar (JSON/YAML/text) cannot be read
     ├── UnpickleError      ckpttui.formats.unpickler  a pickle cannot be read (restricted unpickler)
     ├── JobError           ckpttui.jobs.events      a merge/average/export job cannot go on
     │   └── JobCancelled   ckpttui.jobs.events      the job's cancel event was set

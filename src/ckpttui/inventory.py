@@ -204,6 +204,8 @@ def _describe_dir(inv: Inventory, ckpt: Checkpoint) -> None:
         layout.describe(ckpt, indexes)
     except OSError as exc:
         ckpt.problems.append(f"cannot read folder: {exc}")
+    except Exception as exc:  # hostile content must cost one line on this checkpoint, not the scan
+        _failed(inv, ckpt, ckpt.path, exc)
     _finish(inv, ckpt)
 
 
@@ -219,12 +221,17 @@ def _loose_file(inv: Inventory, path: Path, progress: Callable[[str], None] | No
     if index.format == "text" and not index.error:
         return
     readable = index if index.error is None else None
-    layout = next(L for L in FILE_LAYOUTS if L.claims(path, readable))
+    try:
+        layout = next(L for L in FILE_LAYOUTS if L.claims(path, readable))
+    except Exception:
+        layout = next(L for L in FILE_LAYOUTS if L.claims(path, None))
     ckpt = Checkpoint(str(path), layout.name, files=[str(path)])
     try:
         layout.describe(ckpt, readable)
     except OSError as exc:
         ckpt.problems.append(f"cannot read sidecar: {exc}")
+    except Exception as exc:  # hostile content must cost one line on this file, not the scan
+        _failed(inv, ckpt, str(path), exc)
     inv.checkpoints.append(ckpt)
     _finish(inv, ckpt)
 
@@ -263,7 +270,19 @@ def _finish(inv: Inventory, ckpt: Checkpoint) -> None:
             else:
                 ckpt.complete = False
                 continue
-        inv.records[f] = classify(ckpt.layout, Path(f).name, index)
+        try:
+            inv.records[f] = classify(ckpt.layout, Path(f).name, index)
+        except Exception as exc:  # one line on this file; the scan goes on
+            _failed(inv, ckpt, f, exc)
+
+
+def _failed(inv: Inventory, ckpt: Checkpoint, path: str, exc: Exception) -> None:
+    """A layout or accounting step failed on hostile content: one line naming the file."""
+    text = " ".join(str(exc).split())[:120]
+    line = f"cannot be described ({type(exc).__name__}: {text})"
+    ckpt.complete = False
+    ckpt.problems.append(f"{inv.rel(path) or Path(path).name}: {line}")
+    inv.errors.append((path, line))
 
 
 def _categories(b: Breakdown) -> dict[str, dict[str, int]]:

@@ -41,6 +41,8 @@ def print_report(inv: Inventory) -> None:
             totals[k] += cats[k]
         totals["reclaimable"] += b.reclaimable
         status = "ok" if ckpt.complete else "INCOMPLETE"
+        if ckpt.info.get("dangerous"):
+            status = "RUNS CODE ON LOAD"  # never "ok": see the file's error
         if ckpt.problems:
             status += ": " + "; ".join(ckpt.problems)
         table.add_row(

@@ -59,7 +59,10 @@ def test_unpickler_never_imports_named_modules(tmp_path: Path) -> None:
     index = read_file(path)
     assert "colorsys" not in sys.modules, "the reader imported a module the pickle named"
     assert index.unsafe_globals == ["colorsys.rgb_to_hsv"]
-    assert index.error is None  # not code-running: listed, not an error
+    # Allowlist, not denylist: any call outside plain-data constructors would run code.
+    assert index.error == (
+        "pickle would run code on load: colorsys.rgb_to_hsv (recorded, not executed)"
+    )
 
 
 def test_truncated_zip(tmp_path: Path) -> None:
@@ -168,3 +171,40 @@ def test_path_that_does_not_exist_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "missing" in proc.stderr and proc.stdout == ""
     assert "Traceback" not in proc.stderr
+
+
+def test_dcp_non_tensor_value_that_runs_code_is_reported(tmp_path: Path) -> None:
+    """dcp.load hands non-tensor values to torch.load(weights_only=False): they are judged too."""
+    import torch
+    import torch.distributed.checkpoint as dist_cp
+    from helpers import RunsCode
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "dcp"
+    dist_cp.save({"w": torch.ones(2), "extra": RunsCode(marker)}, checkpoint_id=str(folder))
+    assert not marker.exists()
+    index = read_file(folder / ".metadata")
+    assert not marker.exists(), "reading ran the payload"
+    assert index.error is not None and "posix.system" in index.error
+    clean = tmp_path / "clean"
+    dist_cp.save({"w": torch.ones(2), "step": 3}, checkpoint_id=str(clean))
+    assert read_file(clean / ".metadata").error is None
+
+
+def test_a_layout_failing_on_one_file_costs_one_line_not_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpttui.layouts.plain import PlainTorch
+
+    def boom(self: object, ckpt: object, index: object) -> None:
+        raise ValueError("hostile value\nwith a second line")
+
+    monkeypatch.setattr(PlainTorch, "describe", boom)
+    for name in ("a.pt", "b.pt"):
+        (tmp_path / name).write_bytes(torch_zip_bytes(b"\x80\x02}q\x00."))
+    from ckpttui.inventory import report_dict
+
+    report = report_dict(scan(tmp_path))
+    errors = {e["path"]: e["error"] for e in report["errors"]}
+    assert set(errors) == {"a.pt", "b.pt"}
+    assert all("ValueError" in e and "\n" not in e for e in errors.values())

@@ -12,11 +12,11 @@ offsets, and needs only the header (one read of N bytes).
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 from ckpttui.formats.errors import FormatError
+from ckpttui.formats.sidecar import SidecarError, loads_json
 from ckpttui.records import FileIndex, TensorRecord
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses headers above 100 MB
@@ -63,7 +63,11 @@ SIZES = {
 
 
 def read(path: Path, size: int) -> FileIndex:
-    """Index a safetensors file from its header, checking every offset against the file size."""
+    """Index a safetensors file from its header, checking every entry as the reference does.
+
+    Shapes and offsets must be non-negative integers; each tensor's byte count must be
+    numel x itemsize; tensors must tile the byte buffer exactly, without gaps or overlaps.
+    """
     if size < 8:
         raise FormatError(f"file is {size} bytes: too short for a safetensors header length")
     with open(path, "rb") as f:
@@ -76,41 +80,61 @@ def read(path: Path, size: int) -> FileIndex:
             )
         raw = f.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"header at byte 8 is not JSON ({exc})") from None
+        header = loads_json(raw, max_depth=4)
+    except SidecarError as exc:
+        raise FormatError(f"header at byte 8 is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise FormatError("header at byte 8 is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FormatError("__metadata__ is not a map of strings to strings")
     buffer_start = 8 + n
     buffer_len = size - buffer_start
     tensors = []
     storages: dict[str, int] = {}
+    spans: list[tuple[int, int, str]] = []
     for name, spec in header.items():
-        try:
-            dtype_code = spec["dtype"]
-            shape = tuple(int(d) for d in spec["shape"])
-            begin, end = (int(o) for o in spec["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"tensor {name!r}: malformed header entry") from None
-        if dtype_code not in DTYPES:
-            raise FormatError(f"tensor {name!r}: unknown dtype {dtype_code!r}")
+        label = name if len(name) <= 80 else name[:77] + "..."
+        if not isinstance(spec, dict):
+            raise FormatError(f"tensor {label!r}: malformed header entry")
+        dtype_code = spec.get("dtype")
+        shape_raw = spec.get("shape")
+        offsets = spec.get("data_offsets")
+        if not isinstance(dtype_code, str) or dtype_code not in DTYPES:
+            raise FormatError(f"tensor {label!r}: unknown dtype {str(dtype_code)[:20]!r}")
+        if not isinstance(shape_raw, list) or not all(_is_count(d) for d in shape_raw):
+            raise FormatError(f"tensor {label!r}: shape is not a list of non-negative integers")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+        ):
+            raise FormatError(f"tensor {label!r}: data_offsets is not two non-negative integers")
+        shape = tuple(shape_raw)
+        begin, end = offsets
         numel = 1
         for d in shape:
-            if d < 0:
-                raise FormatError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
             numel *= d
-        nbytes = numel // 2 if dtype_code == "F4" else numel * SIZES[dtype_code]
-        if begin < 0 or end < begin or end - begin != nbytes:
+            if numel > 8 * buffer_len + 8:
+                break  # already larger than the file could hold: stop multiplying
+        if dtype_code == "F4":
+            if numel % 2:
+                raise FormatError(f"tensor {label!r}: F4 packs two values a byte, numel is odd")
+            nbytes = numel // 2
+        else:
+            nbytes = numel * SIZES[dtype_code]
+        if end < begin or end - begin != nbytes:
             raise FormatError(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] do not match "
-                f"{nbytes} bytes of {DTYPES[dtype_code]}{list(shape)}"
+                f"tensor {label!r}: data_offsets [{begin}, {end}] do not match "
+                f"{nbytes if nbytes <= buffer_len else 'more than the file'} bytes "
+                f"of {DTYPES[dtype_code]}"
             )
         if end > buffer_len:
             raise FormatError(
-                f"tensor {name!r} ends at byte {buffer_start + end}, past the end "
+                f"tensor {label!r} ends at byte {buffer_start + end}, past the end "
                 f"of the file ({size} bytes)"
             )
+        spans.append((begin, end, label))
         tensors.append(
             TensorRecord(
                 name=name,
@@ -123,6 +147,20 @@ def read(path: Path, size: int) -> FileIndex:
             )
         )
         storages[name] = nbytes
+    spans.sort()
+    at = 0
+    for begin, end, label in spans:
+        if begin != at:
+            raise FormatError(
+                f"tensor {label!r} starts at buffer byte {begin}, expected {at}: "
+                + ("overlaps the previous tensor" if begin < at else "gap in the buffer")
+            )
+        at = end
+    if at != buffer_len:
+        raise FormatError(
+            f"tensors cover {at} bytes of a {buffer_len}-byte buffer: "
+            + ("truncated or padded" if at < buffer_len else "truncated")
+        )
     tensors.sort(key=lambda t: t.data_offset or 0)
     return FileIndex(
         str(path),
@@ -132,3 +170,7 @@ def read(path: Path, size: int) -> FileIndex:
         storages=storages,
         metadata={"__metadata__": meta, "header_bytes": n},
     )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << 63)

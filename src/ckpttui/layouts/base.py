@@ -3,7 +3,6 @@ helpers the recognisers share. Everything ckpttui asks of a framework is asked h
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -211,13 +210,12 @@ def rank(scores: Ranked, lower: bool) -> Ranked:
 
 def read_json(path: Path) -> tuple[Any, str | None]:
     """Parse a small JSON sidecar; (None, error line) when it cannot be read."""
+    from ckpttui.formats import sidecar
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f), None
-    except FileNotFoundError:
-        return None, f"{path.name} is missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path.name}: {exc}"
+        return sidecar.read_json(path), None
+    except (FileNotFoundError, sidecar.SidecarError) as exc:
+        return None, sidecar.describe_error(path, exc)
 
 
 def read_yaml(path: Path) -> tuple[Any, str | None]:
@@ -225,48 +223,24 @@ def read_yaml(path: Path) -> tuple[Any, str | None]:
 
     Python-object tags (``!!python/object:numpy.float64`` from a ``yaml.dump`` of numpy metrics)
     are read as the plain mapping, sequence or scalar under the tag, never constructed.
+    Bounded: regular files only, size cap, alias and depth limits (formats.sidecar).
     """
-    import yaml
+    from ckpttui.formats import sidecar
 
     try:
-        with open(path, encoding="utf-8") as f:
-            loader: Any = _TagTolerantLoader
-            return yaml.load(f, Loader=loader), None
-    except FileNotFoundError:
-        return None, f"{path.name} is missing"
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return None, f"{path.name}: {str(exc).splitlines()[0]}"
+        return sidecar.read_yaml(path), None
+    except (FileNotFoundError, sidecar.SidecarError) as exc:
+        return None, sidecar.describe_error(path, exc)
 
 
-def _tolerant_loader() -> type:
-    import yaml
+def read_small_text(path: Path) -> str | None:
+    """A short text sidecar (``counter.ckpt``, ``latest``), or None when it cannot be read."""
+    from ckpttui.formats import sidecar
 
-    class Loader(yaml.SafeLoader):
-        """SafeLoader that reads unknown tags as plain data instead of failing."""
-
-    def construct_any(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            return loader.construct_mapping(node, deep=True)
-        if isinstance(node, yaml.SequenceNode):
-            return loader.construct_sequence(node, deep=True)
-        return loader.construct_scalar(node)  # type: ignore[arg-type]
-
-    Loader.add_multi_constructor("", construct_any)  # type: ignore[no-untyped-call]
-    return Loader
-
-
-class _LazyLoader:
-    """Builds the YAML loader class on first use, so importing layouts does not import yaml."""
-
-    _cls: type | None = None
-
-    def __call__(self, stream: Any) -> Any:
-        if _LazyLoader._cls is None:
-            _LazyLoader._cls = _tolerant_loader()
-        return _LazyLoader._cls(stream)
-
-
-_TagTolerantLoader = _LazyLoader()
+    try:
+        return sidecar.read_text(path)
+    except (FileNotFoundError, sidecar.SidecarError):
+        return None
 
 
 def number_in(pattern: str, text: str) -> int | None:
@@ -294,7 +268,7 @@ def as_int(value: Any) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 40:
         return int(value.strip())
     return None
 

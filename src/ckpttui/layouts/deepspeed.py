@@ -24,6 +24,7 @@ from ckpttui.layouts.base import (
     number_in,
     plain,
     points,
+    read_small_text,
     read_yaml,
 )
 from ckpttui.records import Checkpoint, FileIndex
@@ -72,10 +73,9 @@ class DeepSpeed(Layout):
                     if key in info:
                         ckpt.info[key] = plain(info[key])
         latest = folder.parent / "latest"
-        try:
-            ckpt.info["latest"] = latest.read_text(encoding="utf-8").strip() == tag
-        except (OSError, UnicodeDecodeError):
-            pass
+        text = read_small_text(latest)
+        if text is not None:
+            ckpt.info["latest"] = text.strip() == tag
 
         model_files = sorted(n for n in names if _MODEL.match(n))
         optim_files = sorted(n for n in names if _OPTIM.match(n))

@@ -22,6 +22,7 @@ from ckpttui.layouts.base import (
     number,
     plain,
     rank,
+    read_small_text,
     read_yaml,
 )
 from ckpttui.records import Category, Checkpoint, FileIndex
@@ -33,7 +34,7 @@ _NOT_METRICS = ("unixtime", "end-of-epoch", "epoch")
 
 def _written_by_ckpttui(folder: Path) -> bool:
     try:
-        return WRITTEN_BY in (folder / "CKPT.yaml").read_text(encoding="utf-8")
+        return WRITTEN_BY in (read_small_text(folder / "CKPT.yaml") or "")
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -130,10 +131,7 @@ class SpeechBrain(Layout):
             ckpt.info["end_of_epoch"] = bool(meta.get("end-of-epoch"))
             ckpt.epoch = as_int(meta.get("epoch"))
         for counter in ("counter.ckpt", "epoch_counter.ckpt"):
-            try:
-                text = (folder / counter).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                continue
+            text = (read_small_text(folder / counter) or "").strip()
             if as_int(text) is not None:
                 ckpt.epoch = as_int(text)
                 break
