@@ -1,0 +1,323 @@
+"""Round trip through the real toolkits: train with the toolkit, run ckpttui, load with the toolkit.
+
+Each toolkit lives in ``interop/toolkits/tk_<name>.py``: its pins, how its venv is built, how it
+trains a tiny model with its own entry point, which ckpttui commands run on the result and which of
+its own loaders must accept each output. This driver (standard library only, run by the project's
+own venv) builds each toolkit's venv under ``.interop/venvs/<name>`` (rebuilt when its pins
+change), runs the toolkit side in that venv and ckpttui from the project's venv, prints one
+``PASS``/``FAIL`` line per check, and writes the results.
+
+    python interop/run.py [--light | --all] [TOOLKIT ...] [--work DIR] [--results FILE]
+
+Exit code 0 when every check passed (or failed as a known, recorded ckpttui fault), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TOOLKIT_DIR = HERE / "toolkits"
+CACHE = REPO / ".interop"
+RESULTS_JSON = HERE / "results.json"
+RESULTS_MD = HERE / "RESULTS.md"
+ORDER = ("lightning", "transformers", "adapters", "funasr", "fairseq", "speechbrain", "espnet")
+
+
+def load_toolkit(name: str) -> ModuleType:
+    """Import ``tk_<name>.py`` for its declarations (it imports only the standard library at top)."""
+    path = TOOLKIT_DIR / f"tk_{name}.py"
+    spec = importlib.util.spec_from_file_location(f"interop_tk_{name}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(TOOLKIT_DIR))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(TOOLKIT_DIR))
+    return module
+
+
+def project_python() -> Path:
+    """The project's venv python (the one that runs ckpttui)."""
+    return REPO / ".venv" / "bin" / "python"
+
+
+def venv_key(tk: ModuleType) -> str:
+    """A hash of everything that decides what the toolkit's venv holds."""
+    spec = {
+        "base": tk.BASE,
+        "pre": list(getattr(tk, "PREINSTALL", [])),
+        "pins": list(tk.PINS),
+        "pip_args": list(getattr(tk, "PIP_ARGS", [])),
+        "uninstall": list(getattr(tk, "UNINSTALL", [])),
+        "python": platform.python_version(),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pip(py: Path, args: list[str], log: Path) -> None:
+    """Run pip in a venv, appending its output to ``log``; raise with the log's tail on failure."""
+    with log.open("a") as out:
+        out.write(f"\n$ pip {' '.join(args)}\n")
+        out.flush()
+        proc = subprocess.run(
+            [str(py), "-m", "pip", *args], stdout=out, stderr=subprocess.STDOUT, check=False
+        )
+    if proc.returncode:
+        tail = [ln for ln in log.read_text().splitlines() if "is ignored" not in ln][-15:]
+        raise RuntimeError(f"pip {' '.join(args)} failed (log {log}):\n" + "\n".join(tail))
+
+
+def ensure_venv(tk: ModuleType) -> Path:
+    """Build (or reuse) ``.interop/venvs/<name>`` and return its python."""
+    venv = CACHE / "venvs" / tk.NAME
+    stamp = venv / ".ckpttui-interop-key"
+    key = venv_key(tk)
+    py = venv / "bin" / "python"
+    if stamp.is_file() and stamp.read_text().strip() == key and py.exists():
+        return py
+    if venv.exists():
+        shutil.rmtree(venv)
+    log = CACHE / "logs" / f"{tk.NAME}-venv.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    started = time.monotonic()
+    print(f"[{tk.NAME}] building venv {venv.relative_to(REPO)} (log {log.relative_to(REPO)})")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if tk.BASE == "project":
+        # Layered on the project's venv: its torch (the CPU wheel) and whatever else it holds are
+        # visible after the toolkit's own packages, which shadow them when versions differ.
+        purelib = subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        base = subprocess.run(
+            [str(project_python()), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        Path(purelib, "_ckpttui_project_venv.pth").write_text(base + "\n")
+    # Big wheels fetched once (pip download -d .interop/wheels ...) are taken from there first.
+    find_links = ["--find-links", str(CACHE / "wheels")] if (CACHE / "wheels").is_dir() else []
+    pre = list(getattr(tk, "PREINSTALL", []))
+    if pre and find_links:
+        try:  # the multi-GB torch builds: from the local folder alone when they are there
+            pip(py, ["install", "--no-index", *find_links, *pre], log)
+        except RuntimeError:
+            pip(py, ["install", *find_links, *pre], log)
+    elif pre:
+        pip(py, ["install", *pre], log)
+    pip(py, ["install", *find_links, *getattr(tk, "PIP_ARGS", []), *tk.PINS], log)
+    uninstall = list(getattr(tk, "UNINSTALL", []))
+    if uninstall:
+        pip(py, ["uninstall", "-y", *uninstall], log)
+    stamp.write_text(key + "\n")
+    print(f"[{tk.NAME}] venv ready in {time.monotonic() - started:.0f} s")
+    return py
+
+
+def toolkit_side(py: Path, tk: ModuleType, args: list[str], log: Path) -> tuple[int, str]:
+    """Run ``tk_<name>.py ARGS`` in the toolkit venv; return its exit code and last output line."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "WANDB_DISABLED": "true",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    env.pop("PYTHONPATH", None)
+    with log.open("a") as out:
+        out.write(f"\n$ {tk.NAME} {' '.join(args)}\n")
+        out.flush()
+        proc = subprocess.run(
+            [str(py), str(TOOLKIT_DIR / f"tk_{tk.NAME}.py"), *args],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+            env=env,
+            check=False,
+        )
+        out.write(proc.stdout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    return proc.returncode, (lines[-1] if lines else "")
+
+
+def ckpttui(args: list[str], log: Path) -> tuple[int, str]:
+    """Run the project's ckpttui; return its exit code and the first error line (or last line)."""
+    exe = REPO / ".venv" / "bin" / "ckpttui"
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, check=False)
+    with log.open("a") as out:
+        out.write(f"\n$ ckpttui {' '.join(args)}\n[exit {proc.returncode}]\n")
+        out.write(proc.stdout[-4000:])
+        out.write(proc.stderr[-4000:])
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip() and "\r" not in ln]
+    msg = err[-1] if err else (proc.stdout.strip().splitlines() or [""])[-1]
+    return proc.returncode, msg.strip()
+
+
+def versions(py: Path, tk: ModuleType) -> dict[str, str]:
+    """The installed versions of the packages a toolkit names in ``VERSIONS``."""
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: out[n] = 'missing'\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run(
+        [str(py), "-c", code, *tk.VERSIONS], capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout)
+
+
+def run_toolkit(name: str, work_root: Path) -> dict:
+    """Build, train, run every check of one toolkit; return its result record."""
+    tk = load_toolkit(name)
+    work = work_root / name
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "out").mkdir(parents=True)
+    log = work_root / f"{name}.log"
+    log.write_text("")
+    record: dict = {"toolkit": name, "date": dt.date.today().isoformat(), "checks": []}
+    checks: list[dict] = record["checks"]
+
+    def report(check: str, status: str, detail: str) -> None:
+        checks.append({"check": check, "status": status, "detail": detail})
+        print(f"[{name}] {status} {check}: {detail}", flush=True)
+
+    try:
+        py = ensure_venv(tk)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        report("venv", "FAIL", str(exc).splitlines()[0])
+        return record
+    record["versions"] = versions(py, tk)
+    started = time.monotonic()
+    code, last = toolkit_side(py, tk, ["train", str(work)], log)
+    if code:
+        report("train", "FAIL", f"{last} (log {log})")
+        return record
+    report("train", "PASS", f"{last} ({time.monotonic() - started:.0f} s)")
+    known: dict[str, str] = getattr(tk, "KNOWN", {})
+    for check in tk.checks(work):
+        cname = check["name"]
+        failed = ""
+        for cmd in check.get("ckpttui", []):
+            code, msg = ckpttui([str(a) for a in cmd], log)
+            if code:
+                failed = f"ckpttui {cmd[0]} exited {code}: {msg}"
+                break
+        if not failed:
+            code, last = toolkit_side(py, tk, ["check", check["loader"], str(work)], log)
+            if code:
+                failed = last or f"loader exited {code}"
+            else:
+                detail = last
+        if failed and cname in known:
+            report(cname, "KNOWN", f"{failed} [{known[cname]}]")
+        elif failed:
+            report(cname, "FAIL", failed)
+        elif cname in known:
+            report(cname, "PASS", f"{detail} (listed as known fault: remove it from KNOWN)")
+        else:
+            report(cname, "PASS", detail)
+    return record
+
+
+def write_results(records: list[dict], path: Path) -> None:
+    """Merge ``records`` into the results JSON at ``path`` and render RESULTS.md beside the repo's."""
+    data: dict = {}
+    if path.is_file():
+        data = json.loads(path.read_text())
+    for rec in records:
+        data[rec["toolkit"]] = rec
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    if path == RESULTS_JSON:
+        RESULTS_MD.write_text(render(data))
+
+
+def render(data: dict) -> str:
+    """RESULTS.md: toolkit versions and one line per check."""
+    lines = [
+        "# Round trip through the real toolkits: results",
+        "",
+        "Written by `./dev interop` (interop/run.py) from interop/results.json; do not edit by hand.",
+        "PASS: the toolkit's own loader accepted ckpttui's output and the values matched.",
+        "FAIL: ckpttui or the loader failed (reason given). KNOWN: a known ckpttui fault,",
+        "listed in the toolkit's `KNOWN` table (interop/toolkits/tk_NAME.py) with its issue.",
+        "",
+    ]
+    for name in sorted(data, key=lambda n: ORDER.index(n) if n in ORDER else 99):
+        rec = data[name]
+        vers = ", ".join(f"{k} {v}" for k, v in sorted(rec.get("versions", {}).items()))
+        lines += [f"## {name} ({rec['date']})", "", f"Versions: {vers or 'n/a'}", ""]
+        lines += ["| check | result | detail |", "|---|---|---|"]
+        for c in rec["checks"]:
+            detail = c["detail"].replace("|", "\\|")
+            lines.append(f"| {c['check']} | {c['status']} | {detail} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the chosen toolkits, write results; exit 1 on any FAIL."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--light", action="store_true", help="the toolkits that install fast")
+    group.add_argument("--all", action="store_true", help="every toolkit, heavy ones included")
+    parser.add_argument("toolkits", nargs="*", help="toolkit names (default: --light)")
+    parser.add_argument("--venv-only", action="store_true", help="build the venvs, run nothing")
+    parser.add_argument("--work", type=Path, default=CACHE / "work", help="training folder root")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_JSON, help="results JSON (RESULTS.md beside ours)"
+    )
+    args = parser.parse_args(argv)
+    available = sorted(p.stem[3:] for p in TOOLKIT_DIR.glob("tk_*.py"))
+    if args.toolkits:
+        unknown = sorted(set(args.toolkits) - set(available))
+        if unknown:
+            parser.error(f"unknown toolkit {', '.join(unknown)} (have: {', '.join(available)})")
+        names = args.toolkits
+    else:
+        names = [n for n in available if args.all or load_toolkit(n).LIGHT]
+    names = sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else 99)
+    if args.venv_only:
+        for name in names:
+            ensure_venv(load_toolkit(name))
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    records = [run_toolkit(n, args.work.resolve()) for n in names]
+    write_results(records, args.results)
+    statuses = [c["status"] for r in records for c in r["checks"]]
+    print(
+        f"interop: {statuses.count('PASS')} passed, {statuses.count('FAIL')} failed, "
+        f"{statuses.count('KNOWN')} known faults ({', '.join(names)})"
+    )
+    return 1 if "FAIL" in statuses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
