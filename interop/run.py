@@ -108,7 +108,11 @@ def ensure_venv(tk: ModuleType) -> Path:
             check=True,
         ).stdout.strip()
         base = subprocess.run(
-            [str(project_python()), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            [
+                str(project_python()),
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -164,10 +168,16 @@ def toolkit_side(py: Path, tk: ModuleType, args: list[str], log: Path) -> tuple[
     return proc.returncode, (lines[-1] if lines else "")
 
 
+CKPTTUI_SRC: Path | None = None  # --ckpttui-src: run ckpttui from another checkout's src/
+
+
 def ckpttui(args: list[str], log: Path) -> tuple[int, str]:
     """Run the project's ckpttui; return its exit code and the first error line (or last line)."""
-    exe = REPO / ".venv" / "bin" / "ckpttui"
-    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if CKPTTUI_SRC is not None:
+        env["PYTHONPATH"] = str(CKPTTUI_SRC)
+    cmd = [str(project_python()), "-m", "ckpttui", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     with log.open("a") as out:
         out.write(f"\n$ ckpttui {' '.join(args)}\n[exit {proc.returncode}]\n")
         out.write(proc.stdout[-4000:])
@@ -175,6 +185,24 @@ def ckpttui(args: list[str], log: Path) -> tuple[int, str]:
     err = [ln for ln in proc.stderr.splitlines() if ln.strip() and "\r" not in ln]
     msg = err[-1] if err else (proc.stdout.strip().splitlines() or [""])[-1]
     return proc.returncode, msg.strip()
+
+
+def ckpttui_revision() -> str:
+    """The git branch and commit of the ckpttui that runs (ours, or --ckpttui-src's checkout)."""
+    where = CKPTTUI_SRC or REPO
+    proc = subprocess.run(
+        ["git", "-C", str(where), "log", "-1", "--format=%h", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    branch = subprocess.run(
+        ["git", "-C", str(where), "rev-parse", "--abbrev-ref", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"{branch.stdout.strip() or '?'} {proc.stdout.strip() or '?'}"
 
 
 def versions(py: Path, tk: ModuleType) -> dict[str, str]:
@@ -193,16 +221,22 @@ def versions(py: Path, tk: ModuleType) -> dict[str, str]:
     return json.loads(proc.stdout)
 
 
-def run_toolkit(name: str, work_root: Path) -> dict:
+def run_toolkit(name: str, work_root: Path, reuse: bool = False) -> dict:
     """Build, train, run every check of one toolkit; return its result record."""
     tk = load_toolkit(name)
     work = work_root / name
+    trained = work / ".trained"
+    reuse = reuse and trained.is_file()
     if work.exists():
-        shutil.rmtree(work)
+        if reuse:
+            shutil.rmtree(work / "out", ignore_errors=True)
+        else:
+            shutil.rmtree(work)
     (work / "out").mkdir(parents=True)
     log = work_root / f"{name}.log"
     log.write_text("")
     record: dict = {"toolkit": name, "date": dt.date.today().isoformat(), "checks": []}
+    record["ckpttui"] = ckpttui_revision()
     checks: list[dict] = record["checks"]
 
     def report(check: str, status: str, detail: str) -> None:
@@ -216,16 +250,22 @@ def run_toolkit(name: str, work_root: Path) -> dict:
         return record
     record["versions"] = versions(py, tk)
     started = time.monotonic()
-    code, last = toolkit_side(py, tk, ["train", str(work)], log)
-    if code:
-        report("train", "FAIL", f"{last} (log {log})")
-        return record
-    report("train", "PASS", f"{last} ({time.monotonic() - started:.0f} s)")
+    if reuse:
+        report("train", "PASS", f"reused {trained.read_text().strip()}")
+    else:
+        code, last = toolkit_side(py, tk, ["train", str(work)], log)
+        if code:
+            report("train", "FAIL", f"{last} (log {log})")
+            return record
+        trained.write_text(last + "\n")
+        report("train", "PASS", f"{last} ({time.monotonic() - started:.0f} s)")
     known: dict[str, str] = getattr(tk, "KNOWN", {})
     for check in tk.checks(work):
         cname = check["name"]
         failed = ""
         for cmd in check.get("ckpttui", []):
+            if "-o" in cmd:  # the output's folder exists, as it would for a user
+                Path(cmd[cmd.index("-o") + 1]).parent.mkdir(parents=True, exist_ok=True)
             code, msg = ckpttui([str(a) for a in cmd], log)
             if code:
                 failed = f"ckpttui {cmd[0]} exited {code}: {msg}"
@@ -273,7 +313,8 @@ def render(data: dict) -> str:
     for name in sorted(data, key=lambda n: ORDER.index(n) if n in ORDER else 99):
         rec = data[name]
         vers = ", ".join(f"{k} {v}" for k, v in sorted(rec.get("versions", {}).items()))
-        lines += [f"## {name} ({rec['date']})", "", f"Versions: {vers or 'n/a'}", ""]
+        lines += [f"## {name} ({rec['date']}, ckpttui {rec.get('ckpttui', '?')})", ""]
+        lines += [f"Versions: {vers or 'n/a'}", ""]
         lines += ["| check | result | detail |", "|---|---|---|"]
         for c in rec["checks"]:
             detail = c["detail"].replace("|", "\\|")
@@ -290,11 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--all", action="store_true", help="every toolkit, heavy ones included")
     parser.add_argument("toolkits", nargs="*", help="toolkit names (default: --light)")
     parser.add_argument("--venv-only", action="store_true", help="build the venvs, run nothing")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the last training run in WORK, rerun the checks"
+    )
     parser.add_argument("--work", type=Path, default=CACHE / "work", help="training folder root")
     parser.add_argument(
         "--results", type=Path, default=RESULTS_JSON, help="results JSON (RESULTS.md beside ours)"
     )
+    parser.add_argument(
+        "--ckpttui-src", type=Path, help="run ckpttui from this src/ folder (another branch's)"
+    )
     args = parser.parse_args(argv)
+    global CKPTTUI_SRC
+    CKPTTUI_SRC = args.ckpttui_src.resolve() if args.ckpttui_src else None
     available = sorted(p.stem[3:] for p in TOOLKIT_DIR.glob("tk_*.py"))
     if args.toolkits:
         unknown = sorted(set(args.toolkits) - set(available))
@@ -309,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_venv(load_toolkit(name))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    records = [run_toolkit(n, args.work.resolve()) for n in names]
+    records = [run_toolkit(n, args.work.resolve(), args.reuse) for n in names]
     write_results(records, args.results)
     statuses = [c["status"] for r in records for c in r["checks"]]
     print(

@@ -30,7 +30,9 @@ def main(namespace: dict[str, Any]) -> None:
         traceback.print_exc()
         frames = traceback.extract_tb(exc.__traceback__)
         where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-        print(f"\n{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}{where}")
+        print(
+            f"\n{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}{where}"
+        )
         sys.exit(1)
     print(f"\n{detail or 'ok'}")
 
@@ -46,7 +48,9 @@ def same(a: Any, b: Any, what: str, atol: float = 0.0) -> None:
     for key in a:
         x, y = a[key], b[key]
         if x.shape != y.shape or x.dtype != y.dtype:
-            raise AssertionError(f"{what}: {key} is {x.dtype}{list(x.shape)}, want {y.dtype}{list(y.shape)}")
+            raise AssertionError(
+                f"{what}: {key} is {x.dtype}{list(x.shape)}, want {y.dtype}{list(y.shape)}"
+            )
         if atol and x.is_floating_point():
             if not torch.allclose(x.double(), y.double(), rtol=0, atol=atol):
                 diff = (x.double() - y.double()).abs().max().item()

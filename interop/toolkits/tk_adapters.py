@@ -19,8 +19,12 @@ def _config():
     from transformers import BertConfig
 
     return BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16,
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
     )
 
 
@@ -41,16 +45,27 @@ def train(work: Path) -> str:
         model.add_classification_head(name, num_labels=2)
         model.train_adapter(name)
         args = TrainingArguments(
-            output_dir=str(work / f"run_{name}"), max_steps=6, save_steps=2, logging_steps=1,
-            per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], use_cpu=True, seed=0,
+            output_dir=str(work / f"run_{name}"),
+            max_steps=6,
+            save_steps=2,
+            logging_steps=1,
+            per_device_train_batch_size=4,
+            learning_rate=1e-2,
+            report_to=[],
+            use_cpu=True,
+            seed=0,
         )
         AdapterTrainer(model=model, args=args, train_dataset=data).train()
         model.save_adapter(str(work / f"saved_{name}"), name)
-    return ", ".join(sorted(str(p.relative_to(work)) for p in work.glob("*/checkpoint-*/*/adapter_config.json")))
+    return ", ".join(
+        sorted(str(p.relative_to(work)) for p in work.glob("*/checkpoint-*/*/adapter_config.json"))
+    )
 
 
 def _ckpts(work: Path, name: str) -> list[Path]:
-    folders = sorted((work / f"run_{name}").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    folders = sorted(
+        (work / f"run_{name}").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
+    )
     return [f / name for f in folders]
 
 
@@ -62,12 +77,32 @@ def checks(work: Path) -> list[dict]:
         src = work / f"saved_{name}"
         ckpts = _ckpts(work, name)
         found += [
-            {"name": f"{name}: export adapter -> load_adapter", "loader": f"export_{name}",
-             "ckpttui": [["export", src / "pytorch_adapter.bin", "-o", out / f"export_{name}" / "pytorch_adapter.bin"]]},
-            {"name": f"{name}: export safetensors -> load_adapter(use_safetensors)", "loader": f"st_{name}",
-             "ckpttui": [["export", src, "-o", out / f"st_{name}" / "adapter_model.safetensors"]]},
-            {"name": f"{name}: average 2 checkpoints -> load_adapter", "loader": f"avg_{name}",
-             "ckpttui": [["average", *ckpts[-2:], "-o", out / f"avg_{name}" / "pytorch_adapter.bin"]]},
+            {
+                "name": f"{name}: export adapter -> load_adapter",
+                "loader": f"export_{name}",
+                "ckpttui": [
+                    [
+                        "export",
+                        src / "pytorch_adapter.bin",
+                        "-o",
+                        out / f"export_{name}" / "pytorch_adapter.bin",
+                    ]
+                ],
+            },
+            {
+                "name": f"{name}: export safetensors -> load_adapter(use_safetensors)",
+                "loader": f"st_{name}",
+                "ckpttui": [
+                    ["export", src, "-o", out / f"st_{name}" / "adapter_model.safetensors"]
+                ],
+            },
+            {
+                "name": f"{name}: average 2 checkpoints -> load_adapter",
+                "loader": f"avg_{name}",
+                "ckpttui": [
+                    ["average", *ckpts[-2:], "-o", out / f"avg_{name}" / "pytorch_adapter.bin"]
+                ],
+            },
         ]
     return found
 
@@ -101,7 +136,13 @@ def _check(work: Path, name: str, folder: str, expect: dict, safetensors: bool =
 def _export(name: str, safetensors: bool):
     def check(work: Path) -> str:
         folder = f"st_{name}" if safetensors else f"export_{name}"
-        return _check(work, name, folder, _expected(work / f"saved_{name}" / "pytorch_adapter.bin"), safetensors)
+        return _check(
+            work,
+            name,
+            folder,
+            _expected(work / f"saved_{name}" / "pytorch_adapter.bin"),
+            safetensors,
+        )
 
     return check
 
@@ -112,7 +153,10 @@ def _average(name: str):
 
         ckpts = _ckpts(work, name)[-2:]
         expect = mean_of([_expected(c / "pytorch_adapter.bin") for c in ckpts])
-        return _check(work, name, f"avg_{name}", expect) + f" (mean of {', '.join(c.parent.name for c in ckpts)})"
+        return (
+            _check(work, name, f"avg_{name}", expect)
+            + f" (mean of {', '.join(c.parent.name for c in ckpts)})"
+        )
 
     return check
 

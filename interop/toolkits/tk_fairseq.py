@@ -19,11 +19,36 @@ VERSIONS = ["fairseq-fixed", "torch", "numpy"]
 KNOWN: dict[str, str] = {}
 
 MODEL = [
-    "--task", "language_modeling", "--arch", "transformer_lm", "--decoder-layers", "1",
-    "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2",
-    "--tokens-per-sample", "16", "--max-tokens", "128", "--optimizer", "adam", "--lr", "0.001",
-    "--cpu", "--no-progress-bar", "--log-format", "simple", "--log-interval", "1", "--seed", "1",
-    "--num-workers", "0",
+    "--task",
+    "language_modeling",
+    "--arch",
+    "transformer_lm",
+    "--decoder-layers",
+    "1",
+    "--decoder-embed-dim",
+    "16",
+    "--decoder-ffn-embed-dim",
+    "32",
+    "--decoder-attention-heads",
+    "2",
+    "--tokens-per-sample",
+    "16",
+    "--max-tokens",
+    "128",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.001",
+    "--cpu",
+    "--no-progress-bar",
+    "--log-format",
+    "simple",
+    "--log-interval",
+    "1",
+    "--seed",
+    "1",
+    "--num-workers",
+    "0",
 ]
 
 
@@ -49,16 +74,40 @@ def train(work: Path) -> str:
     for split, n in (("train", 200), ("valid", 20)):
         lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))) for _ in range(n)]
         (work / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    _cli("fairseq-preprocess", "--only-source", "--trainpref", work / "train.txt", "--validpref",
-         work / "valid.txt", "--destdir", work / "data-bin", "--workers", "1")
-    _cli("fairseq-train", work / "data-bin", *MODEL, "--max-epoch", "3", "--save-interval-updates", "5",
-         "--save-dir", work / "ckpt", log=work / "train.log")
+    _cli(
+        "fairseq-preprocess",
+        "--only-source",
+        "--trainpref",
+        work / "train.txt",
+        "--validpref",
+        work / "valid.txt",
+        "--destdir",
+        work / "data-bin",
+        "--workers",
+        "1",
+    )
+    _cli(
+        "fairseq-train",
+        work / "data-bin",
+        *MODEL,
+        "--max-epoch",
+        "3",
+        "--save-interval-updates",
+        "5",
+        "--save-dir",
+        work / "ckpt",
+        log=work / "train.log",
+    )
     return ", ".join(sorted(p.name for p in (work / "ckpt").glob("*.pt")))
 
 
 def _mid(work: Path) -> list[Path]:
     """Mid-epoch saves (checkpoint_E_U.pt) by update count."""
-    files = [p for p in (work / "ckpt").glob("checkpoint_*_*.pt") if re.fullmatch(r"checkpoint_\d+_\d+\.pt", p.name)]
+    files = [
+        p
+        for p in (work / "ckpt").glob("checkpoint_*_*.pt")
+        if re.fullmatch(r"checkpoint_\d+_\d+\.pt", p.name)
+    ]
     return sorted(files, key=lambda p: int(p.stem.split("_")[2]))
 
 
@@ -70,27 +119,65 @@ def checks(work: Path) -> list[dict]:
     mid_last = mid[-1] if mid else ckpt / "checkpoint_missing.pt"
     mid_two = mid[-2:] if len(mid) >= 2 else [mid_last]
     return [
-        {"name": "export mid-epoch checkpoint_E_U.pt -> fairseq-train --restore-file", "loader": "resume_mid_export",
-         "ckpttui": [["export", mid_last, "-o", out / "mid_slim.pt"]]},
-        {"name": "export end-of-epoch checkpoint2.pt -> fairseq-train --restore-file", "loader": "resume_epoch_export",
-         "ckpttui": [["export", ckpt / "checkpoint2.pt", "-o", out / "epoch_slim.pt"]]},
-        {"name": "average 2 mid-epoch files -> fairseq-train --restore-file", "loader": "resume_mid_avg",
-         "ckpttui": [["average", *mid_two, "-o", out / "mid_avg.pt"]]},
-        {"name": "average checkpoint1-3 = fairseq average_checkpoints -> load_model_ensemble_and_task", "loader": "avg_epochs",
-         "ckpttui": [["average", ckpt / "checkpoint1.pt", ckpt / "checkpoint2.pt", ckpt / "checkpoint3.pt",
-                      "-o", out / "avg3.pt"]]},
-        {"name": "average --last 2 (run folder) -> load_model_ensemble_and_task", "loader": "avg_last",
-         "ckpttui": [["average", ckpt, "--last", "2", "-o", out / "avg_last2.pt"]]},
-        {"name": "export safetensors -> model.load_state_dict(strict)", "loader": "st_export",
-         "ckpttui": [["export", ckpt / "checkpoint3.pt", "-o", out / "model.safetensors"]]},
+        {
+            "name": "export mid-epoch checkpoint_E_U.pt -> fairseq-train --restore-file",
+            "loader": "resume_mid_export",
+            "ckpttui": [["export", mid_last, "-o", out / "mid_slim.pt"]],
+        },
+        {
+            "name": "export end-of-epoch checkpoint2.pt -> fairseq-train --restore-file",
+            "loader": "resume_epoch_export",
+            "ckpttui": [["export", ckpt / "checkpoint2.pt", "-o", out / "epoch_slim.pt"]],
+        },
+        {
+            "name": "average 2 mid-epoch files -> fairseq-train --restore-file",
+            "loader": "resume_mid_avg",
+            "ckpttui": [["average", *mid_two, "-o", out / "mid_avg.pt"]],
+        },
+        {
+            "name": "average checkpoint1-3 = fairseq average_checkpoints -> load_model_ensemble_and_task",
+            "loader": "avg_epochs",
+            "ckpttui": [
+                [
+                    "average",
+                    ckpt / "checkpoint1.pt",
+                    ckpt / "checkpoint2.pt",
+                    ckpt / "checkpoint3.pt",
+                    "-o",
+                    out / "avg3.pt",
+                ]
+            ],
+        },
+        {
+            "name": "average --last 2 (run folder) -> load_model_ensemble_and_task",
+            "loader": "avg_last",
+            "ckpttui": [["average", ckpt, "--last", "2", "-o", out / "avg_last2.pt"]],
+        },
+        {
+            "name": "export safetensors -> model.load_state_dict(strict)",
+            "loader": "st_export",
+            "ckpttui": [["export", ckpt / "checkpoint3.pt", "-o", out / "model.safetensors"]],
+        },
     ]
 
 
 def _resume(work: Path, name: str) -> str:
     out = work / "out"
     target = out / f"resume_{Path(name).stem}"
-    log = _cli("fairseq-train", work / "data-bin", *MODEL, "--max-epoch", "4", "--restore-file", out / name,
-               "--reset-optimizer", "--save-dir", target, "--no-save", log=out / f"resume_{Path(name).stem}.log")
+    log = _cli(
+        "fairseq-train",
+        work / "data-bin",
+        *MODEL,
+        "--max-epoch",
+        "4",
+        "--restore-file",
+        out / name,
+        "--reset-optimizer",
+        "--save-dir",
+        target,
+        "--no-save",
+        log=out / f"resume_{Path(name).stem}.log",
+    )
     m = re.search(r"[Ll]oaded checkpoint (\S+) \(epoch (\d+) @ (\d+) updates\)", log)
     if not m:
         raise AssertionError("fairseq-train did not report loading the checkpoint")

@@ -27,7 +27,9 @@ def _model_class():
         def __init__(self, hidden: int = 16) -> None:
             super().__init__()
             self.save_hyperparameters()
-            self.net = nn.Sequential(nn.Linear(8, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 2))
+            self.net = nn.Sequential(
+                nn.Linear(8, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 2)
+            )
 
         def forward(self, x):
             return self.net(x)
@@ -63,7 +65,11 @@ def train(work: Path) -> str:
     data = DataLoader(TensorDataset(x, y), batch_size=16)
     every = ModelCheckpoint(dirpath=work / "all", filename="{epoch}-{step}", save_top_k=-1)
     top = ModelCheckpoint(
-        dirpath=work / "top", filename="{epoch}-{val_loss:.4f}", monitor="val_loss", save_top_k=2, save_last=True
+        dirpath=work / "top",
+        filename="{epoch}-{val_loss:.4f}",
+        monitor="val_loss",
+        save_top_k=2,
+        save_last=True,
     )
     trainer = L.Trainer(
         max_epochs=4,
@@ -84,17 +90,46 @@ def checks(work: Path) -> list[dict]:
     last = sorted((work / "top").glob("last*.ckpt"))
     last_ckpt = last[0] if last else work / "top" / "last.ckpt"
     return [
-        {"name": "average --last 2 -> load_from_checkpoint", "loader": "avg_last",
-         "ckpttui": [["average", work / "all", "--last", "2", "-o", work / "out" / "avg_last2.ckpt"]]},
-        {"name": "average --best 2 (monitor val_loss) -> load_from_checkpoint", "loader": "avg_best",
-         "ckpttui": [["average", work / "top", "--best", "2", "-o", work / "out" / "avg_best2.ckpt"]]},
-        {"name": "average --best 2 --metric val_loss -> load_from_checkpoint", "loader": "avg_best_metric",
-         "ckpttui": [["average", work / "top", "--best", "2", "--metric", "val_loss", "-o",
-                      work / "out" / "avg_best2_metric.ckpt"]]},
-        {"name": "export slim .ckpt -> load_from_checkpoint", "loader": "slim",
-         "ckpttui": [["export", last_ckpt, "-o", work / "out" / "slim.ckpt"]]},
-        {"name": "export safetensors -> load_state_dict(strict)", "loader": "safetensors",
-         "ckpttui": [["export", last_ckpt, "-o", work / "out" / "weights.safetensors"]]},
+        {
+            "name": "average --last 2 -> load_from_checkpoint",
+            "loader": "avg_last",
+            "ckpttui": [
+                ["average", work / "all", "--last", "2", "-o", work / "out" / "avg_last2.ckpt"]
+            ],
+        },
+        {
+            "name": "average --best 2 (monitor val_loss) -> load_from_checkpoint",
+            "loader": "avg_best",
+            "ckpttui": [
+                ["average", work / "top", "--best", "2", "-o", work / "out" / "avg_best2.ckpt"]
+            ],
+        },
+        {
+            "name": "average --best 2 --metric val_loss -> load_from_checkpoint",
+            "loader": "avg_best_metric",
+            "ckpttui": [
+                [
+                    "average",
+                    work / "top",
+                    "--best",
+                    "2",
+                    "--metric",
+                    "val_loss",
+                    "-o",
+                    work / "out" / "avg_best2_metric.ckpt",
+                ]
+            ],
+        },
+        {
+            "name": "export slim .ckpt -> load_from_checkpoint",
+            "loader": "slim",
+            "ckpttui": [["export", last_ckpt, "-o", work / "out" / "slim.ckpt"]],
+        },
+        {
+            "name": "export safetensors -> load_state_dict(strict)",
+            "loader": "safetensors",
+            "ckpttui": [["export", last_ckpt, "-o", work / "out" / "weights.safetensors"]],
+        },
     ]
 
 
@@ -113,7 +148,9 @@ def load_avg_last(work: Path) -> str:
 
     model = _model_class().load_from_checkpoint(work / "out" / "avg_last2.ckpt", map_location="cpu")
     newest = _epoch_files(work)[-2:]
-    same(model.state_dict(), mean_of([_sd(p)["state_dict"] for p in newest]), "avg_last2", atol=1e-6)
+    same(
+        model.state_dict(), mean_of([_sd(p)["state_dict"] for p in newest]), "avg_last2", atol=1e-6
+    )
     return f"loaded; equals the mean of {', '.join(p.name for p in newest)}"
 
 
@@ -121,7 +158,11 @@ def load_avg_best(work: Path, out: str = "avg_best2.ckpt") -> str:
     from _side import mean_of, same
 
     model = _model_class().load_from_checkpoint(work / "out" / out, map_location="cpu")
-    cb = next(v for k, v in _sd(work / "top" / "last.ckpt")["callbacks"].items() if "ModelCheckpoint" in k and "val_loss" in k)
+    cb = next(
+        v
+        for k, v in _sd(work / "top" / "last.ckpt")["callbacks"].items()
+        if "ModelCheckpoint" in k and "val_loss" in k
+    )
     best = sorted(cb["best_k_models"], key=lambda p: float(cb["best_k_models"][p]))
     files = [_sd(Path(p)) for p in sorted(best, key=lambda p: _sd(Path(p))["global_step"])]
     same(model.state_dict(), mean_of([f["state_dict"] for f in files]), "avg_best2", atol=1e-6)
@@ -139,7 +180,11 @@ def load_slim(work: Path) -> str:
     src = _sd(work / "top" / "last.ckpt")
     same(model.state_dict(), src["state_dict"], "slim")
     slim = _sd(work / "out" / "slim.ckpt")
-    kept = [k for k in ("epoch", "global_step", "hyper_parameters", "pytorch-lightning_version") if k in slim]
+    kept = [
+        k
+        for k in ("epoch", "global_step", "hyper_parameters", "pytorch-lightning_version")
+        if k in slim
+    ]
     return f"loaded, weights exact; keeps {', '.join(kept)}"
 
 

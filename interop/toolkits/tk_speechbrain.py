@@ -22,7 +22,11 @@ def _modules():
     from torch import nn
 
     emb = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU())
-    return {"embedding_model": emb, "classifier": nn.Linear(16, 2), "normalizer": InputNormalization()}
+    return {
+        "embedding_model": emb,
+        "classifier": nn.Linear(16, 2),
+        "normalizer": InputNormalization(),
+    }
 
 
 def train(work: Path) -> str:
@@ -39,7 +43,9 @@ def train(work: Path) -> str:
     class Tiny(sb.Brain):
         def compute_forward(self, batch, stage):
             x, _ = batch
-            feats = self.modules.normalizer(x, torch.ones(x.shape[0]), epoch=self.hparams.counter.current)
+            feats = self.modules.normalizer(
+                x, torch.ones(x.shape[0]), epoch=self.hparams.counter.current
+            )
             return self.modules.classifier(self.modules.embedding_model(feats.mean(1)))
 
         def compute_objectives(self, predictions, batch, stage):
@@ -83,16 +89,42 @@ def checks(work: Path) -> list[dict]:
     last = folders[-1] if folders else save / "CKPT+missing"
     out = work / "out"
     return [
-        {"name": "export embedding_model.ckpt -> Pretrainer", "loader": "export_module",
-         "ckpttui": [["export", last / "embedding_model.ckpt", "-o", out / "export" / "embedding_model.ckpt"]]},
-        {"name": "export normalizer.ckpt -> Pretrainer", "loader": "export_normalizer",
-         "ckpttui": [["export", last / "normalizer.ckpt", "-o", out / "export" / "normalizer.ckpt"]]},
-        {"name": "export CKPT+ folder -> recover_if_possible (normalizer included)", "loader": "export_folder",
-         "ckpttui": [["export", last, "-o", out / "exported" / "CKPT+exported"]]},
-        {"name": "average --last 2 CKPT+ folders -> recover_if_possible = average_checkpoints", "loader": "avg_recover",
-         "ckpttui": [["average", save, "--last", "2", "-o", out / "averaged" / "CKPT+avg-last2"]]},
-        {"name": "average --last 2 CKPT+ folders -> Pretrainer (normalizer included)", "loader": "avg_pretrainer",
-         "ckpttui": []},
+        {
+            "name": "export embedding_model.ckpt -> Pretrainer",
+            "loader": "export_module",
+            "ckpttui": [
+                [
+                    "export",
+                    last / "embedding_model.ckpt",
+                    "-o",
+                    out / "export" / "embedding_model.ckpt",
+                ]
+            ],
+        },
+        {
+            "name": "export normalizer.ckpt -> Pretrainer",
+            "loader": "export_normalizer",
+            "ckpttui": [
+                ["export", last / "normalizer.ckpt", "-o", out / "export" / "normalizer.ckpt"]
+            ],
+        },
+        {
+            "name": "export CKPT+ folder -> recover_if_possible (normalizer included)",
+            "loader": "export_folder",
+            "ckpttui": [["export", last, "-o", out / "exported" / "CKPT+exported"]],
+        },
+        {
+            "name": "average --last 2 CKPT+ folders -> recover_if_possible = average_checkpoints",
+            "loader": "avg_recover",
+            "ckpttui": [
+                ["average", save, "--last", "2", "-o", out / "averaged" / "CKPT+avg-last2"]
+            ],
+        },
+        {
+            "name": "average --last 2 CKPT+ folders -> Pretrainer (normalizer included)",
+            "loader": "avg_pretrainer",
+            "ckpttui": [],
+        },
     ]
 
 
@@ -107,8 +139,11 @@ def _pretrain(folder: Path, names: tuple[str, ...]) -> dict:
 
     modules = _modules()
     loadables = {n: modules[n] for n in names}
-    pre = Pretrainer(collect_in=folder.parent / f"collect_{folder.name}", loadables=loadables,
-                     paths={n: str(folder / f"{n}.ckpt") for n in names})
+    pre = Pretrainer(
+        collect_in=folder.parent / f"collect_{folder.name}",
+        loadables=loadables,
+        paths={n: str(folder / f"{n}.ckpt") for n in names},
+    )
     pre.collect_files()
     pre.load_collected()
     return modules
@@ -129,7 +164,11 @@ def load_export_module(work: Path) -> str:
 
     last = _ckpts(work)[-1]
     modules = _pretrain(work / "out" / "export", ("embedding_model",))
-    same(modules["embedding_model"].state_dict(), _torch_load(last / "embedding_model.ckpt"), "embedding_model")
+    same(
+        modules["embedding_model"].state_dict(),
+        _torch_load(last / "embedding_model.ckpt"),
+        "embedding_model",
+    )
     return f"Pretrainer loaded embedding_model, exact ({last.name})"
 
 
@@ -146,7 +185,9 @@ def _recover(folder: Path) -> dict:
     modules = _modules()
     found = Checkpointer(folder, recoverables=modules).recover_if_possible()
     if found is None:
-        raise AssertionError(f"recover_if_possible found no checkpoint in {folder}: {sorted(p.name for p in folder.iterdir())}")
+        raise AssertionError(
+            f"recover_if_possible found no checkpoint in {folder}: {sorted(p.name for p in folder.iterdir())}"
+        )
     return modules
 
 
@@ -179,7 +220,9 @@ def load_avg_recover(work: Path) -> str:
     for name in MODULES:
         same(modules[name].state_dict(), want[name], name, atol=1e-6)
     _same_normalizer(modules["normalizer"], norm)
-    return "recover_if_possible: modules = speechbrain average_checkpoints, normalizer from the newest"
+    return (
+        "recover_if_possible: modules = speechbrain average_checkpoints, normalizer from the newest"
+    )
 
 
 def load_avg_pretrainer(work: Path) -> str:

@@ -51,14 +51,44 @@ def checks(work: Path) -> list[dict]:
     last = _steps(work)[-1]
     out = work / "out"
     return [
-        {"name": "export --config -> from_pretrained", "loader": "hf_export",
-         "ckpttui": [["export", last, "--config", last, "-o", out / "hf_export"]]},
-        {"name": "export safetensors -> from_pretrained (config beside)", "loader": "st_export",
-         "ckpttui": [["export", last, "-o", out / "st" / "model.safetensors"]]},
-        {"name": "average --last 2 -> from_pretrained (config beside)", "loader": "avg_last",
-         "ckpttui": [["average", work / "run", "--last", "2", "-o", out / "avg_last" / "model.safetensors"]]},
-        {"name": "average --best 2 (eval_loss) -> from_pretrained", "loader": "avg_best",
-         "ckpttui": [["average", work / "run", "--best", "2", "-o", out / "avg_best" / "model.safetensors"]]},
+        {
+            "name": "export --config -> from_pretrained",
+            "loader": "hf_export",
+            "ckpttui": [["export", last, "--config", last, "-o", out / "hf_export"]],
+        },
+        {
+            "name": "export safetensors -> from_pretrained (config beside)",
+            "loader": "st_export",
+            "ckpttui": [["export", last, "-o", out / "st" / "model.safetensors"]],
+        },
+        {
+            "name": "average --last 2 -> from_pretrained (config beside)",
+            "loader": "avg_last",
+            "ckpttui": [
+                [
+                    "average",
+                    work / "run",
+                    "--last",
+                    "2",
+                    "-o",
+                    out / "avg_last" / "model.safetensors",
+                ]
+            ],
+        },
+        {
+            "name": "average --best 2 (eval_loss) -> from_pretrained",
+            "loader": "avg_best",
+            "ckpttui": [
+                [
+                    "average",
+                    work / "run",
+                    "--best",
+                    "2",
+                    "-o",
+                    out / "avg_best" / "model.safetensors",
+                ]
+            ],
+        },
     ]
 
 
