@@ -138,7 +138,7 @@ def ensure_venv(tk: ModuleType) -> Path:
 
 
 def toolkit_side(py: Path, tk: ModuleType, args: list[str], log: Path) -> tuple[int, str]:
-    """Run ``tk_<name>.py ARGS`` in the toolkit venv; return its exit code and last output line."""
+    """Run ``tk_<name>.py ARGS`` in the toolkit venv; return its exit code and its stdout."""
     env = dict(os.environ)
     env.update(
         {
@@ -164,8 +164,7 @@ def toolkit_side(py: Path, tk: ModuleType, args: list[str], log: Path) -> tuple[
             check=False,
         )
         out.write(proc.stdout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    return proc.returncode, (lines[-1] if lines else "")
+    return proc.returncode, proc.stdout
 
 
 CKPTTUI_SRC: Path | None = None  # --ckpttui-src: run ckpttui from another checkout's src/
@@ -240,6 +239,7 @@ def run_toolkit(name: str, work_root: Path, reuse: bool = False) -> dict:
     checks: list[dict] = record["checks"]
 
     def report(check: str, status: str, detail: str) -> None:
+        detail = detail.replace(f"{work}{os.sep}", "").replace(str(REPO) + os.sep, "")
         checks.append({"check": check, "status": status, "detail": detail})
         print(f"[{name}] {status} {check}: {detail}", flush=True)
 
@@ -253,37 +253,53 @@ def run_toolkit(name: str, work_root: Path, reuse: bool = False) -> dict:
     if reuse:
         report("train", "PASS", f"reused {trained.read_text().strip()}")
     else:
-        code, last = toolkit_side(py, tk, ["train", str(work)], log)
+        code, output = toolkit_side(py, tk, ["train", str(work)], log)
+        last = ([ln for ln in output.splitlines() if ln.strip()] or [""])[-1]
         if code:
             report("train", "FAIL", f"{last} (log {log})")
             return record
         trained.write_text(last + "\n")
         report("train", "PASS", f"{last} ({time.monotonic() - started:.0f} s)")
     known: dict[str, str] = getattr(tk, "KNOWN", {})
-    for check in tk.checks(work):
-        cname = check["name"]
-        failed = ""
+    failed: dict[str, str] = {}
+    plan = tk.checks(work)
+    for check in plan:
+        if check.get("after") in failed:  # its input is another check's output
+            failed[check["name"]] = failed[check["after"]]
+            continue
         for cmd in check.get("ckpttui", []):
             if "-o" in cmd:  # the output's folder exists, as it would for a user
                 Path(cmd[cmd.index("-o") + 1]).parent.mkdir(parents=True, exist_ok=True)
             code, msg = ckpttui([str(a) for a in cmd], log)
             if code:
-                failed = f"ckpttui {cmd[0]} exited {code}: {msg}"
+                failed[check["name"]] = f"ckpttui {cmd[0]} exited {code}: {msg}"
                 break
-        if not failed:
-            code, last = toolkit_side(py, tk, ["check", check["loader"], str(work)], log)
-            if code:
-                failed = last or f"loader exited {code}"
-            else:
-                detail = last
-        if failed and cname in known:
-            report(cname, "KNOWN", f"{failed} [{known[cname]}]")
-        elif failed:
-            report(cname, "FAIL", failed)
+    loaders = [c["loader"] for c in plan if c["name"] not in failed]
+    verdicts: dict[str, dict] = {}
+    if loaders:
+        code, output = toolkit_side(py, tk, ["check", str(work), *loaders], log)
+        for line in output.splitlines():
+            if line.startswith("@@verdict "):
+                v = json.loads(line[len("@@verdict ") :])
+                verdicts[v["loader"]] = v
+        if code and len(verdicts) < len(loaders):
+            last = [ln for ln in output.splitlines() if ln.strip()][-1:] or [f"exit {code}"]
+            for loader in loaders:
+                verdicts.setdefault(loader, {"ok": False, "detail": f"loader crashed: {last[0]}"})
+    for check in plan:
+        cname = check["name"]
+        verdict = verdicts.get(check["loader"], {"ok": False, "detail": "no verdict"})
+        problem = failed.get(cname) or ("" if verdict["ok"] else verdict["detail"])
+        if problem and cname in known:
+            report(cname, "KNOWN", f"{problem} [{known[cname]}]")
+        elif problem:
+            report(cname, "FAIL", problem)
         elif cname in known:
-            report(cname, "PASS", f"{detail} (listed as known fault: remove it from KNOWN)")
+            report(
+                cname, "PASS", f"{verdict['detail']} (listed as known fault: remove it from KNOWN)"
+            )
         else:
-            report(cname, "PASS", detail)
+            report(cname, "PASS", verdict["detail"])
     return record
 
 
@@ -310,7 +326,17 @@ def render(data: dict) -> str:
         "listed in the toolkit's `KNOWN` table (interop/toolkits/tk_NAME.py) with its issue.",
         "",
     ]
-    for name in sorted(data, key=lambda n: ORDER.index(n) if n in ORDER else 99):
+    names = sorted(data, key=lambda n: ORDER.index(n) if n in ORDER else 99)
+    lines += ["| toolkit | date | ckpttui | PASS | FAIL | KNOWN |", "|---|---|---|---|---|---|"]
+    for name in names:
+        rec = data[name]
+        st = [c["status"] for c in rec["checks"]]
+        lines.append(
+            f"| {name} | {rec['date']} | {rec.get('ckpttui', '?')} | {st.count('PASS')} "
+            f"| {st.count('FAIL')} | {st.count('KNOWN')} |"
+        )
+    lines.append("")
+    for name in names:
         rec = data[name]
         vers = ", ".join(f"{k} {v}" for k, v in sorted(rec.get("versions", {}).items()))
         lines += [f"## {name} ({rec['date']}, ckpttui {rec.get('ckpttui', '?')})", ""]

@@ -1,40 +1,58 @@
 """The toolkit side of a round trip: runs inside the toolkit's venv (``tk_NAME.py train|check``).
 
-``train WORK`` trains the tiny model with the toolkit's own entry point into WORK; ``check LOADER
-WORK`` runs ``load_LOADER(work)``, which loads ckpttui's output with the toolkit's own loader and
-compares values. The last printed line is the verdict the driver records.
+``train WORK`` trains the tiny model with the toolkit's own entry point into WORK; ``check WORK
+LOADER...`` runs each ``load_LOADER(work)``, which loads ckpttui's output with the toolkit's own
+loader and compares values, and prints its verdict.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+VERDICT = "@@verdict "
+
+
+def _verdict(exc: BaseException) -> str:
+    """One line: the exception type, its first line, and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}{where}"
+
 
 def main(namespace: dict[str, Any]) -> None:
-    """Dispatch ``train WORK`` / ``check LOADER WORK`` to the calling module's functions."""
+    """Dispatch ``train WORK`` / ``check WORK LOADER...`` to the calling module's functions.
+
+    ``check`` runs every named loader in this one process (one toolkit import for all) and prints
+    one ``@@verdict {json}`` line per loader.
+    """
     args = sys.argv[1:]
-    try:
-        if args[:1] == ["train"] and len(args) == 2:
+    if args[:1] == ["train"] and len(args) == 2:
+        try:
             detail = namespace["train"](Path(args[1]))
-        elif args[:1] == ["check"] and len(args) == 3:
-            fn: Callable[[Path], str] = namespace[f"load_{args[1]}"]
-            detail = fn(Path(args[2]))
-        else:
-            print("usage: tk_NAME.py train WORK | check LOADER WORK", file=sys.stderr)
-            sys.exit(2)
-    except Exception as exc:  # the verdict line names the loader's own error
-        traceback.print_exc()
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-        print(
-            f"\n{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}{where}"
-        )
-        sys.exit(1)
-    print(f"\n{detail or 'ok'}")
+        except Exception as exc:  # the verdict line names the toolkit's own error
+            traceback.print_exc()
+            print(f"\n{_verdict(exc)}")
+            sys.exit(1)
+        print(f"\n{detail or 'ok'}")
+    elif args[:1] == ["check"] and len(args) >= 3:
+        work = Path(args[1])
+        for loader in args[2:]:
+            fn: Callable[[Path], str] = namespace[f"load_{loader}"]
+            try:
+                result = {"loader": loader, "ok": True, "detail": fn(work) or "ok"}
+            except Exception as exc:  # each loader's own error is its verdict
+                traceback.print_exc()
+                result = {"loader": loader, "ok": False, "detail": _verdict(exc)}
+            print(VERDICT + json.dumps(result), flush=True)
+    else:
+        print("usage: tk_NAME.py train WORK | check WORK LOADER...", file=sys.stderr)
+        sys.exit(2)
 
 
 def same(a: Any, b: Any, what: str, atol: float = 0.0) -> None:

@@ -92,9 +92,7 @@ def checks(work: Path) -> list[dict]:
             {
                 "name": f"{name}: export safetensors -> load_adapter(use_safetensors)",
                 "loader": f"st_{name}",
-                "ckpttui": [
-                    ["export", src, "-o", out / f"st_{name}" / "adapter_model.safetensors"]
-                ],
+                "ckpttui": [["export", src, "-o", out / f"st_{name}" / "adapter.safetensors"]],
             },
             {
                 "name": f"{name}: average 2 checkpoints -> load_adapter",
