@@ -308,10 +308,10 @@ def write_results(records: list[dict], path: Path) -> None:
     data: dict = {}
     if path.is_file():
         data = json.loads(path.read_text())
-    for rec in records:
-        data[rec["toolkit"]] = rec
+    for rec in records:  # one record per toolkit and ckpttui branch
+        data[f"{rec['toolkit']} @ {rec.get('ckpttui', '?').split()[0]}"] = rec
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    if path == RESULTS_JSON:
+    if path.resolve() == RESULTS_JSON:
         RESULTS_MD.write_text(render(data))
 
 
@@ -326,20 +326,25 @@ def render(data: dict) -> str:
         "listed in the toolkit's `KNOWN` table (interop/toolkits/tk_NAME.py) with its issue.",
         "",
     ]
-    names = sorted(data, key=lambda n: ORDER.index(n) if n in ORDER else 99)
+
+    def order(key: str) -> tuple[int, str]:
+        name = data[key]["toolkit"]
+        return (ORDER.index(name) if name in ORDER else 99, key)
+
+    names = sorted(data, key=order)
     lines += ["| toolkit | date | ckpttui | PASS | FAIL | KNOWN |", "|---|---|---|---|---|---|"]
     for name in names:
         rec = data[name]
         st = [c["status"] for c in rec["checks"]]
         lines.append(
-            f"| {name} | {rec['date']} | {rec.get('ckpttui', '?')} | {st.count('PASS')} "
+            f"| {rec['toolkit']} | {rec['date']} | {rec.get('ckpttui', '?')} | {st.count('PASS')} "
             f"| {st.count('FAIL')} | {st.count('KNOWN')} |"
         )
     lines.append("")
     for name in names:
         rec = data[name]
         vers = ", ".join(f"{k} {v}" for k, v in sorted(rec.get("versions", {}).items()))
-        lines += [f"## {name} ({rec['date']}, ckpttui {rec.get('ckpttui', '?')})", ""]
+        lines += [f"## {rec['toolkit']} ({rec['date']}, ckpttui {rec.get('ckpttui', '?')})", ""]
         lines += [f"Versions: {vers or 'n/a'}", ""]
         lines += ["| check | result | detail |", "|---|---|---|"]
         for c in rec["checks"]:

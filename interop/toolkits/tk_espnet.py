@@ -10,7 +10,7 @@ from pathlib import Path
 NAME = "espnet"
 LIGHT = False
 BASE = "fresh"
-PREINSTALL = ["torch==2.11.0"]
+PREINSTALL = ["torch==2.11.0", "torchaudio==2.11.0"]  # espnet2.tasks.asr imports torchaudio
 # sentencepiece pinned to the version espnet asks for (a wheel): unpinned, pip backtracks into
 # an sdist that needs the network to build.
 PINS = ["espnet==202511", "sentencepiece==0.2.0", "matplotlib"]
@@ -110,9 +110,7 @@ def train(work: Path) -> str:
         "--optim_conf",
         "lr=0.005",
         "--best_model_criterion",
-        "valid",
-        "acc",
-        "max",
+        "valid,acc,max",
         "--keep_nbest_models",
         "2",
     ]
