@@ -324,6 +324,8 @@ def render(data: dict) -> str:
         "PASS: the toolkit's own loader accepted ckpttui's output and the values matched.",
         "FAIL: ckpttui or the loader failed (reason given). KNOWN: a known ckpttui fault,",
         "listed in the toolkit's `KNOWN` table (interop/toolkits/tk_NAME.py) with its issue.",
+        "The ckpttui column names the branch and commit whose src/ ran (`interop` carries main's",
+        "src/ unchanged; another branch is checked with `--ckpttui-src`).",
         "",
     ]
 

@@ -47,6 +47,8 @@ def train(work: Path) -> str:
     args = [
         "--output_dir",
         work / "exp" / "asr_tiny",
+        "--use_tensorboard",
+        "false",
         "--ngpu",
         "0",
         "--num_workers",
