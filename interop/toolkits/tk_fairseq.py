@@ -17,14 +17,7 @@ PIP_ARGS = ["--no-build-isolation"]
 PINS = ["fairseq-fixed==0.12.3.1", "safetensors==0.8.0"]
 VERSIONS = ["fairseq-fixed", "torch", "numpy"]
 # Check name -> the recorded ckpttui fault it shows (issue 7); a PASS here means it was fixed.
-KNOWN: dict[str, str] = {
-    "export mid-epoch checkpoint_E_U.pt -> fairseq-train --restore-file": (
-        "issue 7.1: extra_state.metrics meters lose their val/sum tensors"
-    ),
-    "average 2 mid-epoch files -> fairseq-train --restore-file": (
-        "issue 7.1: extra_state.metrics meters lose their val/sum tensors"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 MODEL = [
     "--task",

@@ -11,11 +11,7 @@ BASE = "project"  # torch from the project's venv
 PINS = ["lightning==2.6.6"]
 VERSIONS = ["lightning", "torch"]
 # Check name -> the recorded ckpttui fault it shows (issue 7); a PASS here means it was fixed.
-KNOWN: dict[str, str] = {
-    "average --best 2 (monitor val_loss) -> load_from_checkpoint": (
-        "issue 7: --best ignores the ModelCheckpoint state (monitor, best_k_models) in the files"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 
 def _model_class():

@@ -13,18 +13,7 @@ PREINSTALL = ["torch==2.11.0", "torchaudio==2.11.0"]
 PINS = ["speechbrain==1.1.2"]
 VERSIONS = ["speechbrain", "torch", "torchaudio"]
 # Check name -> the recorded ckpttui fault it shows (issue 7); a PASS here means it was fixed.
-KNOWN: dict[str, str] = {
-    "export normalizer.ckpt -> Pretrainer": "issue 7.3: export drops the normalizer's integer count",
-    "export CKPT+ folder -> recover_if_possible (normalizer included)": (
-        "issue 7.2/7.4: a CKPT+ folder exports to one file, not a CKPT+ folder"
-    ),
-    "average --last 2 CKPT+ folders -> recover_if_possible = average_checkpoints": (
-        "issue 7.4: a CKPT+ folder average is one module-prefixed file"
-    ),
-    "average --last 2 CKPT+ folders -> Pretrainer (normalizer included)": (
-        "issue 7.4: a CKPT+ folder average is one module-prefixed file"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 MODULES = ("embedding_model", "classifier")
 
