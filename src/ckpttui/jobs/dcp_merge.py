@@ -105,7 +105,7 @@ def read_dcp(folder: Path) -> tuple[list[DcpTensor], list[tuple[str, ...]]]:
     meta_path = folder / ".metadata"
     try:
         with open(meta_path, "rb") as f:
-            meta = restricted_load(f).data
+            meta = restricted_load(f.read()).data
     except OSError as exc:
         raise JobError(f"{meta_path}: {exc.strerror or exc}") from None
     except UnpickleError as exc:
