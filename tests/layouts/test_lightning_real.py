@@ -64,3 +64,12 @@ def test_without_callback_state_the_error_names_metric(top: Path, tmp_path: Path
     assert [p.name for p in select_best(bare, 1, metric="val_loss").paths] == [
         "epoch=3-val_loss=0.6159.ckpt"
     ]
+
+
+def test_curve_shows_the_monitored_metric_of_each_save(top: Path) -> None:
+    from ckpttui.curves import build_curve
+
+    curve = build_curve(scan(top))
+    (series,) = [s for s in curve.series if s.name == "val_loss"]
+    assert series.y == pytest.approx([0.6187, 0.6159], abs=1e-4)  # epochs 2 and 3
+    assert not curve.empty

@@ -20,6 +20,7 @@ from ckpttui.layouts.base import (
     Ranked,
     RankError,
     as_int,
+    number,
     number_in,
     plain,
     rank,
@@ -100,6 +101,18 @@ class Lightning(Layout):
             )
         if monitored:
             ckpt.info["model_checkpoint"] = monitored
+
+    def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
+        """Each ModelCheckpoint callback's monitored value when this file was saved
+        (``current_score``): the curve Lightning itself ranks by."""
+        if x is None:
+            return []
+        points = []
+        for state in ckpt.info.get("model_checkpoint") or []:
+            name, value = state.get("monitor"), number(state.get("current_score"))
+            if isinstance(name, str) and value is not None:
+                points.append((name, x, value))
+        return points
 
     def rank(
         self,
