@@ -149,19 +149,28 @@ def write_torch(
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     root = os.path.splitext(target.name)[0] or "archive"  # what torch.save names the root
-    with atomic as temp, open(temp, "wb") as f:
-        writer = TorchZipWriter(f, specs, aliases, root, wrap)
-        try:
-            yield from _stream(
-                plan, writer.write, ProgressClock(job, total), cancel, sources, skip_aliases=True
-            )
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-    yield verify_output(
-        job, target, "torch", plan, [target], {target.name: sha256_file(target)}, total
-    )
+    with atomic as temp:
+        with open(temp, "wb") as f:
+            writer = TorchZipWriter(f, specs, aliases, root, wrap)
+            try:
+                yield from _stream(
+                    plan,
+                    writer.write,
+                    ProgressClock(job, total),
+                    cancel,
+                    sources,
+                    skip_aliases=True,
+                )
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+        # read back before the output is placed: a bad file never replaces anything
+        done = verify_output(
+            job, target, "torch", plan, [temp], {target.name: sha256_file(temp)}, total
+        )
+        check_cancel(cancel)
+    yield done
 
 
 def write_hf_folder(
@@ -241,8 +250,11 @@ def write_hf_folder(
         for name, data in extra.items():
             (temp / name).write_bytes(data)
             hashes[name] = hashlib.sha256(data).hexdigest()
-    files = [target / name for name in hashes]
-    yield verify_output(job, target, "hf-folder", plan, files, hashes, total)
+        done = verify_output(
+            job, target, "hf-folder", plan, [temp / n for n in hashes], hashes, total
+        )
+        check_cancel(cancel)
+    yield done
 
 
 # ------------------------------------------------------------------------------- export

@@ -161,11 +161,12 @@ def write_folder(
         last = clock.flush()
         if last is not None:
             yield last
+        # read back before the output is placed: a bad folder never replaces anything
+        files = [temp / name for name, _ in groups]
+        done = verify_output(
+            job, target, "folder", plan, files, {n: hashes[n] for n, _ in groups}, total
+        )
         check_cancel(cancel)
-    files = [target / name for name, _ in groups]
-    done = verify_output(
-        job, target, "folder", plan, files, {n: hashes[n] for n, _ in groups}, total
-    )
     yield dataclasses.replace(
         done, message=f"{done.message}; {len(ws.companions)} files carried as they are"
     )
