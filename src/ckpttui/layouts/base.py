@@ -313,36 +313,48 @@ def check_index(folder: Path, index_name: str, ckpt: Checkpoint) -> None:
 _SCALAR = {"float32": ("<f", 4), "float64": ("<d", 8), "float16": ("<e", 2), "bfloat16": ("", 2)}
 
 
-def scalar(path: str | Path, value: Any) -> float | None:
-    """The value of a one-element float tensor saved in a torch zip (a metric kept as a tensor),
-    read from its storage bytes without torch; None for anything else."""
+def scalars(path: str | Path, values: list[Any]) -> list[float | None]:
+    """The value of each one-element float tensor in `values` (metrics kept as tensors in a
+    torch zip), read from its storage bytes without torch, opening the archive once; None for
+    anything else."""
     import struct
     import zipfile
 
     from ckpttui.formats.unpickler import TensorRef
 
-    if not isinstance(value, TensorRef) or value.storage is None or value.numel != 1:
-        return None
-    fmt = _SCALAR.get(value.dtype)
-    if fmt is None:
-        return None
+    wanted = [
+        v
+        if isinstance(v, TensorRef)
+        and v.storage is not None
+        and v.numel == 1
+        and v.dtype in _SCALAR
+        else None
+        for v in values
+    ]
+    out: list[float | None] = [None] * len(values)
+    if not any(wanted):
+        return out
     try:
         with zipfile.ZipFile(path) as archive:
-            name = next(
-                (n for n in archive.namelist() if n.endswith(f"/data/{value.storage.key}")), None
-            )
-            if name is None:
-                return None
-            raw = archive.read(name)
+            entries = {n.rsplit("/data/", 1)[-1]: n for n in archive.namelist() if "/data/" in n}
+            for i, value in enumerate(wanted):
+                if value is None or value.storage is None:
+                    continue
+                name = entries.get(value.storage.key)
+                if name is None:
+                    continue
+                fmt, size = _SCALAR[value.dtype]
+                start = value.storage_offset * size
+                chunk = archive.read(name)[start : start + size]
+                if len(chunk) != size:
+                    continue
+                if value.dtype == "bfloat16":
+                    out[i] = number(struct.unpack("<f", b"\0\0" + chunk)[0])
+                else:
+                    out[i] = number(struct.unpack(fmt, chunk)[0])
     except (OSError, zipfile.BadZipFile, EOFError):
-        return None
-    start = value.storage_offset * fmt[1]
-    chunk = raw[start : start + fmt[1]]
-    if len(chunk) != fmt[1]:
-        return None
-    if value.dtype == "bfloat16":
-        return number(struct.unpack("<f", b"\0\0" + chunk)[0])
-    return number(struct.unpack(fmt[0], chunk)[0])
+        pass
+    return out
 
 
 def enum_value(value: Any) -> int | None:

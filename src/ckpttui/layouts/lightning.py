@@ -24,7 +24,7 @@ from ckpttui.layouts.base import (
     number_in,
     plain,
     rank,
-    scalar,
+    scalars,
 )
 from ckpttui.records import Checkpoint, FileIndex
 
@@ -81,12 +81,20 @@ class Lightning(Layout):
         ckpt.info["pytorch-lightning_version"] = plain(data.get("pytorch-lightning_version"))
         if isinstance(data.get("hyper_parameters"), dict):
             ckpt.info["hyper_parameters"] = plain(data["hyper_parameters"])
+        states = list(_model_checkpoints(data))
+        # every metric tensor of every callback, read with one opening of the archive
+        refs: list[Any] = []
+        for state, _ in states:
+            best_k = state.get("best_k_models") or {}
+            refs += [state.get("best_model_score"), state.get("current_score"), *best_k.values()]
+        values = iter(scalars(ckpt.path, refs))
         monitored = []
-        for state, mode in _model_checkpoints(data):
+        for state, mode in states:
+            best_score, current = next(values), next(values)
             scores = {
                 Path(str(p)).name: v
-                for p, t in (state.get("best_k_models") or {}).items()
-                if (v := scalar(ckpt.path, t)) is not None
+                for p in (state.get("best_k_models") or {})
+                if (v := next(values)) is not None
             }
             monitored.append(
                 {
@@ -94,8 +102,8 @@ class Lightning(Layout):
                     "mode": mode,
                     "dirpath": plain(state.get("dirpath")),
                     "best_model_path": plain(state.get("best_model_path")),
-                    "best_model_score": scalar(ckpt.path, state.get("best_model_score")),
-                    "current_score": scalar(ckpt.path, state.get("current_score")),
+                    "best_model_score": best_score,
+                    "current_score": current,
                     "best_k_models": scores,
                 }
             )
