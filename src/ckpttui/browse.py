@@ -91,19 +91,24 @@ def list_dir(path: str) -> list[Entry]:
     return out
 
 
-def disk_usage(path: str) -> int:
-    """Bytes of all regular files under a path, each file once (symlinked folders not followed)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0
-    if not stat.S_ISDIR(st.st_mode):
-        return st.st_size
+def disk_usage(path: str, seen: set[tuple[int, int]] | None = None) -> int:
+    """Bytes of all regular files under a path, each (device, inode) once (symlinked folders not
+    followed); pass one `seen` set for several paths so a hardlink across them counts once too."""
+    seen = set() if seen is None else seen
     total = 0
-    seen: set[tuple[int, int]] = set()  # a file reached twice (symlink, hardlink) counts once
     stack = [path]
     while stack:
         current = stack.pop()
+        try:
+            st = os.stat(current)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                total += st.st_size
+            continue
         try:
             with os.scandir(current) as it:
                 for e in it:
@@ -111,10 +116,11 @@ def disk_usage(path: str) -> int:
                         if e.is_dir(follow_symlinks=False):
                             stack.append(e.path)
                         elif e.is_file(follow_symlinks=True):
-                            fst = e.stat(follow_symlinks=True)
-                            if (fst.st_dev, fst.st_ino) not in seen:
-                                seen.add((fst.st_dev, fst.st_ino))
-                                total += fst.st_size
+                            est = e.stat(follow_symlinks=True)
+                            key = (est.st_dev, est.st_ino)
+                            if key not in seen:
+                                seen.add(key)
+                                total += est.st_size
                     except OSError:
                         continue
         except OSError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ckpttui.browse import Entry, list_dir
+from ckpttui.browse import Entry, disk_usage, list_dir
 from ckpttui.curves import checkpoint_metric
 from ckpttui.inventory import Inventory, scan
 from ckpttui.ui.widgets.render import COLORS, GLYPHS, category_bytes, stacked_bar
@@ -114,41 +113,6 @@ class ChildStats:
     scanned: bool = False
     metric: tuple[str, float] | None = None
     """The metric the framework recorded for this checkpoint (name, value), if one."""
-
-
-def _disk_usage(path: str, seen: set[tuple[int, int]]) -> int:
-    """Bytes of the regular files under a path, each (device, inode) counted once (hardlinks)."""
-    total = 0
-    stack = [path]
-    while stack:
-        current = stack.pop()
-        try:
-            st = os.stat(current)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if key not in seen:
-                seen.add(key)
-                total += st.st_size
-            continue
-        try:
-            with os.scandir(current) as it:
-                for e in it:
-                    try:
-                        if e.is_dir(follow_symlinks=False):
-                            stack.append(e.path)
-                        elif e.is_file(follow_symlinks=True):
-                            est = e.stat(follow_symlinks=True)
-                            key = (est.st_dev, est.st_ino)
-                            if key not in seen:
-                                seen.add(key)
-                                total += est.st_size
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-    return total
 
 
 class FolderTable(DataTable[Any]):
@@ -307,7 +271,7 @@ class FolderView(Vertical):
             stats = ChildStats(entry, size=entry.size)
             inv = None
             if entry.error is None:
-                stats.size = _disk_usage(entry.path, seen)
+                stats.size = disk_usage(entry.path, seen)
                 try:
                     inv = scan(entry.path)
                 except OSError:
