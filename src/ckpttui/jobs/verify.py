@@ -554,6 +554,8 @@ def _verdict(inv: Inventory, root: Path, ckpt: Checkpoint, fps: list[_FilePlan])
 
 
 _FLOATS = ("float64", "float32", "float16", "bfloat16")
+# Per-rank fragments of frozen parameters: flat, padded like the master partitions.
+_FRAGMENTS = ("frozen_param_fragments",)
 
 
 def _judge(
@@ -562,9 +564,10 @@ def _judge(
     """Problems (the checkpoint is not healthy) and notes (worth a look) from one tensor's values.
 
     NaN/Inf in weights or optimizer state is a problem; in other state (a ``best score`` of
-    ``inf`` kept by a callback) a note, and in a flat fp32 master partition (part ``master``) a
-    note too: such partitions are padded for alignment with memory never written (ZeRO's, seen
-    with one NaN in 102 values), so only the consolidated weights can tell. An all-zero weight
+    ``inf`` kept by a callback) a note, and in a flat partition (an fp32 master, part ``master``,
+    or a frozen parameter's rank fragment) a note too: such partitions are padded for alignment
+    with memory never written (ZeRO's, seen with one NaN in 102 values, and one in the 39 values of
+    the last rank's fragment of a frozen matrix), so only the consolidated weights can tell. An all-zero weight
     matrix (``*.weight``, 2-D or more) is a problem; other all-zero weights (biases,
     zero-initialised parameters) are notes.
     """
@@ -574,9 +577,9 @@ def _judge(
         text = f"{' and '.join(parts)} of {s.count} values ({category.value})"
         if category is Category.OTHER:
             out.append(f"{rel}: {rec.name}: {text}")
-        elif part == "master" and len(rec.shape) == 1:
+        elif len(rec.shape) == 1 and (part == "master" or rec.path[:1] == _FRAGMENTS):
             out.append(
-                f"{rel}: {rec.name}: {text} in a flat master partition, whose alignment padding "
+                f"{rel}: {rec.name}: {text} in a flat partition, whose alignment padding "
                 "is never written: merge it and verify the result to know"
             )
         else:
