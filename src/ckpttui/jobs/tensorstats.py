@@ -13,6 +13,7 @@ with one shift (``uint16 -> uint32 << 16``) and viewed as float32.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ _STORED: dict[str, Any] = {
     "bool": np.bool_,
 }
 FLOATING = ("float64", "float32", "float16", "bfloat16")
+_LITTLE = sys.byteorder == "little"
 
 
 _SCRATCH: dict[tuple[str, int], np.ndarray] = {}
@@ -47,6 +49,43 @@ def _scratch(dtype: np.dtype, n: int, slot: int = 0) -> np.ndarray:
     if buf is None or buf.size < n:
         buf = _SCRATCH[key] = np.empty(n, dtype=dtype)
     return buf[:n]
+
+
+_ONES: dict[str, np.ndarray] = {}
+# Largest n * max|x|^2 whose sums (and those of values shifted by at most max|x|) stay finite.
+_SAFE = {"f": 1e37, "d": 1e306}
+
+
+def _sums(x: np.ndarray) -> tuple[float, float]:
+    """Sum and sum of squares of float32/64 `x`, both BLAS dot products (one pass each, SIMD).
+
+    numpy's own ``add.reduce`` is pairwise and several times slower than ``dot`` here; the dot
+    accumulates in many lanes, so its rounding stays far below the tolerance of the statistics.
+    """
+    ones = _ONES.get(x.dtype.str)
+    if ones is None or ones.size < x.size:
+        ones = _ONES[x.dtype.str] = np.ones(max(x.size, 1 << 16), dtype=x.dtype)
+    return float(np.dot(x, ones[: x.size])), float(np.dot(x, x))
+
+
+def _widen_bf16(x: np.ndarray) -> np.ndarray:
+    """bfloat16 values as float32, in scratch; pairs of elements go through one uint32 each.
+
+    A bfloat16 is the high half of a float32. Read two at a time as one little-endian uint32,
+    the second element is that word with its low half cleared and the first is the word shifted
+    left by 16: two same-type passes, where widening each uint16 costs a slower casting loop.
+    The values come out reordered (firsts then seconds), which no statistic here minds.
+    """
+    n = x.size
+    out = _scratch(np.dtype(np.uint32), n)
+    half = n // 2 if x.dtype.isnative and _LITTLE else 0
+    if half:
+        pairs = x[: 2 * half].view(np.uint32)
+        np.bitwise_and(pairs, np.uint32(0xFFFF0000), out=out[:half])
+        np.left_shift(pairs, np.uint32(16), out=out[half : 2 * half])
+    if n > 2 * half:
+        np.left_shift(x[2 * half :], 16, out=out[2 * half :], dtype=np.uint32)
+    return out.view(np.float32)
 
 
 def readable(dtype: str) -> bool:
@@ -121,7 +160,7 @@ class Stats:
             return
         self.count += x.size
         x, owned = self._widen(x)
-        lo, hi = x.min(), x.max()
+        lo, hi = np.minimum.reduce(x), np.maximum.reduce(x)
         if self._floating and not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(x)
             nan = int(np.count_nonzero(np.isnan(x)))
@@ -130,33 +169,36 @@ class Stats:
             x, owned = x[finite], True
             if not x.size:
                 return
-            lo, hi = x.min(), x.max()
+            lo, hi = np.minimum.reduce(x), np.maximum.reduce(x)
         lo, hi = float(lo), float(hi)
         self._nonzero = self._nonzero or lo != 0.0 or hi != 0.0
         self._min = min(self._min, lo)
         self._max = max(self._max, hi)
         self._finite += x.size
+        if max(-lo, hi) ** 2 * x.size > _SAFE[x.dtype.char]:  # the sums could overflow
+            x, owned = x.astype(np.float64), True
         if self._shift is None:
-            mean = float(x.mean(dtype=np.float64))
-            # Centre only when the values sit far from zero compared to their spread.
-            self._shift = mean if abs(mean) > 1e-2 * (hi - lo) else 0.0
+            total, sq = _sums(x)
+            mean = total / x.size
+            # Centre only when the values sit far from zero compared to their spread: the
+            # float32 sums of squares then lose the spread (a LayerNorm weight of ones).
+            centre = mean * mean > sq / x.size - mean * mean
+            self._shift = float(x.dtype.type(mean)) if centre else 0.0
+            if not centre:
+                self._sum += total
+                self._sq += sq
+                return
         if self._shift:
             out = x if owned else _scratch(x.dtype, x.size, 1)
-            x = np.subtract(x, np.asarray(self._shift, dtype=x.dtype), out=out)
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = float(np.add.reduce(x))
-            sq = float(np.dot(x, x))
-        if not (math.isfinite(total) and math.isfinite(sq)):  # float32 sums overflowed
-            wide = x.astype(np.float64)
-            total, sq = float(np.add.reduce(wide)), float(np.dot(wide, wide))
+            x = np.subtract(x, x.dtype.type(self._shift), out=out)
+        total, sq = _sums(x)
         self._sum += total
         self._sq += sq
 
     def _widen(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Values as float32/float64, and whether they sit in scratch (ours to change)."""
+        """Values as float32/float64 (in any order), and whether they sit in scratch (ours)."""
         if self.dtype == "bfloat16":
-            wide = np.left_shift(x, 16, out=_scratch(np.dtype(np.uint32), x.size), dtype=np.uint32)
-            return wide.view(np.float32), True
+            return _widen_bf16(x), True
         if self.dtype == "float16" or (self._floating and not self._stored.isnative):
             out = _scratch(np.dtype(np.float32 if self.itemsize <= 4 else np.float64), x.size)
             np.copyto(out, x, casting="unsafe")
