@@ -1,19 +1,25 @@
 """Streaming statistics of one tensor's values, fed chunk by chunk of raw bytes (numpy, no torch).
 
-`Stats` takes the raw little-endian bytes of a tensor in file order, in pieces of any size that
-are whole elements, and keeps: NaN and Inf counts, min and max of the finite values, their mean,
-standard deviation and L2 norm. Sums are taken over values shifted by a reference close to the
-mean (the shifted-data algorithm), in float32 per chunk for float32/16 and bfloat16 tensors and
-float64 across chunks, so a LayerNorm weight of ones with a spread of 1e-3 keeps its std.
+`Stats` takes the raw little-endian bytes of a tensor, in pieces of any size that are whole
+elements, in any order and from several threads at once, and keeps: NaN and Inf counts, min and
+max of the finite values, their mean, standard deviation and L2 norm.
 
-bfloat16 has no numpy dtype: its 16 bits are the high half of a float32, so a chunk is widened
-with one shift (``uint16 -> uint32 << 16``) and viewed as float32.
+Each piece is summed on its own (outside any lock; numpy and BLAS release the GIL) and merged
+under the tensor's lock. Sums are taken over values shifted by a reference close to the mean
+(the shifted-data algorithm) when the mean dwarfs the spread, in float32 per piece for
+float32/16 and bfloat16 tensors and float64 across pieces, so a LayerNorm weight of ones with a
+spread of 1e-3 keeps its std; pieces summed with different references are merged exactly.
+Sum and sum of squares are BLAS dot products: one SIMD pass each over a piece in cache.
+
+bfloat16 has no numpy dtype: its 16 bits are the high half of a float32, so a piece is widened
+two elements per uint32 (`_widen_bf16`) and viewed as float32.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +45,18 @@ FLOATING = ("float64", "float32", "float16", "bfloat16")
 _LITTLE = sys.byteorder == "little"
 
 
-_SCRATCH: dict[tuple[str, int], np.ndarray] = {}
+_LOCAL = threading.local()
 
 
 def _scratch(dtype: np.dtype, n: int, slot: int = 0) -> np.ndarray:
-    """A reused buffer of `n` elements: no allocation (and no page faults) per chunk."""
+    """A reused buffer of `n` elements, one per thread: no allocation (no page faults) per piece."""
+    buffers: dict[tuple[str, int], np.ndarray] | None = getattr(_LOCAL, "buffers", None)
+    if buffers is None:
+        buffers = _LOCAL.buffers = {}
     key = (dtype.str, slot)
-    buf = _SCRATCH.get(key)
+    buf = buffers.get(key)
     if buf is None or buf.size < n:
-        buf = _SCRATCH[key] = np.empty(n, dtype=dtype)
+        buf = buffers[key] = np.empty(n, dtype=dtype)
     return buf[:n]
 
 
@@ -131,6 +140,11 @@ class Summary:
         }
 
 
+# What one piece adds: count, NaN, Inf, finite count, min, max, reference, sum, sum of squares
+# (the sums are of the finite values minus the reference).
+_Part = tuple[int, int, int, int, float, float, float, float, float]
+
+
 class Stats:
     """Running statistics of one tensor (see the module docstring); `feed` bytes, then `summary`."""
 
@@ -151,49 +165,69 @@ class Stats:
         self._shift: float | None = None
         self._sum = 0.0
         self._sq = 0.0
-        self._nonzero = False
+        self._lock = threading.Lock()
 
     def feed(self, raw: Any) -> None:
-        """Add a piece of raw bytes (a buffer of whole elements, in file order)."""
+        """Add a piece of raw bytes (a buffer of whole elements); safe from several threads."""
+        part = self._part(raw)
+        if part is not None:
+            self._merge(part)
+
+    def _part(self, raw: Any) -> _Part | None:
+        """The numbers of one piece (all the numpy work, no shared state written)."""
         x = np.frombuffer(raw, dtype=self._stored)
-        if not x.size:
-            return
-        self.count += x.size
+        count = x.size
+        if not count:
+            return None
         x, owned = self._widen(x)
+        nan = inf = 0
         lo, hi = np.minimum.reduce(x), np.maximum.reduce(x)
         if self._floating and not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(x)
             nan = int(np.count_nonzero(np.isnan(x)))
-            self.nan += nan
-            self.inf += x.size - int(np.count_nonzero(finite)) - nan
+            inf = x.size - int(np.count_nonzero(finite)) - nan
             x, owned = x[finite], True
             if not x.size:
-                return
+                return (count, nan, inf, 0, math.inf, -math.inf, 0.0, 0.0, 0.0)
             lo, hi = np.minimum.reduce(x), np.maximum.reduce(x)
         lo, hi = float(lo), float(hi)
-        self._nonzero = self._nonzero or lo != 0.0 or hi != 0.0
-        self._min = min(self._min, lo)
-        self._max = max(self._max, hi)
-        self._finite += x.size
-        if max(-lo, hi) ** 2 * x.size > _SAFE[x.dtype.char]:  # the sums could overflow
+        n = x.size
+        if max(-lo, hi) ** 2 * n > _SAFE[x.dtype.char]:  # float32 sums could overflow
             x, owned = x.astype(np.float64), True
-        if self._shift is None:
+        shift = self._shift
+        if shift is None:  # the first piece (or one of the first, in parallel)
             total, sq = _sums(x)
-            mean = total / x.size
+            mean = total / n
             # Centre only when the values sit far from zero compared to their spread: the
-            # float32 sums of squares then lose the spread (a LayerNorm weight of ones).
-            centre = mean * mean > sq / x.size - mean * mean
-            self._shift = float(x.dtype.type(mean)) if centre else 0.0
-            if not centre:
-                self._sum += total
-                self._sq += sq
-                return
-        if self._shift:
-            out = x if owned else _scratch(x.dtype, x.size, 1)
-            x = np.subtract(x, x.dtype.type(self._shift), out=out)
+            # sum of squares then loses the spread (a LayerNorm weight of ones).
+            if mean * mean <= sq / n - mean * mean:
+                return (count, nan, inf, n, lo, hi, 0.0, total, sq)
+            shift = mean
+        shift = float(x.dtype.type(shift))  # exactly the reference subtracted
+        if shift:
+            out = x if owned else _scratch(x.dtype, n, 1)
+            x = np.subtract(x, x.dtype.type(shift), out=out)
         total, sq = _sums(x)
-        self._sum += total
-        self._sq += sq
+        return (count, nan, inf, n, lo, hi, shift, total, sq)
+
+    def _merge(self, part: _Part) -> None:
+        count, nan, inf, n, lo, hi, shift, total, sq = part
+        with self._lock:
+            self.count += count
+            self.nan += nan
+            self.inf += inf
+            if not n:
+                return
+            self._finite += n
+            self._min = min(self._min, lo)
+            self._max = max(self._max, hi)
+            if self._shift is None:
+                self._shift = shift
+            d = shift - self._shift
+            if d:  # summed around another reference: sum (x - c) = sum (x - c') + n (c' - c)...
+                total, sq = total + n * d, sq + 2.0 * d * total + n * d * d
+            self._sum += total
+            self._sq += sq
 
     def _widen(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
         """Values as float32/float64 (in any order), and whether they sit in scratch (ours)."""
@@ -222,7 +256,7 @@ class Stats:
             count=self.count,
             nan=self.nan,
             inf=self.inf,
-            zero=not self._nonzero and self.nan == 0 and self.inf == 0,
+            zero=self._min == 0.0 and self._max == 0.0 and self.nan == 0 and self.inf == 0,
             min=self._min,
             max=self._max,
             mean=shift + mean_d,

@@ -18,6 +18,8 @@ where there is one, the tensor. numpy only: no torch import, so it starts fast.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import mmap
 import os
 import re
@@ -41,19 +43,24 @@ from ckpttui.jobs.zipcut import LOCAL, LOCAL_MAGIC, find_cut
 from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 256 << 10  # bytes read at a time: stays in L2 for the several passes over it
+PIECE = 4 << 20  # bytes a thread takes at a time (a multiple of CHUNK)
 RELEASE = 16 << 20  # pages read are given back this often
+# Threads reading at once: CRC-32 (ISA-L), numpy's reductions and BLAS all release the GIL.
+THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
-def _crc32_function() -> Callable[[Any, int], int]:
-    """ISA-L's CRC-32 where installed (about 3x zlib 1.2's here; benchmarks/RESULTS.md)."""
+def _crc32_functions() -> tuple[Callable[[Any, int], int], Callable[[int, int, int], int] | None]:
+    """ISA-L's CRC-32 where installed (about 3x zlib 1.2's here; benchmarks/RESULTS.md), and
+    its ``crc32_combine`` (CRC of A+B from those of A and B), which lets threads share a record."""
     try:
         from isal.isal_zlib import crc32 as fast
+        from isal.isal_zlib import crc32_combine as combine
     except ImportError:
-        return zlib.crc32
-    return fast  # type: ignore[no-any-return]
+        return zlib.crc32, None
+    return fast, combine
 
 
-crc32 = _crc32_function()
+crc32, crc32_combine = _crc32_functions()
 
 
 @dataclass
@@ -104,6 +111,8 @@ class _Region:
     crc: int | None
     ranges: list[_Range] = field(default_factory=list)
     strided: list[TensorRecord] = field(default_factory=list)
+    segments: list[_Segment] = field(default_factory=list)
+    """How it is read (`_tasks`), in order."""
 
 
 @dataclass
@@ -397,10 +406,13 @@ def _plan_safetensors(fp: _FilePlan) -> None:
 
 
 def _stream(fp: _FilePlan, done: int, cancel: threading.Event | None) -> Iterator[int]:
-    """Read each region once in offset order: CRC and statistics; yields bytes done so far.
+    """Read each region once: CRC and statistics, in `THREADS` threads; yields bytes done so far.
 
-    The file is mapped read-only and read in place (no copy into a buffer, as cat must make);
-    the pages read are given back every `RELEASE` bytes, so resident memory stays flat.
+    The file is mapped read-only and read in place (no copy into a buffer, as cat must make).
+    Regions are cut into segments, grouped into tasks of about `PIECE` bytes in file order;
+    each thread takes the next task, and a segment's CRC-32 is combined into its record's after
+    all are read. The pages of the tasks done are given back every `RELEASE` bytes, so resident
+    memory stays flat.
     """
     if not fp.regions:
         return
@@ -415,7 +427,11 @@ def _stream(fp: _FilePlan, done: int, cancel: threading.Event | None) -> Iterato
         try:
             if hasattr(mapped, "madvise"):
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
-            yield from _stream_mapped(fp, mapped, f.fileno(), done, cancel)
+            yield from _stream_mapped(fp, mapped, done, cancel)
+            _check_crcs(fp)
+            for region in fp.regions:
+                for rec in region.strided:
+                    _feed_strided(f.fileno(), region, rec, fp.stats.get(rec.name))
         finally:
             try:
                 mapped.close()
@@ -423,53 +439,185 @@ def _stream(fp: _FilePlan, done: int, cancel: threading.Event | None) -> Iterato
                 pass  # a view is still alive (an exception on its way out): unmapped when it goes
 
 
+@dataclass
+class _Segment:
+    """Bytes [start, stop) of one region, read by one thread: its CRC-32 (from 0) and stats."""
+
+    region: _Region
+    start: int
+    stop: int
+    active: list[_Range]
+    """The region's ranges that begin before `start` and end after it."""
+    first: int
+    """Index of the first range of the region that begins at or after `start`."""
+    crc: int = 0
+
+
+def _tasks(fp: _FilePlan) -> list[list[_Segment]]:
+    """Every region's bytes as segments, grouped into tasks of about `PIECE` bytes, in file order.
+
+    Segments start at multiples of `CHUNK` into their region (whole elements of every tensor);
+    a record is only cut where its CRC-32 parts can be combined. Bytes with nothing to check (no
+    CRC, no tensor: a compressed record) are not read.
+    """
+    tasks: list[list[_Segment]] = [[]]
+    filled = 0
+    for region in fp.regions:
+        if region.crc is None and not region.ranges:
+            continue
+        starts = [r.start for r in region.ranges]
+        end = region.start + region.length
+        step = PIECE if region.crc is None or crc32_combine is not None else region.length
+        pos = region.start
+        while True:
+            stop = min(pos + step, end)
+            first = bisect.bisect_left(starts, pos)
+            active = [r for r in region.ranges[:first] if r.end > pos]
+            seg = _Segment(region, pos, stop, active, first)
+            region.segments.append(seg)
+            tasks[-1].append(seg)
+            filled += stop - pos
+            if filled >= PIECE:
+                tasks.append([])
+                filled = 0
+            if stop >= end:
+                break
+            pos = stop
+    return [t for t in tasks if t]
+
+
+def _read_segment(view: memoryview, seg: _Segment) -> None:
+    """CRC-32 and statistics of one segment, a `CHUNK` at a time (each stays in cache)."""
+    region = seg.region
+    check = region.crc is not None
+    ranges = region.ranges
+    i = seg.first
+    active = list(seg.active)
+    crc = 0
+    pos = seg.start
+    while pos < seg.stop:
+        stop = min(pos + CHUNK, seg.stop)
+        chunk = view[pos:stop]
+        if check:
+            crc = crc32(chunk, crc)
+        while i < len(ranges) and ranges[i].start < stop:
+            active.append(ranges[i])
+            i += 1
+        for rng in active:
+            lo = max(rng.start, pos)
+            hi = min(rng.end, stop)
+            if hi > lo and rng.stats is not None:
+                rng.stats.feed(chunk[lo - pos : hi - pos])
+        active = [r for r in active if r.end > stop]
+        chunk.release()
+        pos = stop
+    seg.crc = crc
+
+
+class _Work:
+    """Tasks taken in order by any number of threads; who finished what."""
+
+    def __init__(self, tasks: list[list[_Segment]], view: memoryview) -> None:
+        self.tasks = tasks
+        self.view = view
+        self.finished = [False] * len(tasks)
+        self.stop = False
+        self.error: BaseException | None = None
+        self.changed = threading.Condition()
+        self._next = itertools.count()  # next() is atomic under the GIL
+
+    def take(self) -> int | None:
+        i = next(self._next)
+        return None if self.stop or i >= len(self.tasks) else i
+
+    def run(self, i: int) -> None:
+        for seg in self.tasks[i]:
+            _read_segment(self.view, seg)
+        with self.changed:
+            self.finished[i] = True
+            self.changed.notify_all()
+
+    def wait(self, i: int, timeout: float) -> None:
+        """Until task `i` is finished, a thread failed, or `timeout` seconds passed."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.error is not None or self.finished[i], timeout)
+
+    def worker(self) -> None:
+        try:
+            while (i := self.take()) is not None:
+                self.run(i)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            with self.changed:
+                self.error = exc
+                self.stop = True
+                self.changed.notify_all()
+
+
 def _stream_mapped(
-    fp: _FilePlan, mapped: mmap.mmap, fd: int, done: int, cancel: threading.Event | None
+    fp: _FilePlan, mapped: mmap.mmap, done: int, cancel: threading.Event | None
 ) -> Iterator[int]:
-    released = 0
+    tasks = _tasks(fp)
+    skipped = fp.nbytes - sum(s.stop - s.start for t in tasks for s in t)
+    release = hasattr(mapped, "madvise")
     with memoryview(mapped) as view:
-        for region in fp.regions:
-            check_cancel(cancel)
-            crc = 0
-            pos = region.start
-            end = region.start + region.length
-            ranges = region.ranges
-            i = 0
-            active: list[_Range] = []
-            while pos < end:
-                stop = min(pos + CHUNK, end)
-                chunk = view[pos:stop]
-                if region.crc is not None:
-                    crc = crc32(chunk, crc)
-                while i < len(ranges) and ranges[i].start < stop:
-                    active.append(ranges[i])
-                    i += 1
-                for rng in active:
-                    lo = max(rng.start, pos)
-                    hi = min(rng.end, stop)
-                    if hi > lo and rng.stats is not None:
-                        rng.stats.feed(chunk[lo - pos : hi - pos])
-                active = [r for r in active if r.end > stop]
-                chunk.release()
-                done += stop - pos
-                pos = stop
-                if pos - released >= RELEASE and hasattr(mapped, "madvise"):
+        work = _Work(tasks, view)
+        threads = [
+            threading.Thread(target=work.worker, name="verify", daemon=True)
+            for _ in range(min(THREADS, len(tasks)) - 1)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            ahead = 0  # tasks finished in order
+            released = 0
+            while ahead < len(tasks):
+                check_cancel(cancel)
+                i = work.take()
+                if i is not None:
+                    work.run(i)
+                else:  # the last tasks are with the other threads
+                    work.wait(ahead, 0.1)
+                if work.error is not None:
+                    raise work.error
+                moved = ahead
+                while ahead < len(tasks) and work.finished[ahead]:
+                    done += sum(s.stop - s.start for s in tasks[ahead])
+                    ahead += 1
+                if ahead == moved:
+                    continue
+                upto = tasks[ahead][0].start if ahead < len(tasks) else len(mapped)
+                if release and upto - released >= RELEASE:
                     lo = released - released % mmap.PAGESIZE
-                    mapped.madvise(mmap.MADV_DONTNEED, lo, pos - pos % mmap.PAGESIZE - lo)
-                    released = pos
+                    mapped.madvise(mmap.MADV_DONTNEED, lo, upto - upto % mmap.PAGESIZE - lo)
+                    released = upto
                 yield done
-            if region.crc is not None and crc != region.crc:
-                fp.problems.append(
-                    Problem(
-                        fp.rel,
-                        _tensor_of(region),
-                        "crc",
-                        f"{region.name}: CRC-32 {crc:08x} does not match {region.crc:08x} "
-                        "in the archive (bytes changed since it was written)",
-                    )
+        finally:
+            work.stop = True
+            for thread in threads:
+                thread.join()
+    if skipped:
+        yield done + skipped
+
+
+def _check_crcs(fp: _FilePlan) -> None:
+    """Each record's CRC-32, combined from its segments', against the archive's."""
+    for region in fp.regions:
+        if region.crc is None or not region.segments:
+            continue
+        crc = region.segments[0].crc
+        for seg in region.segments[1:]:
+            assert crc32_combine is not None  # records are only cut when it is there
+            crc = crc32_combine(crc, seg.crc, seg.stop - seg.start)
+        if crc != region.crc:
+            fp.problems.append(
+                Problem(
+                    fp.rel,
+                    _tensor_of(region),
+                    "crc",
+                    f"{region.name}: CRC-32 {crc:08x} does not match {region.crc:08x} "
+                    "in the archive (bytes changed since it was written)",
                 )
-            for rec in region.strided:
-                _feed_strided(fd, region, rec, fp.stats.get(rec.name))
+            )
 
 
 def _tensor_of(region: _Region) -> str | None:
