@@ -265,3 +265,91 @@ def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> 
     assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7)
     assert s.std == pytest.approx(float(finite.std(unbiased=False)), rel=1e-4)
     assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6)
+
+
+def test_records_split_across_threads_give_the_same_report(
+    tk_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records cut into many pieces read by several threads: same statistics, CRCs combined."""
+    from ckpttui.jobs import verify as V
+
+    src = tk_root / EP.format(2)
+    whole = report(src)
+    monkeypatch.setattr(V, "CHUNK", 256)
+    monkeypatch.setattr(V, "PIECE", 1024)
+    monkeypatch.setattr(V, "THREADS", 3)
+    split = report(src)
+
+    def stats(r: dict[str, Any]) -> dict[str, Any]:
+        return {
+            t["name"]: t["stats"]
+            for c in r["checkpoints"]
+            for f in c["files"]
+            for t in f["tensors"]
+        }
+
+    ours, ref = stats(split), stats(whole)
+    assert split["checkpoints"][0]["healthy"] and ours.keys() == ref.keys()
+    assert split["bytes_read"] == whole["bytes_read"]
+    for key, s in ours.items():
+        r = ref[key]
+        if s is None or r["mean"] is None:
+            assert s == r, key
+            continue
+        assert (s["count"], s["nan"], s["inf"], s["min"], s["max"]) == (
+            r["count"],
+            r["nan"],
+            r["inf"],
+            r["min"],
+            r["max"],
+        ), key
+        for k in ("mean", "std", "norm"):
+            assert math.isclose(s[k], r[k], rel_tol=1e-5, abs_tol=1e-7), (key, k)
+
+    bad = tmp_path / "model.pt.ep2"
+    shutil.copy(src, bad)
+    key, value = max(load(src)["state_dict"].items(), key=lambda kv: kv[1].numel())
+    assert value.numel() * 4 > 4 * 1024  # its record is cut into several pieces
+    name = f"state_dict/{key}"
+    at = record_offset(bad, name) + 3000  # in the third 1 KiB piece of its record
+    with open(bad, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x80]))
+    assert ("model.pt.ep2", name, "crc") in problems(bad)
+
+
+@pytest.mark.parametrize("order", ["reversed", "two threads"])
+def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
+    """Pieces merged in any order (each summed around its own reference) give the same numbers."""
+    import threading
+
+    from ckpttui.jobs.tensorstats import Stats
+
+    gen = torch.Generator().manual_seed(2)
+    # Wide values first (not centred), then a narrow run far from zero (centred on its own).
+    values = torch.cat(
+        [torch.randn(5000, generator=gen), 3.0 + torch.randn(5000, generator=gen) * 1e-3]
+    ).to(torch.float32)
+    raw = values.numpy().tobytes()
+    pieces = [raw[i : i + 4000] for i in range(0, len(raw), 4000)]
+    stats = Stats("float32")
+    if order == "reversed":
+        for piece in reversed(pieces):
+            stats.feed(piece)
+    else:
+        threads = [
+            threading.Thread(target=lambda ps=ps: [stats.feed(p) for p in ps])
+            for ps in (pieces[::2], pieces[1::2])
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    s = stats.summary()
+    ref = values.double()
+    assert s.count == ref.numel() and s.min == float(ref.min()) and s.max == float(ref.max())
+    assert s.mean == pytest.approx(float(ref.mean()), rel=1e-7)
+    assert s.std == pytest.approx(float(ref.std(unbiased=False)), rel=1e-5)
+    assert s.norm == pytest.approx(float(ref.norm()), rel=1e-6)
