@@ -353,3 +353,30 @@ def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
     assert s.mean == pytest.approx(float(ref.mean()), rel=1e-7)
     assert s.std == pytest.approx(float(ref.std(unbiased=False)), rel=1e-5)
     assert s.norm == pytest.approx(float(ref.norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [-0.5, 2.0, -3.0, 0.25],
+        [-0.5, -2.0, -0.125],  # all negative
+        [0.5, 2.0, 1e-7],  # all positive, one subnormal in float16
+        [-0.0, 0.0],
+        [-0.0, -1.0, -2.0],
+        [1.0, float("inf"), -3.0, float("nan")],
+        [65504.0, -65504.0],
+    ],
+)
+def test_16_bit_min_and_max_from_bit_patterns(dtype: torch.dtype, values: list[float]) -> None:
+    from ckpttui.jobs.tensorstats import Stats
+
+    t = torch.tensor(values).to(dtype)
+    stats = Stats(str(dtype).removeprefix("torch."))
+    stats.feed(t.view(torch.uint8).numpy().tobytes())
+    s = stats.summary()
+    ref = t.double()
+    finite = ref[torch.isfinite(ref)]
+    assert (s.nan, s.inf) == (int(ref.isnan().sum()), int(ref.isinf().sum()))
+    assert s.min == float(finite.min()) and s.max == float(finite.max())
+    assert s.zero is bool((ref == 0).all())

@@ -18,6 +18,7 @@ two elements per uint32 (`_widen_bf16`) and viewed as float32.
 from __future__ import annotations
 
 import math
+import struct
 import sys
 import threading
 from dataclasses import dataclass
@@ -75,6 +76,35 @@ def _sums(x: np.ndarray) -> tuple[float, float]:
     if ones is None or ones.size < x.size:
         ones = _ONES[x.dtype.str] = np.ones(max(x.size, 1 << 16), dtype=x.dtype)
     return float(np.dot(x, ones[: x.size])), float(np.dot(x, x))
+
+
+# The exponent of Inf and NaN (all ones) in the 16-bit floats' bit patterns.
+_TOP16 = {"bfloat16": 0x7F80, "float16": 0x7C00}
+
+
+def _range16(x: np.ndarray, top: int) -> tuple[float, float] | None:
+    """Min and max of 16-bit floats from their bit patterns; None when a NaN or Inf is there.
+
+    Sign and magnitude order like integers: read as int16 the largest pattern is the largest
+    positive value, read as uint16 the largest is the negative of largest magnitude. Two integer
+    reductions over the stored bytes, where float ones would run over twice as many, widened.
+    """
+    signed = int(np.maximum.reduce(x.view(np.int16)))
+    unsigned = int(np.maximum.reduce(x.view(np.uint16)))
+    if signed >= top or unsigned >= 0x8000 | top:
+        return None  # +-Inf or NaN: counted on the widened values
+    if signed < 0 or unsigned < 0x8000:  # all negative (or all not): smallest magnitude
+        least = int(np.minimum.reduce(x.view(np.uint16)))
+        signed = least if signed < 0 else signed
+        unsigned = least if unsigned < 0x8000 else unsigned
+    return _value16(unsigned, top), _value16(signed, top)
+
+
+def _value16(bits: int, top: int) -> float:
+    """The value of a 16-bit float's bit pattern."""
+    if top == _TOP16["bfloat16"]:
+        return float(struct.unpack("<f", struct.pack("<I", (bits & 0xFFFF) << 16))[0])
+    return float(struct.unpack("<e", struct.pack("<H", bits & 0xFFFF))[0])
 
 
 def _widen_bf16(x: np.ndarray) -> np.ndarray:
@@ -156,6 +186,8 @@ class Stats:
         self._stored = stored.newbyteorder(">") if big_endian and stored.itemsize > 1 else stored
         self._floating = dtype in FLOATING
         self.itemsize = stored.itemsize
+        # 16-bit floats in native order: min and max from their bit patterns (`_range16`).
+        self._top16 = _TOP16.get(dtype, 0) if self._stored.isnative else 0
         self.count = 0
         self.nan = 0
         self.inf = 0
@@ -179,9 +211,13 @@ class Stats:
         count = x.size
         if not count:
             return None
-        x, owned = self._widen(x)
         nan = inf = 0
-        lo, hi = np.minimum.reduce(x), np.maximum.reduce(x)
+        bounds = _range16(x, self._top16) if self._top16 else None
+        x, owned = self._widen(x)
+        if bounds is not None:
+            lo, hi = bounds
+        else:
+            lo, hi = float(np.minimum.reduce(x)), float(np.maximum.reduce(x))
         if self._floating and not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(x)
             nan = int(np.count_nonzero(np.isnan(x)))
@@ -189,8 +225,7 @@ class Stats:
             x, owned = x[finite], True
             if not x.size:
                 return (count, nan, inf, 0, math.inf, -math.inf, 0.0, 0.0, 0.0)
-            lo, hi = np.minimum.reduce(x), np.maximum.reduce(x)
-        lo, hi = float(lo), float(hi)
+            lo, hi = float(np.minimum.reduce(x)), float(np.maximum.reduce(x))
         n = x.size
         if max(-lo, hi) ** 2 * n > _SAFE[x.dtype.char]:  # float32 sums could overflow
             x, owned = x.astype(np.float64), True
