@@ -8,13 +8,19 @@ peak RSS is the child's own ``VmHWM``; the page cache is warm in a known state b
 (`bench_jobs.warm`: our files' pages dropped, then read once with cat). Runs are round robin.
 
 * verify: ``ckpttui.jobs.verify.verify`` (CRC-32 of every zip record, NaN/Inf, zero, per-tensor
-  statistics) against ``cat FILE > /dev/null``; also with zlib's CRC-32 instead of ISA-L's
-  (what a machine without ``isal`` gets).
+  statistics) against ``cat FILE > /dev/null``; also in one thread (``THREADS = 1``: what a
+  machine with one free CPU gets), and with zlib's CRC-32 instead of ISA-L's (what a machine
+  without ``isal`` gets: no combining of CRC parts either, so a record is read by one thread).
+  The ratio to cat is taken within each round (cat and verify run back to back) and its median
+  over the rounds is reported, with its range; the machine's load average is printed, since the
+  2 CPUs of the machine these numbers come from are shared. CPU seconds (user + system) of cat
+  and of the verify child are reported too: on a saturated machine they decide the ratio.
 * diff: ``ckpttui.jobs.diff.diff(ep3, ep4)`` (float64, chunked) against what a user scripts:
   ``torch.load(weights_only=True)`` of both files, then for each weight the same three numbers
   (``torch.equal``, max |B-A| and ||B-A||/||A|| in float64). Results are compared.
 
     python benchmarks/bench_verify_diff.py [--size-mb 1000] [--repeat 3] [--dir DIR]
+                                          [--only verify|diff]
 """
 
 from __future__ import annotations
@@ -22,15 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_inspect import make_checkpoint  # imports torch only when called
-from bench_jobs import MARK, child, measure, measure_cmd, median, mib, warm
+from bench_jobs import MARK, child, measure, median, mib, warm
 
 _HWM = (
     "hwm = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
@@ -38,17 +48,24 @@ _HWM = (
 )
 
 VERIFY_CODE = (
-    "import json, time\n"
+    "import json, resource, time\n"
+    "def cpu():\n"
+    "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    return r.ru_utime + r.ru_stime\n"
     "t0 = time.perf_counter()\n"
     "from ckpttui.jobs import verify as V\n"
     "if ZLIB:\n"
     "    import zlib\n"
-    "    V.crc32 = zlib.crc32\n"
+    "    V.crc32, V.crc32_combine = zlib.crc32, None\n"
+    "if THREADS:\n"
+    "    V.THREADS = THREADS\n"
     "t1 = time.perf_counter()\n"
+    "c1 = cpu()\n"
     "INFO = None\n"
     "for event in V.verify(PATH):\n"
     "    if event.kind == 'done':\n"
     "        INFO = [event.data['bytes_read'], event.data['healthy']]\n"
+    "INFO.append(cpu() - c1)\n"
     "t2 = time.perf_counter()\n"
 ) + _HWM
 
@@ -116,54 +133,94 @@ def inputs(folder: Path, size_mb: int) -> tuple[Path, Path, Path]:
     return a, b, bf16
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the children waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_verify(a: Path, bf16: Path, repeat: int) -> None:
+    """verify against cat, round robin; ratios within each round, their median."""
+
+    def cat(path: Path) -> dict[str, float]:
+        subprocess.run(["sync"], check=True)
+        before = children_cpu()
+        t0 = time.perf_counter()
+        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+        wall = time.perf_counter() - t0
+        cpu = children_cpu() - before
+        return {"wall": wall, "imports": 0.0, "job": wall, "rss": 0, "info": 0, "cpu": cpu}
+
+    def ours(path: Path, threads: int = 0, zlib: int = 0) -> dict[str, float]:
+        result = measure(VERIFY_CODE, {"PATH": str(path), "ZLIB": zlib, "THREADS": threads})
+        _, healthy, cpu = result["info"]  # type: ignore[misc]
+        if healthy is not True:
+            print(f"  ! verify {path.name}: not healthy", file=sys.stderr)
+        result["cpu"] = cpu
+        return result
+
+    plan = [
+        ("cat", a, lambda: cat(a)),
+        ("ckpttui verify", a, lambda: ours(a)),
+        ("ckpttui verify, 1 thread", a, lambda: ours(a, threads=1)),
+        ("ckpttui verify, zlib's CRC-32", a, lambda: ours(a, zlib=1)),
+        ("cat", bf16, lambda: cat(bf16)),
+        ("ckpttui verify", bf16, lambda: ours(bf16)),
+        ("ckpttui verify, 1 thread", bf16, lambda: ours(bf16, threads=1)),
+    ]
+    rows: dict[tuple[str, Path], list[dict[str, float]]] = {}
+    loads = [os.getloadavg()[0]]
+    for _ in range(repeat):
+        for name, path, run in plan:
+            warm([path])
+            result = run()
+            result["info"] = 0
+            rows.setdefault((name, path), []).append(result)
+        loads.append(os.getloadavg()[0])
+    print(
+        f"\n## verify vs cat (warm page cache, {repeat} rounds, threads {bench_jobs_threads()})\n"
+    )
+    print(
+        f"load average (1 min) during the rounds: {min(loads):.1f} to {max(loads):.1f} on "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| method | file | bytes | job time | rate | x cat (median of rounds) | range "
+        "| CPU s | CPU x cat | peak RSS |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, path), runs in rows.items():
+        m = median(runs)
+        cats = rows[("cat", path)]
+        ratios = [c["job"] / r["job"] for c, r in zip(cats, runs, strict=True)]
+        size = path.stat().st_size
+        cpu_ratio = median(cats)["cpu"] / m["cpu"] if m["cpu"] else 0.0
+        rss = mib(m["rss"]) if m["rss"] else "-"
+        print(
+            f"| {name} | {path.name} | {size / 1e6:.0f} MB | {m['job']:.3f} s "
+            f"| {size / m['job'] / 1e9:.2f} GB/s | {statistics.median(ratios):.0%} "
+            f"| {min(ratios):.0%}-{max(ratios):.0%} | {m['cpu']:.2f} | {cpu_ratio:.0%} | {rss} |"
+        )
+
+
+def bench_jobs_threads() -> int:
+    """The number of threads verify uses here (without importing it into this process)."""
+    proc = child("from ckpttui.jobs.verify import THREADS\nprint(THREADS)\n", {})
+    return int(proc.stdout.split()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "ckpttui-bench-vd"))
+    ap.add_argument("--only", choices=["verify", "diff"])
     args = ap.parse_args()
     a, b, bf16 = inputs(Path(args.dir), args.size_mb)
-
-    verify_rows: dict[str, list[dict[str, float]]] = {}
-    plan = [
-        ("cat model.pt.ep3", lambda: measure_cmd(["cat", str(a)]), a),
-        ("verify model.pt.ep3", lambda: measure(VERIFY_CODE, {"PATH": str(a), "ZLIB": 0}), a),
-        (
-            "verify model.pt.ep3, zlib CRC",
-            lambda: measure(VERIFY_CODE, {"PATH": str(a), "ZLIB": 1}),
-            a,
-        ),
-        ("cat weights.bf16.safetensors", lambda: measure_cmd(["cat", str(bf16)]), bf16),
-        (
-            "verify weights.bf16.safetensors",
-            lambda: measure(VERIFY_CODE, {"PATH": str(bf16), "ZLIB": 0}),
-            bf16,
-        ),
-    ]
-    for _ in range(args.repeat):
-        for name, run, path in plan:
-            warm([path])
-            result = run()
-            info = result.pop("info")
-            result["info"] = 0
-            if info and info[1] is not True:
-                print(f"  ! {name}: not healthy: {info}", file=sys.stderr)
-            verify_rows.setdefault(name, []).append(result)
-    print("\n## verify vs cat (warm page cache)\n")
-    print("| method | file | bytes | command wall | job time | rate (job) | x cat | peak RSS |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, runs in verify_rows.items():
-        m = median(runs)
-        path = a if "ep3" in name else bf16
-        size = path.stat().st_size
-        cat = median(verify_rows[f"cat {path.name}"])
-        rate = size / m["job"] / 1e9
-        ratio = cat["job"] / m["job"]
-        rss = mib(m["rss"]) if m["rss"] else "-"
-        print(
-            f"| {name} | {path.name} | {size / 1e6:.0f} MB | {m['wall']:.2f} s | {m['job']:.3f} s "
-            f"| {rate:.2f} GB/s | {ratio:.0%} | {rss} |"
-        )
+    if args.only != "diff":
+        bench_verify(a, bf16, args.repeat)
+    if args.only == "verify":
+        return
 
     diff_rows: dict[str, list[dict[str, float]]] = {}
     results = {}

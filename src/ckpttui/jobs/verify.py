@@ -44,6 +44,7 @@ from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 256 << 10  # bytes read at a time: stays in L2 for the several passes over it
 PIECE = 4 << 20  # bytes a thread takes at a time (a multiple of CHUNK)
+WINDOW = 4  # tasks a thread may run ahead of the first unfinished one
 RELEASE = 16 << 20  # pages read are given back this often
 # Threads reading at once: CRC-32 (ISA-L), numpy's reductions and BLAS all release the GIL.
 THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
@@ -515,32 +516,65 @@ def _read_segment(view: memoryview, seg: _Segment) -> None:
 
 
 class _Work:
-    """Tasks taken in order by any number of threads; who finished what."""
+    """Tasks taken in order by any number of threads; who finished what; pages given back.
 
-    def __init__(self, tasks: list[list[_Segment]], view: memoryview) -> None:
+    A thread never runs more than `WINDOW` tasks ahead of the first unfinished one, and whoever
+    finishes a task gives back the pages of the tasks done in order (every `RELEASE` bytes), so
+    resident memory stays flat however the threads are scheduled.
+    """
+
+    def __init__(self, tasks: list[list[_Segment]], view: memoryview, mapped: mmap.mmap) -> None:
         self.tasks = tasks
         self.view = view
+        self.mapped = mapped
         self.finished = [False] * len(tasks)
+        self.ahead = 0
+        """Tasks finished in order."""
+        self.done = 0
+        """Their bytes."""
+        self.released = 0
         self.stop = False
         self.error: BaseException | None = None
         self.changed = threading.Condition()
         self._next = itertools.count()  # next() is atomic under the GIL
 
     def take(self) -> int | None:
+        """The next task, once it is within `WINDOW` of the first unfinished one."""
         i = next(self._next)
-        return None if self.stop or i >= len(self.tasks) else i
+        if i >= len(self.tasks):
+            return None
+        with self.changed:
+            self.changed.wait_for(lambda: self.stop or i < self.ahead + WINDOW)
+        return None if self.stop else i
 
     def run(self, i: int) -> None:
         for seg in self.tasks[i]:
             _read_segment(self.view, seg)
         with self.changed:
             self.finished[i] = True
+            while self.ahead < len(self.tasks) and self.finished[self.ahead]:
+                self.done += sum(s.stop - s.start for s in self.tasks[self.ahead])
+                self.ahead += 1
+            self._release()
             self.changed.notify_all()
 
-    def wait(self, i: int, timeout: float) -> None:
-        """Until task `i` is finished, a thread failed, or `timeout` seconds passed."""
+    def _release(self) -> None:
+        upto = self.tasks[self.ahead][0].start if self.ahead < len(self.tasks) else len(self.mapped)
+        if upto - self.released >= RELEASE and hasattr(self.mapped, "madvise"):
+            lo = self.released - self.released % mmap.PAGESIZE
+            self.mapped.madvise(mmap.MADV_DONTNEED, lo, upto - upto % mmap.PAGESIZE - lo)
+            self.released = upto
+
+    def wait(self, timeout: float) -> None:
+        """Until the first unfinished task is finished, a thread failed, or `timeout` passed."""
         with self.changed:
-            self.changed.wait_for(lambda: self.error is not None or self.finished[i], timeout)
+            i = self.ahead
+            self.changed.wait_for(lambda: self.error is not None or self.ahead > i, timeout)
+
+    def halt(self) -> None:
+        with self.changed:
+            self.stop = True
+            self.changed.notify_all()
 
     def worker(self) -> None:
         try:
@@ -558,9 +592,8 @@ def _stream_mapped(
 ) -> Iterator[int]:
     tasks = _tasks(fp)
     skipped = fp.nbytes - sum(s.stop - s.start for t in tasks for s in t)
-    release = hasattr(mapped, "madvise")
     with memoryview(mapped) as view:
-        work = _Work(tasks, view)
+        work = _Work(tasks, view, mapped)
         threads = [
             threading.Thread(target=work.worker, name="verify", daemon=True)
             for _ in range(min(THREADS, len(tasks)) - 1)
@@ -568,35 +601,25 @@ def _stream_mapped(
         for thread in threads:
             thread.start()
         try:
-            ahead = 0  # tasks finished in order
-            released = 0
-            while ahead < len(tasks):
+            told = 0
+            while work.ahead < len(tasks):
                 check_cancel(cancel)
                 i = work.take()
                 if i is not None:
                     work.run(i)
                 else:  # the last tasks are with the other threads
-                    work.wait(ahead, 0.1)
+                    work.wait(0.1)
                 if work.error is not None:
                     raise work.error
-                moved = ahead
-                while ahead < len(tasks) and work.finished[ahead]:
-                    done += sum(s.stop - s.start for s in tasks[ahead])
-                    ahead += 1
-                if ahead == moved:
-                    continue
-                upto = tasks[ahead][0].start if ahead < len(tasks) else len(mapped)
-                if release and upto - released >= RELEASE:
-                    lo = released - released % mmap.PAGESIZE
-                    mapped.madvise(mmap.MADV_DONTNEED, lo, upto - upto % mmap.PAGESIZE - lo)
-                    released = upto
-                yield done
+                if work.done > told:
+                    told = work.done
+                    yield done + told
         finally:
-            work.stop = True
+            work.halt()
             for thread in threads:
                 thread.join()
     if skipped:
-        yield done + skipped
+        yield done + work.done + skipped
 
 
 def _check_crcs(fp: _FilePlan) -> None:
