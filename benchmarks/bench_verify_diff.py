@@ -39,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_jobs
 from bench_inspect import make_checkpoint  # imports torch only when called
 from bench_jobs import MARK, child, measure, median, mib, warm
 
@@ -139,8 +140,11 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_verify(a: Path, bf16: Path, repeat: int) -> None:
-    """verify against cat, round robin; ratios within each round, their median."""
+def bench_verify(a: Path, bf16: Path, repeat: int, against: Path | None = None) -> None:
+    """verify against cat, round robin; ratios within each round, their median.
+
+    `against`: another checkout's ``src`` (main's, say) whose verify runs in the same rounds.
+    """
 
     def cat(path: Path) -> dict[str, float]:
         subprocess.run(["sync"], check=True)
@@ -151,8 +155,15 @@ def bench_verify(a: Path, bf16: Path, repeat: int) -> None:
         cpu = children_cpu() - before
         return {"wall": wall, "imports": 0.0, "job": wall, "rss": 0, "info": 0, "cpu": cpu}
 
-    def ours(path: Path, threads: int = 0, zlib: int = 0) -> dict[str, float]:
-        result = measure(VERIFY_CODE, {"PATH": str(path), "ZLIB": zlib, "THREADS": threads})
+    def ours(
+        path: Path, threads: int = 0, zlib: int = 0, src: Path | None = None
+    ) -> dict[str, float]:
+        saved = bench_jobs.SRC
+        bench_jobs.SRC = src or saved
+        try:
+            result = measure(VERIFY_CODE, {"PATH": str(path), "ZLIB": zlib, "THREADS": threads})
+        finally:
+            bench_jobs.SRC = saved
         _, healthy, cpu = result["info"]  # type: ignore[misc]
         if healthy is not True:
             print(f"  ! verify {path.name}: not healthy", file=sys.stderr)
@@ -168,6 +179,10 @@ def bench_verify(a: Path, bf16: Path, repeat: int) -> None:
         ("ckpttui verify", bf16, lambda: ours(bf16)),
         ("ckpttui verify, 1 thread", bf16, lambda: ours(bf16, threads=1)),
     ]
+    if against is not None:
+        name = f"ckpttui verify of {against.parent.name}"
+        plan.insert(4, (name, a, lambda: ours(a, src=against)))
+        plan.append((name, bf16, lambda: ours(bf16, src=against)))
     rows: dict[tuple[str, Path], list[dict[str, float]]] = {}
     loads = [os.getloadavg()[0]]
     for _ in range(repeat):
@@ -215,10 +230,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "ckpttui-bench-vd"))
     ap.add_argument("--only", choices=["verify", "diff"])
+    ap.add_argument("--against", type=Path, help="another checkout's src/ to verify with too")
     args = ap.parse_args()
     a, b, bf16 = inputs(Path(args.dir), args.size_mb)
     if args.only != "diff":
-        bench_verify(a, bf16, args.repeat)
+        bench_verify(a, bf16, args.repeat, args.against)
     if args.only == "verify":
         return
 

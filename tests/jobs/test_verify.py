@@ -361,7 +361,7 @@ def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
     [
         [-0.5, 2.0, -3.0, 0.25],
         [-0.5, -2.0, -0.125],  # all negative
-        [0.5, 2.0, 1e-7],  # all positive, one subnormal in float16
+        [0.5, 2.0, 1e-7, 3e-6],  # all positive, subnormal in float16
         [-0.0, 0.0],
         [-0.0, -1.0, -2.0],
         [1.0, float("inf"), -3.0, float("nan")],
@@ -380,3 +380,6 @@ def test_16_bit_min_and_max_from_bit_patterns(dtype: torch.dtype, values: list[f
     assert (s.nan, s.inf) == (int(ref.isnan().sum()), int(ref.isinf().sum()))
     assert s.min == float(finite.min()) and s.max == float(finite.max())
     assert s.zero is bool((ref == 0).all())
+    # float16 pieces without NaN/Inf are widened from their bit patterns: subnormals too
+    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7, abs=1e-12)
+    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-7)

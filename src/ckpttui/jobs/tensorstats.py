@@ -78,6 +78,46 @@ def _sums(x: np.ndarray) -> tuple[float, float]:
     return float(np.dot(x, ones[: x.size])), float(np.dot(x, x))
 
 
+def _widen_f16(x: np.ndarray) -> np.ndarray:
+    """float16 values (native order, none NaN or Inf) as float32, in scratch, in any order.
+
+    numpy's own cast runs at about 2 GB/s here. Instead each half's bits are moved to their
+    float32 places (sign to bit 31, exponent and mantissa 13 bits up) and the result scaled by
+    2**112, which rebiases the exponent and makes subnormal halves exact too: two elements per
+    uint32 word, ten same-type passes, 1.6x faster. Inf and NaN would come out finite (>= 65536):
+    pieces holding them take the exact cast (`_range16` finds them first).
+    """
+    n = x.size
+    half = n // 2 if _LITTLE else 0
+    out = _scratch(np.dtype(np.uint32), n)
+    if half:
+        words = x[: 2 * half].view(np.uint32)
+        tmp = _scratch(np.dtype(np.uint32), half, 2)
+        first, second = out[:half], out[half : 2 * half]
+        np.bitwise_and(words, np.uint32(0x7FFF), out=first)  # the first half of each word
+        np.left_shift(first, np.uint32(13), out=first)
+        np.bitwise_and(words, np.uint32(0x8000), out=tmp)
+        np.left_shift(tmp, np.uint32(16), out=tmp)
+        np.bitwise_or(first, tmp, out=first)
+        np.right_shift(words, np.uint32(3), out=second)  # the second: already high
+        np.bitwise_and(second, np.uint32(0x0FFFE000), out=second)
+        np.bitwise_and(words, np.uint32(0x80000000), out=tmp)
+        np.bitwise_or(second, tmp, out=second)
+        scaled = out[: 2 * half].view(np.float32)
+        np.multiply(scaled, np.float32(2.0**112), out=scaled)
+    wide = out.view(np.float32)
+    wide[2 * half :] = x[2 * half :]
+    return wide
+
+
+def _f16_bits_work() -> bool:
+    """Whether `_widen_f16` is exact here (not when subnormal float32 inputs read as zero)."""
+    probe = np.array([0x0001, 0x8001, 0x03FF, 0x3C00, 0xFBFF, 0x7BFF, 0x0400], dtype=np.uint16)
+    halves = probe.view(np.float16)
+    wide = _widen_f16(halves).copy()
+    return bool(np.array_equal(np.sort(wide), np.sort(halves.astype(np.float32))))
+
+
 # The exponent of Inf and NaN (all ones) in the 16-bit floats' bit patterns.
 _TOP16 = {"bfloat16": 0x7F80, "float16": 0x7C00}
 
@@ -213,7 +253,7 @@ class Stats:
             return None
         nan = inf = 0
         bounds = _range16(x, self._top16) if self._top16 else None
-        x, owned = self._widen(x)
+        x, owned = self._widen(x, exact=bounds is None)
         if bounds is not None:
             lo, hi = bounds
         else:
@@ -264,10 +304,15 @@ class Stats:
             self._sum += total
             self._sq += sq
 
-    def _widen(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Values as float32/float64 (in any order), and whether they sit in scratch (ours)."""
+    def _widen(self, x: np.ndarray, exact: bool = True) -> tuple[np.ndarray, bool]:
+        """Values as float32/float64 (in any order), and whether they sit in scratch (ours).
+
+        `exact`: NaN and Inf must stay what they are (`_widen_f16` makes them finite).
+        """
         if self.dtype == "bfloat16":
             return _widen_bf16(x), True
+        if self.dtype == "float16" and self._top16 and not exact and _F16_BITS:
+            return _widen_f16(x), True
         if self.dtype == "float16" or (self._floating and not self._stored.isnative):
             out = _scratch(np.dtype(np.float32 if self.itemsize <= 4 else np.float64), x.size)
             np.copyto(out, x, casting="unsafe")
@@ -298,3 +343,6 @@ class Stats:
             std=math.sqrt(var),
             norm=math.sqrt(max(sq_total, 0.0)),
         )
+
+
+_F16_BITS = _f16_bits_work()
