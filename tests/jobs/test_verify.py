@@ -383,3 +383,21 @@ def test_16_bit_min_and_max_from_bit_patterns(dtype: torch.dtype, values: list[f
     # float16 pieces without NaN/Inf are widened from their bit patterns: subnormals too
     assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7, abs=1e-12)
     assert s.norm == pytest.approx(float(finite.norm()), rel=1e-7)
+
+
+def test_cancel_stops_every_reading_thread(tk_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from ckpttui.jobs import verify as V
+    from ckpttui.jobs.events import JobCancelled
+
+    monkeypatch.setattr(V, "CHUNK", 256)
+    monkeypatch.setattr(V, "PIECE", 1024)
+    monkeypatch.setattr(V, "THREADS", 3)
+    cancel = threading.Event()
+    events = V.verify(tk_root / EP.format(2), cancel=cancel)
+    with pytest.raises(JobCancelled):
+        for event in events:
+            if event.kind == "progress" or event.kind == "start":
+                cancel.set()
+    assert not [t for t in threading.enumerate() if t.name == "verify"]
