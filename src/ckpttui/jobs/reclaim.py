@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpttui.accounting import NEEDED_OTHER_PARTS, OPTIMIZER_KEYS, is_optimizer_state
+from ckpttui.accounting import NEEDED_OTHER_PARTS, OPTIMIZER_KEYS, file_role, is_optimizer_state
 from ckpttui.inventory import Inventory
 from ckpttui.jobs.events import Event, JobError, check_cancel
 from ckpttui.jobs.owner import TEMP_RE, leftover, remove_leftover, temp_status
@@ -180,7 +180,9 @@ def _gather(paths: Sequence[Path]) -> tuple[Inventory, list[Checkpoint], Path, d
     if len(paths) == 1 and paths[0].is_dir() and not paths[0].is_symlink():
         root = paths[0]
         inv = scan_or_fail(root)
-        if _own(inv, root) is None:
+        own = _own(inv, root)
+        inside = [c for c in inv.checkpoints if c is not own and layout_named(c.layout).training]
+        if own is None or inside:  # a run folder (an HF output_dir is also a model folder)
             return inv, _run(inv, root), root, links
     inv = Inventory(Path(os.path.commonpath([os.path.abspath(p) for p in paths])))
     chosen: list[Checkpoint] = []
@@ -377,15 +379,19 @@ def _needed(r: TensorRecord) -> bool:
     )
 
 
-def _removable(inv: Inventory, f: str, drop: str) -> bool:
-    """A whole file of a checkpoint folder that slimming removes: all its tensors are optimizer
-    state (or, with ``training``, training-only state)."""
-    records = inv.records.get(f)
-    if not records:
+def _removable(inv: Inventory, layout: str, f: str, drop: str) -> bool:
+    """A whole file of a checkpoint folder that slimming removes: optimizer state by its name or
+    all its tensors (with ``training``, also training-only state: scheduler, scaler, rng)."""
+    records = inv.records.get(f) or []
+    role = file_role(layout, Path(f).name)
+    if role is Category.OPTIMIZER or (records and all(map(_is_optim, records))):
+        return True
+    if drop == "optimizer" or any(map(_needed, records)):
         return False
-    if drop == "optimizer":
-        return all(r.category is Category.OPTIMIZER for r in records)
-    return not any(_needed(r) for r in records)
+    index = inv.files.get(f)
+    if index is None or index.format == "text":
+        return False  # counters and YAML sidecars: a few bytes the framework reads for its epoch
+    return bool(records) or (role is Category.OTHER and "normaliz" not in Path(f).name.lower())
 
 
 def _plan_file(inv: Inventory, ckpt: Checkpoint, path: Path, drop: str, item: PlanItem) -> None:
@@ -420,7 +426,9 @@ def _plan_folder(inv: Inventory, ckpt: Checkpoint, path: Path, drop: str, item: 
     removes = [
         Path(f)
         for f in ckpt.files
-        if Path(f).is_relative_to(path) and not os.path.islink(f) and _removable(inv, f, drop)
+        if Path(f).is_relative_to(path)
+        and not os.path.islink(f)
+        and _removable(inv, ckpt.layout, f, drop)
     ]
     if not removes:
         item.action, item.reason = "keep", "already slim (nothing to reclaim)"
