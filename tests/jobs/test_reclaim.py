@@ -197,7 +197,7 @@ def test_symlinks_keep_their_target_and_are_never_replaced(tk_root: Path, tmp_pa
 
 def test_checkpoints_being_written_are_refused(tk_root: Path, tmp_path: Path) -> None:
     run = _copy(tk_root / "funasr", tmp_path / "funasr")
-    temp = "model.pt.ep1.tmp-%d-0123abcd" % os.getpid()
+    temp = f"model.pt.ep1.tmp-{os.getpid()}-0123abcd"
     (run / temp).write_bytes(b"partial")
     lock = LockOwner(os.getpid(), host_name(), time.time(), temp).to_json()
     (run / "model.pt.ep1.lock").write_text(lock + "\n")
@@ -278,3 +278,23 @@ def test_cli_exit_codes(tk_root: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["kind"] == "done"
     assert "last_optimizer_state" not in _load(run / "checkpoint1.pt")
+
+
+@pytest.mark.parametrize("name", ["z3_fp32", "z2_fp32_frozen_tied"])
+def test_deepspeed_folder_keeps_consolidated_weights(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    run = _copy(ds_root / "ws2" / name, tmp_path / name)
+    tag = run / (run / "latest").read_text().strip()
+    plan = plan_reclaim([tag], keep_last=0, keep_best=0)
+    (item,) = plan.slimmed
+    assert item.writes == [str(tag / "pytorch_model.bin")]
+    assert item.removes and all(f.endswith("_optim_states.pt") for f in item.removes)
+    _run(tag, keep_last=0, keep_best=0)
+    assert not list(tag.glob("*optim_states.pt"))
+    mine = torch.load(tag / "pytorch_model.bin", weights_only=True)
+    ref = torch.load(ds_reference[f"ws2/{name}"], weights_only=True)
+    _equal(mine, ref)  # DeepSpeed's own zero_to_fp32 of the original folder
+    (ckpt,) = scan(tag).checkpoints
+    assert ckpt.complete and _reclaimable(tag) == 0
+    assert not plan_reclaim([tag], keep_last=0, keep_best=0).slimmed

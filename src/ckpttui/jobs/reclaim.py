@@ -84,6 +84,8 @@ class PlanItem:
     """A file: the top-level keys kept beside the state dict (None: not a rewritten file)."""
     leftovers: list[str] = field(default_factory=list)
     """Abandoned temporary outputs of this checkpoint (an earlier reclaim killed) to remove."""
+    new_bytes: int = 0
+    """Bytes of new files the slim folder needs (its consolidated weights); free space needed."""
 
 
 @dataclass
@@ -121,7 +123,11 @@ class ReclaimPlan:
             "keep_best": self.keep_best,
             "metric": self.metric,
             "items": [
-                {k: v for k, v in asdict(i).items() if k not in ("keep_keys", "leftovers")}
+                {
+                    k: v
+                    for k, v in asdict(i).items()
+                    if k not in ("keep_keys", "leftovers", "new_bytes")
+                }
                 for i in self.items
             ],
             "total_freed": self.total_freed,
@@ -453,6 +459,43 @@ def _plan_folder(inv: Inventory, ckpt: Checkpoint, path: Path, drop: str, item: 
         )
 
 
+def _plan_consolidated(inv: Inventory, ckpt: Checkpoint, path: Path, item: PlanItem) -> None:
+    """A folder whose weights are partitioned in its optimizer files: the consolidated weights
+    are written into it (the layout names the file) before those files go."""
+    layout = layout_named(ckpt.layout)
+    removes = sorted(
+        Path(f)
+        for f in ckpt.files
+        if Path(f).parent == path and not os.path.islink(f) and layout.reclaim_removes(Path(f).name)
+    )
+    if not removes:
+        item.action, item.reason = "keep", "already slim (nothing to reclaim)"
+        return
+    out = path / layout.consolidated
+    if os.path.lexists(out):
+        item.action, item.reason = "refuse", f"{out.name} exists beside its optimizer files"
+        return
+    masters = sum(
+        r.nbytes for f in removes for r in inv.records.get(str(f), []) if r.part == "master"
+    )
+    removed = freed = 0
+    for f in removes:
+        st = os.lstat(f)
+        removed += st.st_size
+        freed += st.st_size if st.st_nlink == 1 else 0
+    item.action = "slim"
+    item.reason = f"weights consolidated into {out.name}; {len(removes)} optimizer files removed"
+    item.writes = [str(out)]
+    item.removes = [str(f) for f in removes]
+    item.after = item.size - removed + masters
+    item.new_bytes = masters
+    item.freed = max(freed - masters, 0)
+    item.notes.append(
+        f"writes {out.name} (fp32, what DeepSpeed's zero_to_fp32 writes), "
+        f"removes {', '.join(f.name for f in removes[:2])}{' ...' if len(removes) > 2 else ''}"
+    )
+
+
 def plan_reclaim(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -493,7 +536,9 @@ def plan_reclaim(
             item.reason = "; ".join(ckpt.problems[:2]) or "incomplete"
             continue
         layout = layout_named(ckpt.layout)
-        if path.is_dir():
+        if path.is_dir() and layout.consolidated:
+            _plan_consolidated(inv, ckpt, path, item)
+        elif path.is_dir():
             if layout.weights_refusal is not None:
                 item.action, item.reason = "refuse", layout.weights_refusal
                 continue
@@ -621,8 +666,9 @@ def _slim_folder(item: PlanItem, cancel: threading.Event | None) -> Iterator[Eve
 
     path = Path(item.path)
     removes = {os.path.abspath(f) for f in item.removes}
-    sidecar = layout_named(item.layout).contract.sidecar
-    atomic = AtomicOutput(path, force=True, folder=True)
+    layout = layout_named(item.layout)
+    sidecar = layout.contract.sidecar
+    atomic = AtomicOutput(path, force=True, folder=True, estimate=item.new_bytes)
     with atomic as temp:
         for src in sorted(path.rglob("*")):
             check_cancel(cancel)
@@ -642,7 +688,48 @@ def _slim_folder(item: PlanItem, cancel: threading.Event | None) -> Iterator[Eve
                     os.link(src, dest)
                 except OSError:
                     shutil.copy2(src, dest)
+        if layout.consolidated:
+            yield from _consolidate(path, temp / layout.consolidated, cancel)
     yield Event("done", JOB, message=f"removed {', '.join(_names(removes))}")
+
+
+def _consolidate(folder: Path, out: Path, cancel: threading.Event | None) -> Iterator[Event]:
+    """Write a ZeRO folder's consolidated fp32 weights (`jobs.zero`) as a torch file, read back."""
+    from ckpttui.jobs.events import ProgressClock
+    from ckpttui.jobs.output import releaser, stream_plan, verify_output
+    from ckpttui.jobs.pt_writer import TorchZipWriter
+    from ckpttui.jobs.st_writer import TensorSpec
+    from ckpttui.jobs.zero import open_zero, plan_zero
+
+    ckpt = open_zero(folder)
+    try:
+        plan = plan_zero(ckpt)
+        total = sum(p.nbytes for p in plan if p.alias_of is None)
+        specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
+        aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
+        clock = ProgressClock(JOB, total)
+        with open(out, "wb") as f:
+            writer = TorchZipWriter(f, specs, aliases, out.stem)
+            try:
+                yield from stream_plan(
+                    plan,
+                    writer.write,
+                    clock,
+                    cancel,
+                    releaser([*ckpt.model, *ckpt.optim]),
+                    skip_aliases=True,
+                )
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+        last = clock.flush()
+        if last is not None:
+            yield last
+        done = verify_output(JOB, folder / out.name, "torch", plan, [out], {}, total)
+        yield Event("log", JOB, total, total, f"{out.name}: {done.message}")
+    finally:
+        ckpt.close()
 
 
 def _names(paths: set[str]) -> list[str]:
