@@ -573,7 +573,7 @@ class AtomicOutput:
             if not is_checkpoint_name(name) or name.endswith(".json"):
                 continue  # shard indexes and configs are JSON, not checkpoints
             index = read_file(path)
-            # a folder's text files are sidecars and counters (SpeechBrain's counter.ckpt)
+            # a folder's text files are sidecars and counters (a counter.ckpt holding an epoch)
             bad = ("unknown", "empty") if self.folder else ("text", "unknown", "empty")
             if index.error or index.format in bad:
                 raise JobError(

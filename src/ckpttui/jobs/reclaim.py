@@ -270,7 +270,7 @@ def _keepers(
             why = f"best by {name} ({value:g})"
             key = str(path)
             kept[key] = f"{kept[key]}, {why}" if key in kept else why
-    for c in inv.checkpoints:  # a named link (ESPnet valid.acc.best.pth) keeps its target
+    for c in inv.checkpoints:  # a named link (valid.acc.best.pth -> 3epoch.pth) keeps its target
         link = c.info.get("symlink_to")
         if link:
             target = os.path.realpath(c.path)
@@ -491,7 +491,8 @@ def _plan_consolidated(inv: Inventory, ckpt: Checkpoint, path: Path, item: PlanI
     item.new_bytes = masters
     item.freed = max(freed - masters, 0)
     item.notes.append(
-        f"writes {out.name} (fp32, what DeepSpeed's zero_to_fp32 writes), "
+        f"writes {out.name} (consolidated fp32 weights, named as {layout.title}'s own tool "
+        "names them), "
         f"removes {', '.join(f.name for f in removes[:2])}{' ...' if len(removes) > 2 else ''}"
     )
 
