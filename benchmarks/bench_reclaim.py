@@ -11,7 +11,8 @@ folder before each run, untimed. Measured in child processes, side by side, page
 * reference: ``cat`` of the four input files (the bytes reclaim reads), then ``dd conv=fsync`` of
   as many bytes as reclaim writes into the run folder: the disk cost with no parsing.
 
-The target: peak RSS at most 0.5x one model's weights.
+The target: peak RSS at most 0.5x one model's weights. A child that only imports torch and the
+job's modules gives the baseline (the interpreter and torch, before any checkpoint is touched).
 
     python benchmarks/bench_reclaim.py [--size-mb 1250] [--dir DIR]
 """
@@ -49,6 +50,16 @@ RECLAIM_CODE = (
     "t2 = time.perf_counter()\n"
 ) + _HWM
 
+BASELINE_CODE = (
+    "import json, time\n"
+    "t0 = time.perf_counter()\n"
+    "import torch\n"
+    "from ckpttui.jobs import export, reclaim, weights\n"
+    "t1 = time.perf_counter()\n"
+    "INFO = 0\n"
+    "t2 = time.perf_counter()\n"
+) + _HWM
+
 
 def fresh_run(epochs: list[Path], run: Path) -> None:
     """A run folder of real copies of the epochs (old mtimes, as a settled run's)."""
@@ -75,6 +86,7 @@ def main() -> None:
     weights = weight_bytes(epochs[-1])
     print(f"load: {os.getloadavg()}", file=sys.stderr)
 
+    base = measure(BASELINE_CODE, {})
     warm(slimmed)
     ours = measure(RECLAIM_CODE, {"RUN": str(run)})
     after = sum(p.stat().st_size for p in slimmed)
@@ -107,9 +119,11 @@ def main() -> None:
         f"| cat of the 4 inputs + dd conv=fsync of {mib(after)} | {ref:.2f} "
         f"({cat['job']:.2f} + {dd['job']:.2f}) | - | - |"
     )
+    print(f"| baseline: a child that only imports torch and the job | - | {mib(base['rss'])} | - |")
     print(
         f"ratio time {ours['job'] / ref:.2f}x the reference; peak RSS "
-        f"{ours['rss'] / weights:.2f}x one model's weights ({mib(weights)})"
+        f"{ours['rss'] / weights:.2f}x one model's weights ({mib(weights)}), "
+        f"{(ours['rss'] - base['rss']) / weights:.2f}x above the baseline"
     )
 
 

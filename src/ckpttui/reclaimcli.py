@@ -73,7 +73,7 @@ def run_reclaim_command(argv: list[str]) -> int:
         print("\n".join(plan.lines()))
     if args.dry_run:
         return 0
-    if not plan.slimmed:
+    if not plan.slimmed and not any(i.leftovers for i in plan.items if i.action != "refuse"):
         _say("nothing to reclaim")
         return 0
     if not args.yes:

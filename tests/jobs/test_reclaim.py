@@ -222,44 +222,66 @@ def _child(spec: JobSpec) -> subprocess.Popen[str]:
     )
 
 
+def _weights_of(path: Path) -> dict[str, Any]:
+    """A checkpoint's weights as its loader sees them, whichever state it is in."""
+    if (path / "model.ckpt").is_file():  # SpeechBrain: the model recoverable
+        return dict(_load(path / "model.ckpt"))
+    if path.is_dir():  # a ZeRO folder: slimmed (consolidated weights) or original (complete)
+        if (path / "pytorch_model.bin").is_file():
+            assert not list(path.glob("*optim_states.pt"))
+            return dict(_load(path / "pytorch_model.bin"))
+        assert scan(path).checkpoints[0].complete
+        return {}
+    return dict(_load(path)["state_dict"])
+
+
 @pytest.mark.parametrize(
-    ("run_name", "seed"), [("funasr", 1), ("funasr", 2), ("funasr", 3), ("speechbrain", 4)]
+    ("run_name", "seed"),
+    [("funasr", 1), ("funasr", 2), ("funasr", 3), ("speechbrain", 4), ("deepspeed", 5)],
 )
 def test_kill_9_never_loses_a_checkpoint(
-    tk_root: Path, tmp_path: Path, run_name: str, seed: int
+    request: pytest.FixtureRequest, tmp_path: Path, run_name: str, seed: int
 ) -> None:
-    run = _copy(tk_root / run_name, tmp_path / run_name)
-    plan = plan_reclaim([run])
-    weights = {}
-    for item in plan.items:
-        p = Path(item.path)
-        weights[item.path] = _load(p / "model.ckpt" if p.is_dir() else p)
+    if run_name == "deepspeed":  # two ZeRO-3 tag folders of one run
+        src = request.getfixturevalue("ds_root") / "ws2" / "z3_fp32"
+        run = _copy(src, tmp_path / "ds")
+        tag = run / (run / "latest").read_text().strip()
+        shutil.copytree(tag, run / "global_step1", symlinks=True)
+        paths = [tag.with_name("global_step1"), tag]
+    else:
+        run = _copy(request.getfixturevalue("tk_root") / run_name, tmp_path / run_name)
+        paths = [run]
+    options = {"keep_last": 0, "keep_best": 0} if run_name == "deepspeed" else {}
+    plan = plan_reclaim(paths, **options)
+    assert plan.slimmed
+    weights = {i.path: _weights_of(Path(i.path)) for i in plan.items}
     rng = random.Random(seed)
-    proc = _child(JobSpec("reclaim", {"paths": [str(run)]}))
+    spec = JobSpec("reclaim", {"paths": [str(p) for p in paths], **options})
+    proc = _child(spec)
     assert proc.stdout is not None
-    kill_after = rng.randint(1, 12)
-    for n, _line in enumerate(proc.stdout, 1):
-        if n >= kill_after:
-            time.sleep(rng.random() * 0.05)
+    kill_after = rng.randint(1, 3 * len(plan.slimmed))  # events of the slimming itself
+    seen = 0
+    for line in proc.stdout:
+        if '"plan_line":true' not in line:
+            seen += 1
+        if seen > kill_after:
+            time.sleep(rng.random() * 0.02)
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for item in plan.items:  # every checkpoint is there, whole: original or slimmed
-        p = Path(item.path)
-        state = _load(p / "model.ckpt" if p.is_dir() else p)
-        old = weights[item.path]
-        if p.is_dir():
-            _equal(state, old)
-            assert scan(p).checkpoints[0].complete
-        else:
-            _equal(state["state_dict"], old["state_dict"])
-    _run(run)  # a rerun finishes, removing what the killed job left
-    assert not plan_reclaim([run]).slimmed
-    assert not list(run.rglob("*.tmp-*"))
+        state = _weights_of(Path(item.path))
+        if state and weights[item.path]:
+            _equal(state, weights[item.path])
+    _run(*paths, **options)  # a rerun finishes, removing what the killed job left
+    assert not plan_reclaim(paths, **options).slimmed
+    assert not list(run.rglob("*.tmp-*")) and not list(run.rglob("*.lock"))
     for item in plan.items:
-        p = Path(item.path)
-        if item.action == "slim" and not p.is_dir():
-            assert "optimizer" not in _load(p)
+        if item.action == "slim":
+            state = _weights_of(Path(item.path))
+            assert state
+            if weights[item.path]:
+                _equal(state, weights[item.path])
 
 
 def test_cli_exit_codes(tk_root: Path, tmp_path: Path) -> None:

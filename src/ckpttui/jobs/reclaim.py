@@ -30,6 +30,7 @@ under its own name (the other names keep the original bytes), and the plan says 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -43,7 +44,14 @@ from typing import Any
 from ckpttui.accounting import NEEDED_OTHER_PARTS, OPTIMIZER_KEYS, file_role, is_optimizer_state
 from ckpttui.inventory import Inventory
 from ckpttui.jobs.events import Event, JobError, check_cancel
-from ckpttui.jobs.owner import TEMP_RE, leftover, remove_leftover, temp_status
+from ckpttui.jobs.owner import (
+    TEMP_RE,
+    leftover,
+    lock_path,
+    remove_leftover,
+    stale_lock,
+    temp_status,
+)
 from ckpttui.jobs.select import scan_or_fail
 from ckpttui.layouts import RankError, layout_named
 from ckpttui.layouts.base import WRITTEN_BY
@@ -326,6 +334,9 @@ def _busy(path: Path) -> tuple[str | None, list[str]]:
             return status.message, []
         if leftover(Path(entry.path)) is not None:
             abandoned.append(entry.path)
+    lock = lock_path(path)
+    if os.path.lexists(lock) and stale_lock(lock):
+        abandoned.append(str(lock))  # removed after the temporary output it names
     newest = max((os.lstat(f).st_mtime for f in _files(path)), default=0.0)
     age = time.time() - newest
     if age < RECENT:
@@ -580,6 +591,10 @@ def reclaim(
     )
     for line in plan.lines()[:-1]:
         yield Event("log", JOB, 0, total, line, {"plan_line": True})
+    for item in plan.items:  # what an interrupted reclaim left: removed before anything else
+        if item.action != "refuse":
+            for event in _clean(item):
+                yield dataclasses.replace(event, bytes_total=total)
     done = 0
     failed: list[str] = []
     freed = 0
@@ -625,12 +640,23 @@ def _free_bytes(folder: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _slim(item: PlanItem, drop: str, cancel: threading.Event | None) -> Iterator[Event]:
+def _clean(item: PlanItem) -> Iterator[Event]:
+    """Remove the abandoned temporary outputs and stale lock of a checkpoint (checked again)."""
     for left in item.leftovers:
         found = leftover(Path(left))
         if found is not None:
-            remove_leftover(found)
-            yield Event("log", JOB, message=f"removed {Path(left).name} (an interrupted job's)")
+            try:
+                remove_leftover(found)
+            except OSError as exc:
+                yield Event("log", JOB, message=f"left {Path(left).name}: {exc}")
+                continue
+            what = "temporary output" if found.kind == "temp" else "lock file"
+            yield Event(
+                "log", JOB, message=f"removed {Path(left).name}, an interrupted job's {what}"
+            )
+
+
+def _slim(item: PlanItem, drop: str, cancel: threading.Event | None) -> Iterator[Event]:
     if Path(item.path).is_dir():
         yield from _slim_folder(item, cancel)
     else:
