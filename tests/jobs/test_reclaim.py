@@ -84,6 +84,16 @@ def test_plan_keeps_newest_and_best_and_reads_no_tensors(tk_root: Path, tmp_path
     assert plan.total_freed == sum(i.freed for i in slim)
     assert plan.to_dict()["total_freed"] == plan.total_freed
     assert json.dumps(plan.to_dict())
+    # marked checkpoints: the keep rules apply among them, per run
+    other = _copy(tk_root / "fairseq", tmp_path / "fairseq")
+    marked = [run / "model.pt.ep1", run / "model.pt.ep2", other / "checkpoint1.pt"]
+    plan3 = plan_reclaim(marked, keep_best=0)
+    assert [(Path(i.path).name, i.action) for i in plan3.items] == [
+        ("model.pt.ep1", "slim"),
+        ("model.pt.ep2", "keep"),
+        ("checkpoint1.pt", "keep"),
+    ]
+    assert all(i.action == "slim" for i in plan_reclaim(marked, keep_last=0, keep_best=0).items)
     plan2 = plan_reclaim([run], keep_last=2, keep_best=0)
     assert [Path(i.path).name for i in plan2.items if i.action == "keep"] == [
         "model.pt.ep2.3",

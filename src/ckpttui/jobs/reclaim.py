@@ -253,54 +253,53 @@ def _keepers(
     metric: str | None,
     notes: list[str],
 ) -> dict[str, str]:
-    """Path -> why it is kept whole (newest, best, a symlink's target)."""
+    """Real path -> why it is kept whole (newest, best, a symlink's target); the keep rules apply
+    within each run (layout and folder) of the checkpoints."""
     kept: dict[str, str] = {}
-    usable = [c for c in ckpts if c.complete]
-    if not usable:
-        return kept
-    layout = layout_named(usable[0].layout)
-    if keep_last > 0:
-        pool, _ = layout.last_pool(usable)
-        last = pool[-keep_last:]
-        for c in last:
-            kept[c.path] = "newest" if len(last) == 1 else f"newest {len(last)}"
-    if keep_best > 0:
-        siblings = [c for c in inv.checkpoints if c.layout == layout.name]
-        try:
-            ranked, rule = layout.rank(usable, siblings, inv.files, metric, None, root)
-        except RankError as exc:
-            if metric is not None:
-                raise JobError(str(exc)) from None
-            notes.append(f"no best kept: {exc}")
-            ranked, rule = [], ""
-        name = rule.split(" (", 1)[0]
-        for path, value in ranked[:keep_best]:
-            why = f"best by {name} ({value:g})"
-            key = str(path)
-            kept[key] = f"{kept[key]}, {why}" if key in kept else why
+
+    def keep(path: str, why: str) -> None:
+        key = os.path.realpath(path)
+        kept[key] = f"{kept[key]}, {why}" if key in kept else why
+
+    runs: dict[tuple[str, str], list[Checkpoint]] = {}
+    for c in ckpts:
+        if c.complete:
+            runs.setdefault((c.layout, str(Path(c.path).parent)), []).append(c)
+    for (name, folder), usable in runs.items():
+        layout = layout_named(name)
+        if keep_last > 0:
+            pool, _ = layout.last_pool(usable)
+            last = pool[-keep_last:]
+            for c in last:
+                keep(c.path, "newest" if len(last) == 1 else f"newest {len(last)}")
+        if keep_best > 0:
+            siblings = [c for c in inv.checkpoints if c.layout == layout.name]
+            where = root if len(runs) == 1 else Path(folder)
+            try:
+                ranked, rule = layout.rank(usable, siblings, inv.files, metric, None, where)
+            except RankError as exc:
+                if metric is not None:
+                    raise JobError(str(exc)) from None
+                notes.append(f"no best kept: {exc}")
+                continue
+            for path, value in ranked[:keep_best]:
+                keep(str(path), f"best by {rule.split(' (', 1)[0]} ({value:g})")
     for c in inv.checkpoints:  # a named link (valid.acc.best.pth -> 3epoch.pth) keeps its target
-        link = c.info.get("symlink_to")
-        if link:
-            target = os.path.realpath(c.path)
-            why = f"{Path(c.path).name} links to it"
-            kept[target] = f"{kept[target]}, {why}" if target in kept else why
+        if c.info.get("symlink_to"):
+            keep(c.path, f"{Path(c.path).name} links to it")
     return kept
 
 
-def _disk(path: Path) -> tuple[int, int]:
-    """(bytes on disk counted once per inode, bytes that removing it would free)."""
-    files = _files(path)
-    size = freed = 0
+def _disk(path: Path) -> int:
+    """Bytes on disk of a checkpoint, a file with several names in it counted once."""
     seen: set[tuple[int, int]] = set()
-    for f in files:
+    size = 0
+    for f in _files(path):
         st = os.lstat(f)
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        size += st.st_size
-        if st.st_nlink == 1:
-            freed += st.st_size
-    return size, freed
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            size += st.st_size
+    return size
 
 
 def _files(path: Path) -> list[Path]:
@@ -527,7 +526,7 @@ def plan_reclaim(
     kept = _keepers(inv, ckpts, root, keep_last, keep_best, metric, plan.notes)
     for ckpt in ckpts:
         path = Path(ckpt.path)
-        size, _ = _disk(path)
+        size = _disk(path)
         item = PlanItem(str(path), "keep", "", size, size, 0, layout=ckpt.layout)
         if str(path) in links:
             item.notes.append(f"given as the link {links[str(path)]}; the link is kept")
@@ -540,8 +539,9 @@ def plan_reclaim(
                 + ", ".join(Path(a).name for a in abandoned)
                 + ": removed first"
             )
-        if ckpt.path in kept:
-            item.reason = kept[ckpt.path]
+        why = kept.get(os.path.realpath(ckpt.path))
+        if why is not None:
+            item.reason = why
             continue
         if not ckpt.complete or ckpt.info.get("dangerous"):
             item.action = "refuse"
