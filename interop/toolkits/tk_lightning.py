@@ -81,11 +81,34 @@ def train(work: Path) -> str:
     return f"{len(list((work / 'all').glob('*.ckpt')))} epoch files, best {top.best_model_path}"
 
 
+def _reclaim_copy(work: Path) -> Path:
+    """A fresh copy of the epoch files for reclaim to slim in place (settled: an hour old)."""
+    import os
+    import shutil
+    import time
+
+    run = work / "reclaim"
+    if run.exists():
+        shutil.rmtree(run)
+    if (work / "all").is_dir():
+        shutil.copytree(work / "all", run)
+        old = time.time() - 3600
+        for p in run.iterdir():
+            os.utime(p, (old, old))
+    return run
+
+
 def checks(work: Path) -> list[dict]:
     """The ckpttui commands and the loader that must accept each output."""
     last = sorted((work / "top").glob("last*.ckpt"))
     last_ckpt = last[0] if last else work / "top" / "last.ckpt"
+    run = _reclaim_copy(work)
     return [
+        {
+            "name": "reclaim --keep-last 1 (in place) -> load_from_checkpoint",
+            "loader": "reclaim",
+            "ckpttui": [["reclaim", run, "--keep-last", "1", "--keep-best", "0", "--yes"]],
+        },
         {
             "name": "average --last 2 -> load_from_checkpoint",
             "loader": "avg_last",
@@ -182,6 +205,18 @@ def load_slim(work: Path) -> str:
         if k in slim
     ]
     return f"loaded, weights exact; keeps {', '.join(kept)}"
+
+
+def load_reclaim(work: Path) -> str:
+    from _side import same
+
+    files = sorted((work / "reclaim").glob("*.ckpt"), key=lambda p: _sd(p)["global_step"])
+    for path in files:
+        model = _model_class().load_from_checkpoint(path, map_location="cpu")
+        same(model.state_dict(), _sd(work / "all" / path.name)["state_dict"], path.name)
+    slimmed = [p.name for p in files if "optimizer_states" not in _sd(p)]
+    assert slimmed == [p.name for p in files[:-1]], slimmed
+    return f"each loads, weights exact; {len(slimmed)} slimmed, the newest kept whole"
 
 
 def load_safetensors(work: Path) -> str:
