@@ -580,7 +580,7 @@ def reclaim(
     """Slim the checkpoints a fresh `plan_reclaim` chooses, one by one, each atomically."""
     plan = plan_reclaim(paths, keep_last=keep_last, keep_best=keep_best, metric=metric, drop=drop)
     todo = plan.slimmed
-    total = sum(i.after for i in todo if i.writes)
+    total = sum(map(_written, todo))
     yield Event(
         "start",
         JOB,
@@ -602,7 +602,7 @@ def reclaim(
         check_cancel(cancel)
         before = _free_bytes(Path(item.path).parent)
         try:
-            for event in _slim(item, plan.drop, cancel):
+            for event in _slim(item, cancel):
                 if event.kind == "progress":
                     yield Event("progress", JOB, done + event.bytes_done, total, event.message)
                 elif event.kind in ("log", "done"):
@@ -614,7 +614,7 @@ def reclaim(
             yield Event("log", JOB, done, total, f"failed, left as it was: {exc}")
         else:
             freed += max(_free_bytes(Path(item.path).parent) - before, 0)
-        done += item.after if item.writes else 0
+        done += _written(item)
     if failed:
         raise JobError(f"{len(failed)} of {len(todo)} checkpoints not slimmed: {failed[0]}")
     yield Event(
@@ -656,7 +656,12 @@ def _clean(item: PlanItem) -> Iterator[Event]:
             )
 
 
-def _slim(item: PlanItem, drop: str, cancel: threading.Event | None) -> Iterator[Event]:
+def _written(item: PlanItem) -> int:
+    """Bytes a slimming writes (the progress total): a rewritten file, or a folder's new files."""
+    return item.new_bytes if Path(item.path).is_dir() else item.after
+
+
+def _slim(item: PlanItem, cancel: threading.Event | None) -> Iterator[Event]:
     if Path(item.path).is_dir():
         yield from _slim_folder(item, cancel)
     else:
