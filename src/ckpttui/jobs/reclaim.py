@@ -183,7 +183,9 @@ def _own(inv: Inventory, path: Path) -> Checkpoint | None:
     return next((c for c in inv.checkpoints if c.path == target), None)
 
 
-def _gather(paths: Sequence[Path]) -> tuple[Inventory, list[Checkpoint], Path, dict[str, str]]:
+def _gather(
+    paths: Sequence[Path], notes: list[str]
+) -> tuple[Inventory, list[Checkpoint], Path, dict[str, str]]:
     """The inventory, the checkpoints to consider, the root, and links given -> their targets."""
     if not paths:
         raise JobError("reclaim: give a run folder or checkpoints")
@@ -197,7 +199,19 @@ def _gather(paths: Sequence[Path]) -> tuple[Inventory, list[Checkpoint], Path, d
         own = _own(inv, root)
         inside = [c for c in inv.checkpoints if c is not own and layout_named(c.layout).training]
         if own is None or inside:  # a run folder (an HF output_dir is also a model folder)
-            return inv, _run(inv, root), root, links
+            ckpts = _run(inv, root)
+            taken = {c.path for c in ckpts}
+            others = [
+                inv.rel(c.path)
+                for c in inv.checkpoints
+                if c.path not in taken and "temp_owner" not in c.info and c is not own
+            ]
+            if others:
+                notes.append(
+                    f"not regular training saves, left alone (give them as paths to slim them): "
+                    f"{', '.join(others[:6])}{' ...' if len(others) > 6 else ''}"
+                )
+            return inv, ckpts, root, links
     inv = Inventory(Path(os.path.commonpath([os.path.abspath(p) for p in paths])))
     chosen: list[Checkpoint] = []
     seen: set[str] = set()
@@ -522,7 +536,7 @@ def plan_reclaim(
     if keep_last < 0 or keep_best < 0:
         raise JobError("--keep-last and --keep-best must be 0 or more")
     plan = ReclaimPlan([], drop, keep_last, keep_best, metric)
-    inv, ckpts, root, links = _gather([Path(p) for p in paths])
+    inv, ckpts, root, links = _gather([Path(p) for p in paths], plan.notes)
     kept = _keepers(inv, ckpts, root, keep_last, keep_best, metric, plan.notes)
     for ckpt in ckpts:
         path = Path(ckpt.path)
