@@ -52,7 +52,7 @@ from ckpttui.jobs.owner import (
     stale_lock,
     temp_status,
 )
-from ckpttui.jobs.select import scan_or_fail
+from ckpttui.jobs.select import candidates, scan_or_fail
 from ckpttui.layouts import RankError, layout_named
 from ckpttui.layouts.base import WRITTEN_BY
 from ckpttui.records import Category, Checkpoint, TensorRecord
@@ -237,25 +237,10 @@ def _gather(
 
 def _run(inv: Inventory, root: Path) -> list[Checkpoint]:
     """The run's checkpoints in training order (incomplete ones too: they are refused)."""
-    found = [
-        c
-        for c in inv.checkpoints
-        if "temp_owner" not in c.info
-        and layout_named(c.layout).is_candidate(c)
-        and "symlink_to" not in c.info
-        and "same_file_as" not in c.info
-    ]
-    if any(layout_named(c.layout).training for c in found):
-        found = [c for c in found if layout_named(c.layout).training]
-    layouts = sorted({c.layout for c in found})
-    if len(layouts) > 1:
-        raise JobError(
-            f"{root}: holds checkpoints of several layouts ({', '.join(layouts)}); "
-            "pass one run's folder, or the checkpoints"
-        )
+    found = [c for c in candidates(inv, root) if "temp_owner" not in c.info]
     if not found:
         raise JobError(f"{root}: no training checkpoints found")
-    return sorted(found, key=layout_named(layouts[0]).order)
+    return sorted(found, key=layout_named(found[0].layout).order)
 
 
 def _keepers(
