@@ -250,6 +250,8 @@ def _keepers(
                     raise JobError(str(exc)) from None
                 notes.append(f"no best kept: {exc}")
                 continue
+            if not ranked:
+                notes.append(f"no best kept: no checkpoint in {folder} records {rule}")
             for path, value in ranked[:keep_best]:
                 keep(str(path), f"best by {rule.split(' (', 1)[0]} ({value:g})")
     for c in inv.checkpoints:  # a named link (valid.acc.best.pth -> 3epoch.pth) keeps its target
