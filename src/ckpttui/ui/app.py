@@ -36,7 +36,8 @@ class CkptApp(App[int]):
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help"),
-        Binding("slash", "filter", "Filter"),
+        Binding("slash", "filter('footer')", "Filter"),
+        Binding("slash", "filter", "Filter", show=False),
         # A key listed twice: the first (shown in the footer) only where it applies or fits, the
         # second (not shown) always, so the key works everywhere and explains itself.
         Binding("s", "sort('footer')", "Sort"),
@@ -128,7 +129,7 @@ class CkptApp(App[int]):
         self.refresh_bindings()  # D Diff shows with two marks
 
     def on_resize(self) -> None:
-        """The footer lists what fits: the palette hint and Sort from 100 columns."""
+        """The footer lists what fits: the palette hint, Filter and Sort from 100 columns."""
         self.query_one(Footer).show_command_palette = self.size.width >= 100
         self.refresh_bindings()
 
@@ -243,7 +244,7 @@ class CkptApp(App[int]):
 
     def _in_footer(self, action: str) -> bool:
         """Whether a key shows in the footer here (it works everywhere; 80 columns fit)."""
-        if action == "sort":
+        if action in ("sort", "filter"):
             return self.size.width >= 100
         marked = self.query_one(CheckpointTree).marked
         if action == "diff":
@@ -256,7 +257,7 @@ class CkptApp(App[int]):
         """Show keys and colours."""
         self.push_screen(HelpScreen())
 
-    def action_filter(self) -> None:
+    def action_filter(self, _where: str = "") -> None:
         """Filter names in the folder view, or tensor names in the checkpoint view."""
         if self._right_is_folder():
             self.query_one("#folder-pane", TabbedContent).active = "tab-contents"
