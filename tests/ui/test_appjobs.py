@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_app import footer_shown
 
 from ckpttui.ui.app import CkptApp, make_app
 from ckpttui.ui.screens.diff import DiffScreen
 from ckpttui.ui.screens.job_form import JobForm
 from ckpttui.ui.widgets.jobs import JobRow, JobsPane
 from ckpttui.ui.widgets.tree import CheckpointTree
-from test_app import footer_shown
 
 
 async def settle(app: CkptApp, pilot: Any) -> None:
