@@ -101,6 +101,11 @@ def is_optimizer_state(node: Any) -> bool:
     return isinstance(node, dict) and "state" in node and "param_groups" in node
 
 
+def file_role(layout: str, name: str) -> Category | None:
+    """A whole file's category when its name decides it, else None (look inside)."""
+    return _file_role(layout, name)
+
+
 def _file_role(layout: str, name: str) -> Category | None:
     """A whole file's category when its name decides it, else None (look inside)."""
     lower = name.lower()

@@ -8,7 +8,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("inspect", "demo", "merge", "average", "export", "verify", "diff", "clean")
+COMMANDS = (
+    "inspect",
+    "demo",
+    "merge",
+    "average",
+    "export",
+    "reclaim",
+    "verify",
+    "diff",
+    "clean",
+)
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
@@ -151,6 +161,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from ckpttui.jobcli import run_job_command
 
         return run_job_command(argv[0], argv[1:])
+    if argv and argv[0] == "reclaim":
+        from ckpttui.reclaimcli import run_reclaim_command
+
+        return run_reclaim_command(argv[1:])
     if argv and argv[0] in ("verify", "diff"):
         from ckpttui.checkcli import run_check_command
 
@@ -159,7 +173,7 @@ def _main(argv: Sequence[str] | None) -> int:
         prog="ckpttui",
         description="Browse checkpoint folders: weights vs optimizer state, completeness, "
         "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
-        "export, verify PATH, diff A B, clean PATH (see `ckpttui COMMAND --help`), demo.",
+        "export, reclaim PATH, verify PATH, diff A B, clean PATH (see `ckpttui COMMAND --help`), demo.",
     )
     p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
     args = p.parse_args(argv)

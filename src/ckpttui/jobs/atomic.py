@@ -573,7 +573,9 @@ class AtomicOutput:
             if not is_checkpoint_name(name) or name.endswith(".json"):
                 continue  # shard indexes and configs are JSON, not checkpoints
             index = read_file(path)
-            if index.error or index.format in ("text", "unknown", "empty"):
+            # a folder's text files are sidecars and counters (a counter.ckpt holding an epoch)
+            bad = ("unknown", "empty") if self.folder else ("text", "unknown", "empty")
+            if index.error or index.format in bad:
                 raise JobError(
                     f"{self.target}: the new output does not read back "
                     f"({index.error or index.format}); the old one was kept"

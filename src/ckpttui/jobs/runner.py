@@ -22,7 +22,7 @@ from typing import Any
 
 from ckpttui.jobs.events import Event, JobError, drive
 
-KINDS = ("merge", "average", "export", "verify", "diff")
+KINDS = ("merge", "average", "export", "verify", "diff", "reclaim")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class JobSpec:
     """What to run: the job kind and its keyword arguments (plain JSON data)."""
 
     kind: str
-    """``merge``, ``average``, ``export``, ``verify`` (``{"path"}``) or ``diff`` (``{"a", "b", "include_all"}``)."""
+    """``merge``, ``average``, ``export``, ``verify`` (``{"path"}``), ``diff`` (``{"a", "b",
+    "include_all"}``) or ``reclaim`` (``{"paths", "keep_last", "keep_best", "metric", "drop"}``)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the engine (``src``/``inputs``, ``out``, options)."""
 
@@ -60,6 +61,16 @@ class JobSpec:
             or (self.args.get("select") or {}).get("root")
             or ""
         )
+        if self.kind == "reclaim":
+            paths = [str(p) for p in self.args.get("paths") or []]
+            what = (
+                f"{len(paths)} checkpoints"
+                if len(paths) > 1
+                else Path(paths[0]).name
+                if paths
+                else ""
+            )
+            return f"reclaim {what}"
         if isinstance(src, list):
             src = f"{len(src)} checkpoints" if len(src) > 1 else (src[0] if src else "")
         if self.kind in ("verify", "diff"):
@@ -86,6 +97,10 @@ def engine(spec: JobSpec) -> Callable[..., Iterator[Event]]:
         from ckpttui.jobs.diff import diff
 
         return diff
+    if spec.kind == "reclaim":
+        from ckpttui.jobs.reclaim import reclaim
+
+        return reclaim
     from ckpttui.jobs.export import export
 
     return export
@@ -115,6 +130,8 @@ def run_spec(spec: JobSpec, cancel: threading.Event | None = None) -> Iterator[E
             events = fn(args.pop("path"), cancel=cancel)
         elif spec.kind == "diff":
             events = fn(args.pop("a"), args.pop("b"), cancel=cancel, **args)
+        elif spec.kind == "reclaim":
+            events = fn(args.pop("paths"), cancel=cancel, **args)
         else:
             events = fn(args.pop("src"), args.pop("out"), cancel=cancel, **args)
     except (JobError, OSError, ValueError, TypeError) as exc:

@@ -170,9 +170,14 @@ def _bare_with_values(ws: WeightSet, skeleton: dict[Any, Any]) -> SlimLayout:
     return SlimLayout(wrap, notes, carrier.tensors)
 
 
-def slim_layout(ws: WeightSet, *, flat: bool = False) -> SlimLayout:
+def slim_layout(
+    ws: WeightSet, *, flat: bool = False, keep: tuple[str, ...] | None = None
+) -> SlimLayout:
     """The ``.pt`` layout of `ws`'s framework (its `LoaderContract`), or a bare state dict when
-    `flat` or when the framework's loader reads one."""
+    `flat` or when the framework's loader reads one.
+
+    `keep` (reclaim in place) names the top-level keys kept beside the state dict instead of the
+    contract's, and never unwraps: the file keeps its shape."""
     layout = layout_named(ws.layout)
     contract = layout.contract
     notes: list[str] = []
@@ -180,14 +185,15 @@ def slim_layout(ws: WeightSet, *, flat: bool = False) -> SlimLayout:
     path = ws.container
     if not path and isinstance(skeleton, dict):
         return _bare_with_values(ws, skeleton)
-    if flat or contract.flat:
+    if keep is None and (flat or contract.flat):
         if path:
             notes.append(
                 f"wrote the bare state dict (the source keeps it under {'/'.join(path)})"
                 + ("" if flat else f": what {layout.title}'s loader reads")
             )
         return SlimLayout(lambda state: state, notes, [])
-    keep = contract.keep
+    if keep is None:
+        keep = contract.keep
     if keep is None or not isinstance(skeleton, dict) or len(path) != 1:
 
         def nest(state: Any) -> Any:

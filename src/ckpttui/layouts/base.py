@@ -83,6 +83,14 @@ class Layout:
     """Its curves are per step even when epochs are known."""
     nested_weights: bool = False
     """Tensors nested below the top level of its files are weights unless named otherwise."""
+    consolidated: str = ""
+    """A folder whose weights live in its optimizer files (ZeRO fp32 masters, partitioned): the
+    name of the consolidated weights file reclaim writes into it before removing those ("": none)."""
+
+    def reclaim_removes(self, name: str) -> bool:
+        """Whether reclaim removes this file of a `consolidated` folder (once its weights are
+        written out)."""
+        return False
 
     def file_role(self, name: str) -> Category | None:
         """A whole file's category when its name decides it for this framework, else None."""

@@ -40,6 +40,12 @@ class DeepSpeed(Layout):
     title = "DeepSpeed ZeRO"
     weights_refusal = "a DeepSpeed ZeRO checkpoint; consolidate it with merge first"
     mergeable = True
+    # zero_to_fp32's convert_zero_checkpoint_to_fp32_state_dict names its .bin output so
+    consolidated = "pytorch_model.bin"
+
+    def reclaim_removes(self, name: str) -> bool:
+        """The ``*_optim_states.pt`` rank files (fp32 masters and optimizer state)."""
+        return _OPTIM.match(name) is not None
 
     def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
         """Client-state metrics (``cv_loss``, ``val_loss``, ``loss``) saved beside the model."""
@@ -147,7 +153,9 @@ class DeepSpeed(Layout):
                 ]
             elif model_files and f"mp_rank_{m:02d}_model_states.pt" not in names:
                 missing.append(f"mp_rank_{m:02d}_model_states.pt")
-            if stage and stage > 0 or optim_files:
+            if self.consolidated in names and not optim_files:
+                ckpt.info["consolidated"] = self.consolidated  # slimmed by reclaim
+            elif stage and stage > 0 or optim_files:
                 missing += [
                     f"{prefix}zero_pp_rank_{r}_mp_rank_{m:02d}_optim_states.pt"
                     for r in range(dp)

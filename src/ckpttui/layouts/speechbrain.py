@@ -141,8 +141,13 @@ class SpeechBrain(Layout):
             if sibling != folder and sibling.name.startswith("CKPT+") and sibling.is_dir():
                 expected |= {p.name for p in sibling.iterdir() if p.suffix == ".ckpt"}
         missing = sorted(expected - mine)
-        if missing and _written_by_ckpttui(folder) and all("optim" in m for m in missing):
-            ckpt.info["optimizer_left_out"] = True  # a weights-only folder, not a broken save
+        if (
+            missing
+            and _written_by_ckpttui(folder)
+            and all("optim" in m or self.file_role(m) is Category.OTHER for m in missing)
+        ):
+            # a weights-only folder (an export, a reclaim), not a broken save
+            ckpt.info["optimizer_left_out"] = True
             missing = []
         if missing:
             ckpt.complete = False
