@@ -150,7 +150,12 @@ class ReclaimScreen(ModalScreen[JobSpec | None]):
         width = max(40, table.size.width or 70) - 2
         wide = width >= 90  # "after" (size minus frees) only where it fits
         fixed = 6 + 9 + 9 + (9 if wide else 0) + 2 * (6 if wide else 5)
-        name_w = max(12, min(40, width - fixed - 14))
+        longest = (
+            max((len(os.path.basename(i.path.rstrip(os.sep))) for i in self.plan.items), default=12)
+            if self.plan is not None
+            else 12
+        )
+        name_w = max(12, min(40, longest, width - fixed - 14))
         columns = [
             ("name", "checkpoint", name_w),
             ("action", "action", 6),
@@ -218,7 +223,7 @@ class ReclaimScreen(ModalScreen[JobSpec | None]):
         elif item.action == "refuse":
             text.append(f"left as it is: {item.reason}", style="yellow")
         else:
-            text.append(f"rewritten in place without {item.reason or self.plan.drop}")
+            text.append(f"rewritten in place: {item.reason or 'drops ' + self.plan.drop}")
 
         def names(paths: list[str]) -> str:
             shown = [os.path.relpath(p, os.path.dirname(item.path)) for p in paths[:4]]
