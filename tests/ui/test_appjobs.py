@@ -274,3 +274,16 @@ async def test_m_on_a_lora_adapter_prefills_its_base_and_merges(lora: Path) -> N
     ref = torch.load(lora.parent / "ref.pt", weights_only=True)
     for key, value in ref.items():
         assert torch.allclose(ours[key], value, atol=1e-6), key
+
+
+async def test_new_keys_are_in_help_and_the_command_palette(run: Path) -> None:
+    from ckpttui.ui.screens.help import HELP
+
+    app = make_app(str(run))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Verify  [v]", "Reclaim space  [d]", "Diff  [D]"} <= titles
+        assert {"v Verify", "d Reclaim", "/ Filter", "s Sort"} <= footer_shown(app)
+    for key in ("`v`", "`D`", "`d`"):
+        assert f"| {key} |" in HELP

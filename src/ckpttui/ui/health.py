@@ -48,6 +48,9 @@ class HealthBook:
         self.verdicts: dict[str, Verdict] = {}
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}
         """Absolute file -> tensor name -> statistics (``min``, ``max``, ``nan`` ...)."""
+        self._index: dict[str, dict[str, Verdict]] = {}
+        """Each checkpoint, its files and every folder above it -> the verdicts there (a folder
+        of 5,000 rows asks once per row: a lookup, not a scan)."""
 
     def __bool__(self) -> bool:
         return bool(self.verdicts)
@@ -76,16 +79,32 @@ class HealthBook:
                 }
             self.verdicts[verdict.path] = verdict
             out.append(verdict)
+        self._reindex()
         return out
+
+    def _reindex(self) -> None:
+        self._index = {}
+        for verdict in self.verdicts.values():
+            keys = set(verdict.files)
+            path = verdict.path
+            while True:
+                keys.add(path)
+                parent = os.path.dirname(path)
+                if parent == path:
+                    break
+                path = parent
+            for key in keys:
+                self._index.setdefault(key, {})[verdict.path] = verdict
 
     def forget(self, path: str) -> None:
         """Drop what was found under `path` (it was rewritten: the verdict is stale)."""
         for key in [k for k in self.verdicts if _under(k, path) or _under(path, k)]:
             for f in self.verdicts.pop(key).files:
                 self.stats.pop(f, None)
+        self._reindex()
 
     def _matching(self, path: str) -> list[Verdict]:
-        return [v for k, v in self.verdicts.items() if _under(k, path) or path in v.files]
+        return list(self._index.get(path.rstrip(os.sep) or path, {}).values())
 
     def of(self, path: str) -> Health | None:
         """The health of a folder, checkpoint or file (None: nothing under it was verified)."""
