@@ -189,7 +189,9 @@ class JobForm(ModalScreen[JobSpec | None]):
         """Show the size line, preview the inputs, focus the output."""
         self._update_size()
         self._refresh_preview()
-        self.query_one("#form-output", Input).focus()
+        # A LoRA adapter that names no local base: the base is what the user must give first.
+        first = "#form-base" if self.request.merge_base == "" else "#form-output"
+        self.query_one(first, Input).focus()
 
     @on(Input.Changed, "#form-output")
     def _output_changed(self) -> None:
