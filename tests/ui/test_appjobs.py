@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from test_app import footer_shown
+from test_jobs_ui import select
 
 from ckpttui.ui.app import CkptApp, make_app
 from ckpttui.ui.screens.diff import DiffScreen
@@ -34,13 +35,6 @@ async def wait_jobs(app: CkptApp, pilot: Any, timeout: float = 60) -> list[JobRo
             return rows
         await asyncio.sleep(0.1)
     raise AssertionError("job did not end")
-
-
-async def select(app: CkptApp, pilot: Any, name: str) -> None:
-    tree = app.query_one(CheckpointTree)
-    node = next(n for n in tree.root.children if Path(n.data.path).name == name)
-    tree.move_cursor(node)
-    await settle(app, pilot)
 
 
 def text(widget: Any) -> str:
