@@ -106,7 +106,9 @@ class DiffScreen(ModalScreen[None]):
     def _fill(self) -> None:
         width = max(40, self.size.width - 4)
         numbers = 10
-        name_w = max(16, width - 4 * (numbers + 2) - 2)
+        # Names as wide as the longest (numbers stay beside them), at most what the screen has.
+        longest = max((len(str(m["name"])) for m in self.report.get("modules", [])), default=0)
+        name_w = max(16, min(width - 4 * (numbers + 2) - 2, longest + 2))
         modules = self.query_one("#diff-modules", DataTable)
         modules.clear(columns=True)
         for key, label, w in (
@@ -133,7 +135,8 @@ class DiffScreen(ModalScreen[None]):
             )
         tensors = self.query_one("#diff-tensors", DataTable)
         tensors.clear(columns=True)
-        name_w = max(16, width - 2 * (numbers + 2))
+        longest = max((len(str(t["name"])) for t in self.report.get("tensors", [])), default=0)
+        name_w = max(16, min(width - 2 * (numbers + 2), longest + 2))
         tensors.add_column("tensor", key="name", width=name_w)
         tensors.add_column(Text("rel change", justify="right"), key="rel", width=numbers)
         tensors.add_column(Text("max |Δ|", justify="right"), key="max", width=numbers)
