@@ -281,3 +281,32 @@ async def test_new_keys_are_in_help_and_the_command_palette(run: Path) -> None:
         assert {"v Verify", "d Reclaim", "/ Filter", "s Sort"} <= footer_shown(app)
     for key in ("`v`", "`D`", "`d`"):
         assert f"| {key} |" in HELP
+
+
+async def test_reclaim_plan_of_marked_checkpoints_slims_just_those(
+    ui_root: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("ckpttui.jobs.reclaim")
+    from ckpttui.ui.screens.reclaim import ReclaimScreen
+
+    exp = old_copy(ui_root / "asr-funasr" / "exp", tmp_path / "exp")
+    app = make_app(str(exp))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        for name in ("model.pt.ep1", "model.pt.ep2"):
+            await select(app, pilot, name)
+            await pilot.press("space")
+        await pilot.press("d")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, ReclaimScreen)
+        plan = screen.query_one("#reclaim-plan")
+        rows = {
+            str(plan.get_cell_at((r, 0))): str(plan.get_cell_at((r, 1)))
+            for r in range(plan.row_count)
+        }
+        assert rows == {"model.pt.ep1": "slim", "model.pt.ep2": "slim"}
+        assert "2 slimmed, 0 kept" in text(screen.query_one("#reclaim-total"))
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ReclaimScreen)
+        assert not app.query_one(JobsPane).rows()  # nothing ran

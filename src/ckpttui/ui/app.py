@@ -376,7 +376,8 @@ class CkptApp(App[int]):
             return
         from ckpttui.ui.screens.reclaim import ReclaimScreen
 
-        self.push_screen(ReclaimScreen(paths, self.query_one(FolderView).base), self._start_job)
+        base = self.query_one(FolderView).base
+        self.push_screen(ReclaimScreen(paths, base, marked=bool(marked)), self._start_job)
 
     def _start_job(self, spec: JobSpec | None) -> None:
         if spec is None:

@@ -54,9 +54,13 @@ class ReclaimScreen(ModalScreen[JobSpec | None]):
             super().__init__()
             self.token, self.plan, self.error, self.options = token, plan, error, options
 
-    def __init__(self, paths: list[str], base: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, paths: list[str], base: str = "", marked: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.paths = paths
+        self.marked = marked
+        """Marked checkpoints: the user chose them, so none is kept unless asked (keep 0 and 0)."""
         self.base = base
         self.plan: Any = None
         self.error: str | None = None
@@ -81,9 +85,10 @@ class ReclaimScreen(ModalScreen[JobSpec | None]):
             )
             with Horizontal(id="reclaim-options"):
                 yield Label("keep last ")
-                yield Input("1", id="reclaim-last", type="integer", compact=True)
+                keep = "0" if self.marked else "1"
+                yield Input(keep, id="reclaim-last", type="integer", compact=True)
                 yield Label(" best ")
-                yield Input("1", id="reclaim-best", type="integer", compact=True)
+                yield Input(keep, id="reclaim-best", type="integer", compact=True)
                 yield Label(" metric ")
                 yield Input("", placeholder="framework's", id="reclaim-metric", compact=True)
                 yield Label(" drop ")
