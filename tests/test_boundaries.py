@@ -64,6 +64,9 @@ BOUNDARIES = [
     pytest.param("ckpttui.textreport", ("torch", "textual"), id="textreport"),
     pytest.param("ckpttui.jobs", ("textual", "rich"), id="jobs"),
     pytest.param("ckpttui.jobcli", ("textual", "rich"), id="jobcli"),
+    # reclaim's plan runs in the app's worker threads: headers and pickles only
+    pytest.param("ckpttui.jobs.reclaim", ("torch", "textual", "rich"), id="reclaim-plan"),
+    pytest.param("ckpttui.reclaimcli", ("torch", "textual", "rich"), id="reclaimcli"),
     # The demo's parent side: the writers import torch only in their child processes.
     pytest.param("ckpttui.demo", ("torch", "textual", "transformers", "deepspeed"), id="demo"),
     pytest.param("ckpttui.ui", ("torch",), id="ui-modules"),

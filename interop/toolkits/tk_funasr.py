@@ -60,10 +60,33 @@ def train(work: Path) -> str:
     return ", ".join(sorted(p.name for p in (work / "exp").iterdir()))
 
 
+def _reclaim_copy(work: Path) -> Path:
+    """A fresh copy of the run for reclaim to slim in place (settled: an hour old)."""
+    import os
+    import shutil
+    import time
+
+    run = work / "reclaim"
+    if run.exists():
+        shutil.rmtree(run)
+    if (work / "exp").is_dir():
+        shutil.copytree(work / "exp", run, symlinks=True)
+        old = time.time() - 3600
+        for p in run.rglob("*"):
+            os.utime(p, (old, old), follow_symlinks=False)
+    return run
+
+
 def checks(work: Path) -> list[dict]:
     """The ckpttui commands and the loader that must accept each output."""
     exp, out = work / "exp", work / "out"
+    run = _reclaim_copy(work)
     return [
+        {
+            "name": "reclaim (keep newest + best val acc) -> load_pretrained_model",
+            "loader": "reclaim",
+            "ckpttui": [["reclaim", run, "--yes"]],
+        },
         {
             "name": "average --best 2 = funasr average_checkpoints -> load_pretrained_model",
             "loader": "avg_best",
@@ -122,6 +145,19 @@ def load_export(work: Path) -> str:
         "slim",
     )
     return "load_pretrained_model: weights exact"
+
+
+def load_reclaim(work: Path) -> str:
+    from _side import same
+
+    epochs = sorted((work / "reclaim").glob("model.pt.ep*"))
+    slimmed = []
+    for path in epochs:
+        same(_load(path), _torch_load(work / "exp" / path.name)["state_dict"], path.name)
+        if "optimizer" not in _torch_load(path):
+            slimmed.append(path.name)
+    assert slimmed and len(slimmed) < len(epochs), slimmed
+    return f"load_pretrained_model: every epoch's weights exact; slimmed {', '.join(slimmed)}"
 
 
 def load_st(work: Path) -> str:

@@ -81,11 +81,52 @@ def train(work: Path) -> str:
     return f"{len(list((work / 'all').glob('*.ckpt')))} epoch files, best {top.best_model_path}"
 
 
+def _reclaim_copy(work: Path, name: str) -> Path:
+    """A fresh copy of the epoch files for reclaim to slim in place (settled: an hour old)."""
+    import os
+    import shutil
+    import time
+
+    run = work / name
+    if run.exists():
+        shutil.rmtree(run)
+    if (work / "all").is_dir():
+        shutil.copytree(work / "all", run)
+        old = time.time() - 3600
+        for p in run.iterdir():
+            os.utime(p, (old, old))
+    return run
+
+
 def checks(work: Path) -> list[dict]:
     """The ckpttui commands and the loader that must accept each output."""
     last = sorted((work / "top").glob("last*.ckpt"))
     last_ckpt = last[0] if last else work / "top" / "last.ckpt"
+    run = _reclaim_copy(work, "reclaim")
+    run_training = _reclaim_copy(work, "reclaim_training")
     return [
+        {
+            "name": "reclaim --keep-last 1 (in place) -> load_from_checkpoint",
+            "loader": "reclaim",
+            "ckpttui": [["reclaim", run, "--keep-last", "1", "--keep-best", "0", "--yes"]],
+        },
+        {
+            "name": "reclaim --drop training (in place) -> load_from_checkpoint",
+            "loader": "reclaim_training",
+            "ckpttui": [
+                [
+                    "reclaim",
+                    run_training,
+                    "--keep-last",
+                    "0",
+                    "--keep-best",
+                    "0",
+                    "--drop",
+                    "training",
+                    "--yes",
+                ]
+            ],
+        },
         {
             "name": "average --last 2 -> load_from_checkpoint",
             "loader": "avg_last",
@@ -182,6 +223,26 @@ def load_slim(work: Path) -> str:
         if k in slim
     ]
     return f"loaded, weights exact; keeps {', '.join(kept)}"
+
+
+def load_reclaim(work: Path, name: str = "reclaim") -> str:
+    from _side import same
+
+    files = sorted((work / name).glob("*.ckpt"), key=lambda p: _sd(p)["global_step"])
+    for path in files:
+        model = _model_class().load_from_checkpoint(path, map_location="cpu")
+        same(model.state_dict(), _sd(work / "all" / path.name)["state_dict"], path.name)
+    slimmed = [p.name for p in files if "optimizer_states" not in _sd(p)]
+    if name == "reclaim":
+        assert slimmed == [p.name for p in files[:-1]], slimmed
+        return f"each loads, weights exact; {len(slimmed)} slimmed, the newest kept whole"
+    assert slimmed == [p.name for p in files], slimmed
+    assert not any("lr_schedulers" in _sd(p) for p in files)
+    return f"each loads, weights exact; all {len(slimmed)} slimmed, schedulers dropped too"
+
+
+def load_reclaim_training(work: Path) -> str:
+    return load_reclaim(work, "reclaim_training")
 
 
 def load_safetensors(work: Path) -> str:

@@ -12,7 +12,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckpttui.jobs.events import JobError
@@ -258,6 +258,15 @@ def run_job_command(kind: str, argv: list[str]) -> int:
     except (OSError, ValueError, JobError) as exc:
         print(f"ckpttui {kind}: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        return run_interruptible(spec, lambda events, got: _run_json(spec, events, got))
+    return run_interruptible(spec, lambda events, got: _run_bar(spec, events, got))
+
+
+def run_interruptible(spec: JobSpec, consume: Callable[[Iterator[Any], list[int]], int]) -> int:
+    """Run a spec in this process; `consume(events, signals received)` drives it and returns the
+    exit code. SIGINT, SIGTERM or SIGHUP stop the job, whose temporary files are removed (exit
+    128 + the signal)."""
     from ckpttui.jobs.atomic import discard_all
     from ckpttui.jobs.runner import run_spec
 
@@ -267,9 +276,7 @@ def run_job_command(kind: str, argv: list[str]) -> int:
         with stop_on_signals(cancel) as received:
             try:
                 events = run_spec(spec, cancel)
-                if args.json:
-                    return _run_json(spec, events, received)
-                return _run_bar(spec, events, received)
+                return consume(events, received)
             except KeyboardInterrupt as exc:
                 close = getattr(events, "close", None)
                 if close is not None:

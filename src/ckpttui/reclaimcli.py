@@ -8,14 +8,12 @@ when interrupted (each checkpoint is then either original or slimmed).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ckpttui.jobcli import _exit_code, _say, progress_bar, stop_on_signals
+from ckpttui.jobcli import _exit_code, _say, progress_bar, run_interruptible
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.runner import JobSpec
 
@@ -95,33 +93,22 @@ def run_reclaim_command(argv: list[str]) -> int:
 
 
 def _run(spec: JobSpec, as_json: bool) -> int:
-    from ckpttui.jobs.atomic import discard_all
-    from ckpttui.jobs.runner import run_spec
-
-    cancel = threading.Event()
-    events = None
-    try:
-        with stop_on_signals(cancel) as received:
-            try:
-                events = run_spec(spec, cancel)
-                last = _json(events) if as_json else _bar(spec, events)
-            except KeyboardInterrupt as exc:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        close()
-                discard_all()
-                _say("ckpttui reclaim: interrupted; each checkpoint is original or slimmed")
-                return _exit_code(received, exc)
-    finally:
-        discard_all()
-    if last is None or last.kind != "done":
+    def consume(events: Iterator[Event], received: list[int]) -> int:
+        try:
+            last = _json(events) if as_json else _bar(spec, events)
+        except OSError:
+            if not received:  # the terminal went away after SIGHUP: the job stops, cleaned up
+                raise
+            return _exit_code(received)
+        if last is None or last.kind != "done":
+            if not as_json:
+                _say(f"ckpttui reclaim: {last.message if last else 'no result'}")
+            return _exit_code(received) if received else 1
         if not as_json:
-            _say(f"ckpttui reclaim: {last.message if last else 'no result'}")
-        return _exit_code(received) if received else 1
-    if not as_json:
-        _say(last.message)
-    return 0
+            _say(last.message)
+        return 0
+
+    return run_interruptible(spec, consume)
 
 
 def _json(events: Iterator[Event]) -> Event | None:

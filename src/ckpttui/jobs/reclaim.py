@@ -52,7 +52,7 @@ from ckpttui.jobs.owner import (
     stale_lock,
     temp_status,
 )
-from ckpttui.jobs.select import scan_or_fail
+from ckpttui.jobs.select import candidates, scan_or_fail
 from ckpttui.layouts import RankError, layout_named
 from ckpttui.layouts.base import WRITTEN_BY
 from ckpttui.records import Category, Checkpoint, TensorRecord
@@ -183,7 +183,9 @@ def _own(inv: Inventory, path: Path) -> Checkpoint | None:
     return next((c for c in inv.checkpoints if c.path == target), None)
 
 
-def _gather(paths: Sequence[Path]) -> tuple[Inventory, list[Checkpoint], Path, dict[str, str]]:
+def _gather(
+    paths: Sequence[Path], notes: list[str]
+) -> tuple[Inventory, list[Checkpoint], Path, dict[str, str]]:
     """The inventory, the checkpoints to consider, the root, and links given -> their targets."""
     if not paths:
         raise JobError("reclaim: give a run folder or checkpoints")
@@ -197,7 +199,19 @@ def _gather(paths: Sequence[Path]) -> tuple[Inventory, list[Checkpoint], Path, d
         own = _own(inv, root)
         inside = [c for c in inv.checkpoints if c is not own and layout_named(c.layout).training]
         if own is None or inside:  # a run folder (an HF output_dir is also a model folder)
-            return inv, _run(inv, root), root, links
+            ckpts = _run(inv, root)
+            taken = {c.path for c in ckpts}
+            others = [
+                inv.rel(c.path)
+                for c in inv.checkpoints
+                if c.path not in taken and "temp_owner" not in c.info and c is not own
+            ]
+            if others:
+                notes.append(
+                    f"not regular training saves, left alone (give them as paths to slim them): "
+                    f"{', '.join(others[:6])}{' ...' if len(others) > 6 else ''}"
+                )
+            return inv, ckpts, root, links
     inv = Inventory(Path(os.path.commonpath([os.path.abspath(p) for p in paths])))
     chosen: list[Checkpoint] = []
     seen: set[str] = set()
@@ -223,25 +237,10 @@ def _gather(paths: Sequence[Path]) -> tuple[Inventory, list[Checkpoint], Path, d
 
 def _run(inv: Inventory, root: Path) -> list[Checkpoint]:
     """The run's checkpoints in training order (incomplete ones too: they are refused)."""
-    found = [
-        c
-        for c in inv.checkpoints
-        if "temp_owner" not in c.info
-        and layout_named(c.layout).is_candidate(c)
-        and "symlink_to" not in c.info
-        and "same_file_as" not in c.info
-    ]
-    if any(layout_named(c.layout).training for c in found):
-        found = [c for c in found if layout_named(c.layout).training]
-    layouts = sorted({c.layout for c in found})
-    if len(layouts) > 1:
-        raise JobError(
-            f"{root}: holds checkpoints of several layouts ({', '.join(layouts)}); "
-            "pass one run's folder, or the checkpoints"
-        )
+    found = [c for c in candidates(inv, root) if "temp_owner" not in c.info]
     if not found:
         raise JobError(f"{root}: no training checkpoints found")
-    return sorted(found, key=layout_named(layouts[0]).order)
+    return sorted(found, key=layout_named(found[0].layout).order)
 
 
 def _keepers(
@@ -522,7 +521,7 @@ def plan_reclaim(
     if keep_last < 0 or keep_best < 0:
         raise JobError("--keep-last and --keep-best must be 0 or more")
     plan = ReclaimPlan([], drop, keep_last, keep_best, metric)
-    inv, ckpts, root, links = _gather([Path(p) for p in paths])
+    inv, ckpts, root, links = _gather([Path(p) for p in paths], plan.notes)
     kept = _keepers(inv, ckpts, root, keep_last, keep_best, metric, plan.notes)
     for ckpt in ckpts:
         path = Path(ckpt.path)
@@ -580,7 +579,7 @@ def reclaim(
     """Slim the checkpoints a fresh `plan_reclaim` chooses, one by one, each atomically."""
     plan = plan_reclaim(paths, keep_last=keep_last, keep_best=keep_best, metric=metric, drop=drop)
     todo = plan.slimmed
-    total = sum(i.after for i in todo if i.writes)
+    total = sum(map(_written, todo))
     yield Event(
         "start",
         JOB,
@@ -602,7 +601,7 @@ def reclaim(
         check_cancel(cancel)
         before = _free_bytes(Path(item.path).parent)
         try:
-            for event in _slim(item, plan.drop, cancel):
+            for event in _slim(item, cancel):
                 if event.kind == "progress":
                     yield Event("progress", JOB, done + event.bytes_done, total, event.message)
                 elif event.kind in ("log", "done"):
@@ -614,7 +613,7 @@ def reclaim(
             yield Event("log", JOB, done, total, f"failed, left as it was: {exc}")
         else:
             freed += max(_free_bytes(Path(item.path).parent) - before, 0)
-        done += item.after if item.writes else 0
+        done += _written(item)
     if failed:
         raise JobError(f"{len(failed)} of {len(todo)} checkpoints not slimmed: {failed[0]}")
     yield Event(
@@ -656,7 +655,12 @@ def _clean(item: PlanItem) -> Iterator[Event]:
             )
 
 
-def _slim(item: PlanItem, drop: str, cancel: threading.Event | None) -> Iterator[Event]:
+def _written(item: PlanItem) -> int:
+    """Bytes a slimming writes (the progress total): a rewritten file, or a folder's new files."""
+    return item.new_bytes if Path(item.path).is_dir() else item.after
+
+
+def _slim(item: PlanItem, cancel: threading.Event | None) -> Iterator[Event]:
     if Path(item.path).is_dir():
         yield from _slim_folder(item, cancel)
     else:

@@ -24,6 +24,7 @@ from ckpttui.records import Checkpoint
 
 __all__ = [
     "Selection",
+    "candidates",
     "natural_key",
     "run_checkpoints",
     "scan_or_fail",
@@ -69,6 +70,24 @@ def run_checkpoints(
     """The regular checkpoints of the one run under `root`, oldest first, and notes on the rest."""
     inv = inventory if inventory is not None else scan_or_fail(Path(root))
     notes: list[str] = []
+    found = candidates(inv, root)
+    parents = sorted({str(Path(c.path).parent) for c in found})
+    if len(parents) > 1:
+        raise JobError(f"{root}: holds several runs ({', '.join(parents[:3])}); pass one of them")
+    usable = []
+    for ckpt in found:
+        if ckpt.complete:
+            usable.append(ckpt)
+        else:
+            notes.append(f"skipped {inv.rel(ckpt.path)}: " + "; ".join(ckpt.problems[:2]))
+    if not usable:
+        raise JobError(f"{root}: no complete training checkpoints found")
+    return sorted(usable, key=_order), notes
+
+
+def candidates(inv: Inventory, root: str | os.PathLike[str]) -> list[Checkpoint]:
+    """The regular training saves in an inventory (never copies, links, averages or a file
+    reached twice), complete or not, in walk order; several layouts are a JobError."""
     found = [
         c
         for c in inv.checkpoints
@@ -84,18 +103,7 @@ def run_checkpoints(
             f"{root}: holds checkpoints of several layouts ({', '.join(layouts)}); "
             "pass one run's folder"
         )
-    parents = sorted({str(Path(c.path).parent) for c in found})
-    if len(parents) > 1:
-        raise JobError(f"{root}: holds several runs ({', '.join(parents[:3])}); pass one of them")
-    usable = []
-    for ckpt in found:
-        if ckpt.complete:
-            usable.append(ckpt)
-        else:
-            notes.append(f"skipped {inv.rel(ckpt.path)}: " + "; ".join(ckpt.problems[:2]))
-    if not usable:
-        raise JobError(f"{root}: no complete training checkpoints found")
-    return sorted(usable, key=_order), notes
+    return found
 
 
 def select_last(
