@@ -92,7 +92,7 @@ def request_for(
 
 
 def _adapter_folder(selected: NodeData) -> Path | None:
-    """The PEFT / adapters LoRA folder selected (or holding the selected file), if one."""
+    """The LoRA adapter folder selected (or holding the selected file), if one."""
     from ckpttui.layouts.lora import is_adapter_folder
 
     path = Path(selected.path)
