@@ -1,7 +1,8 @@
 """Regenerate the SVG screenshots in this folder from the demo experiments tree.
 
 ./dev ckpttui demo --no-open      # once: writes the demo folder
-.venv/bin/python screenshots/make_screenshots.py
+.venv/bin/python screenshots/make_screenshots.py               # all of them
+.venv/bin/python screenshots/make_screenshots.py diff-view     # only the ones named
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ async def _shot(
     size: tuple[int, int] = (120, 40),
     before: Any = None,
 ) -> None:
+    if sys.argv[1:] and name not in sys.argv[1:]:
+        return
     app = make_app(str(path))
     async with app.run_test(size=size) as pilot:
         for _ in range(3):
@@ -93,8 +96,44 @@ async def _export_form(app: Any, pilot: Any) -> None:
         await form.workers.wait_for_complete()
 
 
+async def _wait_jobs(app: Any, pilot: Any) -> None:
+    from ckpttui.ui.widgets.jobs import JobsPane
+
+    for _ in range(600):
+        if all(not r.running for r in app.query_one(JobsPane).rows()):
+            break
+        await asyncio.sleep(0.1)
+    for _ in range(3):
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+
+
+async def _diff(app: Any, pilot: Any) -> None:
+    """Mark the first and the last WeNet epochs (space), press D: the diff job, then its view."""
+    from ckpttui.ui.widgets.tree import CheckpointTree
+
+    tree = app.query_one(CheckpointTree)
+    for name in ("epoch_0.pt", "epoch_4.pt"):
+        node = next(n for n in tree.root.children if Path(n.data.path).name == name)
+        tree.move_cursor(node)
+        await pilot.pause()
+        await pilot.press("space")
+    await pilot.press("D")
+    await pilot.pause()
+    await _wait_jobs(app, pilot)
+
+
+async def _reclaim(app: Any, pilot: Any) -> None:
+    """d on the FunASR run folder: the plan (computed in a worker)."""
+    await pilot.press("d")
+    for _ in range(3):
+        await pilot.pause()
+        await app.screen.workers.wait_for_complete()
+
+
 async def main() -> None:
-    """Folder view (80x24 and 120x40), breakdown, curve, DeepSpeed folder, export form, jobs."""
+    """Folder view (80x24 and 120x40), breakdown, curve, DeepSpeed folder, export form, jobs,
+    the reclaim plan and the diff view."""
     demo = ensure_demo()
     await _shot(demo, "folder-view")
     await _shot(demo, "folder-view-80x24", size=(80, 24))
@@ -109,6 +148,8 @@ async def main() -> None:
         before=_export_form,
     )
     await _shot(demo, "jobs-pane", before=_jobs)
+    await _shot(demo / "asr-paraformer-funasr" / "exp", "reclaim-plan", before=_reclaim)
+    await _shot(demo / "asr-conformer-wenet" / "exp", "diff-view", before=_diff)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,58 @@ class TestScreens:
             await _settle(pilot)
 
         assert snap_compare(app, terminal_size=size, run_before=run)
+
+
+class TestJobViews:
+    """What v, D and d show: the diff view and the reclaim plan."""
+
+    @pytest.fixture(scope="class")
+    def diff_report(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+        from test_appjobs import make_run
+
+        from ckpttui.jobs.diff import diff
+
+        run = make_run(tmp_path_factory.mktemp("snapdiff") / "run")
+        events = list(diff(run / "step1.pt", run / "step2.pt"))
+        return run, events[-1].data
+
+    @sizes
+    def test_diff_view_sorted_by_change_with_frozen_modules(
+        self, snap_compare: Any, diff_report: tuple[Path, dict[str, Any]], size: tuple[int, int]
+    ) -> None:
+        from ckpttui.ui.screens.diff import DiffScreen
+
+        run, report = diff_report
+        app = make_app(str(run))
+
+        async def show(pilot: Any) -> None:
+            await _settle(pilot)
+            await pilot.app.push_screen(DiffScreen(report, str(run.parent)))
+            await _settle(pilot)
+
+        assert snap_compare(app, terminal_size=size, run_before=show)
+
+    @pytest.fixture(scope="class")
+    def old_run(self, ui_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        from test_appjobs import old_copy
+
+        root = tmp_path_factory.mktemp("snapreclaim") / "runs"
+        root.mkdir()
+        old_copy(ui_root / "asr-funasr" / "exp", root / "exp")
+        return root
+
+    @sizes
+    def test_reclaim_plan_keeps_newest_and_best(
+        self, snap_compare: Any, old_run: Path, size: tuple[int, int]
+    ) -> None:
+        pytest.importorskip("ckpttui.jobs.reclaim")
+        app = make_app(str(old_run / "exp"))
+
+        async def plan(pilot: Any) -> None:
+            await _settle(pilot)
+            await pilot.press("d")
+            await _settle(pilot)
+            await pilot.app.screen.workers.wait_for_complete()
+            await _settle(pilot)
+
+        assert snap_compare(app, terminal_size=size, run_before=plan)

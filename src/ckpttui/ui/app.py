@@ -17,6 +17,7 @@ from textual.worker import Worker, WorkerState
 from ckpttui.browse import dir_layout
 from ckpttui.jobs.runner import JobSpec
 from ckpttui.layouts import mergeable_titles
+from ckpttui.ui.health import HealthBook
 from ckpttui.ui.screens.confirm import ConfirmScreen
 from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
@@ -35,14 +36,23 @@ class CkptApp(App[int]):
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help"),
-        Binding("slash", "filter", "Filter"),
-        Binding("s", "sort", "Sort"),
+        Binding("slash", "filter('footer')", "Filter"),
+        Binding("slash", "filter", "Filter", show=False),
+        # A key listed twice: the first (shown in the footer) only where it applies or fits, the
+        # second (not shown) always, so the key works everywhere and explains itself.
+        Binding("s", "sort('footer')", "Sort"),
+        Binding("s", "sort", "Sort", show=False),
         Binding("S", "reverse_sort", "Reverse sort", show=False),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("c", "curve", "Curve", show=False),
         Binding("m", "job('merge')", "Merge"),
         Binding("a", "job('average')", "Avg"),
         Binding("e", "job('export')", "Export"),
+        Binding("v", "verify", "Verify"),
+        Binding("d", "reclaim('footer')", "Reclaim"),
+        Binding("d", "reclaim", "Reclaim", show=False),
+        Binding("D", "diff('footer')", "Diff"),
+        Binding("D", "diff", "Diff", show=False),
         Binding("x", "cancel_job", "Cancel"),
         Binding("J", "toggle_jobs", "Jobs", show=False),
         Binding("1", "tab('tab-summary')", "Summary", show=False),
@@ -59,6 +69,9 @@ class CkptApp(App[int]):
         "merge": "m",
         "average": "a",
         "export": "e",
+        "verify": "v",
+        "reclaim": "d",
+        "diff": "D",
         "cancel_job": "x",
         "toggle_jobs": "J",
         "quit": "q",
@@ -73,6 +86,8 @@ class CkptApp(App[int]):
         self.root_layout = None if self.start_file else dir_layout(self.root_path)
         self.selected: NodeData | None = None
         self.quitting = False
+        self.health = HealthBook()
+        """What this session's verify jobs found (the folder and checkpoint views show it)."""
 
     def compose(self) -> ComposeResult:
         """Tree | (folder view with curve) or checkpoint view; jobs; footer."""
@@ -98,6 +113,9 @@ class CkptApp(App[int]):
         base = os.path.dirname(self.root_path.rstrip(os.sep))
         self.query_one(FolderView).base = base
         self.query_one(CheckpointView).base = base
+        self.query_one(FolderView).health = self.health
+        self.query_one(CheckpointView).health = self.health
+        self.watch(self.query_one(CheckpointTree), "marked", self._marks_changed, init=False)
         if self.start_file:
             self._show_checkpoint(self.start_file, ())
             self.query_one(CheckpointView).show_tab("tab-breakdown")
@@ -106,6 +124,14 @@ class CkptApp(App[int]):
         else:
             self._show_folder(self.root_path)
         self.query_one(CheckpointTree).focus()
+
+    def _marks_changed(self) -> None:
+        self.refresh_bindings()  # D Diff shows with two marks
+
+    def on_resize(self) -> None:
+        """The footer lists what fits: the palette hint, Filter and Sort from 100 columns."""
+        self.query_one(Footer).show_command_palette = self.size.width >= 100
+        self.refresh_bindings()
 
     def _theme_changed(self) -> None:
         use_theme(self.current_theme)
@@ -135,6 +161,7 @@ class CkptApp(App[int]):
         if self.start_file and data.path == self.root_path:
             return  # the tree's first highlight; the file given on the command line wins
         self.selected = data
+        self.refresh_bindings()
         if data.kind == "dir":
             self._show_folder(data.path)
         elif data.kind == "checkpoint":
@@ -211,13 +238,26 @@ class CkptApp(App[int]):
         """Footer shows the keys that work here: Cancel only while a job runs."""
         if action == "cancel_job":
             return self.query_one(JobsPane).running_count() > 0
+        if parameters and parameters[-1] == "footer":
+            return self._in_footer(action)
+        return True
+
+    def _in_footer(self, action: str) -> bool:
+        """Whether a key shows in the footer here (it works everywhere; 80 columns fit)."""
+        if action in ("sort", "filter"):
+            return self.size.width >= 100
+        marked = self.query_one(CheckpointTree).marked
+        if action == "diff":
+            return len(marked) == 2
+        if action == "reclaim":
+            return bool(marked) or (self.selected is not None and self.selected.kind == "dir")
         return True
 
     def action_help(self) -> None:
         """Show keys and colours."""
         self.push_screen(HelpScreen())
 
-    def action_filter(self) -> None:
+    def action_filter(self, _where: str = "") -> None:
         """Filter names in the folder view, or tensor names in the checkpoint view."""
         if self._right_is_folder():
             self.query_one("#folder-pane", TabbedContent).active = "tab-contents"
@@ -225,7 +265,7 @@ class CkptApp(App[int]):
         else:
             self.query_one(CheckpointView).open_filter()
 
-    def action_sort(self) -> None:
+    def action_sort(self, _where: str = "") -> None:
         """Cycle the sort key of the list on the right."""
         if self._right_is_folder():
             key = self.query_one(FolderView).cycle_sort()
@@ -291,6 +331,54 @@ class CkptApp(App[int]):
 
         self.push_screen(JobForm(request), self._start_job)
 
+    def _targets(self) -> list[str]:
+        """What v and d act on: the marked checkpoints, else the list's row, else the tree's node."""
+        marked = self.query_one(CheckpointTree).marked_paths()
+        if marked:
+            return marked
+        folder = self.query_one(FolderView)
+        row = folder.current_path()
+        if self._right_is_folder() and self.focused is folder.query_one("#folder-table") and row:
+            return [row]
+        if self.selected is not None and self.selected.kind != "placeholder":
+            return [self.selected.path]
+        return [self.root_path]
+
+    def action_verify(self) -> None:
+        """Verify the selection (or the marked checkpoints) in a job: CRCs, bounds, NaN/Inf."""
+        for path in self._targets():
+            self._start_job(JobSpec("verify", {"path": path}))
+
+    def action_diff(self, _where: str = "") -> None:
+        """Diff the two marked checkpoints (A marked first) in a job; the view opens when done."""
+        marked = self.query_one(CheckpointTree).marked_paths()
+        if len(marked) != 2:
+            self.notify(
+                f"Mark two checkpoints with space (A first, then B), then press D "
+                f"({len(marked)} marked)",
+                severity="warning",
+                timeout=6,
+            )
+            return
+        self._start_job(JobSpec("diff", {"a": marked[0], "b": marked[1], "include_all": False}))
+
+    def action_reclaim(self, _where: str = "") -> None:
+        """The reclaim plan for the selected run folder or the marked checkpoints."""
+        paths = self._targets()
+        marked = self.query_one(CheckpointTree).marked_paths()
+        if not marked and (not os.path.isdir(paths[0]) or dir_layout(paths[0])):
+            self.notify(
+                "Select a run folder (its checkpoints but the newest and the best are slimmed) "
+                "or mark the checkpoints to slim with space, then press d",
+                severity="warning",
+                timeout=6,
+            )
+            return
+        from ckpttui.ui.screens.reclaim import ReclaimScreen
+
+        base = self.query_one(FolderView).base
+        self.push_screen(ReclaimScreen(paths, base, marked=bool(marked)), self._start_job)
+
     def _start_job(self, spec: JobSpec | None) -> None:
         if spec is None:
             return
@@ -303,7 +391,18 @@ class CkptApp(App[int]):
     def _job_ended(self, message: JobsPane.JobEnded) -> None:
         self.refresh_bindings()
         event = message.event
-        if event.kind == "done":
+        kind = message.spec.kind
+        if kind == "reclaim":
+            self._rewritten(list(message.spec.args.get("paths", [])))
+        if event.kind == "done" and kind == "verify":
+            self._verified(message.job_id, event.data)
+        elif event.kind == "done" and kind == "diff":
+            from ckpttui.ui.screens.diff import DiffScreen
+
+            self.push_screen(DiffScreen(event.data, self.query_one(FolderView).base))
+        elif event.kind == "done" and kind == "reclaim":
+            self.notify(f"job #{message.job_id} done: {event.message}", timeout=5)
+        elif event.kind == "done":
             self.notify(f"job #{message.job_id} done: {message.spec.output}", timeout=5)
             self._reload_folder(os.path.dirname(os.path.abspath(message.spec.output)))
         elif event.data.get("cancelled"):
@@ -312,6 +411,45 @@ class CkptApp(App[int]):
             self.notify(
                 f"job #{message.job_id} failed: {event.message}", severity="error", timeout=10
             )
+
+    def _verified(self, job_id: int, report: dict[str, Any]) -> None:
+        """Show a verify report: the health column, the Tensors tab's statistics, a toast."""
+        verdicts = self.health.add(report)
+        sick = [v for v in verdicts if not v.healthy]
+        name = os.path.basename(str(report.get("path", "")).rstrip(os.sep))
+        if sick:
+            problems = sum(len(v.problems) for v in sick)
+            self.notify(
+                f"verify {name}: {len(sick)} of {len(verdicts)} checkpoint(s) with "
+                f"{problems} problem(s); the Tensors tab names them",
+                severity="error",
+                timeout=10,
+            )
+        else:
+            self.notify(f"verify {name}: {len(verdicts)} checkpoint(s) healthy", timeout=5)
+        self.query_one(FolderView).refresh_rows()
+        self.query_one(CheckpointView).health_changed()
+
+    def _rewritten(self, paths: list[str]) -> None:
+        """After a reclaim: sizes are read again (cursor kept); verdicts of rewritten files go."""
+        folders: set[str] = set()
+        for path in paths:
+            path = os.path.abspath(path)
+            self.health.forget(path)
+            folders.update({path, os.path.dirname(path)})
+        tree = self.query_one(CheckpointTree)
+        for folder in sorted(folders):
+            tree.reload(folder)
+        folder_view = self.query_one(FolderView)
+        shown = folder_view.path
+        if shown is not None and any(
+            f == shown or f.startswith(shown.rstrip(os.sep) + os.sep) for f in folders
+        ):
+            folder_view.show(shown, force=True)
+        view = self.query_one(CheckpointView)
+        if not self._right_is_folder() and view.path and self.selected is not None:
+            view.path = None
+            self._show_checkpoint(self.selected.path, self.selected.key_path)
 
     def _reload_folder(self, folder: str) -> None:
         """Show a new output: the tree and the list update in place; cursor and marks stay."""
@@ -394,6 +532,24 @@ class CkptApp(App[int]):
             k["export"],
             "Weights only: safetensors, slim .pt or HF folder",
             lambda: self.action_job("export"),
+        )
+        yield cmd(
+            "Verify",
+            k["verify"],
+            "CRCs, bounds, NaN/Inf and statistics of the selection or the marked checkpoints",
+            self.action_verify,
+        )
+        yield cmd(
+            "Reclaim space",
+            k["reclaim"],
+            "Slim a run's checkpoints in place (keep the newest and the best): the plan first",
+            self.action_reclaim,
+        )
+        yield cmd(
+            "Diff",
+            k["diff"],
+            "What changed between the two marked checkpoints, per module and tensor",
+            self.action_diff,
         )
         yield cmd(
             "Cancel job", k["cancel_job"], "Cancel the selected running job", self.action_cancel_job

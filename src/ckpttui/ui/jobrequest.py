@@ -68,6 +68,9 @@ def request_for(
         raise JobRequestError("Select a checkpoint first")
     path = selected.path
     if kind == "merge":
+        adapter = _adapter_folder(selected)
+        if adapter is not None:
+            return _lora_request(adapter)
         src = _merge_source(selected)
         if src is not None:
             _check_mergeable(src)
@@ -86,6 +89,34 @@ def request_for(
     base = Path(path)
     out = base.parent / f"{base.name}-weights.safetensors"
     return JobRequest("export", [path], _free_name(out), _estimate(view, path))
+
+
+def _adapter_folder(selected: NodeData) -> Path | None:
+    """The LoRA adapter folder selected (or holding the selected file), if one."""
+    from ckpttui.layouts.lora import is_adapter_folder
+
+    path = Path(selected.path)
+    for folder in (path, path.parent):
+        if is_adapter_folder(folder):
+            return folder
+    return None
+
+
+def _lora_request(adapter: Path) -> JobRequest:
+    """Merge an adapter into its base: the base it names prefilled, an HF folder out for an HF base."""
+    from ckpttui.layouts.lora import suggested_base
+
+    base = suggested_base(adapter)
+    name = f"{adapter.name}-merged"
+    out = adapter.parent / (name + ".safetensors" if base is not None and base.is_file() else name)
+    note = (
+        f"base: {base} (the adapter's base_model_name_or_path)"
+        if base is not None
+        else "the adapter names no local base model: give its folder or state-dict file"
+    )
+    return JobRequest(
+        "merge", [str(adapter)], _free_name(out), merge_base=str(base or ""), notes=[note]
+    )
 
 
 def _merge_source(selected: NodeData) -> str | None:

@@ -26,10 +26,13 @@ runs a pickle: headers and pickles are read with a restricted unpickler.
 | `r` | re-read the selection from disk |
 | `1` `2` `3` | Summary, Breakdown, Tensors tabs of a checkpoint |
 | `c` | training curve of the selected folder |
-| space | mark a checkpoint (for averaging); marks stay until you unmark them |
-| `m` | merge the selected ZeRO checkpoint (or HF shards) into one file |
+| space | mark a checkpoint (for average, diff, verify, reclaim); marks stay until you unmark them |
+| `m` | merge the selected ZeRO checkpoint (or HF shards) into one file; on a LoRA adapter, into its base |
 | `a` | average the marked checkpoints, or the last / best N of the selected run folder |
 | `e` | export the selection's weights: safetensors, slim .pt, or an HF folder |
+| `v` | verify the selection (or the marked checkpoints): CRCs, bounds, NaN/Inf; fills the health column and the Tensors tab's statistics |
+| `D` | diff the two marked checkpoints (A marked first): modules and tensors by change, frozen modules called out |
+| `d` | reclaim space: the plan for the selected run folder (or the marked checkpoints), then a job that slims them in place |
 | `x` | cancel the selected (or newest) running job; `J` shows or hides the jobs pane |
 | ctrl+p | command palette: every action, with its key |
 | `q` | quit (asks first while jobs run) |
@@ -38,10 +41,13 @@ runs a pickle: headers and pickles are read with a restricted unpickler.
 normaliser), in the theme's success, primary and warning colours; red is kept for errors.
 **Reclaimable** is what is not needed to run the model. Sizes count hardlinked files once.
 
-A red `!` marks folders holding incomplete or unreadable checkpoints; the Summary tab says why.
+A red `!` marks folders holding incomplete or unreadable checkpoints, or checkpoints verify found
+problems in; the Summary tab (or, after `v`, the Tensors tab) says why. **health** (after `v`):
+`healthy`, `N problems` or `not verified`, for this session.
 
 Jobs run in child processes and never change their inputs: they write `NAME.tmp-XXXX` beside
-the output, check it, then rename it. Cancelling or a failure leaves nothing behind.
+the output, check it, then rename it. Cancelling or a failure leaves nothing behind. Reclaim alone
+rewrites checkpoints, the ones its plan slims, each the same way: beside itself, then renamed over.
 """
 
 

@@ -37,6 +37,8 @@ class JobRequest:
     notes: list[str] = field(default_factory=list)
     base: str = ""
     """Paths are shown relative to this folder (the parent of the app's root)."""
+    merge_base: str | None = None
+    """For a LoRA merge: the base model to merge the adapter into (None: not a LoRA merge)."""
 
 
 _ITEMSIZE = {"fp16": 2, "bf16": 2, "fp32": 4}
@@ -125,7 +127,19 @@ class JobForm(ModalScreen[JobSpec | None]):
                     yield Static(Text(note, style="dim"))
                 yield Label("output (.safetensors, .pt/.bin, or a folder with a shard size)")
                 yield Input(r.output, id="form-output")
-                if r.kind == "merge":
+                if r.kind == "merge" and r.merge_base is not None:
+                    yield Label("base model: HF folder (sharded or not) or state-dict file")
+                    yield Input(r.merge_base, id="form-base")
+                    yield Label("dtype of the merged weights")
+                    yield Select(
+                        [("keep", "keep"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")],
+                        value="keep",
+                        allow_blank=False,
+                        id="form-dtype",
+                    )
+                    yield Label("max shard size (empty: one file), e.g. 5GB")
+                    yield Input("", id="form-shard")
+                elif r.kind == "merge":
                     yield Label("tag (empty: the `latest` file)")
                     yield Input("", id="form-tag")
                     yield Label("max shard size (empty: one file), e.g. 5GB")
@@ -175,12 +189,15 @@ class JobForm(ModalScreen[JobSpec | None]):
         """Show the size line, preview the inputs, focus the output."""
         self._update_size()
         self._refresh_preview()
-        self.query_one("#form-output", Input).focus()
+        # A LoRA adapter that names no local base: the base is what the user must give first.
+        first = "#form-base" if self.request.merge_base == "" else "#form-output"
+        self.query_one(first, Input).focus()
 
     @on(Input.Changed, "#form-output")
     def _output_changed(self) -> None:
         self._update_size()
 
+    @on(Input.Changed, "#form-base")
     @on(Input.Changed, "#form-n")
     @on(Input.Changed, "#form-metric")
     @on(Select.Changed)
@@ -190,9 +207,11 @@ class JobForm(ModalScreen[JobSpec | None]):
     def _options(self) -> dict[str, Any]:
         r = self.request
         opts: dict[str, Any] = {"kind": r.kind, "inputs": list(r.inputs), "run": r.run_folder}
-        if r.kind == "export":
+        if r.kind == "export" or r.merge_base is not None:
             dtype = self.query_one("#form-dtype", Select).value
             opts["dtype"] = None if dtype == "keep" else str(dtype)
+        if r.merge_base is not None:
+            opts["base"] = self._value("#form-base")
         if r.kind == "average" and r.run_folder:
             n = self._value("#form-n")
             opts["n"] = int(n) if n.isdigit() else 0
@@ -269,6 +288,13 @@ class JobForm(ModalScreen[JobSpec | None]):
             if shard:
                 parse_size(shard)
             args["max_shard_size"] = shard or None
+        if r.kind == "merge" and r.merge_base is not None:
+            base = self._value("#form-base")
+            if not base:
+                raise ValueError("give the base model to merge the adapter into")
+            dtype = self.query_one("#form-dtype", Select).value
+            args.update(src=r.inputs[0], base=base, dtype=None if dtype == "keep" else dtype)
+            return JobSpec("merge", args)
         if r.kind == "merge":
             args.update(
                 src=r.inputs[0],
@@ -360,6 +386,8 @@ def compute_preview(opts: dict[str, Any], known: int = 0) -> Preview:
             reads = [(p, _disk_size(p)) for p in paths]
             return Preview(reads, weights_bytes(paths[-1]) if paths else 0, chosen.rule)
         inputs = list(opts.get("inputs") or [])
+        if kind == "merge" and "base" in opts:
+            return _lora_preview(inputs[0], opts["base"], opts.get("dtype"))
         reads = [(p, _disk_size(p)) for p in inputs]
         if kind == "average":
             return Preview(reads, weights_bytes(inputs[-1]) if inputs else 0)
@@ -368,3 +396,22 @@ def compute_preview(opts: dict[str, Any], known: int = 0) -> Preview:
         return Preview(reads, known)
     except OSError as exc:
         return Preview([], 0, error=str(exc))
+
+
+def _lora_preview(adapter: str, base: str, dtype: str | None) -> Preview:
+    """An adapter and its base: both read, the base's weights written (in `dtype`)."""
+    from ckpttui.layouts.lora import AdapterError, read_adapter
+
+    if not base:
+        return Preview([], 0, error="give the base model (an HF folder or a state-dict file)")
+    if not os.path.exists(base):
+        return Preview([], 0, error=f"{base}: no such file or folder")
+    try:
+        lora = read_adapter(adapter)
+    except AdapterError as exc:
+        return Preview([], 0, error=str(exc))
+    rule = f"{lora.library} LoRA: {len(lora.pairs)} update(s)"
+    if lora.replace:
+        rule += f", {len(lora.replace)} replaced tensor(s)"
+    reads = [(adapter, _disk_size(adapter)), (base, _disk_size(base))]
+    return Preview(reads, weights_bytes(base, dtype), rule)

@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Input, Static, TabbedContent, TabPane
 from ckpttui.browse import dir_layout
 from ckpttui.inventory import Inventory, scan
 from ckpttui.records import TensorRecord
+from ckpttui.ui.health import HealthBook
 from ckpttui.ui.widgets.folder_view import FolderTable, elide, natural_key
 from ckpttui.ui.widgets.render import (
     COLORS,
@@ -39,6 +40,15 @@ class TensorColumn:
     width: int
 
 
+STAT_COLUMNS = (
+    TensorColumn("nan/inf", 9),
+    TensorColumn("mean", 9),
+    TensorColumn("std", 9),
+    TensorColumn("min", 9),
+    TensorColumn("max", 9),
+    TensorColumn("norm", 9),
+)
+"""Shown once the checkpoint was verified (values from the verify job's report)."""
 TENSOR_COLUMNS = (
     TensorColumn("bytes", 9),
     TensorColumn("category", 9),
@@ -48,11 +58,15 @@ TENSOR_COLUMNS = (
 )
 
 
-def plan_tensor_columns(width: int) -> list[TensorColumn]:
-    """Name first (at least 20 cells), then bytes and category, then what still fits."""
+def plan_tensor_columns(width: int, stats: bool = False) -> list[TensorColumn]:
+    """Name first (at least 20 cells), then bytes and category, then what still fits.
+
+    With `stats` (the checkpoint was verified), NaN/Inf and the statistics come before category.
+    """
     used = 20 + 2
     out = [TensorColumn("name", 20)]
-    for col in TENSOR_COLUMNS:
+    order = (TENSOR_COLUMNS[0], *STAT_COLUMNS, *TENSOR_COLUMNS[1:]) if stats else TENSOR_COLUMNS
+    for col in order:
         if used + col.width + 2 <= width or col.key == "bytes":
             out.append(col)
             used += col.width + 2
@@ -139,6 +153,10 @@ class CheckpointView(Vertical):
         self.records: list[tuple[str, TensorRecord]] = []
         self.columns = plan_tensor_columns(60)
         self._pending_key: tuple[str, ...] = ()
+        self._abs: dict[str, str] = {}
+        """File as listed -> absolute path (to find its verify statistics)."""
+        self.health = HealthBook()
+        """Verdicts of this session's verify jobs (shared with the app)."""
         self.base = ""
         """Paths are shown relative to this folder (the parent of the app's root)."""
 
@@ -150,15 +168,20 @@ class CheckpointView(Vertical):
             with TabPane("Breakdown", id="tab-breakdown"), VerticalScroll():
                 yield Static("", id="breakdown")
             with TabPane("Tensors", id="tab-tensors"):
+                yield Static("", id="tensor-health")
                 yield Input(
                     placeholder="filter tensor names: enter to keep, esc to clear",
                     id="tensor-filter",
                 )
                 yield FolderTable(id="tensor-table", cursor_type="row", zebra_stripes=True)
 
+    def on_mount(self) -> None:
+        """The verify line shows once the checkpoint was verified."""
+        self.query_one("#tensor-health", Static).display = False
+
     def on_resize(self, event: events.Resize) -> None:
         """The name column takes the width there is; other columns give way."""
-        if plan_tensor_columns(self.size.width - 2) != self.columns:
+        if plan_tensor_columns(self.size.width - 2, self._verified()) != self.columns:
             self._fill_tensors()
 
     def show(self, path: str, key_prefix: tuple[str, ...] = ()) -> None:
@@ -248,6 +271,7 @@ class CheckpointView(Vertical):
         )
         self.query_one("#breakdown", Static).update(breakdown_renderable(total))
         self.records = [(inv.rel(f), r) for f in files for r in inv.records.get(f, [])]
+        self._abs = {inv.rel(f): f for f in files}
         self._set_filter(self._key_text(self._pending_key))
 
     def _set_filter(self, text: str) -> None:
@@ -305,12 +329,62 @@ class CheckpointView(Vertical):
             rows.reverse()
         return rows
 
+    def _verified(self) -> bool:
+        return any(self.health.verified_file(f) for f in self._abs.values())
+
+    def health_changed(self) -> None:
+        """A verify job ended: show its statistics and problems if they are about this checkpoint."""
+        if self.inventory is not None:
+            self._fill_tensors()
+
+    def _show_health(self) -> None:
+        box = self.query_one("#tensor-health", Static)
+        verified = self._verified() and self.path is not None
+        box.display = verified
+        if not verified or self.path is None:
+            return
+        lines = self.health.problems(self.owner or self.path)
+        if not lines:
+            box.update(Text("verified: healthy (statistics of every tensor below)", style="green"))
+            return
+        text = Text(f"verified: {len(lines)} problem(s)", style="bold red")
+        for line in lines[:5]:
+            text.append(f"\n  {line}", style="red")
+        if len(lines) > 5:
+            text.append(f"\n  ... {len(lines) - 5} more (ckpttui verify PATH lists them)")
+        box.update(text)
+
+    def _stat_cells(self, f: str, r: TensorRecord) -> dict[str, Any]:
+        stats = self.health.tensor_stats(self._abs.get(f, f), r.name)
+        if stats is None:
+            return {k.key: "" for k in STAT_COLUMNS}
+
+        def number(key: str) -> Text:
+            value = stats.get(key)
+            return Text("" if value is None else f"{value:.3g}", justify="right")
+
+        bad = [
+            f"{stats[k]} {k.capitalize() if k == 'inf' else 'NaN'}"
+            for k in ("nan", "inf")
+            if stats.get(k)
+        ]
+        return {
+            "nan/inf": Text(" ".join(bad), style="bold red", justify="right"),
+            **{k: number(k) for k in ("mean", "std", "min", "max", "norm")},
+        }
+
     def _fill_tensors(self) -> None:
         table = self.query_one("#tensor-table", DataTable)
         table.clear(columns=True)
-        self.columns = plan_tensor_columns((self.size.width or 62) - 2)
+        verified = self._verified()
+        self._show_health()
+        self.columns = plan_tensor_columns((self.size.width or 62) - 2, verified)
         for col in self.columns:
-            label: Any = Text(col.key, justify="right") if col.key == "bytes" else col.key
+            label: Any = (
+                Text(col.key, justify="right")
+                if col.key == "bytes" or col.key in {c.key for c in STAT_COLUMNS}
+                else col.key
+            )
             table.add_column(label, key=col.key, width=col.width)
         many_files = len({f for f, _ in self.records}) > 1
         rows = self.rows()
@@ -325,6 +399,7 @@ class CheckpointView(Vertical):
                 "dtype": r.dtype,
                 "shape": "x".join(map(str, r.shape)) or "()",
                 "part": r.part,
+                **(self._stat_cells(f, r) if verified else {}),
             }
             table.add_row(*(cells[c.key] for c in self.columns), key=str(i))
         if len(rows) > MAX_TENSOR_ROWS:

@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from ckpttui.browse import Entry, disk_usage, list_dir
 from ckpttui.curves import checkpoint_metric
 from ckpttui.inventory import Inventory, scan
+from ckpttui.ui.health import HealthBook
 from ckpttui.ui.widgets.render import COLORS, GLYPHS, category_bytes, stacked_bar
 from ckpttui.units import human_bytes
 
@@ -51,16 +52,21 @@ OPTIONAL = (
     Column("other", "other", SIZE_W),
     Column("step", "step", 6),
 )
+HEALTH = Column("health", "health", 12)
+"""Shown once a verify job of this session looked at something in the folder."""
 PAD = 2
 """Cells a DataTable adds around each column."""
 
 
-def plan_columns(width: int) -> list[Column]:
-    """Columns that fit `width` cells: name, size, reclaimable and the bar first, then the rest."""
+def plan_columns(width: int, health: bool = False) -> list[Column]:
+    """Columns that fit `width` cells: name, size, reclaimable and the bar first, then the rest.
+
+    With `health`, the verify verdict is the first optional column.
+    """
     fixed = [Column("size", "size", SIZE_W, False), Column("reclaim", "reclaim", SIZE_W, False)]
     used = NAME_MIN + BAR_MIN + sum(c.width for c in fixed) + PAD * 4
     extra: list[Column] = []
-    for col in OPTIONAL:
+    for col in ((HEALTH,) if health else ()) + OPTIONAL:
         # An optional column only when the name keeps room to breathe (NAME_MIN + 12).
         if used + col.width + PAD + 12 <= width:
             extra.append(col)
@@ -194,6 +200,8 @@ class FolderView(Vertical):
         self._biggest = 0
         self.base = ""
         """Paths are shown relative to this folder (the parent of the app's root)."""
+        self.health = HealthBook()
+        """Verdicts of this session's verify jobs (the app shares one book with its views)."""
 
     def compose(self) -> ComposeResult:
         """Totals line, filter, table."""
@@ -208,9 +216,12 @@ class FolderView(Vertical):
 
     def on_resize(self, event: events.Resize) -> None:
         """Columns give way by priority when the pane narrows, and come back when it widens."""
-        planned = plan_columns(self._table_width())
+        planned = plan_columns(self._table_width(), self._show_health())
         if planned != self.columns:
             self._refill()
+
+    def _show_health(self) -> bool:
+        return self.path is not None and self.health.of(self.path) is not None
 
     def _table_width(self) -> int:
         width = self.size.width or 80
@@ -243,6 +254,14 @@ class FolderView(Vertical):
             Text(f"{self._shown(path)}  scanning...", style="dim")
         )
         self._scan(self.token, path)
+
+    def current_path(self) -> str | None:
+        """The path of the row under the list's cursor, if any."""
+        table = self.query_one("#folder-table", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return None if key in (None, "--more--") else str(key)
 
     def select_path(self, path: str) -> None:
         """Put the cursor on a child (when the tree points at a file, or coming back up)."""
@@ -370,7 +389,7 @@ class FolderView(Vertical):
 
     def _set_columns(self) -> None:
         table = self.query_one("#folder-table", DataTable)
-        self.columns = plan_columns(self._table_width())
+        self.columns = plan_columns(self._table_width(), self._show_health())
         for col in self.columns:
             label: Any = col.label
             if col.key == "bar":
@@ -428,7 +447,8 @@ class FolderView(Vertical):
         biggest = max(self._biggest, s.size)
         e = s.entry
         widths = {c.key: c.width for c in self.columns}
-        flag = "  !" if (s.incomplete or s.errors) else ""
+        health = self.health.of(e.path)
+        flag = "  !" if (s.incomplete or s.errors or (health and health.problems)) else ""
         label = e.name + ("/" if e.kind == "dir" else "")
         room = widths["name"] - len(flag)
         suffix = f"  {e.layout}" if e.kind == "checkpoint" and e.layout else ""
@@ -461,8 +481,15 @@ class FolderView(Vertical):
             "other": size(s.other),
             "step": "" if e.step is None else str(e.step),
             "metric": Text(f"{s.metric[1]:.4g}" if s.metric else "", justify="right"),
+            "health": self._health_cell(s, health),
         }
         return tuple(cells[c.key] for c in self.columns)
+
+    def _health_cell(self, s: ChildStats, health: Any) -> Text:
+        if health is None:
+            return Text("not verified" if s.checkpoints else "", style="dim")
+        style = "bold red" if health.problems else "green"
+        return Text(health.label(s.checkpoints), style=style)
 
     def _update_totals(self, done: bool) -> None:
         rows = self.rows() if self.filter_text else list(self.stats.values())
@@ -491,6 +518,15 @@ class FolderView(Vertical):
             (f"   scanning {pending} more..." if pending and not done else "", "dim"),
             (f"   by {self.sort_by} {arrow}", "dim"),
         )
+        verified = [h for s in rows if (h := self.health.of(s.entry.path)) is not None]
+        if verified:
+            sick = sum(h.unhealthy for h in verified)
+            fine = sum(h.verified for h in verified) - sick
+            text.append("\nverified: ", style="bold")
+            text.append(f"{fine} healthy", style="green")
+            if sick:
+                problems = sum(h.problems for h in verified)
+                text.append(f", {sick} with {problems} problem(s)", style="bold red")
         if self.scan_error:
             text.append(f"\n{self.scan_error}", style="bold red")
         self.query_one("#folder-totals", Static).update(text)

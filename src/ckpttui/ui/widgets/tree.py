@@ -122,7 +122,9 @@ class CheckpointTree(Tree[NodeData]):
         Binding("backspace", "parent", "Up", show=False),
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
-        Binding("space", "mark", "Mark"),
+        # In the footer until two are marked (then D, a and d say what marks are for).
+        Binding("space", "mark('footer')", "Mark"),
+        Binding("space", "mark", "Mark", show=False),
     ]
 
     marked: reactive[tuple[str, ...]] = reactive((), always_update=True, init=False)
@@ -194,7 +196,13 @@ class CheckpointTree(Tree[NodeData]):
         else:
             node.expand()
 
-    def action_mark(self) -> None:
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The footer's Mark shows until two checkpoints are marked; the key always works."""
+        if parameters and parameters[-1] == "footer":
+            return len(self.marked) < 2
+        return True
+
+    def action_mark(self, _where: str = "") -> None:
         """Mark or unmark the checkpoint under the cursor (for averaging), then move down."""
         node = self.cursor_node
         if node is None or node.data is None:
