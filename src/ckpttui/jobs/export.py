@@ -40,6 +40,7 @@ from ckpttui.jobs.output import (
     ALIASES_KEY,
     Planned,
     releaser,
+    start_events,
     stream_plan,
     verify_output,
     write_planned,
@@ -136,16 +137,7 @@ def write_torch(
         target, inputs=inputs, force=force, estimate=total + 65536 + 256 * len(plan)
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {"output": str(target), "format": "torch", "tensors": len(plan), **(start_data or {})},
-    )
-    for note in notes:
-        yield Event("log", job, 0, total, note)
+    yield from start_events(job, target, "torch", total, len(plan), start_data, notes)
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     root = os.path.splitext(target.name)[0] or "archive"  # what torch.save names the root
@@ -189,6 +181,7 @@ def write_hf_folder(
     sources: Sequence[TensorSource] = (),
 ) -> Iterator[Event]:
     """Write an HF model folder: config.json (+ generation_config.json) and safetensors weights."""
+    return_large_blocks()
     target = Path(os.path.abspath(out))
     if target.suffix.lower() in (".safetensors", ".pt", ".bin", ".pth", ".ckpt"):
         raise JobError(f"{target}: an HF model output is a folder; give a folder name")
@@ -221,22 +214,8 @@ def write_hf_folder(
         estimate=total + 65536 + 256 * len(plan) + sum(map(len, extra.values())),
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {
-            "output": str(target),
-            "format": "hf-folder",
-            "tensors": len(plan),
-            "config": str(cfg_file),
-            **(start_data or {}),
-        },
-    )
-    for note in notes:
-        yield Event("log", job, 0, total, note)
+    data = {"config": str(cfg_file), **(start_data or {})}
+    yield from start_events(job, target, "hf-folder", total, len(plan), data, notes)
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     with atomic as temp:
         sharded = ShardedWriter(temp, specs, max_shard_size or HF_DEFAULT_SHARD, meta)
@@ -349,65 +328,46 @@ def export(
     try:
         plan, notes = plan_export(ws, dtype=name, strip_prefix=strip_prefix)
         notes = [*ws.notes, *notes]
-        inputs = [ws.path, *ws.files]
-        start = {"inputs": [str(ws.path)], "layout": ws.layout}
+        # what every writer below is given
+        common: dict[str, Any] = {
+            "inputs": [ws.path, *ws.files],
+            "force": force,
+            "cancel": cancel,
+            "start_data": {"inputs": [str(ws.path)], "layout": ws.layout},
+            "sources": ws.sources,
+        }
+        left = left_out([ws])
         if config is not None:
-            yield from write_hf_folder(
+            events = write_hf_folder(
                 "export",
                 plan,
                 out,
                 config,
                 max_shard_size=shard,
                 dtype=name,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out([ws])],
-                sources=ws.sources,
+                notes=[*notes, *left],
+                **common,
             )
         elif shard is None and wants_folder(ws, out):
-            yield from write_folder(
-                "export",
-                ws,
-                plan,
-                out,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out([ws])],
-                sources=ws.sources,
-            )
+            events = write_folder("export", ws, plan, out, notes=[*notes, *left], **common)
         elif is_torch_name(out):
             if shard is not None:
                 raise JobError(f"{out}: shards are written as safetensors; give a folder name")
             refuse_prefixed_file(ws, out)
             slim = slim_layout(ws, flat=flat)
-            yield from write_torch(
+            kept = left_out([ws], [(1, p.nbytes) for p in slim.tensors])
+            events = write_torch(
                 "export",
                 [*plan, *slim.tensors],
                 out,
                 slim.wrap,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out([ws], [(1, p.nbytes) for p in slim.tensors]), *slim.notes],
-                sources=ws.sources,
+                notes=[*notes, *kept, *slim.notes],
+                **common,
             )
         else:
-            yield from write_planned(
-                "export",
-                plan,
-                out,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                max_shard_size=shard,
-                start_data=start,
-                notes=[*notes, *left_out([ws])],
-                sources=ws.sources,
+            events = write_planned(
+                "export", plan, out, max_shard_size=shard, notes=[*notes, *left], **common
             )
+        yield from events
     finally:
         ws.close()

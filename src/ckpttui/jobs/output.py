@@ -129,16 +129,7 @@ def write_planned(
         target, inputs=inputs, force=force, estimate=estimate, folder=kind == "sharded"
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {"output": str(target), "format": kind, "tensors": len(plan), **(start_data or {})},
-    )
-    for note in notes:
-        yield Event("log", job, 0, total, note)
+    yield from start_events(job, target, kind, total, len(plan), start_data, notes)
     return_large_blocks()
     clock = ProgressClock(job, total)
     release = releaser(sources)
@@ -161,6 +152,23 @@ def write_planned(
         done = verify_output(job, target, kind, plan, files, hashes, total)
         check_cancel(cancel)
     yield done
+
+
+def start_events(
+    job: str,
+    target: Path,
+    kind: str,
+    total: int,
+    tensors: int,
+    start_data: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> Iterator[Event]:
+    """The ``start`` event of a job writing `target` (`start_data` added to its data), then one
+    ``log`` event per note."""
+    data = {"output": str(target), "format": kind, "tensors": tensors, **(start_data or {})}
+    yield Event("start", job, 0, total, f"writing {target.name}", data)
+    for note in notes:
+        yield Event("log", job, 0, total, note)
 
 
 def stream_plan(

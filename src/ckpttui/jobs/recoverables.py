@@ -29,7 +29,7 @@ from typing import Any
 
 from ckpttui.jobs.atomic import AtomicOutput, sha256_file
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
-from ckpttui.jobs.output import Planned, releaser, stream_plan, verify_output
+from ckpttui.jobs.output import Planned, releaser, start_events, stream_plan, verify_output
 from ckpttui.jobs.pt_writer import TorchZipWriter
 from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.st_writer import TensorSpec
@@ -106,14 +106,6 @@ def write_folder(
         estimate=total + carried + 65536 * (len(groups) + 1) + 256 * len(plan),
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {"output": str(target), "format": "folder", "tensors": len(plan), **(start_data or {})},
-    )
     all_notes = list(notes)
     if ws.companions:
         all_notes.append(
@@ -122,8 +114,7 @@ def write_folder(
     prefix = layout.contract.folder_prefix
     if prefix and not target.name.startswith(prefix):
         all_notes.append(f"{layout.title} finds checkpoint folders named {prefix}*; rename it")
-    for note in all_notes:
-        yield Event("log", job, 0, total, note)
+    yield from start_events(job, target, "folder", total, len(plan), start_data, all_notes)
     clock = ProgressClock(job, total)
     hashes: dict[str, str] = {}
     inputs_named = (start_data or {}).get("inputs") or [str(ws.path)]
