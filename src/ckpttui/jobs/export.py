@@ -214,8 +214,8 @@ def write_hf_folder(
         estimate=total + 65536 + 256 * len(plan) + sum(map(len, extra.values())),
     )
     atomic.check()
-    data = {"config": str(cfg_file), **(start_data or {})}
-    yield from start_events(job, target, "hf-folder", total, len(plan), data, notes)
+    described = {"config": str(cfg_file), **(start_data or {})}
+    yield from start_events(job, target, "hf-folder", total, len(plan), described, notes)
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     with atomic as temp:
         sharded = ShardedWriter(temp, specs, max_shard_size or HF_DEFAULT_SHARD, meta)
