@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.atomic import AtomicOutput
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import (
@@ -44,8 +44,8 @@ from ckpttui.jobs.output import (
     stream_plan,
     verify_output,
     write_planned,
+    write_torch_file,
 )
-from ckpttui.jobs.pt_writer import TorchZipWriter
 from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
 from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import TensorSource, torch_dtype
@@ -138,29 +138,18 @@ def write_torch(
     )
     atomic.check()
     yield from start_events(job, target, "torch", total, len(plan), start_data, notes)
-    specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
-    aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
     root = os.path.splitext(target.name)[0] or "archive"  # what torch.save names the root
+    clock = ProgressClock(job, total)
     with atomic as temp:
-        with open(temp, "wb") as f:
-            writer = TorchZipWriter(f, specs, aliases, root, wrap)
-            try:
-                yield from _stream(
-                    plan,
-                    writer.write,
-                    ProgressClock(job, total),
-                    cancel,
-                    sources,
-                    skip_aliases=True,
-                )
-                writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-        # read back before the output is placed: a bad file never replaces anything
-        done = verify_output(
-            job, target, "torch", plan, [temp], {target.name: sha256_file(temp)}, total
+        digest = yield from write_torch_file(
+            temp, target, root, plan, clock, cancel, releaser(sources), wrap
         )
+        last = clock.flush()
+        if last is not None:
+            yield last
+        check_cancel(cancel)
+        # read back before the output is placed: a bad file never replaces anything
+        done = verify_output(job, target, "torch", plan, [temp], {target.name: digest}, total)
         check_cancel(cancel)
     yield done
 

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import ELEMENT_SIZE
-from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.atomic import AtomicOutput
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.heap import return_large_blocks
-from ckpttui.jobs.pt_writer import TorchZipWriter
+from ckpttui.jobs.pt_writer import TorchZipWriter, check_crcs
 from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.st_writer import (
     DEFAULT_METADATA,
@@ -135,8 +135,10 @@ def write_planned(
     release = releaser(sources)
     with atomic as temp:
         if kind == "torch":
-            yield from _write_torch(temp, target.stem or "archive", plan, clock, cancel, release)
-            hashes = {target.name: ""}
+            digest = yield from write_torch_file(
+                temp, target, target.stem or "archive", plan, clock, cancel, release
+            )
+            hashes = {target.name: digest}
         else:
             hashes = yield from _write_safetensors(
                 temp, target.name, kind, plan, clock, cancel, meta, max_shard_size, release
@@ -147,8 +149,6 @@ def write_planned(
         check_cancel(cancel)
         # Verified before it is placed: a --force job never replaces an output with a bad one.
         files = [temp] if kind != "sharded" else [temp / name for name in hashes]
-        if kind == "torch":
-            hashes = {target.name: sha256_file(temp)}
         done = verify_output(job, target, kind, plan, files, hashes, total)
         check_cancel(cancel)
     yield done
@@ -245,24 +245,31 @@ def _write_safetensors(
         return {name: writer.finish()}
 
 
-def _write_torch(
-    temp: Path,
+def write_torch_file(
+    path: Path,
+    shown: Path,
     root: str,
     plan: Sequence[Planned],
     clock: ProgressClock,
     cancel: threading.Event | None,
     release: Callable[[], None],
-) -> Iterator[Event]:
+    wrap: Callable[[Any], Any] | None = None,
+) -> Generator[Event, None, str]:
+    """Write `plan` as a torch zip at `path` (`TorchZipWriter`, root name `root`), re-read its
+    records against their CRC-32 (`check_crcs`, errors naming `shown`); return its sha256,
+    computed while writing."""
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
-    with open(temp, "wb") as f:
-        writer = TorchZipWriter(f, specs, aliases, root=root)
+    with open(path, "wb") as f:
+        writer = TorchZipWriter(f, specs, aliases, root, wrap)
         try:
             yield from stream_plan(plan, writer.write, clock, cancel, release, skip_aliases=True)
-            writer.finish()
+            digest = writer.finish()
         except BaseException:
             writer.abort()
             raise
+    check_crcs(path, shown)
+    return digest
 
 
 def verify_output(

@@ -27,12 +27,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.atomic import AtomicOutput
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
-from ckpttui.jobs.output import Planned, releaser, start_events, stream_plan, verify_output
-from ckpttui.jobs.pt_writer import TorchZipWriter
+from ckpttui.jobs.output import Planned, releaser, start_events, verify_output, write_torch_file
 from ckpttui.jobs.source import TensorSource
-from ckpttui.jobs.st_writer import TensorSpec
 from ckpttui.jobs.weights import WeightSet
 from ckpttui.layouts import layout_named
 from ckpttui.layouts.base import WRITTEN_BY
@@ -121,20 +119,15 @@ def write_folder(
     inputs_named = [Path(p).name for p in inputs_named]
     with atomic as temp:
         for name, part in groups:
-            specs = [TensorSpec(p.name, p.dtype, p.shape) for p in part]
-            aliases = {p.name: p.alias_of for p in part if p.alias_of is not None}
-            path = temp / name
-            with open(path, "wb") as f:
-                writer = TorchZipWriter(f, specs, aliases, Path(name).stem or "archive")
-                try:
-                    yield from stream_plan(
-                        part, writer.write, clock, cancel, releaser(sources), skip_aliases=True
-                    )
-                    writer.finish()
-                except BaseException:
-                    writer.abort()
-                    raise
-            hashes[name] = sha256_file(path)
+            hashes[name] = yield from write_torch_file(
+                temp / name,
+                target / name,
+                Path(name).stem or "archive",
+                part,
+                clock,
+                cancel,
+                releaser(sources),
+            )
         for companion in ws.companions:
             check_cancel(cancel)
             if companion.name in hashes:
