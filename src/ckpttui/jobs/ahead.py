@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
-from typing import TYPE_CHECKING
 
 from ckpttui.jobs.output import Planned
-
-if TYPE_CHECKING:
-    import torch
+from ckpttui.jobs.st_writer import Values
 
 
 class Ahead:
@@ -22,7 +19,7 @@ class Ahead:
     memory the largest tensor needs anyway, so peak memory stays that of the largest tensor.
     """
 
-    def __init__(self, loads: list[tuple[str, Callable[[], torch.Tensor], bool, int]]) -> None:
+    def __init__(self, loads: list[tuple[str, Callable[[], Values], bool, int]]) -> None:
         """`loads`: (name, load, needs arithmetic, bytes of memory it holds while computed)."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -32,10 +29,10 @@ class Ahead:
         self.computed = [name for name, _, heavy, _ in loads if heavy]
         self.cost = {name: cost for name, _, _, cost in loads}
         self.budget = max(self.cost.values(), default=0)
-        self.pending: dict[str, Future[torch.Tensor]] = {}
+        self.pending: dict[str, Future[Values]] = {}
         self.pool = ThreadPoolExecutor(1)
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str) -> Values:
         """The tensor `name`, computed ahead if it was started."""
         future = self.pending.pop(name, None)
         i = self.index[name]

@@ -49,7 +49,7 @@ from ckpttui.jobs.output import (
 from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
 from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import TensorSource, torch_dtype
-from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
+from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec, Values
 from ckpttui.jobs.weights import WeightSet, left_out, open_weights
 from ckpttui.units import parse_size
 
@@ -228,9 +228,12 @@ def write_hf_folder(
 # ------------------------------------------------------------------------------- export
 
 
-def _cast(ws: WeightSet, name: str, dtype: torch.dtype | None) -> torch.Tensor:
-    tensor = ws.tensor(name)
-    return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+def _cast(ws: WeightSet, name: str, dtype: torch.dtype | None) -> Values:
+    source, rec = ws.entries[name]
+    if dtype is None:  # values copied as they are: bytes, no torch, where the file allows
+        return source.values(rec)
+    tensor = source.tensor(rec)
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def rename_map(

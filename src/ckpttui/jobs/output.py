@@ -41,11 +41,13 @@ from ckpttui.jobs.st_writer import (
     SafetensorsWriter,
     ShardedWriter,
     TensorSpec,
+    Values,
+    dtype_shape,
 )
 from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 TORCH_SUFFIXES = (".pt", ".bin", ".pth", ".ckpt")
 ALIASES_KEY = "ckpttui.aliases"
@@ -61,8 +63,8 @@ class Planned:
     """torch dtype name of the output values."""
     shape: tuple[int, ...]
     """Output shape."""
-    load: Callable[[], torch.Tensor] | None = None
-    """Produces the values (a view of the input files or a fresh tensor)."""
+    load: Callable[[], Values] | None = None
+    """Produces the values (a view of the input files, a fresh tensor, or `Raw` bytes)."""
     alias_of: str | None = None
     """For a tied weight: the name of the tensor it shares values with."""
 
@@ -207,14 +209,14 @@ def releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
     return release
 
 
-def planned_values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
+def planned_values(p: Planned, by_name: dict[str, Planned]) -> Values:
     src = by_name[p.alias_of] if p.alias_of is not None else p
     assert src.load is not None
     tensor = src.load()
-    if str(tensor.dtype).removeprefix("torch.") != p.dtype or tuple(tensor.shape) != p.shape:
+    dtype, shape = dtype_shape(tensor)
+    if dtype != p.dtype or shape != p.shape:
         raise JobError(
-            f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read "
-            f"{tensor.dtype}{list(tensor.shape)}"
+            f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read {dtype}{list(shape)}"
         )
     return tensor
 

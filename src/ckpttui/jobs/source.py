@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
 from ckpttui.jobs.events import JobError
+from ckpttui.jobs.st_writer import Raw, Values
 from ckpttui.records import FileIndex, TensorRecord
 
 if TYPE_CHECKING:
@@ -166,6 +167,21 @@ class TensorSource:
         if item.storage_offset * elsize + numel * elsize > size:
             return None
         return start + item.storage_offset * elsize, numel * elsize
+
+    def raw(self, item: TensorRecord | TensorRef) -> Raw | None:
+        """A contiguous little-endian tensor's bytes as a view of the mapping, without torch
+        (None where torch is needed: strided views, byte-swapped files, empty tensors)."""
+        where = self.byte_range(item)
+        if where is None or where[1] == 0 or self._map is None:
+            return None
+        start, size = where
+        self._touched.append((start, start + size))
+        return Raw(item.dtype, tuple(item.shape), memoryview(self._map)[start : start + size])
+
+    def values(self, item: TensorRecord | TensorRef) -> Values:
+        """A tensor's values to write as they are: its bytes (`raw`) where it can, else a view."""
+        raw = self.raw(item)
+        return raw if raw is not None else self.tensor(item)
 
     def release(self) -> None:
         """Give back the pages of tensors handed out so far (they are re-read if used again).

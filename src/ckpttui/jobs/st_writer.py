@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,18 @@ class Raw:
 
 Values = Union["torch.Tensor", Raw]
 """What the writers take for one tensor: a torch tensor, or its bytes (`Raw`)."""
+
+
+def new_buffer(nbytes: int) -> memoryview:
+    """A writable buffer for one tensor's bytes, to be filled (``pread``) and then written.
+
+    Large ones are anonymous mappings: not zeroed by a pass over them (``bytearray`` is), and
+    given back to the system as soon as the last view goes, so freed tensors never pile up in
+    the heap.
+    """
+    if nbytes < PARALLEL_HASH:
+        return memoryview(bytearray(nbytes))
+    return memoryview(mmap.mmap(-1, nbytes))
 
 
 _hasher: ThreadPoolExecutor | None = None
