@@ -41,9 +41,9 @@ from _child import remove, report, run_child
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_jobs import prepare, warm  # noqa: E402 - after the path set-up
+from bench_jobs import prepare, warm
 
-from ckpttui.formats import read_file  # noqa: E402 - no torch
+from ckpttui.formats import read_file
 
 CHUNK = 16 << 20
 
