@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpttui.jobs.events import Event, JobError
-from ckpttui.jobs.export import is_torch_name, shard_size, write_torch
-from ckpttui.jobs.output import Planned, write_planned
-from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
-from ckpttui.jobs.slim import slim_layout
+from ckpttui.jobs.export import is_torch_name, shard_size, write_output
+from ckpttui.jobs.output import Planned
+from ckpttui.jobs.recoverables import wants_folder
 from ckpttui.jobs.source import torch_dtype
 from ckpttui.jobs.st_writer import Raw, Values, new_buffer
-from ckpttui.jobs.weights import WeightSet, left_out, open_weights
+from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
 
 if TYPE_CHECKING:
@@ -293,53 +292,14 @@ def average(
                 + (f", as {title}'s {contract.script} does" if contract.copies_metadata else "")
             )
         notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
-        inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
-        sources = [s for ws in sets for s in ws.sources]
-        start = {"inputs": [str(ws.path) for ws in sets], "layout": last.layout}
-        if shard is None and wants_folder(meta, out):
-            yield from write_folder(
-                "average",
-                meta,
-                plan,
-                out,
-                inputs=inputs_all,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out(sets)],
-                sources=sources,
-            )
-        elif is_torch_name(out):
-            if shard is not None:
-                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
-            refuse_prefixed_file(meta, out)
-            slim = slim_layout(meta, flat=flat)
-            kept = [(1, p.nbytes) for p in slim.tensors]
-            yield from write_torch(
-                "average",
-                [*plan, *slim.tensors],
-                out,
-                slim.wrap,
-                inputs=inputs_all,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out(sets, kept), *slim.notes],
-                sources=sources,
-            )
-        else:
-            yield from write_planned(
-                "average",
-                plan,
-                out,
-                inputs=inputs_all,
-                force=force,
-                cancel=cancel,
-                max_shard_size=shard,
-                start_data=start,
-                notes=[*notes, *left_out(sets)],
-                sources=sources,
-            )
+        common: dict[str, Any] = {
+            "inputs": [p for ws in sets for p in (ws.path, *ws.files)],
+            "force": force,
+            "cancel": cancel,
+            "start_data": {"inputs": [str(ws.path) for ws in sets], "layout": last.layout},
+            "sources": [s for ws in sets for s in ws.sources],
+        }
+        yield from write_output("average", meta, sets, plan, out, shard, flat, notes, common)
     finally:
         for ws in sets:
             ws.close()

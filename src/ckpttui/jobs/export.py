@@ -225,6 +225,42 @@ def write_hf_folder(
     yield done
 
 
+def write_output(
+    job: str,
+    ws: WeightSet,
+    sets: Sequence[WeightSet],
+    plan: Sequence[Planned],
+    out: str | os.PathLike[str],
+    shard: int | None,
+    flat: bool,
+    notes: Sequence[str],
+    common: dict[str, Any],
+) -> Iterator[Event]:
+    """Write the weights of export or average in the format OUT's name asks for: a folder of
+    recoverables like `ws`'s, a slim ``.pt`` in `ws`'s layout, or safetensors (one file, or
+    shards with `shard`). `sets` are the inputs (what they leave out is noted); `common` the
+    writers' shared arguments (inputs, force, cancel, start_data, sources)."""
+    if shard is None and wants_folder(ws, out):
+        return write_folder(job, ws, plan, out, notes=[*notes, *left_out(sets)], **common)
+    if is_torch_name(out):
+        if shard is not None:
+            raise JobError(f"{out}: shards are written as safetensors; give a folder name")
+        refuse_prefixed_file(ws, out)
+        slim = slim_layout(ws, flat=flat)
+        kept = left_out(sets, [(1, p.nbytes) for p in slim.tensors])
+        return write_torch(
+            job,
+            [*plan, *slim.tensors],
+            out,
+            slim.wrap,
+            notes=[*notes, *kept, *slim.notes],
+            **common,
+        )
+    return write_planned(
+        job, plan, out, max_shard_size=shard, notes=[*notes, *left_out(sets)], **common
+    )
+
+
 # ------------------------------------------------------------------------------- export
 
 
@@ -328,7 +364,6 @@ def export(
             "start_data": {"inputs": [str(ws.path)], "layout": ws.layout},
             "sources": ws.sources,
         }
-        left = left_out([ws])
         if config is not None:
             events = write_hf_folder(
                 "export",
@@ -337,29 +372,11 @@ def export(
                 config,
                 max_shard_size=shard,
                 dtype=name,
-                notes=[*notes, *left],
-                **common,
-            )
-        elif shard is None and wants_folder(ws, out):
-            events = write_folder("export", ws, plan, out, notes=[*notes, *left], **common)
-        elif is_torch_name(out):
-            if shard is not None:
-                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
-            refuse_prefixed_file(ws, out)
-            slim = slim_layout(ws, flat=flat)
-            kept = left_out([ws], [(1, p.nbytes) for p in slim.tensors])
-            events = write_torch(
-                "export",
-                [*plan, *slim.tensors],
-                out,
-                slim.wrap,
-                notes=[*notes, *kept, *slim.notes],
+                notes=[*notes, *left_out([ws])],
                 **common,
             )
         else:
-            events = write_planned(
-                "export", plan, out, max_shard_size=shard, notes=[*notes, *left], **common
-            )
+            events = write_output("export", ws, [ws], plan, out, shard, flat, notes, common)
         yield from events
     finally:
         ws.close()
