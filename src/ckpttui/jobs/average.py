@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ckpttui.jobs.ahead import ahead_plan
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.export import is_torch_name, shard_size, write_output
 from ckpttui.jobs.output import Planned
@@ -44,12 +45,15 @@ from ckpttui.jobs.source import torch_dtype
 from ckpttui.jobs.st_writer import Raw, Values, new_buffer
 from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
+from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
     import torch
 
 _NUMPY = {"float16": "float16", "bfloat16": "uint16", "float32": "float32", "float64": "float64"}
 """Float dtypes averaged with numpy (the numpy dtype their bytes are read as)."""
+AHEAD_SLACK = 64 << 20
+"""Memory beyond the largest tensor's that computing the next mean ahead may use."""
 _INTEGERS = {"bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64"}
 """Dtypes taken from the last input, as they are."""
 
@@ -257,12 +261,17 @@ def average(
         raise JobError("average needs at least one input checkpoint")
     shard = shard_size(max_shard_size)
     sets: list[WeightSet] = []
+    runner = None
     try:
         for path in paths:
             sets.append(open_weights(path, recoverable=recoverable))
         _check_distinct(sets)
         check_agree(sets)
         plan = plan_average(sets)
+        # the next mean is computed while this one is written (numpy gives up the GIL): within
+        # the largest tensor's memory plus AHEAD_SLACK
+        costs = {p.name: 4 * shape_numel(p.shape) + p.nbytes for p in plan if p.dtype in _NUMPY}
+        plan, runner = ahead_plan(plan, costs, AHEAD_SLACK)
         last = sets[-1]
         notes = [
             (
@@ -301,5 +310,7 @@ def average(
         }
         yield from write_output("average", meta, sets, plan, out, shard, flat, notes, common)
     finally:
+        if runner is not None:
+            runner.close()
         for ws in sets:
             ws.close()
