@@ -10,8 +10,9 @@ For each job, side by side in the same round (round robin, ``--repeat`` rounds, 
 * the write floor: ``dd if=/dev/zero of=OUT_DIR/dd.bin bs=16M conv=fsync`` of as many bytes as
   the job writes, in the output's folder.
 
-The ratio is the job's wall time over (read floor + write floor); the target is <= 1.5x. The page
-cache is warm for both sides: every input is read once with ``cat`` before each round.
+The ratio is the job's wall time over (read floor + write floor) of the same round, median over
+the rounds; the target is <= 1.5x. The page cache is warm for both sides: every input is read
+once with ``cat`` before each job.
 
 Inputs (cached under ``--dir``): `bench_jobs.prepare`'s FunASR-style epochs (fp32 weights, AdamW
 state, scheduler; ``--size-mb`` each, weights about a third), and an HF folder of 3 safetensors
@@ -22,6 +23,7 @@ shards + index holding epoch 3's weights (written by ckpttui's export). Jobs:
 * ``average last 2`` and ``average last 5`` epochs -> ``model.pt.avgN``.
 
     python benchmarks/bench_disk_floor.py [--size-mb 1250] [--repeat 3] [--dir DIR] [--only NAME]
+                                          [--src OTHER_CHECKOUT/src]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _child import remove, report, run_child
+from _child import child_env, remove, report, run_child
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
@@ -218,7 +220,11 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1250)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="run the jobs whose name contains this")
+    parser.add_argument("--src", type=Path, help="run the jobs from another ckpttui src folder")
     args = parser.parse_args()
+    env = child_env()
+    if args.src is not None:
+        env["PYTHONPATH"] = str(args.src.resolve())
     args.dir.mkdir(parents=True, exist_ok=True)
     paths = prepare(args.dir, args.size_mb)
     jobs = jobs_for(paths, args.dir, args.only)
@@ -228,7 +234,7 @@ def main() -> None:
             warm(job.inputs)
             load.append(os.getloadavg()[0])
             remove(job.out)
-            wall, (imports, work, hwm, out_bytes, torch) = run_child(job.code, job.names)
+            wall, (imports, work, hwm, out_bytes, torch) = run_child(job.code, job.names, env)
             remove(job.out)
             run = {
                 "wall": wall,
@@ -249,7 +255,8 @@ def main() -> None:
                 flush=True,
             )
     print(
-        f"\n{args.size_mb} MB inputs, median of {args.repeat} rounds; load average (1 min) "
+        f"\nckpttui from {args.src or 'this checkout'}; {args.size_mb} MB inputs, median of "
+        f"{args.repeat} rounds; load average (1 min) "
         f"{min(load):.1f}-{max(load):.1f} during the runs\n"
     )
     print(
@@ -259,13 +266,16 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for job in jobs:
+        for r in job.runs:
+            r["x_wall"] = r["wall"] / (r["read"] + r["write"])
+            r["x_job"] = r["job"] / (r["read"] + r["write"])
         med = {k: statistics.median(r[k] for r in job.runs) for k in job.runs[0]}
         floor = med["read"] + med["write"]
         read_mb = sum(n for _, _, n in job.ranges) / 1e6
         print(
             f"| {job.name} | {read_mb:.0f} | {med['out'] / 1e6:.0f} | {med['read']:.3f} "
-            f"| {med['write']:.3f} | {floor:.3f} | {med['wall']:.3f} | {med['wall'] / floor:.2f} "
-            f"| {med['job']:.3f} | {med['job'] / floor:.2f} | {med['imports']:.3f} "
+            f"| {med['write']:.3f} | {floor:.3f} | {med['wall']:.3f} | {med['x_wall']:.2f} "
+            f"| {med['job']:.3f} | {med['x_job']:.2f} | {med['imports']:.3f} "
             f"| {'yes' if med['torch'] else 'no'} | {med['rss'] / 2**20:.0f} | {med['cat']:.3f} |"
         )
 
