@@ -168,26 +168,17 @@ def jobs_for(paths: list[Path], root: Path, only: str | None) -> list[Job]:
         code = JOB_CODE.format(module=module, func=func, args=args)
         jobs.append(Job(name, code, {**names, "OUT": out}, inputs, ranges, out))
 
-    add(
-        "export ep3 -> .safetensors",
-        "export",
-        "export",
-        "SRC, OUT",
-        {"SRC": ep3},
-        [ep3],
-        weights,
-        out_dir / "export.safetensors",
-    )
-    add(
-        "export ep3 -> .pt (slim)",
-        "export",
-        "export",
-        "SRC, OUT",
-        {"SRC": ep3},
-        [ep3],
-        weights,
-        out_dir / "model.pt.slim",
-    )
+    for what, out in ((".safetensors", "export.safetensors"), (".pt (slim)", "model.pt.slim")):
+        add(
+            f"export ep3 -> {what}",
+            "export",
+            "export",
+            "SRC, OUT",
+            {"SRC": ep3},
+            [ep3],
+            weights,
+            out_dir / out,
+        )
     add(
         "merge 3 HF shards -> .safetensors",
         "merge",

@@ -31,6 +31,15 @@ def run(inputs: list[Path], out: Path, **kw: Any) -> list[Event]:
     return events
 
 
+def run_python(code: str) -> str:
+    """The output of `code` run by a fresh interpreter with this checkout's ckpttui."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+
+
 def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """One unit in the last place of each value of `x` in `dtype` (float64 result)."""
     info = torch.finfo(dtype)
@@ -344,15 +353,7 @@ def test_import_does_not_import_torch() -> None:
         "ckpttui.jobs.select\nprint(json.dumps(sorted({m.split('.')[0] "
         "for m in sys.modules})))"
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    proc = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": src},
-        check=True,
-    )
-    loaded = set(json.loads(proc.stdout))
+    loaded = set(json.loads(run_python(probe)))
     assert not loaded & {"torch", "numpy", "textual", "rich", "safetensors", "yaml"}
 
 
@@ -396,13 +397,5 @@ def test_means_are_torch_bits_without_torch(tk_root: Path, tmp_path: Path) -> No
         f"events = list(average({[str(p) for p in funasr]!r}, {str(tmp_path / 'f.pt.avg3')!r}))\n"
         "assert events[-1].kind == 'done'\nprint('torch' in sys.modules)\n"
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": src},
-        check=True,
-    )
-    assert proc.stdout.strip() == "False"
+    assert run_python(code).strip() == "False"
     assert_mean(load(tmp_path / "f.pt.avg3")["state_dict"], funasr_states(funasr))
