@@ -25,7 +25,7 @@ large folios on recent kernels, and that changes how much a touch of a mapped fi
   ``src/`` (a monkeypatch and a glibc tunable; see `WHAT_IF_PATCH`), to measure them.
 
 Note: ckpttui fsyncs its output, re-reads it to verify, and reports its sha256 (hashed while
-writing safetensors, by reading back a ``.pt``); the reference scripts do none of that.
+writing; before 2026-12-02 a ``.pt`` was read back for it); the reference scripts do none of that.
 
     python benchmarks/bench_jobs.py [--size-mb 1200] [--repeat 3] [--n 2,5] [--dir DIR]
                                     [--only average|export] [--what-if]

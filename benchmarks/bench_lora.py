@@ -20,21 +20,14 @@ Finally it checks both outputs hold the same keys, dtypes and values (bit for bi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-MARK = "BENCH_RESULT "
-HWM = (
-    "hwm = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
-    f"print({MARK!r} + json.dumps(hwm * 1024), flush=True)\n"
-)
+from _child import HWM, remove, run_child
+
 PEFT_CODE = (
     "import json, torch\n"
     "from transformers import AutoModelForCausalLM\n"
@@ -71,29 +64,10 @@ get_peft_model(model, lora).save_pretrained(f"{root}/adapter")
 """
 
 
-def child_env() -> dict[str, str]:
-    """ckpttui importable from this checkout."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
-
-
 def run_once(code: str, root: Path, out: Path) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of one method in a fresh process."""
-    if out.exists():
-        shutil.rmtree(out)
-    head = f"BASE = {str(root / 'base')!r}\nADAPTER = {str(root / 'adapter')!r}\n"
-    head += f"OUT = {str(out)!r}\n"
-    os.sync()
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", head + code], capture_output=True, text=True, env=child_env()
-    )
-    wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return wall, json.loads(lines[-1][len(MARK) :])
+    remove(out)
+    return run_child(code, {"BASE": root / "base", "ADAPTER": root / "adapter", "OUT": out})
 
 
 def verify(a: Path, b: Path) -> str:

@@ -28,7 +28,6 @@ for ckpttui, the most file descriptors open at once. Outputs are checked equal t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -37,16 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from _child import SRC, child_env, remove, report, run_child
+
 sys.path.insert(0, str(SRC))
 
 from ckpttui.demo import ds_writer
 
-MARK = "BENCH_RESULT "
-HWM = (
-    "hwm = int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
-    f"print({MARK!r} + json.dumps([hwm * 1024, FDS]), flush=True)\n"
-)
+HWM = report("[hwm * 1024, FDS]")
+DS_ENV = child_env(DS_ACCELERATOR="cpu")
 DS_CODE = (
     "import json, runpy, sys\n"
     "FDS = 0\n"
@@ -123,30 +120,12 @@ print("re-partitioned and checked:", len(a), "tensors")
 """
 
 
-def child_env() -> dict[str, str]:
-    """CPU accelerator, ckpttui importable from this checkout."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
-
-
 def run_once(code: str, save: Path, out_dir: Path, workers: int) -> tuple[float, int, int]:
     """(wall seconds, peak RSS bytes, most open fds) of one tool in a fresh process."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    remove(out_dir)
     out_dir.mkdir(parents=True)
-    head = f"SCRIPT = {str(save / 'zero_to_fp32.py')!r}\nSAVE = {str(save)!r}\n"
-    head += f"OUT_DIR = {str(out_dir)!r}\nWORKERS = {workers}\n"
-    os.sync()
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", head + code], capture_output=True, text=True, env=child_env()
-    )
-    wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    hwm, fds = json.loads(lines[-1][len(MARK) :])
+    names = {"SCRIPT": save / "zero_to_fp32.py", "SAVE": save, "OUT_DIR": out_dir}
+    wall, (hwm, fds) = run_child(code, {**names, "WORKERS": workers}, DS_ENV)
     return wall, hwm, fds
 
 
@@ -231,7 +210,7 @@ def main() -> None:
             shutil.rmtree(many)
         t0 = time.perf_counter()
         cmd = [sys.executable, "-c", REPARTITION, str(two), str(many), str(args.ranks)]
-        subprocess.run(cmd, check=True, env=child_env())
+        subprocess.run(cmd, check=True, env=DS_ENV)
         print(f"re-partitioned in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     rows = {}
     for save in (two, many):

@@ -31,6 +31,15 @@ def run(inputs: list[Path], out: Path, **kw: Any) -> list[Event]:
     return events
 
 
+def run_python(code: str) -> str:
+    """The output of `code` run by a fresh interpreter with this checkout's ckpttui."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+
+
 def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """One unit in the last place of each value of `x` in `dtype` (float64 result)."""
     info = torch.finfo(dtype)
@@ -344,13 +353,49 @@ def test_import_does_not_import_torch() -> None:
         "ckpttui.jobs.select\nprint(json.dumps(sorted({m.split('.')[0] "
         "for m in sys.modules})))"
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    proc = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": src},
-        check=True,
-    )
-    loaded = set(json.loads(proc.stdout))
+    loaded = set(json.loads(run_python(probe)))
     assert not loaded & {"torch", "numpy", "textual", "rich", "safetensors", "yaml"}
+
+
+def test_means_are_torch_bits_without_torch(tk_root: Path, tmp_path: Path) -> None:
+    """Float means are computed with numpy on the inputs' bytes: the very bits of torch's float32
+    (float64) sum and division, rounded to bfloat16/float16 as torch rounds; complex tensors and
+    NaN going into a 16-bit output are left to torch. A FunASR average never imports torch."""
+    gen = torch.Generator().manual_seed(3)
+    base = {
+        "f32": torch.randn(1000, 37, generator=gen),
+        "bf": torch.randn(513, 7, generator=gen).bfloat16(),
+        "h": torch.randn(999, generator=gen).half(),
+        "d": torch.randn(77, generator=gen, dtype=torch.float64),
+        "i": torch.arange(5),
+        "z": torch.randn(3, dtype=torch.complex64, generator=gen),
+        "nan": torch.tensor([1.0, float("nan"), 2.0]).bfloat16(),
+    }
+    paths = []
+    for e in range(5):
+        paths.append(tmp_path / f"m{e}.safetensors")
+        scale = 1 + 0.37 * e
+        save_file({k: v + e if k == "i" else v * scale for k, v in base.items()}, paths[-1])
+    states = [load_file(p) for p in paths]
+    for n in (3, 5):
+        run(paths[-n:], tmp_path / f"avg{n}.safetensors")
+        ours = load_file(tmp_path / f"avg{n}.safetensors")
+        for key, value in base.items():
+            inputs = [s[key] for s in states[-n:]]
+            if value.is_floating_point() or value.is_complex():
+                wide = {torch.float64: torch.float64, torch.complex64: torch.complex64}
+                acc = inputs[0].to(wide.get(value.dtype, torch.float32), copy=True)
+                for t in inputs[1:]:
+                    acc.add_(t)
+                ref = acc.div_(n).to(value.dtype)
+            else:
+                ref = inputs[-1]
+            assert identical(ours[key], ref), (n, key)
+    funasr = [tk_root / "funasr" / f"model.pt.ep{e}" for e in (1, 2, 3)]
+    code = (
+        "import sys\nfrom ckpttui.jobs.average import average\n"
+        f"events = list(average({[str(p) for p in funasr]!r}, {str(tmp_path / 'f.pt.avg3')!r}))\n"
+        "assert events[-1].kind == 'done'\nprint('torch' in sys.modules)\n"
+    )
+    assert run_python(code).strip() == "False"
+    assert_mean(load(tmp_path / "f.pt.avg3")["state_dict"], funasr_states(funasr))

@@ -296,3 +296,25 @@ def test_refusals(tk_root: Path, tmp_path: Path) -> None:
     with pytest.raises(JobError, match="is a folder"):
         list(export(src, tmp_path / "w.safetensors", config=tk_root / "funasr"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_same_dtype_export_never_imports_torch(tk_root: Path, tmp_path: Path) -> None:
+    """Values copied as they are go from the input's bytes to the output without torch (its
+    import is most of a small export's time); the outputs are what torch.load reads."""
+    import subprocess
+    import sys
+
+    path, ref = source("funasr", tk_root, tk_root)
+    outs = [tmp_path / "w.safetensors", tmp_path / "slim.pt"]
+    code = (
+        "import sys\nfrom ckpttui.jobs.export import export\n"
+        f"for out in {[str(o) for o in outs]!r}:\n"
+        f"    events = list(export({str(path)!r}, out))\n"
+        "    assert events[-1].kind == 'done', events[-1]\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+    for ours in (load_file(outs[0]), torch.load(outs[1], weights_only=True)["state_dict"]):
+        assert list(ours) == list(ref)
+        assert all(identical(ours[k], v) for k, v in ref.items())

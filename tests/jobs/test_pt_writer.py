@@ -106,3 +106,57 @@ def test_refuses_what_torch_files_cannot_hold_and_out_of_order_writes(tmp_path: 
         with pytest.raises(JobError, match="never written"):
             writer.finish()
         writer.abort()
+
+
+def test_pickle_names_torch_globals_as_torch_pickles_them(tmp_path: Path) -> None:
+    """Storage types and the rebuild function are written by name, without importing torch: the
+    same pickle bytes as the C pickler gives with torch's own objects."""
+    import pickle
+
+    from ckpttui.jobs import pt_writer
+
+    for dtype, storage in torch.storage._dtype_to_storage_type_map().items():
+        name = str(dtype).removeprefix("torch.")
+        if name in pt_writer.STORAGE_TYPES:
+            assert pt_writer.STORAGE_TYPES[name] == storage, name
+    assert pickle.dumps(torch.FloatStorage, protocol=2) == b"\x80\x02ctorch\nFloatStorage\nq\x00."
+    path = tmp_path / "flat.pt"
+    write(path, values(), {"w_alias": "w"})
+    with zipfile.ZipFile(path) as z:
+        ours = z.read("flat/data.pkl")
+    assert b"ctorch._utils\n_rebuild_tensor_v2\n" in ours and b"ctorch\nBFloat16Storage\n" in ours
+    loaded = torch.load(path, weights_only=True)
+    # torch.save's pickle of the same (contiguous) values: same opcodes for every tensor
+    plain = OrderedDict((k, v.contiguous()) for k, v in loaded.items())
+    torch.save(plain, tmp_path / "torch.pt")
+    with zipfile.ZipFile(tmp_path / "torch.pt") as z:
+        assert z.read("torch/data.pkl") == ours
+
+
+def test_sha256_is_computed_while_writing_and_a_changed_byte_fails_the_crc_check(
+    tmp_path: Path,
+) -> None:
+    from ckpttui.jobs.pt_writer import check_crcs
+
+    path = tmp_path / "out.pt"
+    vals = values()
+    specs = [
+        TensorSpec(k, str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in vals.items()
+    ]
+    with open(path, "wb") as f:
+        writer = TorchZipWriter(f, specs, {}, root="out")
+        for name, value in vals.items():
+            writer.write(name, value)
+        digest = writer.finish()
+    raw = bytearray(path.read_bytes())
+    assert digest == hashlib.sha256(raw).hexdigest()
+    check_crcs(path)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("out/data/0")
+    name_len, extra_len = (
+        int.from_bytes(raw[info.header_offset + k :][:2], "little") for k in (26, 28)
+    )
+    raw[info.header_offset + 30 + name_len + extra_len] ^= 1
+    path.write_bytes(raw)
+    with pytest.raises(JobError, match=r"shown\.pt: written but out/data/0 reads back"):
+        check_crcs(path, tmp_path / "shown.pt")

@@ -41,7 +41,9 @@ def record_offset(path: Path, name: str) -> int:
     """Byte offset in `path` of the storage holding tensor `name` (a key path joined by '/')."""
     with TensorSource(path) as src:
         rec = next(r for r in src.records if r.name == name)
-        return src._offsets[rec.storage or ""] + rec.storage_offset * 4
+        where = src.byte_range(rec)
+        assert where is not None
+        return where[0]
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
-from typing import TYPE_CHECKING
 
 from ckpttui.jobs.output import Planned
-
-if TYPE_CHECKING:
-    import torch
+from ckpttui.jobs.st_writer import Values
 
 
 class Ahead:
@@ -22,8 +19,12 @@ class Ahead:
     memory the largest tensor needs anyway, so peak memory stays that of the largest tensor.
     """
 
-    def __init__(self, loads: list[tuple[str, Callable[[], torch.Tensor], bool, int]]) -> None:
-        """`loads`: (name, load, needs arithmetic, bytes of memory it holds while computed)."""
+    def __init__(
+        self, loads: list[tuple[str, Callable[[], Values], bool, int]], slack: int = 0
+    ) -> None:
+        """`loads`: (name, load, needs arithmetic, bytes of memory it holds while computed);
+        `slack`: bytes allowed beyond the largest one's, so that tensors up to that size
+        overlap even when the largest ones do not."""
         from concurrent.futures import ThreadPoolExecutor
 
         self.names = [name for name, _, _, _ in loads]
@@ -31,11 +32,11 @@ class Ahead:
         self.index = {name: i for i, name in enumerate(self.names)}
         self.computed = [name for name, _, heavy, _ in loads if heavy]
         self.cost = {name: cost for name, _, _, cost in loads}
-        self.budget = max(self.cost.values(), default=0)
-        self.pending: dict[str, Future[torch.Tensor]] = {}
+        self.budget = max(self.cost.values(), default=0) + slack
+        self.pending: dict[str, Future[Values]] = {}
         self.pool = ThreadPoolExecutor(1)
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str) -> Values:
         """The tensor `name`, computed ahead if it was started."""
         future = self.pending.pop(name, None)
         i = self.index[name]
@@ -54,7 +55,9 @@ class Ahead:
         self.pending.clear()
 
 
-def ahead_plan(plan: list[Planned], costs: dict[str, int]) -> tuple[list[Planned], Ahead]:
+def ahead_plan(
+    plan: list[Planned], costs: dict[str, int], slack: int = 0
+) -> tuple[list[Planned], Ahead]:
     """`plan` with each load going through an `Ahead`; `costs` names the costly tensors.
 
     ``costs[name]`` is the memory a costly tensor holds while produced; others cost their bytes.
@@ -64,7 +67,8 @@ def ahead_plan(plan: list[Planned], costs: dict[str, int]) -> tuple[list[Planned
             (p.name, p.load, p.name in costs, costs.get(p.name, p.nbytes))
             for p in plan
             if p.load is not None
-        ]
+        ],
+        slack,
     )
     wrapped = [
         p if p.load is None else Planned(p.name, p.dtype, p.shape, partial(runner.get, p.name))

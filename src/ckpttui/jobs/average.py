@@ -31,22 +31,31 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ckpttui.jobs.ahead import ahead_plan
 from ckpttui.jobs.events import Event, JobError
-from ckpttui.jobs.export import is_torch_name, shard_size, write_torch
-from ckpttui.jobs.output import Planned, write_planned
-from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
-from ckpttui.jobs.slim import slim_layout
+from ckpttui.jobs.export import is_torch_name, shard_size, write_output
+from ckpttui.jobs.output import Planned
+from ckpttui.jobs.recoverables import wants_folder
 from ckpttui.jobs.source import torch_dtype
-from ckpttui.jobs.weights import WeightSet, left_out, open_weights
+from ckpttui.jobs.st_writer import Raw, Values, new_buffer
+from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
+from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
     import torch
+
+_NUMPY = {"float16": "float16", "bfloat16": "uint16", "float32": "float32", "float64": "float64"}
+"""Float dtypes averaged with numpy (the numpy dtype their bytes are read as)."""
+AHEAD_SLACK = 64 << 20
+"""Memory beyond the largest tensor's that computing the next mean ahead may use."""
+_INTEGERS = {"bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64"}
+"""Dtypes taken from the last input, as they are."""
 
 
 def _describe(ws: WeightSet, name: str) -> str:
@@ -134,8 +143,79 @@ def _mean(
     return acc.to(dtype)
 
 
+def _numpy_mean(sets: Sequence[WeightSet], name: str, dtype: str) -> Raw | None:
+    """The mean of a float tensor computed with numpy on the inputs' bytes, bit for bit what
+    `_mean` computes with torch (float32 sums, or float64 for float64; IEEE add and true
+    division; bfloat16 rounded to nearest even as torch rounds it). None when torch must do it:
+    an input whose bytes cannot be read as they are, or NaN going into a 16-bit output (torch's
+    NaN bit pattern differs by code path)."""
+    import numpy as np
+
+    wide = np.float64 if dtype == "float64" else np.float32
+    acc: Any = None
+    scratch: Any = None
+    for ws in sets:
+        source, rec = ws.entries[name]
+        raw = source.raw(rec)
+        if raw is None:
+            return None
+        if dtype == "bfloat16":  # bfloat16 is the top half of a float32: widen exactly
+            if scratch is None:
+                scratch = np.frombuffer(new_buffer(raw.data.nbytes * 2), np.uint32)
+            np.left_shift(np.frombuffer(raw.data, np.uint16), 16, out=scratch, dtype=np.uint32)
+            values = scratch.view(np.float32)
+        else:
+            values = np.frombuffer(raw.data, _NUMPY[dtype])
+        if acc is None:
+            acc = np.frombuffer(new_buffer(values.size * np.dtype(wide).itemsize), wide)
+            np.copyto(acc, values)
+        else:
+            np.add(acc, values, out=acc)
+        del values
+        ws.release(name)  # this input's pages are done with: resident memory stays flat
+    if acc is None:
+        return None
+    np.divide(acc, len(sets), out=acc)
+    shape = sets[0].record(name).shape
+    if dtype in ("float32", "float64"):
+        return Raw(dtype, shape, memoryview(acc).cast("B"))
+    if np.isnan(acc).any():
+        return None
+    if dtype == "float16":
+        out = np.frombuffer(new_buffer(acc.size * 2), np.float16)
+        np.copyto(out, acc, casting="same_kind")
+        return Raw(dtype, shape, out.view(np.uint8).data)
+    bits = acc.view(np.uint32)  # float32 -> bfloat16, round to nearest even
+    bits += ((bits >> 16) & 1) + 0x7FFF
+    bits >>= 16
+    half = np.frombuffer(new_buffer(acc.size * 2), np.uint16)
+    np.copyto(half, bits, casting="unsafe")
+    return Raw(dtype, shape, half.view(np.uint8).data)
+
+
+def _float_mean(sets: Sequence[WeightSet], name: str, dtype: str) -> Values:
+    """The mean of a float tensor: with numpy where it gives torch's bits, else with torch."""
+    mean = _numpy_mean(sets, name, dtype)
+    if mean is not None:
+        return mean
+    torch_type = torch_dtype(dtype, name)
+    acc = accumulator_dtype(torch_type)
+    assert acc is not None
+    return _mean(sets, name, torch_type, acc)
+
+
+def _last_values(last: WeightSet, name: str) -> Values:
+    source, rec = last.entries[name]
+    return source.values(rec)
+
+
 def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
-    """One planned tensor per name of the first input: a mean, or the last input's integers."""
+    """One planned tensor per name of the first input: a mean, or the last input's integers.
+
+    Float means are computed with numpy on the inputs' bytes (`_numpy_mean`), and integers are
+    copied as they are, so torch is imported only for other dtypes (complex) or NaN in a 16-bit
+    output: its import is longer than the whole average of a small model.
+    """
     first, last = sets[0], sets[-1]
     plan = []
     for name in first.names:
@@ -144,9 +224,19 @@ def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
         if owner is not None and all(ws.aliases.get(name) == owner for ws in sets[1:]):
             plan.append(Planned(name, rec.dtype, rec.shape, alias_of=owner))
             continue
-        dtype = torch_dtype(rec.dtype, str(first.path))
-        acc = accumulator_dtype(dtype)
-        load = partial(last.tensor, name) if acc is None else partial(_mean, sets, name, dtype, acc)
+        load: Callable[[], Values]
+        if rec.dtype in _NUMPY:
+            load = partial(_float_mean, sets, name, rec.dtype)
+        elif rec.dtype in _INTEGERS:
+            load = partial(_last_values, last, name)
+        else:
+            dtype = torch_dtype(rec.dtype, str(first.path))
+            acc = accumulator_dtype(dtype)
+            load = (
+                partial(last.tensor, name)
+                if acc is None
+                else partial(_mean, sets, name, dtype, acc)
+            )
         plan.append(Planned(name, rec.dtype, rec.shape, load))
     return plan
 
@@ -171,12 +261,17 @@ def average(
         raise JobError("average needs at least one input checkpoint")
     shard = shard_size(max_shard_size)
     sets: list[WeightSet] = []
+    runner = None
     try:
         for path in paths:
             sets.append(open_weights(path, recoverable=recoverable))
         _check_distinct(sets)
         check_agree(sets)
         plan = plan_average(sets)
+        # the next mean is computed while this one is written (numpy gives up the GIL): within
+        # the largest tensor's memory plus AHEAD_SLACK
+        costs = {p.name: 4 * shape_numel(p.shape) + p.nbytes for p in plan if p.dtype in _NUMPY}
+        plan, runner = ahead_plan(plan, costs, AHEAD_SLACK)
         last = sets[-1]
         notes = [
             (
@@ -206,53 +301,16 @@ def average(
                 + (f", as {title}'s {contract.script} does" if contract.copies_metadata else "")
             )
         notes.extend(dict.fromkeys(n for ws in sets for n in ws.notes))
-        inputs_all = [p for ws in sets for p in (ws.path, *ws.files)]
-        sources = [s for ws in sets for s in ws.sources]
-        start = {"inputs": [str(ws.path) for ws in sets], "layout": last.layout}
-        if shard is None and wants_folder(meta, out):
-            yield from write_folder(
-                "average",
-                meta,
-                plan,
-                out,
-                inputs=inputs_all,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out(sets)],
-                sources=sources,
-            )
-        elif is_torch_name(out):
-            if shard is not None:
-                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
-            refuse_prefixed_file(meta, out)
-            slim = slim_layout(meta, flat=flat)
-            kept = [(1, p.nbytes) for p in slim.tensors]
-            yield from write_torch(
-                "average",
-                [*plan, *slim.tensors],
-                out,
-                slim.wrap,
-                inputs=inputs_all,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out(sets, kept), *slim.notes],
-                sources=sources,
-            )
-        else:
-            yield from write_planned(
-                "average",
-                plan,
-                out,
-                inputs=inputs_all,
-                force=force,
-                cancel=cancel,
-                max_shard_size=shard,
-                start_data=start,
-                notes=[*notes, *left_out(sets)],
-                sources=sources,
-            )
+        common: dict[str, Any] = {
+            "inputs": [p for ws in sets for p in (ws.path, *ws.files)],
+            "force": force,
+            "cancel": cancel,
+            "start_data": {"inputs": [str(ws.path) for ws in sets], "layout": last.layout},
+            "sources": [s for ws in sets for s in ws.sources],
+        }
+        yield from write_output("average", meta, sets, plan, out, shard, flat, notes, common)
     finally:
+        if runner is not None:
+            runner.close()
         for ws in sets:
             ws.close()

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpttui.formats.unpickler import (
+    ELEMENT_SIZE,
     OpaqueObject,
     StorageRef,
     TensorRef,
@@ -48,9 +49,10 @@ from ckpttui.jobs.ahead import ahead_plan
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.output import Planned, write_planned
 from ckpttui.jobs.source import torch_dtype
+from ckpttui.jobs.st_writer import Raw, new_buffer
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 MODEL_KEYS = ("model", "state_dict", "module")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
@@ -305,11 +307,27 @@ def _pread_into(fd: int, buf: memoryview, offset: int, where: str) -> None:
         done += n
 
 
-def _fill(out: torch.Tensor, t: DcpTensor, chunk: Chunk) -> None:
-    import torch
+def _block_start(shape: tuple[int, ...], chunk: Chunk) -> int | None:
+    """The element where a chunk starts in the whole (row-major) tensor, if the chunk is one
+    contiguous block of it (a row shard); None otherwise (column shards)."""
+    dims = len(shape)
+    k = 0
+    while k < dims and chunk.sizes[k] == 1:
+        k += 1  # leading dimensions of size 1 do not break contiguity
+    for j in range(k + 1, dims):
+        if chunk.offsets[j] != 0 or chunk.sizes[j] != shape[j]:
+            return None
+    start = 0
+    for j in range(dims):
+        start = start * shape[j] + chunk.offsets[j]
+    return start
 
-    region = out[tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes, strict=True))]
-    if region.numel() == 0:
+
+def _fill(out: memoryview, t: DcpTensor, chunk: Chunk) -> None:
+    """Read one chunk into its place in `out`, the whole tensor's bytes: ``pread`` straight into
+    it for a row shard; through a bounce buffer and torch's strided copy otherwise."""
+    numel = _numel(chunk.sizes)
+    if numel == 0:
         return
     try:
         fd = os.open(chunk.file, os.O_RDONLY)
@@ -323,17 +341,25 @@ def _fill(out: torch.Tensor, t: DcpTensor, chunk: Chunk) -> None:
                 f"{where}: holds {ref.dtype}{list(ref.shape)}, metadata says "
                 f"{t.dtype}{list(chunk.sizes)}"
             )
-        elsize = out.element_size()
-        plain = ref.stride is None or ref.stride == _contiguous(chunk.sizes) or region.numel() == 1
-        if region.is_contiguous() and plain:
-            dest = region.reshape(-1).view(torch.uint8).numpy()
-            _pread_into(fd, memoryview(dest.data), start + ref.storage_offset * elsize, where)
+        elsize = ELEMENT_SIZE[t.dtype]
+        plain = ref.stride is None or ref.stride == _contiguous(chunk.sizes) or numel == 1
+        at = _block_start(t.shape, chunk)
+        if at is not None and plain:
+            dest = out[at * elsize : (at + numel) * elsize]
+            _pread_into(fd, dest, start + ref.storage_offset * elsize, where)
             return
         # Column shards and strided saves: read the chunk's storage, then copy it into place.
+        import torch
+
         assert ref.storage is not None
         raw = bytearray(ref.storage.nbytes)
         _pread_into(fd, memoryview(raw), start, where)
-        base = torch.frombuffer(raw, dtype=torch.uint8).view(torch_dtype(t.dtype, where))
+        dtype = torch_dtype(t.dtype, where)
+        base = torch.frombuffer(raw, dtype=torch.uint8).view(dtype)
+        whole = torch.frombuffer(out, dtype=torch.uint8).view(dtype).view(t.shape)
+        region = whole[
+            tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes, strict=True))
+        ]
         stride = ref.stride if ref.stride is not None else _contiguous(chunk.sizes)
         region.copy_(base.as_strided(chunk.sizes, stride, ref.storage_offset))
     finally:
@@ -348,17 +374,18 @@ def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-def _assemble(t: DcpTensor, pool: ThreadPoolExecutor | None) -> torch.Tensor:
-    import torch
-
-    out = torch.empty(t.shape, dtype=torch_dtype(t.dtype, t.fqn))
+def _assemble(t: DcpTensor, pool: ThreadPoolExecutor | None) -> Raw:
+    """The whole tensor's bytes, its chunks read in parallel (no torch for row shards)."""
+    if t.dtype not in ELEMENT_SIZE or t.dtype.startswith(("q", "bits")):
+        torch_dtype(t.dtype, t.fqn)  # the error naming the dtype
+    out = new_buffer(_numel(t.shape) * ELEMENT_SIZE[t.dtype])
     if pool is None or len(t.chunks) < 2:
         for chunk in t.chunks:
             _fill(out, t, chunk)
     else:
         for future in [pool.submit(_fill, out, t, c) for c in t.chunks]:
             future.result()
-    return out
+    return Raw(t.dtype, t.shape, out)
 
 
 def merge_dcp(

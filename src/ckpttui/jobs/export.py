@@ -33,22 +33,23 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.atomic import AtomicOutput
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import (
     ALIASES_KEY,
     Planned,
     releaser,
+    start_events,
     stream_plan,
     verify_output,
     write_planned,
+    write_torch_file,
 )
-from ckpttui.jobs.pt_writer import TorchZipWriter
 from ckpttui.jobs.recoverables import refuse_prefixed_file, wants_folder, write_folder
 from ckpttui.jobs.slim import slim_layout
 from ckpttui.jobs.source import TensorSource, torch_dtype
-from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec
+from ckpttui.jobs.st_writer import DEFAULT_METADATA, ShardedWriter, TensorSpec, Values
 from ckpttui.jobs.weights import WeightSet, left_out, open_weights
 from ckpttui.units import parse_size
 
@@ -136,39 +137,19 @@ def write_torch(
         target, inputs=inputs, force=force, estimate=total + 65536 + 256 * len(plan)
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {"output": str(target), "format": "torch", "tensors": len(plan), **(start_data or {})},
-    )
-    for note in notes:
-        yield Event("log", job, 0, total, note)
-    specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
-    aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
+    yield from start_events(job, target, "torch", total, len(plan), start_data, notes)
     root = os.path.splitext(target.name)[0] or "archive"  # what torch.save names the root
+    clock = ProgressClock(job, total)
     with atomic as temp:
-        with open(temp, "wb") as f:
-            writer = TorchZipWriter(f, specs, aliases, root, wrap)
-            try:
-                yield from _stream(
-                    plan,
-                    writer.write,
-                    ProgressClock(job, total),
-                    cancel,
-                    sources,
-                    skip_aliases=True,
-                )
-                writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-        # read back before the output is placed: a bad file never replaces anything
-        done = verify_output(
-            job, target, "torch", plan, [temp], {target.name: sha256_file(temp)}, total
+        digest = yield from write_torch_file(
+            temp, target, root, plan, clock, cancel, releaser(sources), wrap
         )
+        last = clock.flush()
+        if last is not None:
+            yield last
+        check_cancel(cancel)
+        # read back before the output is placed: a bad file never replaces anything
+        done = verify_output(job, target, "torch", plan, [temp], {target.name: digest}, total)
         check_cancel(cancel)
     yield done
 
@@ -189,6 +170,7 @@ def write_hf_folder(
     sources: Sequence[TensorSource] = (),
 ) -> Iterator[Event]:
     """Write an HF model folder: config.json (+ generation_config.json) and safetensors weights."""
+    return_large_blocks()
     target = Path(os.path.abspath(out))
     if target.suffix.lower() in (".safetensors", ".pt", ".bin", ".pth", ".ckpt"):
         raise JobError(f"{target}: an HF model output is a folder; give a folder name")
@@ -221,22 +203,8 @@ def write_hf_folder(
         estimate=total + 65536 + 256 * len(plan) + sum(map(len, extra.values())),
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {
-            "output": str(target),
-            "format": "hf-folder",
-            "tensors": len(plan),
-            "config": str(cfg_file),
-            **(start_data or {}),
-        },
-    )
-    for note in notes:
-        yield Event("log", job, 0, total, note)
+    described = {"config": str(cfg_file), **(start_data or {})}
+    yield from start_events(job, target, "hf-folder", total, len(plan), described, notes)
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     with atomic as temp:
         sharded = ShardedWriter(temp, specs, max_shard_size or HF_DEFAULT_SHARD, meta)
@@ -257,12 +225,51 @@ def write_hf_folder(
     yield done
 
 
+def write_output(
+    job: str,
+    ws: WeightSet,
+    sets: Sequence[WeightSet],
+    plan: Sequence[Planned],
+    out: str | os.PathLike[str],
+    shard: int | None,
+    flat: bool,
+    notes: Sequence[str],
+    common: dict[str, Any],
+) -> Iterator[Event]:
+    """Write the weights of export or average in the format OUT's name asks for: a folder of
+    recoverables like `ws`'s, a slim ``.pt`` in `ws`'s layout, or safetensors (one file, or
+    shards with `shard`). `sets` are the inputs (what they leave out is noted); `common` the
+    writers' shared arguments (inputs, force, cancel, start_data, sources)."""
+    if shard is None and wants_folder(ws, out):
+        return write_folder(job, ws, plan, out, notes=[*notes, *left_out(sets)], **common)
+    if is_torch_name(out):
+        if shard is not None:
+            raise JobError(f"{out}: shards are written as safetensors; give a folder name")
+        refuse_prefixed_file(ws, out)
+        slim = slim_layout(ws, flat=flat)
+        kept = left_out(sets, [(1, p.nbytes) for p in slim.tensors])
+        return write_torch(
+            job,
+            [*plan, *slim.tensors],
+            out,
+            slim.wrap,
+            notes=[*notes, *kept, *slim.notes],
+            **common,
+        )
+    return write_planned(
+        job, plan, out, max_shard_size=shard, notes=[*notes, *left_out(sets)], **common
+    )
+
+
 # ------------------------------------------------------------------------------- export
 
 
-def _cast(ws: WeightSet, name: str, dtype: torch.dtype | None) -> torch.Tensor:
-    tensor = ws.tensor(name)
-    return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+def _cast(ws: WeightSet, name: str, dtype: torch.dtype | None) -> Values:
+    source, rec = ws.entries[name]
+    if dtype is None:  # values copied as they are: bytes, no torch, where the file allows
+        return source.values(rec)
+    tensor = source.tensor(rec)
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def rename_map(
@@ -349,65 +356,27 @@ def export(
     try:
         plan, notes = plan_export(ws, dtype=name, strip_prefix=strip_prefix)
         notes = [*ws.notes, *notes]
-        inputs = [ws.path, *ws.files]
-        start = {"inputs": [str(ws.path)], "layout": ws.layout}
+        # what every writer below is given
+        common: dict[str, Any] = {
+            "inputs": [ws.path, *ws.files],
+            "force": force,
+            "cancel": cancel,
+            "start_data": {"inputs": [str(ws.path)], "layout": ws.layout},
+            "sources": ws.sources,
+        }
         if config is not None:
-            yield from write_hf_folder(
+            events = write_hf_folder(
                 "export",
                 plan,
                 out,
                 config,
                 max_shard_size=shard,
                 dtype=name,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                start_data=start,
                 notes=[*notes, *left_out([ws])],
-                sources=ws.sources,
-            )
-        elif shard is None and wants_folder(ws, out):
-            yield from write_folder(
-                "export",
-                ws,
-                plan,
-                out,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out([ws])],
-                sources=ws.sources,
-            )
-        elif is_torch_name(out):
-            if shard is not None:
-                raise JobError(f"{out}: shards are written as safetensors; give a folder name")
-            refuse_prefixed_file(ws, out)
-            slim = slim_layout(ws, flat=flat)
-            yield from write_torch(
-                "export",
-                [*plan, *slim.tensors],
-                out,
-                slim.wrap,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                start_data=start,
-                notes=[*notes, *left_out([ws], [(1, p.nbytes) for p in slim.tensors]), *slim.notes],
-                sources=ws.sources,
+                **common,
             )
         else:
-            yield from write_planned(
-                "export",
-                plan,
-                out,
-                inputs=inputs,
-                force=force,
-                cancel=cancel,
-                max_shard_size=shard,
-                start_data=start,
-                notes=[*notes, *left_out([ws])],
-                sources=ws.sources,
-            )
+            events = write_output("export", ws, [ws], plan, out, shard, flat, notes, common)
+        yield from events
     finally:
         ws.close()

@@ -32,6 +32,7 @@ from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.heap import return_large_blocks
 from ckpttui.jobs.output import TORCH_SUFFIXES, Planned, write_planned
 from ckpttui.jobs.source import TensorSource, torch_dtype
+from ckpttui.jobs.st_writer import Values
 from ckpttui.layouts.lora import AdapterError, LoraAdapter, LoraPair, read_adapter
 from ckpttui.records import TensorRecord, shape_numel
 
@@ -218,7 +219,7 @@ def plan_lora(
     src: TensorSource,
     base: BaseModel,
     dtype: str | None,
-    ahead: Callable[[list[tuple[str, Callable[[], torch.Tensor], bool, int]]], Ahead] | None = None,
+    ahead: Callable[[list[tuple[str, Callable[[], Values], bool, int]]], Ahead] | None = None,
 ) -> list[Planned]:
     """The merged state dict in the base's key order, as `Planned` tensors (no data read)."""
     adapter_recs = {rec.name: rec for rec in src.records}
@@ -376,7 +377,7 @@ def merge_lora(
     model = BaseModel(base_path)
     runners: list[Ahead] = []
 
-    def ahead(loads: list[tuple[str, Callable[[], torch.Tensor], bool, int]]) -> Ahead:
+    def ahead(loads: list[tuple[str, Callable[[], Values], bool, int]]) -> Ahead:
         runners.append(Ahead(loads))
         return runners[-1]
 

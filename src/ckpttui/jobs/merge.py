@@ -202,7 +202,7 @@ def _plan_shard(source: TensorSource, seen: dict[str, Path]) -> list[Planned]:
             plan.append(Planned(name, rec.dtype, rec.shape, alias_of=owner))
             continue
         owners[key] = name
-        plan.append(Planned(name, rec.dtype, rec.shape, partial(source.tensor, rec)))
+        plan.append(Planned(name, rec.dtype, rec.shape, partial(source.values, rec)))
     return plan
 
 

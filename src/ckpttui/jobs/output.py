@@ -31,21 +31,23 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import ELEMENT_SIZE
-from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.atomic import AtomicOutput
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.heap import return_large_blocks
-from ckpttui.jobs.pt_writer import TorchZipWriter
+from ckpttui.jobs.pt_writer import TorchZipWriter, check_crcs
 from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.st_writer import (
     DEFAULT_METADATA,
     SafetensorsWriter,
     ShardedWriter,
     TensorSpec,
+    Values,
+    dtype_shape,
 )
 from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 TORCH_SUFFIXES = (".pt", ".bin", ".pth", ".ckpt")
 ALIASES_KEY = "ckpttui.aliases"
@@ -61,8 +63,8 @@ class Planned:
     """torch dtype name of the output values."""
     shape: tuple[int, ...]
     """Output shape."""
-    load: Callable[[], torch.Tensor] | None = None
-    """Produces the values (a view of the input files or a fresh tensor)."""
+    load: Callable[[], Values] | None = None
+    """Produces the values (a view of the input files, a fresh tensor, or `Raw` bytes)."""
     alias_of: str | None = None
     """For a tied weight: the name of the tensor it shares values with."""
 
@@ -129,23 +131,16 @@ def write_planned(
         target, inputs=inputs, force=force, estimate=estimate, folder=kind == "sharded"
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {"output": str(target), "format": kind, "tensors": len(plan), **(start_data or {})},
-    )
-    for note in notes:
-        yield Event("log", job, 0, total, note)
+    yield from start_events(job, target, kind, total, len(plan), start_data, notes)
     return_large_blocks()
     clock = ProgressClock(job, total)
     release = releaser(sources)
     with atomic as temp:
         if kind == "torch":
-            yield from _write_torch(temp, target.stem or "archive", plan, clock, cancel, release)
-            hashes = {target.name: ""}
+            digest = yield from write_torch_file(
+                temp, target, target.stem or "archive", plan, clock, cancel, release
+            )
+            hashes = {target.name: digest}
         else:
             hashes = yield from _write_safetensors(
                 temp, target.name, kind, plan, clock, cancel, meta, max_shard_size, release
@@ -156,11 +151,26 @@ def write_planned(
         check_cancel(cancel)
         # Verified before it is placed: a --force job never replaces an output with a bad one.
         files = [temp] if kind != "sharded" else [temp / name for name in hashes]
-        if kind == "torch":
-            hashes = {target.name: sha256_file(temp)}
         done = verify_output(job, target, kind, plan, files, hashes, total)
         check_cancel(cancel)
     yield done
+
+
+def start_events(
+    job: str,
+    target: Path,
+    kind: str,
+    total: int,
+    tensors: int,
+    start_data: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> Iterator[Event]:
+    """The ``start`` event of a job writing `target` (`start_data` added to its data), then one
+    ``log`` event per note."""
+    data = {"output": str(target), "format": kind, "tensors": tensors, **(start_data or {})}
+    yield Event("start", job, 0, total, f"writing {target.name}", data)
+    for note in notes:
+        yield Event("log", job, 0, total, note)
 
 
 def stream_plan(
@@ -199,14 +209,14 @@ def releaser(sources: Sequence[TensorSource]) -> Callable[[], None]:
     return release
 
 
-def planned_values(p: Planned, by_name: dict[str, Planned]) -> torch.Tensor:
+def planned_values(p: Planned, by_name: dict[str, Planned]) -> Values:
     src = by_name[p.alias_of] if p.alias_of is not None else p
     assert src.load is not None
     tensor = src.load()
-    if str(tensor.dtype).removeprefix("torch.") != p.dtype or tuple(tensor.shape) != p.shape:
+    dtype, shape = dtype_shape(tensor)
+    if dtype != p.dtype or shape != p.shape:
         raise JobError(
-            f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read "
-            f"{tensor.dtype}{list(tensor.shape)}"
+            f"tensor {p.name!r}: planned {p.dtype}{list(p.shape)} but read {dtype}{list(shape)}"
         )
     return tensor
 
@@ -237,24 +247,31 @@ def _write_safetensors(
         return {name: writer.finish()}
 
 
-def _write_torch(
-    temp: Path,
+def write_torch_file(
+    path: Path,
+    shown: Path,
     root: str,
     plan: Sequence[Planned],
     clock: ProgressClock,
     cancel: threading.Event | None,
     release: Callable[[], None],
-) -> Iterator[Event]:
+    wrap: Callable[[Any], Any] | None = None,
+) -> Generator[Event, None, str]:
+    """Write `plan` as a torch zip at `path` (`TorchZipWriter`, root name `root`), re-read its
+    records against their CRC-32 (`check_crcs`, errors naming `shown`); return its sha256,
+    computed while writing."""
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
-    with open(temp, "wb") as f:
-        writer = TorchZipWriter(f, specs, aliases, root=root)
+    with open(path, "wb") as f:
+        writer = TorchZipWriter(f, specs, aliases, root, wrap)
         try:
             yield from stream_plan(plan, writer.write, clock, cancel, release, skip_aliases=True)
-            writer.finish()
+            digest = writer.finish()
         except BaseException:
             writer.abort()
             raise
+    check_crcs(path, shown)
+    return digest
 
 
 def verify_output(

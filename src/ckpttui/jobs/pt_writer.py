@@ -20,30 +20,73 @@ are streamed into its ``data/<key>`` entry (alignment by padding the local heade
 as torch's writer does), so one tensor is in memory at a time. Aliases (tied weights) pickle the
 same tensor object, so ``torch.load`` returns one tensor under both names, as it does for
 ``torch.save`` output. The output is deterministic: same plan and values, same bytes.
+
+Written in one pass, in order: each record's CRC-32 (ISA-L's where installed) is taken before its
+local header is written, so no header is patched afterwards and the file's sha256 is computed as
+the bytes go out (`HashingFile`; `finish` returns it). The pickle names torch's globals
+(``torch._utils._rebuild_tensor_v2``, ``torch.FloatStorage``) without importing torch, so a job
+that copies bytes (`Raw` values) never imports it; `check_crcs` re-reads the records against their
+CRC-32, the cheap check that what is on disk is what was written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import struct
 import sys
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, cast
+
+from isal.isal_zlib import crc32  # ISA-L: several times zlib 1.2's CRC-32
 
 from ckpttui.jobs.events import JobError
-from ckpttui.jobs.st_writer import TensorSpec, next_planned, tensor_bytes
+from ckpttui.jobs.st_writer import HashingFile, TensorSpec, Values, next_planned, tensor_bytes
 from ckpttui.records import shape_numel
-
-if TYPE_CHECKING:
-    import torch
 
 ALIGNMENT = 64
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _PAD_ID = 0x4246  # "FB": the extra-field id torch's miniz writer pads with
+CHECK_CHUNK = 8 << 20
+
+
+STORAGE_TYPES = {
+    "float64": "DoubleStorage",
+    "float32": "FloatStorage",
+    "float16": "HalfStorage",
+    "bfloat16": "BFloat16Storage",
+    "int64": "LongStorage",
+    "int32": "IntStorage",
+    "int16": "ShortStorage",
+    "int8": "CharStorage",
+    "uint8": "ByteStorage",
+    "bool": "BoolStorage",
+    "complex64": "ComplexFloatStorage",
+    "complex128": "ComplexDoubleStorage",
+}
+"""dtype name -> the ``torch.<X>Storage`` that ``torch.save`` names (torch 2.x
+``_dtype_to_storage_type_map``); other dtypes ask torch."""
+
+
+class Global:
+    """Stands for a module-level name in the pickle (``torch._utils._rebuild_tensor_v2``),
+    written by name, so torch need not be imported."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __reduce__(self) -> str:
+        return self.name  # pickled as a global: see _Pickler.save_global
+
+    def __call__(self, *args: Any) -> Any:  # pickle wants a reduce function to be callable
+        raise TypeError(f"{self.module}.{self.name} is a name in a pickle, not a function")
+
+
+_REBUILD = Global("torch._utils", "_rebuild_tensor_v2")
 
 
 class _Storage:
@@ -60,27 +103,39 @@ class _Tensor:
         self.storage, self.shape = storage, shape
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        import torch
-
         stride = []
         acc = 1
         for d in reversed(self.shape):
             stride.append(acc)
             acc *= max(d, 1)
         return (
-            torch._utils._rebuild_tensor_v2,
+            _REBUILD,
             (self.storage, 0, self.shape, tuple(reversed(stride)), False, OrderedDict()),
         )
 
 
-class _Pickler(pickle.Pickler):
+_PythonPickler: Any = pickle._Pickler  # type: ignore[attr-defined]
+
+
+class _Pickler(_PythonPickler):  # the Python pickler: its save_global can be extended
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, _Storage):
             return ("storage", obj.storage_type, obj.key, "cpu", obj.numel)
         return None
 
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        if not isinstance(obj, Global):
+            super().save_global(obj, name)
+            return
+        # what the C pickler writes for a global at protocol 2
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+        self.memoize(obj)
+
 
 def _storage_type(dtype: str) -> Any:
+    known = STORAGE_TYPES.get(dtype)
+    if known is not None:
+        return Global("torch", known)
     import torch
 
     names = {
@@ -104,26 +159,35 @@ class TorchZipWriter:
         wrap: Callable[[Any], Any] | None = None,
     ) -> None:
         """`wrap` puts the state dict inside a layout (``{"state_dict": sd, "epoch": 3}``)."""
-        self.f = f
+        self.f = HashingFile(f)
         self.root = root
         self.order = [s for s in specs if s.name not in aliases]
         self.bytes_written = 0
         self._next = 0
+        storage_types: dict[str, Any] = {}
         tensors: dict[str, _Tensor] = {}
         state: OrderedDict[str, _Tensor] = OrderedDict()
         for spec in specs:
             if spec.name in aliases:
                 state[spec.name] = tensors[aliases[spec.name]]
                 continue
+            if spec.dtype not in storage_types:
+                storage_types[spec.dtype] = _storage_type(spec.dtype)
             storage = _Storage(
-                str(len(tensors)), _storage_type(spec.dtype), shape_numel(spec.shape)
+                str(len(tensors)), storage_types[spec.dtype], shape_numel(spec.shape)
             )
             tensors[spec.name] = state[spec.name] = _Tensor(storage, spec.shape)
         buf = io.BytesIO()
         _Pickler(buf, protocol=2).dump(wrap(state) if wrap is not None else state)
         self._pickle = buf.getvalue()
         self._keys = {name: t.storage.key for name, t in tensors.items()}
-        self.zip = zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        # the zip's central directory is written by zipfile (`finish`); the records by `_record`
+        self.zip = zipfile.ZipFile(
+            cast(BinaryIO, self.f),
+            "w",
+            compression=zipfile.ZIP_STORED,
+            allowZip64=True,
+        )
         self._record("data.pkl", self._pickle)
         self._record(".format_version", b"1")
         self._record(".storage_alignment", str(ALIGNMENT).encode())
@@ -140,11 +204,23 @@ class TorchZipWriter:
         return info, zip64
 
     def _record(self, name: str, data: bytes | memoryview) -> None:
-        info, zip64 = self._info(name, len(data))
-        with self.zip.open(info, "w", force_zip64=zip64) as w:
-            w.write(data)
+        """One stored entry: its local header (CRC known beforehand, so never patched), then its
+        bytes; the same bytes ``zipfile``'s own writer leaves in a seekable file."""
+        size = len(data)
+        info, zip64 = self._info(name, size)
+        info.header_offset = self.f.tell()
+        info.CRC = crc32(data, 0) & 0xFFFFFFFF
+        info.compress_size = size
+        info.flag_bits = 0
+        info.external_attr = 0o600 << 16  # what ZipFile.open(..., "w") sets
+        self.f.write(info.FileHeader(zip64))
+        if size:
+            self.f.write(data)
+        self.zip.filelist.append(info)
+        self.zip.NameToInfo[info.filename] = info
+        self.zip.start_dir = self.f.tell()
 
-    def write(self, name: str, tensor: torch.Tensor) -> int:
+    def write(self, name: str, tensor: Values) -> int:
         """Append the next planned (non-alias) tensor's bytes as its storage record."""
         next_planned(self.order, self._next, name, tensor, self.root)
         data = tensor_bytes(tensor)
@@ -153,8 +229,8 @@ class TorchZipWriter:
         self.bytes_written += len(data)
         return len(data)
 
-    def finish(self) -> None:
-        """Write the trailing records and the central directory."""
+    def finish(self) -> str:
+        """Write the trailing records and the central directory; return the file's sha256."""
         if self._next != len(self.order):
             raise JobError(f"{len(self.order) - self._next} planned tensors were never written")
         self._record("version", b"3\n")
@@ -162,7 +238,44 @@ class TorchZipWriter:
         self._record(".data/serialization_id", f"{digest % 10**40:040d}".encode())
         self.zip.close()
         self.f.flush()
+        return self.f.hexdigest()
 
     def abort(self) -> None:
         """Drop the archive without writing its directory (the caller discards the file)."""
         self.zip.fp = None  # ZipFile.close(), also run by __del__, then does nothing
+
+
+def check_crcs(path: str | os.PathLike[str], shown: str | os.PathLike[str] | None = None) -> None:
+    """Re-read every entry of a stored zip (a written torch file) against its CRC-32.
+
+    The cheap read-back of a written output: a page-cache read and ISA-L's CRC, several times
+    faster than hashing it again. A mismatch is a `JobError` naming `shown` (or `path`).
+    """
+    where = shown if shown is not None else path
+    buf = bytearray(CHECK_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        try:
+            infos = zipfile.ZipFile(f).infolist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise JobError(f"{where}: written but does not read back: {exc}") from None
+        fd = f.fileno()
+        for info in infos:
+            head = os.pread(fd, 30, info.header_offset)
+            if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                raise JobError(f"{where}: written but {info.filename} has no local header")
+            name_len, extra_len = struct.unpack("<HH", head[26:30])
+            at = info.header_offset + 30 + name_len + extra_len
+            left, crc = info.file_size, 0
+            while left:
+                n = os.preadv(fd, [view[: min(left, CHECK_CHUNK)]], at)
+                if n <= 0:
+                    raise JobError(f"{where}: written but {info.filename} is cut short")
+                crc = crc32(view[:n], crc)
+                at += n
+                left -= n
+            if crc & 0xFFFFFFFF != info.CRC:
+                raise JobError(
+                    f"{where}: written but {info.filename} reads back with another CRC-32 "
+                    "(the disk did not keep what was written)"
+                )

@@ -27,12 +27,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ckpttui.jobs.atomic import AtomicOutput, sha256_file
+from ckpttui.jobs.atomic import AtomicOutput
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
-from ckpttui.jobs.output import Planned, releaser, stream_plan, verify_output
-from ckpttui.jobs.pt_writer import TorchZipWriter
+from ckpttui.jobs.output import Planned, releaser, start_events, verify_output, write_torch_file
 from ckpttui.jobs.source import TensorSource
-from ckpttui.jobs.st_writer import TensorSpec
 from ckpttui.jobs.weights import WeightSet
 from ckpttui.layouts import layout_named
 from ckpttui.layouts.base import WRITTEN_BY
@@ -106,14 +104,6 @@ def write_folder(
         estimate=total + carried + 65536 * (len(groups) + 1) + 256 * len(plan),
     )
     atomic.check()
-    yield Event(
-        "start",
-        job,
-        0,
-        total,
-        f"writing {target.name}",
-        {"output": str(target), "format": "folder", "tensors": len(plan), **(start_data or {})},
-    )
     all_notes = list(notes)
     if ws.companions:
         all_notes.append(
@@ -122,28 +112,22 @@ def write_folder(
     prefix = layout.contract.folder_prefix
     if prefix and not target.name.startswith(prefix):
         all_notes.append(f"{layout.title} finds checkpoint folders named {prefix}*; rename it")
-    for note in all_notes:
-        yield Event("log", job, 0, total, note)
+    yield from start_events(job, target, "folder", total, len(plan), start_data, all_notes)
     clock = ProgressClock(job, total)
     hashes: dict[str, str] = {}
     inputs_named = (start_data or {}).get("inputs") or [str(ws.path)]
     inputs_named = [Path(p).name for p in inputs_named]
     with atomic as temp:
         for name, part in groups:
-            specs = [TensorSpec(p.name, p.dtype, p.shape) for p in part]
-            aliases = {p.name: p.alias_of for p in part if p.alias_of is not None}
-            path = temp / name
-            with open(path, "wb") as f:
-                writer = TorchZipWriter(f, specs, aliases, Path(name).stem or "archive")
-                try:
-                    yield from stream_plan(
-                        part, writer.write, clock, cancel, releaser(sources), skip_aliases=True
-                    )
-                    writer.finish()
-                except BaseException:
-                    writer.abort()
-                    raise
-            hashes[name] = sha256_file(path)
+            hashes[name] = yield from write_torch_file(
+                temp / name,
+                target / name,
+                Path(name).stem or "archive",
+                part,
+                clock,
+                cancel,
+                releaser(sources),
+            )
         for companion in ws.companions:
             check_cancel(cancel)
             if companion.name in hashes:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
 from ckpttui.jobs.events import JobError
+from ckpttui.jobs.st_writer import Raw, Values
 from ckpttui.records import FileIndex, TensorRecord
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class TensorSource:
                     f"({self.index.size} -> {size} bytes)"
                 )
             self._map: mmap.mmap | None = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._headers: dict[str, zipfile.ZipInfo] = {}
             self._offsets = self._storage_offsets()
         except BaseException:
             self._file.close()
@@ -136,7 +138,7 @@ class TensorSource:
         base = self._base(key, elsize)
         usable = base.numel() - base.numel() % elsize
         view = base[:usable].view(dtype).as_strided(shape, stride, item.storage_offset)
-        start = self._offsets.get(key)
+        start = self._offset(key)
         if start is not None and not (self.big_endian and elsize > 1):
             reach = sum((d - 1) * abs(s) for d, s in zip(shape, stride, strict=True))
             first = start + item.storage_offset * elsize
@@ -155,7 +157,7 @@ class TensorSource:
         elsize = ELEMENT_SIZE.get(item.dtype, 1)
         if key is None or self.big_endian and elsize > 1:
             return None
-        start = self._offsets.get(key)
+        start = self._offset(key)
         size = self.index.storages.get(key)
         shape = tuple(item.shape)
         if start is None or size is None or item.stride not in (None, _contiguous_stride(shape)):
@@ -166,6 +168,21 @@ class TensorSource:
         if item.storage_offset * elsize + numel * elsize > size:
             return None
         return start + item.storage_offset * elsize, numel * elsize
+
+    def raw(self, item: TensorRecord | TensorRef) -> Raw | None:
+        """A contiguous little-endian tensor's bytes as a view of the mapping, without torch
+        (None where torch is needed: strided views, byte-swapped files, empty tensors)."""
+        where = self.byte_range(item)
+        if where is None or where[1] == 0 or self._map is None:
+            return None
+        start, size = where
+        self._touched.append((start, start + size))
+        return Raw(item.dtype, tuple(item.shape), memoryview(self._map)[start : start + size])
+
+    def values(self, item: TensorRecord | TensorRef) -> Values:
+        """A tensor's values to write as they are: its bytes (`raw`) where it can, else a view."""
+        raw = self.raw(item)
+        return raw if raw is not None else self.tensor(item)
 
     def release(self) -> None:
         """Give back the pages of tensors handed out so far (they are re-read if used again).
@@ -193,7 +210,7 @@ class TensorSource:
             return cached
         if self._map is None:
             raise JobError(f"{self.path}: read after the source was closed")
-        offset = self._offsets.get(key)
+        offset = self._offset(key)
         nbytes = self.index.storages.get(key)
         if offset is None or nbytes is None:
             raise JobError(f"{self.path}: storage {key!r} is not in the file")
@@ -206,7 +223,6 @@ class TensorSource:
 
     def _storage_offsets(self) -> dict[str, int]:
         fmt = self.index.format
-        size = self.index.size
         if fmt == "torch-legacy":
             offsets = dict(self.index.metadata.get("storage_offsets", {}))
         elif fmt == "safetensors":
@@ -217,14 +233,46 @@ class TensorSource:
             }
         else:
             offsets = self._zip_offsets()
-        for key, nbytes in self.index.storages.items():
-            start = offsets.get(key)
-            if start is not None and start + nbytes > size:
-                raise JobError(
-                    f"{self.path}: storage {key!r} at byte {start} ends past the end "
-                    f"of the file ({size} bytes)"
-                )
+        for key in offsets:
+            self._check_bounds(key, offsets[key])
         return offsets
+
+    def _check_bounds(self, key: str, start: int) -> None:
+        nbytes = self.index.storages.get(key, 0)
+        if start + nbytes > self.index.size:
+            raise JobError(
+                f"{self.path}: storage {key!r} at byte {start} ends past the end "
+                f"of the file ({self.index.size} bytes)"
+            )
+
+    def _offset(self, key: str) -> int | None:
+        """Where a storage's bytes start; a zip entry's local header is read when first asked
+        (a job reads the weights' few hundred headers, not the optimizer's thousands)."""
+        start = self._offsets.get(key)
+        if start is not None:
+            return start
+        info = self._headers.pop(key, None)
+        if info is None:
+            return None
+        at = info.header_offset
+        # pread, not the map: touching one cached page through the map can map (and count
+        # as resident) the whole cached block around it, optimizer storages included.
+        if self._file.closed:  # an indexed-then-closed source (many-rank merges)
+            with open(self.path, "rb") as f:
+                head = os.pread(f.fileno(), _LOCAL_HEADER.size, at)
+        else:
+            head = os.pread(self._file.fileno(), _LOCAL_HEADER.size, at)
+        if len(head) < _LOCAL_HEADER.size:
+            raise JobError(
+                f"{self.path}: local header of {info.filename} at byte {at} is truncated"
+            )
+        magic, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+        if magic != _LOCAL_MAGIC:
+            raise JobError(f"{self.path}: no local file header for {info.filename} at byte {at}")
+        start = at + _LOCAL_HEADER.size + name_len + extra_len
+        self._check_bounds(key, start)
+        self._offsets[key] = start
+        return start
 
     def _zip_offsets(self) -> dict[str, int]:
         root = self.index.metadata.get("root", "")
@@ -246,20 +294,7 @@ class TensorSource:
                     f"(method {info.compress_type}); torch.save stores entries "
                     "uncompressed, re-save the file to read it in place"
                 )
-            at = info.header_offset
-            # pread, not the map: touching one cached page through the map can map (and count
-            # as resident) the whole cached block around it, optimizer storages included.
-            head = os.pread(self._file.fileno(), _LOCAL_HEADER.size, at)
-            if len(head) < _LOCAL_HEADER.size:
-                raise JobError(
-                    f"{self.path}: local header of {info.filename} at byte {at} is truncated"
-                )
-            magic, name_len, extra_len = _LOCAL_HEADER.unpack(head)
-            if magic != _LOCAL_MAGIC:
-                raise JobError(
-                    f"{self.path}: no local file header for {info.filename} at byte {at}"
-                )
-            offsets[key] = at + _LOCAL_HEADER.size + name_len + extra_len
+            self._headers[key] = info  # its local header is read when first needed
         return offsets
 
     # ------------------------------------------------------------------ lifetime

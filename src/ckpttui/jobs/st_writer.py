@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 from ckpttui.formats.safetensors import DTYPES
 from ckpttui.formats.unpickler import ELEMENT_SIZE
@@ -42,6 +44,98 @@ ST_DTYPE: dict[str, str] = {name: code for code, name in DTYPES.items() if code 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 DEFAULT_METADATA = {"format": "pt"}  # transformers refuses safetensors files without it
+PARALLEL_HASH = 1 << 20
+"""Buffers at least this large are hashed in a second thread while they are written."""
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A tensor's values as contiguous little-endian bytes, with its dtype name and shape.
+
+    What a job hands the writers where the values are copied unchanged (same dtype, contiguous
+    in the input): the bytes go from the input to the output without torch.
+    """
+
+    dtype: str
+    """torch dtype name (``float32``)."""
+    shape: tuple[int, ...]
+    """Its shape."""
+    data: memoryview
+    """Exactly its bytes."""
+
+
+Values = Union["torch.Tensor", Raw]
+"""What the writers take for one tensor: a torch tensor, or its bytes (`Raw`)."""
+
+
+def new_buffer(nbytes: int) -> memoryview:
+    """A writable buffer for one tensor's bytes, to be filled (``pread``) and then written.
+
+    Large ones are anonymous mappings: not zeroed by a pass over them (``bytearray`` is), and
+    given back to the system as soon as the last view goes, so freed tensors never pile up in
+    the heap.
+    """
+    if nbytes < PARALLEL_HASH:
+        return memoryview(bytearray(nbytes))
+    return memoryview(mmap.mmap(-1, nbytes))
+
+
+_hasher: ThreadPoolExecutor | None = None
+
+
+def _hash_thread() -> ThreadPoolExecutor:
+    global _hasher
+    if _hasher is None:
+        _hasher = ThreadPoolExecutor(1, thread_name_prefix="ckpttui-sha256")
+    return _hasher
+
+
+class HashingFile:
+    """A binary file that hashes (sha256) every byte written, in order, and never seeks back.
+
+    A large buffer is hashed in a second thread while the write runs (hashlib and the write both
+    release the GIL), and `write` returns once both are done, so the caller may then reuse or
+    release the buffer's memory.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.name = getattr(f, "name", "output")
+        self._hash = hashlib.sha256()
+        self._pos = f.tell()
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write and hash `data`."""
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        if size >= PARALLEL_HASH:
+            pending = _hash_thread().submit(self._hash.update, data)
+            try:
+                self.f.write(data)
+            finally:
+                pending.result()
+        else:
+            self.f.write(data)
+            self._hash.update(data)
+        self._pos += size
+        return size
+
+    def tell(self) -> int:
+        """Bytes written so far (from where the file was when wrapped)."""
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        """Only to where it is (what `zipfile` does before its central directory)."""
+        if (pos, whence) not in ((self._pos, 0), (0, 1)):
+            raise OSError("a hashed output is written in order: it cannot seek")
+        return self._pos
+
+    def flush(self) -> None:
+        """Flush the file."""
+        self.f.flush()
+
+    def hexdigest(self) -> str:
+        """sha256 of everything written."""
+        return self._hash.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -81,8 +175,10 @@ def header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None = 
     return len(raw).to_bytes(8, "little") + raw
 
 
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+def tensor_bytes(tensor: Values) -> memoryview:
     """A tensor's values as contiguous little-endian bytes (no copy when already contiguous)."""
+    if isinstance(tensor, Raw):
+        return tensor.data.cast("B") if tensor.data.format != "B" else tensor.data
     import torch
 
     flat = tensor.detach().contiguous().reshape(-1)
@@ -91,18 +187,29 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return flat.view(torch.uint8).numpy().data
 
 
+def dtype_shape(tensor: Values) -> tuple[str, tuple[int, ...]]:
+    """The dtype name and shape of a tensor or `Raw` values."""
+    if isinstance(tensor, Raw):
+        return tensor.dtype, tensor.shape
+    return str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape)
+
+
 def next_planned(
-    specs: Sequence[TensorSpec], index: int, name: str, tensor: torch.Tensor, where: str
+    specs: Sequence[TensorSpec], index: int, name: str, tensor: Values, where: str
 ) -> TensorSpec:
     """The spec at `index`, checked against the tensor the writer was given (a JobError if not)."""
     if index >= len(specs):
         raise JobError(f"{where}: tensor {name!r} was not planned")
     spec = specs[index]
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    if spec.name != name or spec.dtype != dtype or spec.shape != tuple(tensor.shape):
+    dtype, shape = dtype_shape(tensor)
+    if spec.name != name or spec.dtype != dtype or spec.shape != shape:
         raise JobError(
             f"{where}: expected {spec.name!r} {spec.dtype}{list(spec.shape)}, "
-            f"got {name!r} {dtype}{list(tensor.shape)}"
+            f"got {name!r} {dtype}{list(shape)}"
+        )
+    if isinstance(tensor, Raw) and tensor.data.nbytes != spec.nbytes:
+        raise JobError(
+            f"{where}: tensor {name!r} has {tensor.data.nbytes} bytes, planned {spec.nbytes}"
         )
     return spec
 
@@ -120,22 +227,20 @@ class SafetensorsWriter:
         self.f = f
         self.specs = list(specs)
         self.name = name or getattr(f, "name", "output")
-        self._hash = hashlib.sha256()
+        self._out = HashingFile(f)
         self._next = 0
         self.bytes_written = 0
         self._emit(header_bytes(self.specs, metadata))
 
     def _emit(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
-        self._hash.update(data)
-        self.bytes_written += len(data)
+        self.bytes_written += self._out.write(data)
 
     @property
     def done(self) -> bool:
         """Whether every planned tensor has been written."""
         return self._next == len(self.specs)
 
-    def write(self, name: str, tensor: torch.Tensor) -> int:
+    def write(self, name: str, tensor: Values) -> int:
         """Append the next planned tensor's bytes; returns how many were written."""
         next_planned(self.specs, self._next, name, tensor, self.name)
         data = tensor_bytes(tensor)
@@ -150,7 +255,7 @@ class SafetensorsWriter:
                 f"{self.name}: {len(self.specs) - self._next} planned tensors were never written"
             )
         self.f.flush()
-        return self._hash.hexdigest()
+        return self._out.hexdigest()
 
 
 def plan_shards(specs: Sequence[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
@@ -210,7 +315,7 @@ class ShardedWriter:
         self._file: BinaryIO | None = None
         self._writer: SafetensorsWriter | None = None
 
-    def write(self, name: str, tensor: torch.Tensor) -> int:
+    def write(self, name: str, tensor: Values) -> int:
         """Append the next planned tensor, moving on to the next shard when one is full."""
         while self._writer is None or self._writer.done:
             self._open_next()

@@ -247,8 +247,9 @@ def _add_file(ws: WeightSet, inv: Inventory, file: Path, prefix: str) -> None:
         # a file of state needed to run (normaliser statistics) and nothing else: that is what
         # exporting it means
         weights = [r for r in records if _needed(r)]
+    taken_ids = {id(r) for r in weights}  # by identity: comparing records is slow (thousands)
     for r in records:
-        if r not in weights:
+        if id(r) not in taken_ids:
             sums = ws.left.setdefault(r.category.value, [0, 0])
             sums[0] += 1
             sums[1] += r.nbytes

@@ -42,6 +42,7 @@ from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
 from ckpttui.jobs.events import JobError
 from ckpttui.jobs.output import Planned
 from ckpttui.jobs.source import TensorSource, torch_dtype
+from ckpttui.jobs.st_writer import Raw, Values, new_buffer
 
 if TYPE_CHECKING:
     import torch
@@ -278,9 +279,9 @@ def _cast(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
     return tensor if str(tensor.dtype) == f"torch.{dtype}" else tensor.to(torch_dtype(dtype))
 
 
-def _read(source: TensorSource, ref: TensorRef, dtype: str) -> torch.Tensor:
-    """One tensor of a file, cast to `dtype`."""
-    return _cast(source.tensor(ref), dtype)
+def _read(source: TensorSource, ref: TensorRef, dtype: str) -> Values:
+    """One tensor of a file, cast to `dtype` (its bytes, without torch, when it stays as it is)."""
+    return source.values(ref) if ref.dtype == dtype else _cast(source.tensor(ref), dtype)
 
 
 def _gather(
@@ -297,17 +298,18 @@ def _slice(
     numel: int,
     shape: tuple[int, ...],
     pool: Executor | None = None,
-) -> torch.Tensor:
-    """`count` elements at `offset` of each flat vector, concatenated, cut to `numel`, shaped."""
-    import torch
+) -> Values:
+    """`count` elements at `offset` of each flat vector, concatenated, cut to `numel`, shaped.
 
+    The values are bytes read with ``pread`` (`Raw`, no torch) unless a piece is not a plain
+    block of its file."""
+    dtype = vectors[0].dtype
     if numel == 0:  # zero_to_fp32 fails on these under ZeRO-3; they are just empty
-        return torch.empty(shape, dtype=torch_dtype(vectors[0].dtype))
+        return Raw(dtype, shape, memoryview(b""))
     if not all(v.preadable for v in vectors):
         return _joined([t for v in vectors for t in v.take(offset, count)], numel, shape)
-    out = torch.empty(numel, dtype=torch_dtype(vectors[0].dtype))
-    raw = memoryview(out.view(torch.uint8).numpy().data)
     size = vectors[0].elsize
+    raw = new_buffer(numel * size)
     jobs = []
     for i, vector in enumerate(vectors):
         first = i * count
@@ -320,7 +322,7 @@ def _slice(
     else:
         for future in [pool.submit(v.read_into, offset, n, d) for v, n, d in jobs]:
             future.result()
-    return out.view(shape)
+    return Raw(dtype, shape, raw)
 
 
 def _numel(shape: Sequence[int]) -> int:
