@@ -45,6 +45,8 @@ def _categories(d: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]
 
 
 def _join(root: str, rel: str) -> str:
+    if os.path.isabs(rel):
+        return rel
     return root if rel in ("", ".") else os.path.join(root, *rel.split("/"))
 
 
