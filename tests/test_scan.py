@@ -152,3 +152,29 @@ def test_a_summary_round_trips_through_its_inspect_entries(lab: Path) -> None:
                 f.to_dict(rel) for f in ckpt.files_read
             ]
             assert back.checkpoint().info == ckpt.info
+
+
+async def test_the_folder_view_fills_in_from_worker_processes(
+    lab: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ckpttui.scan as scan_module
+    from ckpttui.ui.app import make_app
+    from ckpttui.ui.widgets.folder_view import FolderView
+
+    monkeypatch.setattr(scan_module, "MIN_UNITS_PER_JOB", 1)  # workers even for a small folder
+    monkeypatch.setattr(scan_module, "default_jobs", lambda: 2)
+    expected = report_dict(scan(lab))
+    app = make_app(str(lab))
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = app.query_one(FolderView)
+        for _ in range(3):
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert view.scan_error is None
+        assert view.inventory is not None
+        assert len(view.inventory.checkpoints) == len(expected["checkpoints"])
+        run0 = view.stats[str(lab / "run0")]
+        in_run0 = [c for c in expected["checkpoints"] if c["path"].startswith("run0/")]
+        assert run0.checkpoints == len(in_run0)
+        assert run0.optimizer == sum(c["categories"]["optimizer"]["bytes"] for c in in_run0)

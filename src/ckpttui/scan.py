@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -98,7 +99,20 @@ def _pool(workers: int) -> Any:
         return multiprocessing.get_context("spawn").Pool(workers)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["ckpttui.scan"])
-    return ctx.Pool(workers)
+    # multiprocessing hands sys.stderr's descriptor to its helper processes; inside the app
+    # sys.stderr is Textual's capture, whose fileno() is not a descriptor.
+    saved = sys.stderr
+    try:
+        saved.fileno()
+    except (AttributeError, OSError, ValueError):
+        sys.stderr = sys.__stderr__
+    else:
+        if saved.fileno() < 0:
+            sys.stderr = sys.__stderr__
+    try:
+        return ctx.Pool(workers)
+    finally:
+        sys.stderr = saved
 
 
 class FolderScan:
