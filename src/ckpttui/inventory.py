@@ -55,10 +55,16 @@ class Inventory:
     same_as: dict[str, str] = field(default_factory=dict)
     """A file reached again (symlink, hardlink) -> the path it is counted under."""
 
+    def __post_init__(self) -> None:
+        self._top = os.path.abspath(self.root)
+
     def rel(self, path: str) -> str:
         """Path relative to the root, with '/' separators ('' for the root itself)."""
         root = str(self.root)
-        if path == root or path == os.path.abspath(root):
+        top = self._top
+        if path.startswith(top) and path[len(top) : len(top) + 1] == os.sep and ".." not in path:
+            return path[len(top) + 1 :].replace(os.sep, "/")  # the common case, without relpath
+        if path in (root, top):
             return ""
         try:
             rel = os.path.relpath(path, os.path.abspath(root))
@@ -154,7 +160,7 @@ class Unit:
     """(device, inode) of the folders above it and itself (loop detection inside it)."""
     first: int = 0
     """Index in `Plan.stats` of its first file (its files run to the next unit's `first`)."""
-    sidecars: tuple[tuple[str, int, int, int], ...] = ()
+    sidecars: tuple[tuple[str, int, int, int], ...] = ()  # Stat
     """(name, size, mtime_ns, inode) of a loose file's sibling files its layout may read."""
 
 
@@ -218,24 +224,37 @@ def scan_unit(root: str, unit: Unit) -> Inventory:
     return inv
 
 
-def _sidecars(
-    path: Path, entries: list[os.DirEntry[str]] | None
-) -> tuple[tuple[str, int, int, int], ...]:
-    stem = path.name.split(".")[0] + "."
-    if entries is None:
+Stat = tuple[str, int, int, int]
+"""(absolute path, size, mtime_ns, inode)."""
+
+
+def _sidecar_index(entries: list[os.DirEntry[str]]) -> dict[str, list[Stat]]:
+    """A folder's files that are not checkpoints (YAML, JSON...), by the name part before the
+    first dot (``epoch_3.yaml`` -> ``epoch_3``), and the shared ones (`SIDECAR_NAMES`) under ''."""
+    out: dict[str, list[Stat]] = {}
+    for e in entries:
+        if is_checkpoint_name(e.name) or is_temporary(e.name):
+            continue
+        shared = e.name in SIDECAR_NAMES
+        if not shared and "." not in e.name:
+            continue
         try:
-            entries = list(os.scandir(path.parent))
+            st = e.stat()
+        except OSError:
+            continue
+        key = "" if shared else e.name.split(".")[0]
+        out.setdefault(key, []).append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
+    return out
+
+
+def _sidecars(path: Path, index: dict[str, list[Stat]] | None) -> tuple[Stat, ...]:
+    """The sidecars a loose file's layout may read: ``NAME.*`` beside it, and `SIDECAR_NAMES`."""
+    if index is None:
+        try:
+            index = _sidecar_index(list(os.scandir(path.parent)))
         except OSError:
             return ()
-    out = []
-    for e in entries:
-        if e.name != path.name and (e.name.startswith(stem) or e.name in SIDECAR_NAMES):
-            try:
-                st = e.stat()
-            except OSError:
-                continue
-            out.append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(out)
+    return tuple(index.get(path.name.split(".")[0], []) + index.get("", []))
 
 
 def _walk(
@@ -254,6 +273,7 @@ def _walk(
             inv.errors.append((str(folder), f"cannot list folder: {_reason(exc, folder)}"))
         return
     names = {e.name for e in entries}
+    sidecars: dict[str, list[Stat]] | None = None
     claimed = None
     for layout in DIR_LAYOUTS:
         if layout.claims(folder, names):
@@ -298,9 +318,11 @@ def _walk(
             inv.inodes[str(path)] = (st.st_dev, st.st_ino)
             if planned is not None:
                 if owner is None and (is_temporary(entry.name) or is_checkpoint_name(entry.name)):
+                    if sidecars is None:
+                        sidecars = _sidecar_index(entries)
                     unit = Unit("file", str(path), first=len(planned.stats))
                     planned.units.append(
-                        dataclasses.replace(unit, sidecars=_sidecars(path, entries))
+                        dataclasses.replace(unit, sidecars=_sidecars(path, sidecars))
                     )
                 planned.stats.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
             elif owner is not None:

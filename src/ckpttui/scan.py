@@ -164,12 +164,20 @@ class FolderScan:
             else:
                 fresh = (read_unit(self.root, units[i]) for i in todo)
             same_as = self.plan.inv.same_as
+            ahead: dict[int, dict[str, Any]] = {}
             for i, unit in enumerate(units):
                 if cancelled is not None and cancelled():
                     return
                 payload = None
                 if i not in fresh_set and cache is not None:
-                    payload = cache.get(unit.path, sigs[i])
+                    if i not in ahead:
+                        # the next few hundred cached units in one query
+                        batch = [
+                            k for k in range(i, min(i + 400, len(units))) if k not in fresh_set
+                        ]
+                        got = cache.get_many({units[k].path: sigs[k] for k in batch})
+                        ahead = {k: got[units[k].path] for k in batch if units[k].path in got}
+                    payload = ahead.pop(i, None)
                     if payload is None:  # the cache went away under us: read it here
                         payload = _payload(*read_unit(self.root, unit))
                 cached = payload is not None
