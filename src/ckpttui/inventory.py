@@ -88,11 +88,7 @@ class Inventory:
 def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = None) -> Inventory:
     """Inventory a file or folder (recursively; symlinks followed, loops reported, not entered)."""
     inv = Inventory(Path(root))
-    top = Path(os.path.abspath(root))
-    try:
-        st = top.stat()
-    except OSError as exc:
-        raise OSError(f"{root}: {_reason(exc, top)}") from None
+    top, st = _top(root)
     if stat.S_ISDIR(st.st_mode):
         _walk(inv, top, None, {(st.st_dev, st.st_ino)}, progress)
     elif stat.S_ISREG(st.st_mode):
@@ -102,6 +98,15 @@ def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = 
         raise OSError(f"{root}: not a regular file or folder")
     _count_once(inv)
     return inv
+
+
+def _top(root: str | os.PathLike[str]) -> tuple[Path, os.stat_result]:
+    """The absolute path to walk from, and its stat (OSError naming `root` if there is none)."""
+    top = Path(os.path.abspath(root))
+    try:
+        return top, top.stat()
+    except OSError as exc:
+        raise OSError(f"{root}: {_reason(exc, top)}") from None
 
 
 def _count_once(inv: Inventory) -> None:
@@ -191,11 +196,7 @@ def plan(root: str | os.PathLike[str]) -> Plan:
     """Walk a file or folder the way `scan` does, reading no file: what `scan` would read, in
     units that can be read apart (in worker processes, or from a cache)."""
     out = Plan(Inventory(Path(root)))
-    top = Path(os.path.abspath(root))
-    try:
-        st = top.stat()
-    except OSError as exc:
-        raise OSError(f"{root}: {_reason(exc, top)}") from None
+    top, st = _top(root)
     if stat.S_ISDIR(st.st_mode):
         _walk(out.inv, top, None, {(st.st_dev, st.st_ino)}, None, out)
     elif stat.S_ISREG(st.st_mode):
