@@ -196,9 +196,9 @@ sys.stdout = out
 rc = main(["inspect", *sys.argv[2:]])
 sys.stdout = sys.__stdout__
 wall = time.perf_counter() - t0
-print(json.dumps({"rc": rc, "s": wall,
-    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "workers_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+me = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rc": rc, "s": wall, "rss_mb": me.ru_maxrss / 1024,
+    "main_cpu_s": me.ru_utime + me.ru_stime}))
 """
 
 FLOOR = r"""
@@ -266,7 +266,7 @@ def main() -> int:
     p.add_argument(
         "--reference-src", help="src folder of the previous ckpttui (e.g. /work/main/src)"
     )
-    p.add_argument("--sample", type=int, default=1000, help="files in the per-file floor sample")
+    p.add_argument("--sample", type=int, default=300, help="files in the per-file floor sample")
     p.add_argument("--no-app", action="store_true")
     args = p.parse_args()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
@@ -283,7 +283,8 @@ def main() -> int:
         r = _run(MEASURE, [str(src), str(where), "--json", *extra], env)
         results[label] = r
         print(
-            f"{label:28s} {r['s']:8.2f} s  peak rss {r['rss_mb']:7.1f} MB",
+            f"{label:34s} {r['s']:8.2f} s  peak rss {r['rss_mb']:7.1f} MB  "
+            f"scanning process cpu {r['main_cpu_s']:.1f} s",
             flush=True,
         )
         return r
@@ -330,6 +331,7 @@ def main() -> int:
                 f"rss {r['rss_mb']:.1f} MB)",
                 flush=True,
             )
+    print("uptime:", os.popen("uptime").read().strip(), flush=True)
     print(json.dumps(results))
     return 0
 
