@@ -205,24 +205,25 @@ FLOOR = r"""
 import json, pickletools, sys, time, zipfile
 sys.path.insert(0, sys.argv[1])
 paths = [l for l in open(sys.argv[2]).read().splitlines() if l]
-t = time.perf_counter()
+t = time.process_time()
 for p in paths:
     with zipfile.ZipFile(p) as z:
         name = next(n for n in z.namelist() if n.endswith("data.pkl"))
         for _ in pickletools.genops(z.read(name)):
             pass
-floor = (time.perf_counter() - t) / len(paths)
+floor = (time.process_time() - t) / len(paths)
 from ckpttui.formats import read_file
-t = time.perf_counter()
+t = time.process_time()
 for p in paths:
     read_file(p)
-read = (time.perf_counter() - t) / len(paths)
-from ckpttui.inventory import scan_unit, summarize, Unit
-t = time.perf_counter()
+read = (time.process_time() - t) / len(paths)
+from ckpttui.inventory import scan
+t = time.process_time()
 for p in paths:
-    summarize(scan_unit(p, Unit("file", p)))
-whole = (time.perf_counter() - t) / len(paths)
-print(json.dumps({"floor_ms": 1000 * floor, "read_file_ms": 1000 * read, "unit_ms": 1000 * whole}))
+    scan(p)
+whole = (time.process_time() - t) / len(paths)
+print(json.dumps({"floor_cpu_ms": 1000 * floor, "read_file_cpu_ms": 1000 * read,
+                  "unit_cpu_ms": 1000 * whole}))
 """
 
 APP = r"""
@@ -297,7 +298,10 @@ def main() -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(sample))
     results["per_file"] = _run(FLOOR, [str(SRC), f.name], env)
-    print("per file:", results["per_file"], flush=True)
+    print("per file, ours:", results["per_file"], flush=True)
+    if args.reference_src:
+        results["per_file_reference"] = _run(FLOOR, [args.reference_src, f.name], env)
+        print("per file, reference:", results["per_file_reference"], flush=True)
 
     group = root / "group_0"
     if args.reference_src:
