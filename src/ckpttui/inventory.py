@@ -21,7 +21,7 @@ from ckpttui.formats import is_checkpoint_name, read_file
 from ckpttui.jobs.owner import TEMP_RE, temp_status
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS, layout_named
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
-from ckpttui.summary import CheckpointSummary, FileSummary, Rel
+from ckpttui.summary import summarize
 
 _TMP = re.compile(
     r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
@@ -426,68 +426,6 @@ def _failed(inv: Inventory, ckpt: Checkpoint, path: str, exc: Exception) -> None
     ckpt.complete = False
     ckpt.problems.append(f"{inv.rel(path) or Path(path).name}: {line}")
     inv.errors.append((path, line))
-
-
-def _file_summary(inv: Inventory, path: str) -> FileSummary | None:
-    """A read file's sums, or None when it holds nothing to report (no tensors, no error)."""
-    index = inv.files.get(path)
-    if index is None or not (index.tensors or index.unsafe_globals or index.error):
-        return None
-    b = inv.file_breakdown(path)
-    return FileSummary(
-        path=path,
-        format=index.format,
-        size=index.size,
-        tensors=len(index.tensors),
-        storage_bytes=index.storage_bytes,
-        tensor_bytes=b.bytes,
-        reclaimable_bytes=b.reclaimable,
-        categories={k: dict(v) for k, v in b.categories.items()},
-        parts=dict(sorted(b.parts.items())),
-        dtypes=dict(sorted(b.dtypes.items())),
-        globals=list(index.globals),
-        unsafe_globals=list(index.unsafe_globals),
-        error=index.error,
-        layout=inv.layout_of.get(path),
-    )
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def summarize(inv: Inventory) -> list[CheckpointSummary]:
-    """One summary per checkpoint (files reached twice counted once: see `count_elsewhere`)."""
-    out = []
-    for ckpt in inv.checkpoints:
-        s = CheckpointSummary(
-            path=ckpt.path,
-            layout=ckpt.layout,
-            files=list(ckpt.files),
-            file_sizes=[_size(f) for f in ckpt.files],
-            step=ckpt.step,
-            epoch=ckpt.epoch,
-            complete=ckpt.complete,
-            problems=list(ckpt.problems),
-            info=ckpt.info,
-        )
-        s.files_read = [fs for f in ckpt.files if (fs := _file_summary(inv, f)) is not None]
-        count_elsewhere(s, inv.same_as, inv.rel)
-        out.append(s)
-    return out
-
-
-def count_elsewhere(s: CheckpointSummary, same_as: dict[str, str], rel: Rel) -> None:
-    """Leave out of a summary's sums its files counted under another path; one made only of
-    such files says so (``info["same_file_as"]``: never averaged or totalled)."""
-    s.counted_elsewhere = {f for f in s.files if f in same_as}
-    s.info.pop("same_file_as", None)
-    if s.files and len(s.counted_elsewhere) == len(s.files):
-        s.info["same_file_as"] = rel(same_as[s.files[0]])
-    s.total()
 
 
 def report_dict(inv: Inventory) -> dict[str, Any]:

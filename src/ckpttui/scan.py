@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ckpttui.inventory import Plan, Unit, count_elsewhere, plan, scan_unit, summarize
+from ckpttui.inventory import Plan, Unit, plan, scan_unit
 from ckpttui.scancache import ScanCache, signature
-from ckpttui.summary import CheckpointSummary, FileSummary
+from ckpttui.summary import CheckpointSummary, FileSummary, count_elsewhere, summarize
 
 MAX_JOBS = 16
 """Default worker count is the usable cores, capped here (header reading is I/O-bound beyond)."""
