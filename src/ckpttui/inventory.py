@@ -6,6 +6,7 @@ directory entries, sidecars, headers and pickles only; it never imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -20,6 +21,7 @@ from ckpttui.formats import is_checkpoint_name, read_file
 from ckpttui.jobs.owner import TEMP_RE, temp_status
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS, layout_named
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
+from ckpttui.summary import summarize
 
 _TMP = re.compile(
     r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
@@ -53,10 +55,16 @@ class Inventory:
     same_as: dict[str, str] = field(default_factory=dict)
     """A file reached again (symlink, hardlink) -> the path it is counted under."""
 
+    def __post_init__(self) -> None:
+        self._top = os.path.abspath(self.root)
+
     def rel(self, path: str) -> str:
         """Path relative to the root, with '/' separators ('' for the root itself)."""
         root = str(self.root)
-        if path == root or path == os.path.abspath(root):
+        top = self._top
+        if path.startswith(top) and path[len(top) : len(top) + 1] == os.sep and ".." not in path:
+            return path[len(top) + 1 :].replace(os.sep, "/")  # the common case, without relpath
+        if path in (root, top):
             return ""
         try:
             rel = os.path.relpath(path, os.path.abspath(root))
@@ -80,11 +88,7 @@ class Inventory:
 def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = None) -> Inventory:
     """Inventory a file or folder (recursively; symlinks followed, loops reported, not entered)."""
     inv = Inventory(Path(root))
-    top = Path(os.path.abspath(root))
-    try:
-        st = top.stat()
-    except OSError as exc:
-        raise OSError(f"{root}: {_reason(exc, top)}") from None
+    top, st = _top(root)
     if stat.S_ISDIR(st.st_mode):
         _walk(inv, top, None, {(st.st_dev, st.st_ino)}, progress)
     elif stat.S_ISREG(st.st_mode):
@@ -94,6 +98,15 @@ def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = 
         raise OSError(f"{root}: not a regular file or folder")
     _count_once(inv)
     return inv
+
+
+def _top(root: str | os.PathLike[str]) -> tuple[Path, os.stat_result]:
+    """The absolute path to walk from, and its stat (OSError naming `root` if there is none)."""
+    top = Path(os.path.abspath(root))
+    try:
+        return top, top.stat()
+    except OSError as exc:
+        raise OSError(f"{root}: {_reason(exc, top)}") from None
 
 
 def _count_once(inv: Inventory) -> None:
@@ -139,19 +152,129 @@ def _read(inv: Inventory, path: Path, progress: Callable[[str], None] | None) ->
     return index
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A piece of a walk that is read on its own (see `plan`): a checkpoint folder that is no
+    other's part, a file outside any checkpoint folder, or a temporary folder."""
+
+    kind: str
+    """``dir``, ``file`` or ``temp``."""
+    path: str
+    """Absolute path."""
+    seen: frozenset[tuple[int, int]] = frozenset()
+    """(device, inode) of the folders above it and itself (loop detection inside it)."""
+    first: int = 0
+    """Index in `Plan.stats` of its first file (its files run to the next unit's `first`)."""
+    sidecars: tuple[tuple[str, int, int, int], ...] = ()  # Stat
+    """(name, size, mtime_ns, inode) of a loose file's sibling files its layout may read."""
+
+
+@dataclass
+class Plan:
+    """A walk that read no file: the units to read, and the stat of every regular file met."""
+
+    inv: Inventory
+    """Holds `inodes`, `same_as` and the walk's own errors (outside any unit)."""
+    units: list[Unit] = field(default_factory=list)
+    """In walk order."""
+    stats: list[tuple[str, int, int, int]] = field(default_factory=list)
+    """(absolute path, size, mtime_ns, inode) of each regular file, in walk order."""
+
+    def unit_stats(self, i: int) -> list[tuple[str, int, int, int]]:
+        """The stat lines of unit i's files (a folder's files, or a loose file and its sidecars)."""
+        unit = self.units[i]
+        end = self.units[i + 1].first if i + 1 < len(self.units) else len(self.stats)
+        own = self.stats[unit.first : end] if unit.kind != "temp" else []
+        return own + [(n, s, m, ino) for n, s, m, ino in unit.sidecars]
+
+
+SIDECAR_NAMES = frozenset({"latest", "config.yaml", "train.yaml", "hyperparams.yaml"})
+"""Files beside loose checkpoints that layouts read (a file's own ``NAME.*`` siblings too)."""
+
+
+def plan(root: str | os.PathLike[str]) -> Plan:
+    """Walk a file or folder the way `scan` does, reading no file: what `scan` would read, in
+    units that can be read apart (in worker processes, or from a cache)."""
+    out = Plan(Inventory(Path(root)))
+    top, st = _top(root)
+    if stat.S_ISDIR(st.st_mode):
+        _walk(out.inv, top, None, {(st.st_dev, st.st_ino)}, None, out)
+    elif stat.S_ISREG(st.st_mode):
+        out.inv.inodes[str(top)] = (st.st_dev, st.st_ino)
+        out.units.append(Unit("file", str(top), first=0, sidecars=_sidecars(top, None)))
+        out.stats.append((str(top), st.st_size, st.st_mtime_ns, st.st_ino))
+    else:
+        raise OSError(f"{root}: not a regular file or folder")
+    _count_once(out.inv)
+    return out
+
+
+def scan_unit(root: str, unit: Unit) -> Inventory:
+    """Read one unit of a `plan` into an inventory of its own (paths relative to `root`)."""
+    inv = Inventory(Path(root))
+    path = Path(unit.path)
+    if unit.kind == "dir":
+        _walk(inv, path, None, set(unit.seen), None)
+    elif unit.kind == "temp":
+        _temporary(inv, path)
+    else:
+        _loose_file(inv, path, None)
+    for ckpt in inv.checkpoints:
+        if os.path.islink(ckpt.path):
+            ckpt.info.setdefault("symlink_to", os.readlink(ckpt.path))
+    return inv
+
+
+Stat = tuple[str, int, int, int]
+"""(absolute path, size, mtime_ns, inode)."""
+
+
+def _sidecar_index(entries: list[os.DirEntry[str]]) -> dict[str, list[Stat]]:
+    """A folder's files that are not checkpoints (YAML, JSON...), by the name part before the
+    first dot (``epoch_3.yaml`` -> ``epoch_3``), and the shared ones (`SIDECAR_NAMES`) under ''."""
+    out: dict[str, list[Stat]] = {}
+    for e in entries:
+        if is_checkpoint_name(e.name) or is_temporary(e.name):
+            continue
+        shared = e.name in SIDECAR_NAMES
+        if not shared and "." not in e.name:
+            continue
+        try:
+            st = e.stat()
+        except OSError:
+            continue
+        key = "" if shared else e.name.split(".")[0]
+        out.setdefault(key, []).append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
+    return out
+
+
+def _sidecars(path: Path, index: dict[str, list[Stat]] | None) -> tuple[Stat, ...]:
+    """The sidecars a loose file's layout may read: ``NAME.*`` beside it, and `SIDECAR_NAMES`."""
+    if index is None:
+        try:
+            index = _sidecar_index(list(os.scandir(path.parent)))
+        except OSError:
+            return ()
+    return tuple(index.get(path.name.split(".")[0], []) + index.get("", []))
+
+
 def _walk(
     inv: Inventory,
     folder: Path,
     owner: Checkpoint | None,
     seen: set[tuple[int, int]],
     progress: Callable[[str], None] | None,
+    planned: Plan | None = None,
 ) -> None:
+    """Walk a folder: read and describe (or, given `planned`, only list the units to read)."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        inv.errors.append((str(folder), f"cannot list folder: {_reason(exc, folder)}"))
+        if planned is None or owner is None:
+            inv.errors.append((str(folder), f"cannot list folder: {_reason(exc, folder)}"))
         return
     names = {e.name for e in entries}
+    sidecars: dict[str, list[Stat]] | None = None
     claimed = None
     for layout in DIR_LAYOUTS:
         if layout.claims(folder, names):
@@ -160,7 +283,12 @@ def _walk(
             # training loop writes inside its own checkpoint folder).
             if owner is None or layout.name not in layout_named(owner.layout).absorbs:
                 claimed = Checkpoint(str(folder), layout.name)
-                inv.checkpoints.append(claimed)
+                if planned is None:
+                    inv.checkpoints.append(claimed)
+                elif owner is None:
+                    planned.units.append(
+                        Unit("dir", str(folder), frozenset(seen), len(planned.stats))
+                    )
                 owner = claimed
             break
     for entry in entries:
@@ -168,22 +296,37 @@ def _walk(
         try:
             st = entry.stat(follow_symlinks=True)
         except OSError as exc:
-            inv.errors.append((str(path), _reason(exc, path)))
+            if planned is None or owner is None:
+                inv.errors.append((str(path), _reason(exc, path)))
             continue
         if stat.S_ISDIR(st.st_mode) and temp_status(path) is not None:
-            _temporary(inv, path)  # a job's temporary folder of shards: one entry, not read
+            # a job's temporary folder of shards: one entry, not read
+            if planned is None:
+                _temporary(inv, path)
+            elif owner is None:
+                planned.units.append(Unit("temp", str(path), first=len(planned.stats)))
             continue
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                inv.errors.append(
-                    (str(path), f"symlink loop: leads back to {os.path.realpath(path)}")
-                )
+                if planned is None or owner is None:
+                    inv.errors.append(
+                        (str(path), f"symlink loop: leads back to {os.path.realpath(path)}")
+                    )
                 continue
-            _walk(inv, path, owner, seen | {key}, progress)
+            _walk(inv, path, owner, seen | {key}, progress, planned)
         elif stat.S_ISREG(st.st_mode):
             inv.inodes[str(path)] = (st.st_dev, st.st_ino)
-            if owner is not None:
+            if planned is not None:
+                if owner is None and (is_temporary(entry.name) or is_checkpoint_name(entry.name)):
+                    if sidecars is None:
+                        sidecars = _sidecar_index(entries)
+                    unit = Unit("file", str(path), first=len(planned.stats))
+                    planned.units.append(
+                        dataclasses.replace(unit, sidecars=_sidecars(path, sidecars))
+                    )
+                planned.stats.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
+            elif owner is not None:
                 owner.files.append(str(path))
                 if (
                     is_checkpoint_name(entry.name)
@@ -193,7 +336,7 @@ def _walk(
                     _read(inv, path, progress)
             else:
                 _loose_file(inv, path, progress)
-    if claimed is not None:
+    if claimed is not None and planned is None:
         _describe_dir(inv, claimed)
 
 
@@ -285,71 +428,17 @@ def _failed(inv: Inventory, ckpt: Checkpoint, path: str, exc: Exception) -> None
     inv.errors.append((path, line))
 
 
-def _categories(b: Breakdown) -> dict[str, dict[str, int]]:
-    return {k: dict(v) for k, v in b.categories.items()}
-
-
 def report_dict(inv: Inventory) -> dict[str, Any]:
     """The ``inspect --json`` document (see README, "inspect --json")."""
-    files = []
-    for path, index in inv.files.items():
-        if not (index.tensors or index.unsafe_globals or index.error) or path in inv.same_as:
-            continue
-        b = inv.file_breakdown(path)
-        files.append(
-            {
-                "path": inv.rel(path),
-                "format": index.format,
-                "size": index.size,
-                "tensors": len(index.tensors),
-                "storage_bytes": index.storage_bytes,
-                "categories": _categories(b),
-                "dtypes": dict(sorted(b.dtypes.items())),
-                "globals": index.globals,
-                "unsafe_globals": index.unsafe_globals,
-                "error": index.error,
-                "layout": inv.layout_of.get(path),
-                "tensor_bytes": b.bytes,
-                "reclaimable_bytes": b.reclaimable,
-                "parts": dict(sorted(b.parts.items())),
-            }
-        )
-    checkpoints = []
-    for ckpt in inv.checkpoints:
-        b = inv.checkpoint_breakdown(ckpt)
-        size = 0
-        for f in ckpt.files:
-            if f in inv.same_as:
-                continue
-            try:
-                size += os.stat(f).st_size
-            except OSError:
-                pass
-        checkpoints.append(
-            {
-                "path": inv.rel(ckpt.path),
-                "layout": ckpt.layout,
-                "files": [inv.rel(f) for f in ckpt.files],
-                "step": ckpt.step,
-                "epoch": ckpt.epoch,
-                "complete": ckpt.complete,
-                "problems": ckpt.problems,
-                "categories": _categories(b),
-                "size": size,
-                "tensor_bytes": b.bytes,
-                "storage_bytes": sum(
-                    inv.files[f].storage_bytes
-                    for f in ckpt.files
-                    if f in inv.files and f not in inv.same_as
-                ),
-                "reclaimable_bytes": b.reclaimable,
-                "parts": dict(sorted(b.parts.items())),
-                "info": ckpt.info,
-            }
-        )
+    summaries = summarize(inv)
     return {
         "root": str(inv.root),
-        "files": files,
-        "checkpoints": checkpoints,
+        "files": [
+            f.to_dict(inv.rel)
+            for s in summaries
+            for f in s.files_read
+            if f.path not in s.counted_elsewhere
+        ],
+        "checkpoints": [s.to_dict(inv.rel) for s in summaries],
         "errors": [{"path": inv.rel(p), "error": e} for p, e in inv.errors],
     }

@@ -354,7 +354,7 @@ async def test_a_failing_scan_is_reported(ui_root: Path, monkeypatch: pytest.Mon
     def boom(path: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(fv, "scan", boom)
+    monkeypatch.setattr(fv, "FolderScan", boom)
     app = make_app(str(ui_root))
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)
