@@ -20,9 +20,10 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ckpttui.browse import Entry, disk_usage, list_dir
+from ckpttui.browse import Entry
 from ckpttui.curves import checkpoint_metric
-from ckpttui.inventory import Inventory, scan
+from ckpttui.inventory import Inventory
+from ckpttui.ui.listing import DISK, Listing
 from ckpttui.ui.widgets.render import COLORS, GLYPHS, category_bytes, stacked_bar
 from ckpttui.units import human_bytes
 
@@ -194,6 +195,12 @@ class FolderView(Vertical):
         self._biggest = 0
         self.base = ""
         """Paths are shown relative to this folder (the parent of the app's root)."""
+        self.listing: Listing = DISK
+        """Where children are listed and scanned from (the disk, or a saved scan)."""
+        self.writing: set[str] = set()
+        """Children that moved at the last live poll (shown as being written)."""
+        self.live = ""
+        """``live``, ``paused`` or '' (a saved scan): said on the totals line."""
 
     def compose(self) -> ComposeResult:
         """Totals line, filter, table."""
@@ -244,6 +251,10 @@ class FolderView(Vertical):
         )
         self._scan(self.token, path)
 
+    def in_progress(self) -> set[str]:
+        """Children still being written: moving at the last poll, or incomplete."""
+        return self.writing | {p for p, s in self.stats.items() if s.incomplete}
+
     def select_path(self, path: str) -> None:
         """Put the cursor on a child (when the tree points at a file, or coming back up)."""
         self.cursor_path = path
@@ -255,7 +266,7 @@ class FolderView(Vertical):
     def _scan(self, token: int, path: str) -> None:
         worker = get_current_worker()
         try:
-            entries = list_dir(path)
+            entries = self.listing.list_dir(path)
         except OSError as exc:
             self.post_message(self.Listed(token, path, [], exc.strerror or str(exc)))
             return
@@ -271,9 +282,9 @@ class FolderView(Vertical):
             stats = ChildStats(entry, size=entry.size)
             inv = None
             if entry.error is None:
-                stats.size = disk_usage(entry.path, seen)
+                stats.size = self.listing.disk_usage(entry.path, seen)
                 try:
-                    inv = scan(entry.path)
+                    inv = self.listing.scan(entry.path)
                 except OSError:
                     inv = None
             if inv is not None:
@@ -428,7 +439,8 @@ class FolderView(Vertical):
         biggest = max(self._biggest, s.size)
         e = s.entry
         widths = {c.key: c.width for c in self.columns}
-        flag = "  !" if (s.incomplete or s.errors) else ""
+        writing = e.path in self.writing
+        flag = "  writing" if writing else "  !" if (s.incomplete or s.errors) else ""
         label = e.name + ("/" if e.kind == "dir" else "")
         room = widths["name"] - len(flag)
         suffix = f"  {e.layout}" if e.kind == "checkpoint" and e.layout else ""
@@ -441,7 +453,7 @@ class FolderView(Vertical):
         )
         name.append(suffix, style="red" if e.error else "cyan")
         if flag:
-            name.append(flag, style="bold red")
+            name.append(flag, style="bold yellow" if writing else "bold red")
         scanned = s.scanned
 
         def size(value: int) -> Text:
@@ -472,8 +484,11 @@ class FolderView(Vertical):
         ckpts = sum(s.checkpoints for s in rows)
         bad = sum(s.incomplete for s in rows)
         pending = sum(not s.scanned for s in rows)
+        writing = sum(s.entry.path in self.writing for s in rows)
         arrow = "↑" if self.reverse else "↓"
         head = Text(self._shown(self.path or ""), style="bold")
+        if self.live:
+            head.append(f"   {self.live}", style="dim green" if self.live == "live" else "dim")
         if self.filter_text:
             head.append(
                 f"   filter {self.filter_text!r}: {len(rows)} of {len(self.stats)}", style="bold"
@@ -488,6 +503,7 @@ class FolderView(Vertical):
             human_bytes(reclaim),
             f"   {ckpts} checkpoints",
             (f"   {bad} incomplete" if bad else "", "bold red"),
+            (f" ({writing} being written)" if writing else "", "bold yellow"),
             (f"   scanning {pending} more..." if pending and not done else "", "dim"),
             (f"   by {self.sort_by} {arrow}", "dim"),
         )
