@@ -35,17 +35,17 @@ class ScanFileError(ValueError):
 
 
 def scan_extras(inv: Inventory) -> dict[str, Any]:
-    """The ``"scan"`` block of ``inspect --json``: where and when, file sizes, dtype/module bytes."""
+    """The ``"scan"`` block of ``inspect --json``: where and when, the size of every file met,
+    and each read file's bytes by dtype and module."""
     sizes: dict[str, int] = {}
     details: dict[str, dict[str, dict[str, int]]] = {}
-    for ckpt in inv.checkpoints:
-        for f in ckpt.files:
-            if f in inv.same_as:
-                continue
-            try:
-                sizes[inv.rel(f)] = os.stat(f).st_size
-            except OSError:
-                continue
+    for f in inv.inodes:  # every regular file met, checkpoint or not (logs, scripts, `latest`)
+        if f in inv.same_as:
+            continue
+        try:
+            sizes[inv.rel(f)] = os.stat(f).st_size
+        except OSError:
+            continue
     for path in inv.records:
         if path in inv.same_as:
             continue
@@ -217,6 +217,11 @@ class SavedScan:
             rest = _int(c.get("size")) - known
             if rest > 0:
                 self.sizes[path] = self.sizes.get(path, 0) + rest
+        for rel, size in sizes.items():  # files outside any checkpoint
+            path = self.abs(rel)
+            if path not in self.sizes and self.kinds.get(path) != "checkpoint":
+                self._add(path, "file")
+                self.sizes[path] = _int(size)
         for e in doc.get("errors") or []:
             self.errors.append((self.abs(e["path"]), str(e["error"])))
 
