@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from helpers import inspect_json, run_cli
+from test_app import settle, text_of
 
 from ckpttui.ui.app import CkptApp, make_app
 from ckpttui.ui.widgets.curve import CurveView
 from ckpttui.ui.widgets.folder_view import FolderView
 from ckpttui.ui.widgets.tree import CheckpointTree
-from test_app import settle, text_of
 
 
 @pytest.fixture(scope="module")
