@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# The scan cache (ckpttui.scancache) of the tests and of the processes they start: never the
+# user's own cache folder.
+os.environ["CKPTTUI_SCAN_CACHE"] = tempfile.mkdtemp(prefix="ckpttui-scan-cache-")
 
 import pytest
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,29 @@ def _inspect_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", help="a checkpoint file or a folder (walked recursively)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive,
+        default=None,
+        help="worker processes reading headers (default: the cores, at most 16)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="read every file again; do not use or update the scan cache",
+    )
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _demo_parser() -> argparse.ArgumentParser:
@@ -85,24 +106,33 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Run ``ckpttui inspect``."""
-    from ckpttui.inventory import report_dict, scan
+    from ckpttui.scan import FolderScan, summaries, write_json
 
     try:
-        inv = scan(args.path)
+        scan = FolderScan(
+            args.path,
+            jobs=getattr(args, "jobs", None),
+            use_cache=not getattr(args, "no_cache", False),
+        )
     except OSError as exc:
         print(f"ckpttui: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        from ckpttui.scanfile import scan_extras
+        from ckpttui.scanfile import scan_block
 
-        doc = report_dict(inv)
-        doc["scan"] = scan_extras(inv)  # what `ckpttui scan.json` needs to browse it elsewhere
-        json.dump(doc, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        # The "scan" block: what `ckpttui scan.json` needs to browse it elsewhere.
+        write_json(scan, sys.stdout, extra={"scan": scan_block(scan.plan)})
     else:
-        from ckpttui.textreport import print_report
+        from ckpttui.textreport import print_summaries
 
-        print_report(inv)
+        errors: list[tuple[str, str]] = []
+        unsafe: set[str] = set()
+        print_summaries(
+            str(scan.plan.inv.root),
+            summaries(scan, errors, unsafe),
+            scan.rel,
+            lambda: (sorted(unsafe), errors),
+        )
     return 0
 
 

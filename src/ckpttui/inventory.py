@@ -6,6 +6,7 @@ directory entries, sidecars, headers and pickles only; it never imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -20,6 +21,7 @@ from ckpttui.formats import is_checkpoint_name, read_file
 from ckpttui.jobs.owner import TEMP_RE, temp_status
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS, layout_named
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
+from ckpttui.summary import CheckpointSummary, FileSummary, Rel
 
 _TMP = re.compile(
     r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
@@ -139,17 +141,117 @@ def _read(inv: Inventory, path: Path, progress: Callable[[str], None] | None) ->
     return index
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A piece of a walk that is read on its own (see `plan`): a checkpoint folder that is no
+    other's part, a file outside any checkpoint folder, or a temporary folder."""
+
+    kind: str
+    """``dir``, ``file`` or ``temp``."""
+    path: str
+    """Absolute path."""
+    seen: frozenset[tuple[int, int]] = frozenset()
+    """(device, inode) of the folders above it and itself (loop detection inside it)."""
+    first: int = 0
+    """Index in `Plan.stats` of its first file (its files run to the next unit's `first`)."""
+    sidecars: tuple[tuple[str, int, int, int], ...] = ()
+    """(name, size, mtime_ns, inode) of a loose file's sibling files its layout may read."""
+
+
+@dataclass
+class Plan:
+    """A walk that read no file: the units to read, and the stat of every regular file met."""
+
+    inv: Inventory
+    """Holds `inodes`, `same_as` and the walk's own errors (outside any unit)."""
+    units: list[Unit] = field(default_factory=list)
+    """In walk order."""
+    stats: list[tuple[str, int, int, int]] = field(default_factory=list)
+    """(absolute path, size, mtime_ns, inode) of each regular file, in walk order."""
+
+    def unit_stats(self, i: int) -> list[tuple[str, int, int, int]]:
+        """The stat lines of unit i's files (a folder's files, or a loose file and its sidecars)."""
+        unit = self.units[i]
+        end = self.units[i + 1].first if i + 1 < len(self.units) else len(self.stats)
+        own = self.stats[unit.first : end] if unit.kind != "temp" else []
+        return own + [(n, s, m, ino) for n, s, m, ino in unit.sidecars]
+
+
+SIDECAR_NAMES = frozenset({"latest", "config.yaml", "train.yaml", "hyperparams.yaml"})
+"""Files beside loose checkpoints that layouts read (a file's own ``NAME.*`` siblings too)."""
+
+
+def plan(root: str | os.PathLike[str]) -> Plan:
+    """Walk a file or folder the way `scan` does, reading no file: what `scan` would read, in
+    units that can be read apart (in worker processes, or from a cache)."""
+    out = Plan(Inventory(Path(root)))
+    top = Path(os.path.abspath(root))
+    try:
+        st = top.stat()
+    except OSError as exc:
+        raise OSError(f"{root}: {_reason(exc, top)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        _walk(out.inv, top, None, {(st.st_dev, st.st_ino)}, None, out)
+    elif stat.S_ISREG(st.st_mode):
+        out.inv.inodes[str(top)] = (st.st_dev, st.st_ino)
+        out.units.append(Unit("file", str(top), first=0, sidecars=_sidecars(top, None)))
+        out.stats.append((str(top), st.st_size, st.st_mtime_ns, st.st_ino))
+    else:
+        raise OSError(f"{root}: not a regular file or folder")
+    _count_once(out.inv)
+    return out
+
+
+def scan_unit(root: str, unit: Unit) -> Inventory:
+    """Read one unit of a `plan` into an inventory of its own (paths relative to `root`)."""
+    inv = Inventory(Path(root))
+    path = Path(unit.path)
+    if unit.kind == "dir":
+        _walk(inv, path, None, set(unit.seen), None)
+    elif unit.kind == "temp":
+        _temporary(inv, path)
+    else:
+        _loose_file(inv, path, None)
+    for ckpt in inv.checkpoints:
+        if os.path.islink(ckpt.path):
+            ckpt.info.setdefault("symlink_to", os.readlink(ckpt.path))
+    return inv
+
+
+def _sidecars(
+    path: Path, entries: list[os.DirEntry[str]] | None
+) -> tuple[tuple[str, int, int, int], ...]:
+    stem = path.name.split(".")[0] + "."
+    if entries is None:
+        try:
+            entries = list(os.scandir(path.parent))
+        except OSError:
+            return ()
+    out = []
+    for e in entries:
+        if e.name != path.name and (e.name.startswith(stem) or e.name in SIDECAR_NAMES):
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            out.append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
 def _walk(
     inv: Inventory,
     folder: Path,
     owner: Checkpoint | None,
     seen: set[tuple[int, int]],
     progress: Callable[[str], None] | None,
+    planned: Plan | None = None,
 ) -> None:
+    """Walk a folder: read and describe (or, given `planned`, only list the units to read)."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        inv.errors.append((str(folder), f"cannot list folder: {_reason(exc, folder)}"))
+        if planned is None or owner is None:
+            inv.errors.append((str(folder), f"cannot list folder: {_reason(exc, folder)}"))
         return
     names = {e.name for e in entries}
     claimed = None
@@ -160,7 +262,12 @@ def _walk(
             # training loop writes inside its own checkpoint folder).
             if owner is None or layout.name not in layout_named(owner.layout).absorbs:
                 claimed = Checkpoint(str(folder), layout.name)
-                inv.checkpoints.append(claimed)
+                if planned is None:
+                    inv.checkpoints.append(claimed)
+                elif owner is None:
+                    planned.units.append(
+                        Unit("dir", str(folder), frozenset(seen), len(planned.stats))
+                    )
                 owner = claimed
             break
     for entry in entries:
@@ -168,22 +275,35 @@ def _walk(
         try:
             st = entry.stat(follow_symlinks=True)
         except OSError as exc:
-            inv.errors.append((str(path), _reason(exc, path)))
+            if planned is None or owner is None:
+                inv.errors.append((str(path), _reason(exc, path)))
             continue
         if stat.S_ISDIR(st.st_mode) and temp_status(path) is not None:
-            _temporary(inv, path)  # a job's temporary folder of shards: one entry, not read
+            # a job's temporary folder of shards: one entry, not read
+            if planned is None:
+                _temporary(inv, path)
+            elif owner is None:
+                planned.units.append(Unit("temp", str(path), first=len(planned.stats)))
             continue
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                inv.errors.append(
-                    (str(path), f"symlink loop: leads back to {os.path.realpath(path)}")
-                )
+                if planned is None or owner is None:
+                    inv.errors.append(
+                        (str(path), f"symlink loop: leads back to {os.path.realpath(path)}")
+                    )
                 continue
-            _walk(inv, path, owner, seen | {key}, progress)
+            _walk(inv, path, owner, seen | {key}, progress, planned)
         elif stat.S_ISREG(st.st_mode):
             inv.inodes[str(path)] = (st.st_dev, st.st_ino)
-            if owner is not None:
+            if planned is not None:
+                if owner is None and (is_temporary(entry.name) or is_checkpoint_name(entry.name)):
+                    unit = Unit("file", str(path), first=len(planned.stats))
+                    planned.units.append(
+                        dataclasses.replace(unit, sidecars=_sidecars(path, entries))
+                    )
+                planned.stats.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
+            elif owner is not None:
                 owner.files.append(str(path))
                 if (
                     is_checkpoint_name(entry.name)
@@ -193,7 +313,7 @@ def _walk(
                     _read(inv, path, progress)
             else:
                 _loose_file(inv, path, progress)
-    if claimed is not None:
+    if claimed is not None and planned is None:
         _describe_dir(inv, claimed)
 
 
@@ -285,71 +405,81 @@ def _failed(inv: Inventory, ckpt: Checkpoint, path: str, exc: Exception) -> None
     inv.errors.append((path, line))
 
 
-def _categories(b: Breakdown) -> dict[str, dict[str, int]]:
-    return {k: dict(v) for k, v in b.categories.items()}
+def _file_summary(inv: Inventory, path: str) -> FileSummary | None:
+    """A read file's sums, or None when it holds nothing to report (no tensors, no error)."""
+    index = inv.files.get(path)
+    if index is None or not (index.tensors or index.unsafe_globals or index.error):
+        return None
+    b = inv.file_breakdown(path)
+    return FileSummary(
+        path=path,
+        format=index.format,
+        size=index.size,
+        tensors=len(index.tensors),
+        storage_bytes=index.storage_bytes,
+        tensor_bytes=b.bytes,
+        reclaimable_bytes=b.reclaimable,
+        categories={k: dict(v) for k, v in b.categories.items()},
+        parts=dict(sorted(b.parts.items())),
+        dtypes=dict(sorted(b.dtypes.items())),
+        dtype_bytes=dict(sorted(b.dtype_bytes.items())),
+        modules=dict(b.modules.most_common(12)),
+        globals=list(index.globals),
+        unsafe_globals=list(index.unsafe_globals),
+        error=index.error,
+        layout=inv.layout_of.get(path),
+    )
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def summarize(inv: Inventory) -> list[CheckpointSummary]:
+    """One summary per checkpoint (files reached twice counted once: see `count_elsewhere`)."""
+    out = []
+    for ckpt in inv.checkpoints:
+        s = CheckpointSummary(
+            path=ckpt.path,
+            layout=ckpt.layout,
+            files=list(ckpt.files),
+            file_sizes=[_size(f) for f in ckpt.files],
+            step=ckpt.step,
+            epoch=ckpt.epoch,
+            complete=ckpt.complete,
+            problems=list(ckpt.problems),
+            info=ckpt.info,
+        )
+        s.files_read = [fs for f in ckpt.files if (fs := _file_summary(inv, f)) is not None]
+        count_elsewhere(s, inv.same_as, inv.rel)
+        out.append(s)
+    return out
+
+
+def count_elsewhere(s: CheckpointSummary, same_as: dict[str, str], rel: Rel) -> None:
+    """Leave out of a summary's sums its files counted under another path; one made only of
+    such files says so (``info["same_file_as"]``: never averaged or totalled)."""
+    s.counted_elsewhere = {f for f in s.files if f in same_as}
+    s.info.pop("same_file_as", None)
+    if s.files and len(s.counted_elsewhere) == len(s.files):
+        s.info["same_file_as"] = rel(same_as[s.files[0]])
+    s.total()
 
 
 def report_dict(inv: Inventory) -> dict[str, Any]:
     """The ``inspect --json`` document (see README, "inspect --json")."""
-    files = []
-    for path, index in inv.files.items():
-        if not (index.tensors or index.unsafe_globals or index.error) or path in inv.same_as:
-            continue
-        b = inv.file_breakdown(path)
-        files.append(
-            {
-                "path": inv.rel(path),
-                "format": index.format,
-                "size": index.size,
-                "tensors": len(index.tensors),
-                "storage_bytes": index.storage_bytes,
-                "categories": _categories(b),
-                "dtypes": dict(sorted(b.dtypes.items())),
-                "globals": index.globals,
-                "unsafe_globals": index.unsafe_globals,
-                "error": index.error,
-                "layout": inv.layout_of.get(path),
-                "tensor_bytes": b.bytes,
-                "reclaimable_bytes": b.reclaimable,
-                "parts": dict(sorted(b.parts.items())),
-            }
-        )
-    checkpoints = []
-    for ckpt in inv.checkpoints:
-        b = inv.checkpoint_breakdown(ckpt)
-        size = 0
-        for f in ckpt.files:
-            if f in inv.same_as:
-                continue
-            try:
-                size += os.stat(f).st_size
-            except OSError:
-                pass
-        checkpoints.append(
-            {
-                "path": inv.rel(ckpt.path),
-                "layout": ckpt.layout,
-                "files": [inv.rel(f) for f in ckpt.files],
-                "step": ckpt.step,
-                "epoch": ckpt.epoch,
-                "complete": ckpt.complete,
-                "problems": ckpt.problems,
-                "categories": _categories(b),
-                "size": size,
-                "tensor_bytes": b.bytes,
-                "storage_bytes": sum(
-                    inv.files[f].storage_bytes
-                    for f in ckpt.files
-                    if f in inv.files and f not in inv.same_as
-                ),
-                "reclaimable_bytes": b.reclaimable,
-                "parts": dict(sorted(b.parts.items())),
-                "info": ckpt.info,
-            }
-        )
+    summaries = summarize(inv)
     return {
         "root": str(inv.root),
-        "files": files,
-        "checkpoints": checkpoints,
+        "files": [
+            f.to_dict(inv.rel)
+            for s in summaries
+            for f in s.files_read
+            if f.path not in s.counted_elsewhere
+        ],
+        "checkpoints": [s.to_dict(inv.rel) for s in summaries],
         "errors": [{"path": inv.rel(p), "error": e} for p, e in inv.errors],
     }

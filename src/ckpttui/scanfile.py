@@ -1,12 +1,13 @@
 """A saved scan: the ``ckpttui inspect PATH --json`` document, browsed elsewhere (``ncdu -f``).
 
 ``ckpttui inspect /data/exp --json > scan.json`` on the server, ``ckpttui scan.json`` on a laptop:
-`SavedScan` rebuilds the folder tree, the checkpoints and their breakdowns from the document and
-answers the app's questions (`ckpttui.ui.listing.Listing`) without touching a disk. Tensor names
-are not in the document; sizes, categories, parts, dtypes, modules, metrics and problems are.
+`SavedScan` rebuilds the folder tree and the checkpoint summaries (`ckpttui.summary`) from the
+document and answers the app's questions (`ckpttui.ui.listing.Listing`) without touching a disk.
+Tensor names are not in the document; sizes, categories, parts, dtypes, modules, metrics and
+problems are.
 
-`scan_extras` adds what the document needs for that to ``inspect --json`` under ``"scan"``: the
-host, the time, the absolute root, every file's size, and each file's bytes by dtype and module.
+`scan_block` is what ``inspect --json`` adds for that under ``"scan"``: the host, the time, the
+absolute root, and the sizes of the files that belong to no checkpoint (logs, scripts).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,10 @@ from typing import Any
 from ckpttui import __version__
 from ckpttui.accounting import Breakdown
 from ckpttui.browse import Entry, name_step
-from ckpttui.inventory import Inventory
-from ckpttui.records import Checkpoint, FileIndex
+from ckpttui.inventory import Inventory, Plan, Unit
+from ckpttui.records import FileIndex
+from ckpttui.scan import UnitResult
+from ckpttui.summary import CheckpointSummary, FileSummary
 
 SCAN_FORMAT = 1
 """Version of the ``"scan"`` block; a newer one than this reader knows is refused."""
@@ -34,34 +38,27 @@ class ScanFileError(ValueError):
     """A file given as a saved scan is not one (or not one this version reads); names the file."""
 
 
-def scan_extras(inv: Inventory) -> dict[str, Any]:
-    """The ``"scan"`` block of ``inspect --json``: where and when, the size of every file met,
-    and each read file's bytes by dtype and module."""
-    sizes: dict[str, int] = {}
-    details: dict[str, dict[str, dict[str, int]]] = {}
-    for f in inv.inodes:  # every regular file met, checkpoint or not (logs, scripts, `latest`)
-        if f in inv.same_as:
+def scan_block(plan: Plan) -> dict[str, Any]:
+    """The ``"scan"`` block of ``inspect --json``: where and when, and the files outside units."""
+    inv = plan.inv
+    dirs = {u.path for u in plan.units if u.kind != "file"}
+    files = {u.path for u in plan.units if u.kind == "file"}
+    other: dict[str, int] = {}
+    for path, size, _mtime, _ino in plan.stats:
+        if path in files or path in inv.same_as:
             continue
-        try:
-            sizes[inv.rel(f)] = os.stat(f).st_size
-        except OSError:
-            continue
-    for path in inv.records:
-        if path in inv.same_as:
-            continue
-        b = inv.file_breakdown(path)
-        details[inv.rel(path)] = {
-            "dtype_bytes": dict(sorted(b.dtype_bytes.items())),
-            "modules": dict(b.modules.most_common(12)),
-        }
+        parent = os.path.dirname(path)
+        while parent not in dirs and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        if parent not in dirs:
+            other[inv.rel(path)] = size
     return {
         "format": SCAN_FORMAT,
         "ckpttui": __version__,
         "host": socket.gethostname(),
         "scanned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "root_abs": os.path.abspath(inv.root),
-        "file_sizes": sizes,
-        "file_details": details,
+        "other_files": other,
     }
 
 
@@ -90,29 +87,40 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _counter(value: Any) -> Counter[str]:
-    if not isinstance(value, dict):
-        return Counter()
-    return Counter({str(k): _int(v) for k, v in value.items()})
-
-
-def _breakdown(entry: dict[str, Any], extra: dict[str, Any]) -> Breakdown:
+def file_breakdown(f: FileSummary) -> Breakdown:
+    """A file's sums as a `Breakdown` (what the Breakdown tab renders)."""
     b = Breakdown()
-    cats = entry.get("categories")
-    for cat, sums in (cats if isinstance(cats, dict) else {}).items():
-        if cat in b.categories and isinstance(sums, dict):
-            b.categories[cat] = {
-                "tensors": _int(sums.get("tensors")),
-                "bytes": _int(sums.get("bytes")),
-            }
-    b.parts = _counter(entry.get("parts"))
-    b.dtypes = _counter(entry.get("dtypes"))
-    b.dtype_bytes = _counter(extra.get("dtype_bytes"))
-    b.modules = _counter(extra.get("modules"))
-    b.tensors = sum(c["tensors"] for c in b.categories.values())
-    b.bytes = _int(entry.get("tensor_bytes"))
-    b.reclaimable = _int(entry.get("reclaimable_bytes"))
+    for cat, sums in f.categories.items():
+        if cat in b.categories:
+            b.categories[cat] = dict(sums)
+    b.parts = Counter(f.parts)
+    b.dtypes = Counter(f.dtypes)
+    b.dtype_bytes = Counter(f.dtype_bytes)
+    b.modules = Counter(f.modules)
+    b.tensors = f.tensors
+    b.bytes = f.tensor_bytes
+    b.reclaimable = f.reclaimable_bytes
     return b
+
+
+@dataclass
+class SavedFolderScan:
+    """A `ckpttui.scan.FolderScan` from a saved scan: the checkpoints under one folder."""
+
+    summaries: list[CheckpointSummary]
+    walk_errors: list[tuple[str, str]]
+
+    def results(self, cancelled: Callable[[], bool] | None = None) -> Iterator[UnitResult]:
+        """Each checkpoint's summary, in the document's (walk) order."""
+        for s in self.summaries:
+            if cancelled is not None and cancelled():
+                return
+            yield UnitResult(Unit("dir" if self.is_folder(s) else "file", s.path), [s])
+
+    @staticmethod
+    def is_folder(s: CheckpointSummary) -> bool:
+        """Whether a checkpoint is a folder (or a single file)."""
+        return not s.files or any(f != s.path for f in s.files)
 
 
 def _under(path: str, folder: str) -> bool:
@@ -127,24 +135,24 @@ class SavedScan:
         """The scan file."""
         extras = doc.get("scan") if isinstance(doc.get("scan"), dict) else {}
         assert isinstance(extras, dict)
-        root = extras.get("root_abs") or doc["root"]
-        self.root = "/" + str(root).strip("/") if not str(root).startswith("/") else str(root)
+        root = str(extras.get("root_abs") or doc["root"])
+        self.root = ("/" + root.strip("/")).rstrip("/") or "/"
         """Where the scanned folder was, on the machine that scanned it."""
-        self.root = self.root.rstrip("/") or "/"
         self.host: str | None = extras.get("host")
         """The machine that scanned it (None for documents written before the ``"scan"`` block)."""
         self.scanned_at: str | None = extras.get("scanned_at")
         """When, ISO 8601 UTC."""
-        self.checkpoints: list[Checkpoint] = []
-        self.files: dict[str, FileIndex] = {}
-        self.breakdowns: dict[str, Breakdown] = {}
-        self.layout_of: dict[str, str] = {}
+        self.summaries: list[CheckpointSummary] = []
+        """Every checkpoint, in walk order."""
+        self.files: dict[str, FileSummary] = {}
+        """Every read file, by absolute path."""
         self.errors: list[tuple[str, str]] = []
         self.kinds: dict[str, str] = {self.root: "dir"}
         """Every path in the scan -> ``dir``, ``checkpoint`` or ``file``."""
         self.layouts: dict[str, str] = {}
+        """Layout of each checkpoint folder."""
         self.sizes: dict[str, int] = {}
-        """Bytes of each file; a checkpoint's bytes not attributed to a file sit on its path."""
+        """Bytes of each file."""
         self.children: dict[str, set[str]] = {self.root: set()}
         self._load(doc, extras)
 
@@ -154,13 +162,12 @@ class SavedScan:
 
     def _add(self, path: str, kind: str) -> None:
         if path == self.root:
-            if kind == "file":  # a scan of one file: its folder is the root shown
-                self.root = os.path.dirname(path) or "/"
-                self.kinds.setdefault(self.root, "dir")
-                self.children.pop(path, None)
-            else:
+            if kind != "file":
                 self.kinds[path] = kind
                 return
+            # A scan of one file: its folder is the root shown.
+            self.root = os.path.dirname(path) or "/"
+            self.kinds.setdefault(self.root, "dir")
         parent = os.path.dirname(path)
         if parent not in self.kinds and _under(parent, self.root):
             self._add(parent, "dir")
@@ -171,55 +178,26 @@ class SavedScan:
             self.children.setdefault(path, set())
 
     def _load(self, doc: dict[str, Any], extras: dict[str, Any]) -> None:
-        sizes = extras.get("file_sizes") if isinstance(extras.get("file_sizes"), dict) else {}
-        details = extras.get("file_details") if isinstance(extras.get("file_details"), dict) else {}
-        assert isinstance(sizes, dict) and isinstance(details, dict)
-        for f in doc["files"]:
-            path = self.abs(f["path"])
-            extra = details.get(f["path"], {})
-            self.breakdowns[path] = _breakdown(f, extra if isinstance(extra, dict) else {})
-            self.files[path] = FileIndex(
-                path,
-                str(f.get("format") or ""),
-                _int(f.get("size")),
-                globals=list(f.get("globals") or []),
-                unsafe_globals=list(f.get("unsafe_globals") or []),
-                storages={"saved": _int(f.get("storage_bytes"))},
-                metadata={"tensor_count": _int(f.get("tensors"))},
-                error=f.get("error"),
-            )
-            if f.get("layout"):
-                self.layout_of[path] = str(f["layout"])
-        for c in doc["checkpoints"]:
-            path = self.abs(c["path"])
-            files = [self.abs(f) for f in c["files"]]
-            ckpt = Checkpoint(
-                path,
-                str(c["layout"]),
-                files=files,
-                step=c.get("step"),
-                epoch=c.get("epoch"),
-                complete=bool(c.get("complete", True)),
-                problems=[str(p) for p in c.get("problems") or []],
-                info=dict(c.get("info") or {}),
-            )
-            self.checkpoints.append(ckpt)
-            folder = not files or any(f != path for f in files)
-            self._add(path, "checkpoint" if folder else "file")
+        root = self.root
+        for d in doc["files"]:
+            f = FileSummary.from_dict(d, root)
+            self.files[f.path] = f
+        for d in doc["checkpoints"]:
+            s = CheckpointSummary.from_dict(d, root, self.files)
+            if not d.get("file_sizes"):  # written before summaries: the read files' sizes
+                s.file_sizes = [self.files[f].size if f in self.files else 0 for f in s.files]
+            self.summaries.append(s)
+            folder = SavedFolderScan.is_folder(s)
+            self._add(s.path, "checkpoint" if folder else "file")
             if folder:
-                self.layouts[path] = ckpt.layout
-            known = 0
-            for f, rel in zip(files, c["files"]):
-                self._add(f, "file")
-                size = sizes.get(rel, self.files[f].size if f in self.files else 0)
-                self.sizes[f] = _int(size)
-                known += self.sizes[f]
-            rest = _int(c.get("size")) - known
-            if rest > 0:
-                self.sizes[path] = self.sizes.get(path, 0) + rest
-        for rel, size in sizes.items():  # files outside any checkpoint
+                self.layouts[s.path] = s.layout
+            for path, size in zip(s.files, s.file_sizes):
+                self._add(path, "file")
+                self.sizes[path] = size
+        other = extras.get("other_files")
+        for rel, size in (other if isinstance(other, dict) else {}).items():
             path = self.abs(rel)
-            if path not in self.sizes and self.kinds.get(path) != "checkpoint":
+            if self.kinds.get(path) is None:
                 self._add(path, "file")
                 self.sizes[path] = _int(size)
         for e in doc.get("errors") or []:
@@ -252,31 +230,55 @@ class SavedScan:
         """Bytes under a path, as the scan found them."""
         return sum(size for p, size in self.sizes.items() if _under(p, path))
 
-    def scan(self, path: str) -> Inventory:
-        """The checkpoints under a path (or the one a file belongs to), as saved."""
+    def _under(self, path: str) -> list[CheckpointSummary]:
         if path not in self.kinds:
             raise FileNotFoundError(f"{path}: not in the saved scan {self.source}")
-        ckpts = [c for c in self.checkpoints if _under(c.path, path)]
-        if not ckpts and self.kinds[path] == "file":
-            ckpts = [c for c in self.checkpoints if path in c.files]
+        found = [s for s in self.summaries if _under(s.path, path)]
+        if not found and self.kinds[path] == "file":
+            found = [s for s in self.summaries if path in s.files]
+        return found
+
+    def folder_scan(self, path: str) -> SavedFolderScan:
+        """The checkpoints under a folder, as `ckpttui.scan.FolderScan` streams them."""
+        return SavedFolderScan(
+            self._under(path), [(p, e) for p, e in self.errors if _under(p, path)]
+        )
+
+    def scan(self, path: str) -> Inventory:
+        """The checkpoints under a path (or the one a file belongs to), as saved."""
         inv = SavedInventory(root=Path(path))
-        for c in ckpts:
-            inv.checkpoints.append(c)
-            for f in c.files:
-                if f in self.files:
-                    inv.files[f] = self.files[f]
-                    inv.breakdowns[f] = self.breakdowns[f]
-                    inv.records[f] = []
-                if f in self.layout_of:
-                    inv.layout_of[f] = self.layout_of[f]
+        for s in self._under(path):
+            inv.checkpoints.append(s.checkpoint())
+            for f in s.files_read:
+                inv.files[f.path] = self._index(f)
+                inv.breakdowns[f.path] = file_breakdown(f)
+                inv.records[f.path] = []
+                if f.layout:
+                    inv.layout_of[f.path] = f.layout
         inv.errors = [(p, e) for p, e in self.errors if _under(p, path)]
         return inv
 
+    @staticmethod
+    def _index(f: FileSummary) -> FileIndex:
+        return FileIndex(
+            f.path,
+            f.format,
+            f.size,
+            globals=list(f.globals),
+            unsafe_globals=list(f.unsafe_globals),
+            storages={"saved": f.storage_bytes},
+            metadata={"tensor_count": f.tensors},
+            error=f.error,
+        )
+
     def read_file(self, path: str) -> FileIndex:
         """A file's index without its tensors (their names are not in the scan)."""
-        index = self.files.get(path) or FileIndex(path, "", self.sizes.get(path, 0))
+        f = self.files.get(path)
         return FileIndex(
-            path, index.format, index.size, error="tensor names are not in a saved scan"
+            path,
+            f.format if f else "",
+            self.sizes.get(path, 0),
+            error="tensor names are not in a saved scan",
         )
 
     def dir_layout(self, path: str) -> str | None:
@@ -285,7 +287,7 @@ class SavedScan:
 
     def owning_checkpoint(self, path: str) -> str | None:
         """The checkpoint folder holding a file of the scan."""
-        return next((c.path for c in self.checkpoints if path in c.files and c.path != path), None)
+        return next((s.path for s in self.summaries if path in s.files and s.path != path), None)
 
     def is_file(self, path: str) -> bool:
         """Whether the scan found a file there."""

@@ -8,12 +8,24 @@ answers from an ``inspect --json`` document, read-only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ckpttui.browse import Entry, dir_layout, disk_usage, list_dir
 from ckpttui.formats import read_file
 from ckpttui.inventory import Inventory, scan
 from ckpttui.records import FileIndex
+from ckpttui.scan import FolderScan, UnitResult
+
+
+class FolderScanLike(Protocol):
+    """What the folder view iterates: `ckpttui.scan.FolderScan`, or a saved scan's."""
+
+    walk_errors: list[tuple[str, str]]
+
+    def results(self, cancelled: Callable[[], bool] | None = None) -> Iterable[UnitResult]:
+        """Each unit's checkpoint summaries, in walk order."""
+        ...
 
 
 class Listing(Protocol):
@@ -29,6 +41,10 @@ class Listing(Protocol):
 
     def scan(self, path: str) -> Inventory:
         """The inventory of a file or folder (raises OSError)."""
+        ...
+
+    def folder_scan(self, path: str) -> FolderScanLike:
+        """The checkpoint summaries under a folder, streamed (raises OSError)."""
         ...
 
     def read_file(self, path: str) -> FileIndex:
@@ -66,6 +82,10 @@ class DiskListing:
     def scan(self, path: str) -> Inventory:
         """Read a file or folder's headers (raises OSError)."""
         return scan(path)
+
+    def folder_scan(self, path: str) -> FolderScan:
+        """Walk a folder; its summaries come from worker processes or the scan cache."""
+        return FolderScan(path)
 
     def read_file(self, path: str) -> FileIndex:
         """Read one file's tensor index."""

@@ -23,8 +23,9 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from ckpttui.browse import Entry
 from ckpttui.curves import checkpoint_metric
 from ckpttui.inventory import Inventory
+from ckpttui.records import Checkpoint
 from ckpttui.ui.listing import DISK, Listing
-from ckpttui.ui.widgets.render import COLORS, GLYPHS, category_bytes, stacked_bar
+from ckpttui.ui.widgets.render import COLORS, GLYPHS, stacked_bar
 from ckpttui.units import human_bytes
 
 SORTS = ("size", "reclaimable", "name", "step", "metric")
@@ -114,6 +115,12 @@ class ChildStats:
     scanned: bool = False
     metric: tuple[str, float] | None = None
     """The metric the framework recorded for this checkpoint (name, value), if one."""
+
+
+def _child_of(top: str, path: str) -> str:
+    """The child of folder `top` that `path` is in (or is)."""
+    rel = os.path.relpath(path, top)
+    return os.path.join(top, rel.split(os.sep, 1)[0])
 
 
 class FolderTable(DataTable[Any]):
@@ -271,44 +278,63 @@ class FolderView(Vertical):
             self.post_message(self.Listed(token, path, [], exc.strerror or str(exc)))
             return
         self.post_message(self.Listed(token, path, entries, None))
+        children = {os.path.abspath(e.path): ChildStats(e, size=e.size) for e in entries}
         total = Inventory(root=Path(path))
         seen: set[tuple[int, int]] = set()
         batch: list[ChildStats] = []
         last_post = time.monotonic()
-        # Files first (cheap), then folders, so the list fills in quickly.
-        for entry in sorted(entries, key=lambda e: (e.kind != "file", e.name)):
-            if worker.is_cancelled:
-                return
-            stats = ChildStats(entry, size=entry.size)
-            inv = None
-            if entry.error is None:
-                stats.size = self.listing.disk_usage(entry.path, seen)
-                try:
-                    inv = self.listing.scan(entry.path)
-                except OSError:
-                    inv = None
-            if inv is not None:
-                for ckpt in inv.checkpoints:
-                    b = inv.checkpoint_breakdown(ckpt)
-                    w, o, x = category_bytes(b)
-                    stats.weights += w
-                    stats.optimizer += o
-                    stats.other += x
-                    stats.reclaimable += b.reclaimable
-                    stats.incomplete += not ckpt.complete
-                stats.checkpoints = len(inv.checkpoints)
-                stats.errors = len(inv.errors)
-                stats.metric = checkpoint_metric(inv)
-                total.checkpoints.extend(inv.checkpoints)
-                total.files.update(inv.files)
-                total.records.update(inv.records)
-                total.errors.extend(inv.errors)
-                total.layout_of.update(inv.layout_of)
+        scan = self.listing.folder_scan(path)
+        top = os.path.abspath(path)
+        for where, line in scan.walk_errors:
+            stats = children.get(_child_of(top, where))
+            if stats is not None:
+                stats.errors += 1
+            total.errors.append((where, line))
+
+        def finish(stats: ChildStats, ckpts: list[Checkpoint]) -> None:
+            nonlocal batch, last_post
+            if stats.entry.error is None:
+                stats.size = self.listing.disk_usage(stats.entry.path, seen)
+            if len(ckpts) == 1:
+                stats.metric = checkpoint_metric(
+                    Inventory(Path(stats.entry.path), checkpoints=ckpts)
+                )
             stats.scanned = True
             batch.append(stats)
             if time.monotonic() - last_post > 0.2:
                 self.post_message(self.ChildrenScanned(token, batch))
                 batch, last_post = [], time.monotonic()
+
+        current: ChildStats | None = None
+        ckpts: list[Checkpoint] = []
+        for result in scan.results(cancelled=lambda: worker.is_cancelled):
+            stats = children.get(_child_of(top, result.unit.path))
+            if stats is not current:
+                if current is not None:
+                    finish(current, ckpts)
+                current, ckpts = stats, []
+            total.errors.extend(result.errors)
+            for s in result.checkpoints:
+                ckpt = s.checkpoint()
+                total.checkpoints.append(ckpt)
+                if stats is None:
+                    continue  # the folder itself is one checkpoint
+                ckpts.append(ckpt)
+                stats.weights += s.category_bytes("weights")
+                stats.optimizer += s.category_bytes("optimizer")
+                stats.other += s.category_bytes("other")
+                stats.reclaimable += s.reclaimable_bytes
+                stats.incomplete += not s.complete
+                stats.checkpoints += 1
+            if stats is not None:
+                stats.errors += len(result.errors)
+        if worker.is_cancelled:
+            return
+        if current is not None:
+            finish(current, ckpts)
+        for stats in children.values():
+            if not stats.scanned:
+                finish(stats, [])
         self.post_message(self.ChildrenScanned(token, batch))
         self.post_message(self.ScanDone(token, total))
 

@@ -1,0 +1,227 @@
+"""Scan a folder into checkpoint summaries: one walk, units read in worker processes, in order.
+
+`FolderScan` walks once (`inventory.plan`: stats, no file read), then reads each unit (a
+checkpoint folder, a loose file) with `inventory.scan_unit` in up to `jobs` worker processes and
+yields their `CheckpointSummary` values in walk order, so ``inspect`` and the app's folder view
+show them as they come. Units whose files did not change since the last scan of the same root come
+from the scan cache (`scancache`). Nothing here keeps tensor records: a worker sums each unit's
+records and sends back only the summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ckpttui.inventory import Plan, Unit, count_elsewhere, plan, scan_unit, summarize
+from ckpttui.scancache import ScanCache, signature
+from ckpttui.summary import CheckpointSummary, FileSummary
+
+MAX_JOBS = 16
+"""Default worker count is the usable cores, capped here (header reading is I/O-bound beyond)."""
+MIN_UNITS_PER_JOB = 32
+"""Below this many units to read per worker, a default scan stays in this process (a worker
+process costs ~0.1 s to start)."""
+
+
+def default_jobs() -> int:
+    """The cores this process may use, capped at `MAX_JOBS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_JOBS, cores))
+
+
+@dataclass
+class UnitResult:
+    """What one unit held: its checkpoints in walk order, and the files that could not be read."""
+
+    unit: Unit
+    checkpoints: list[CheckpointSummary] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    """(absolute path, one line)."""
+    cached: bool = False
+    """Came from the scan cache."""
+
+
+def read_unit(root: str, unit: Unit) -> tuple[list[CheckpointSummary], list[tuple[str, str]]]:
+    """Read one unit (in a worker process): its summaries and errors, no tensor records."""
+    try:
+        inv = scan_unit(root, unit)
+    except Exception as exc:  # one line on this unit; the scan goes on
+        text = " ".join(str(exc).split())[:120]
+        return [], [(unit.path, f"cannot be read ({type(exc).__name__}: {text})")]
+    return summarize(inv), inv.errors
+
+
+def _read_unit_args(
+    args: tuple[str, Unit],
+) -> tuple[list[CheckpointSummary], list[tuple[str, str]]]:
+    return read_unit(*args)
+
+
+def _payload(checkpoints: list[CheckpointSummary], errors: list[tuple[str, str]]) -> dict[str, Any]:
+    def same(p: str) -> str:
+        return p
+
+    return {
+        "checkpoints": [
+            dict(s.to_dict(same), files_read=[f.to_dict(same) for f in s.files_read])
+            for s in checkpoints
+        ],
+        "errors": [list(e) for e in errors],
+    }
+
+
+def _from_payload(
+    payload: dict[str, Any],
+) -> tuple[list[CheckpointSummary], list[tuple[str, str]]]:
+    out = []
+    for d in payload["checkpoints"]:
+        files = {f["path"]: FileSummary.from_dict(f, "") for f in d.get("files_read") or []}
+        out.append(CheckpointSummary.from_dict(d, "", files))
+    return out, [(p, e) for p, e in payload["errors"]]
+
+
+def _pool(workers: int) -> Any:
+    """Worker processes from a fork server that has imported the readers once (fork itself is
+    not safe from the app's threads; spawn would import everything in each worker)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn").Pool(workers)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ckpttui.scan"])
+    return ctx.Pool(workers)
+
+
+class FolderScan:
+    """A scan of a file or folder; iterate `results()` for its units' summaries in walk order.
+
+    Raises OSError (naming the path) when the root cannot be read at all.
+    """
+
+    def __init__(self, root: str, jobs: int | None = None, use_cache: bool = True) -> None:
+        self.root = root
+        self.jobs = jobs
+        self.use_cache = use_cache
+        self.plan: Plan = plan(root)
+        self.rel = self.plan.inv.rel
+        self.walk_errors: list[tuple[str, str]] = list(self.plan.inv.errors)
+        """Folders that could not be listed, dangling links, loops (outside any unit)."""
+        self.read = 0
+        """Units read from disk (the others came from the cache)."""
+
+    def _workers(self, pending: int) -> int:
+        if self.jobs is not None:
+            return max(1, min(self.jobs, pending))
+        jobs = default_jobs()
+        return max(1, min(jobs, pending // MIN_UNITS_PER_JOB))
+
+    def results(self, cancelled: Callable[[], bool] | None = None) -> Iterator[UnitResult]:
+        """Each unit's summaries, in walk order (same_as applied across the whole walk)."""
+        units = self.plan.units
+        cache = ScanCache(self.root) if self.use_cache else None
+        sigs: list[str] = []
+        todo: list[int] = []
+        for i, unit in enumerate(units):
+            sig = signature(self.plan.unit_stats(i)) if unit.kind != "temp" else ""
+            sigs.append(sig)
+            if not (cache is not None and sig and cache.known.get(unit.path) == sig):
+                todo.append(i)
+        fresh_set = set(todo)
+        complete = False
+        pool = None
+        try:
+            workers = self._workers(len(todo))
+            fresh: Iterator[tuple[list[CheckpointSummary], list[tuple[str, str]]]]
+            if workers > 1:
+                pool = _pool(workers)
+                chunk = max(1, min(32, len(todo) // (workers * 8)))
+                fresh = pool.imap(
+                    _read_unit_args, ((self.root, units[i]) for i in todo), chunksize=chunk
+                )
+            else:
+                fresh = (read_unit(self.root, units[i]) for i in todo)
+            same_as = self.plan.inv.same_as
+            for i, unit in enumerate(units):
+                if cancelled is not None and cancelled():
+                    return
+                payload = None
+                if i not in fresh_set and cache is not None:
+                    payload = cache.get(unit.path, sigs[i])
+                    if payload is None:  # the cache went away under us: read it here
+                        payload = _payload(*read_unit(self.root, unit))
+                cached = payload is not None
+                if payload is not None:
+                    checkpoints, errors = _from_payload(payload)
+                else:
+                    checkpoints, errors = next(fresh)
+                    self.read += 1
+                    if cache is not None and sigs[i]:
+                        cache.put(unit.path, sigs[i], _payload(checkpoints, errors))
+                for s in checkpoints:
+                    count_elsewhere(s, same_as, self.rel)
+                yield UnitResult(unit, checkpoints, errors, cached)
+            complete = True
+        finally:
+            if pool is not None:
+                pool.terminate()
+            if cache is not None:
+                cache.close([u.path for u in units] if complete else None)
+
+
+def write_json(
+    scan: FolderScan,
+    out: IO[str],
+    cancelled: Callable[[], bool] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the ``inspect --json`` document, each checkpoint as soon as its unit is read (the
+    ``files`` entries wait in a temporary file, so memory stays flat); `extra` keys go first."""
+    rel = scan.rel
+    errors = list(scan.walk_errors)
+    out.write('{\n "root": ' + json.dumps(str(scan.plan.inv.root)) + ",")
+    for key, value in (extra or {}).items():
+        out.write(f"\n {json.dumps(key)}: {json.dumps(value)},")
+    out.write('\n "checkpoints": [')
+    sep = "\n  "
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as files:
+        fsep = "\n  "
+        for result in scan.results(cancelled):
+            errors.extend(result.errors)
+            for s in result.checkpoints:
+                out.write(sep + json.dumps(s.to_dict(rel)))
+                sep = ",\n  "
+                for f in s.files_read:
+                    if f.path not in s.counted_elsewhere:
+                        files.write(fsep + json.dumps(f.to_dict(rel)))
+                        fsep = ",\n  "
+        out.write('\n ],\n "files": [')
+        files.seek(0)
+        shutil.copyfileobj(files, out)
+    out.write('\n ],\n "errors": [')
+    out.write(",".join("\n  " + json.dumps({"path": rel(p), "error": e}) for p, e in errors))
+    out.write("\n ]\n}\n")
+
+
+def summaries(
+    scan: FolderScan,
+    errors: list[tuple[str, str]],
+    unsafe: set[str],
+    cancelled: Callable[[], bool] | None = None,
+) -> Iterator[CheckpointSummary]:
+    """Every checkpoint summary in walk order, collecting errors and unsafe globals on the way."""
+    errors.extend(scan.walk_errors)
+    for result in scan.results(cancelled):
+        errors.extend(result.errors)
+        for s in result.checkpoints:
+            for f in s.files_read:
+                unsafe.update(f.unsafe_globals)
+            yield s
