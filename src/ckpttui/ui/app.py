@@ -472,6 +472,12 @@ class CkptApp(App[int]):
         yield cmd(
             "Jobs pane", k["toggle_jobs"], "Show or hide the jobs pane", self.action_toggle_jobs
         )
+        yield cmd(
+            "Pause or resume live",
+            k["toggle_live"],
+            "Watch the folder shown for checkpoints being written",
+            self.action_toggle_live,
+        )
         for n, (tab, title) in enumerate(
             (
                 ("tab-summary", "Summary"),
