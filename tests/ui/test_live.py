@@ -135,3 +135,31 @@ async def test_p_pauses_and_resumes_live(ui_root: Path) -> None:
         await pilot.pause()
         assert not watch.paused
         assert "live" in text_of(app.query_one("#folder-totals")).splitlines()[0]
+
+
+async def test_a_deepspeed_tag_is_in_progress_until_latest_names_it(
+    ds_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "z2"
+    shutil.copytree(ds_root / "ws2" / "z2_fp32", run)
+    new = run / "global_step4"
+    app = make_app(str(run))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        folder = app.query_one(FolderView)
+        # The engine writes the rank files of a new tag, then `latest` last.
+        shutil.copytree(run / "global_step2", new)
+        await wait_for(
+            app,
+            pilot,
+            "the new tag listed as incomplete",
+            lambda: (
+                str(new) in folder.stats
+                and folder.stats[str(new)].scanned
+                and folder.stats[str(new)].incomplete > 0
+                and not folder.writing
+            ),
+        )
+        (run / "latest").write_text("global_step4")
+        await wait_for(app, pilot, "the new tag complete", lambda: done(folder, new))
+        assert "incomplete" not in text_of(app.query_one("#folder-totals"))
