@@ -154,6 +154,8 @@ class SavedScan:
         self.sizes: dict[str, int] = {}
         """Bytes of each file."""
         self.children: dict[str, set[str]] = {self.root: set()}
+        self.totals: dict[str, int] = {}
+        """Bytes under each folder."""
         self._load(doc, extras)
 
     def abs(self, rel: str) -> str:
@@ -202,6 +204,10 @@ class SavedScan:
                 self.sizes[path] = _int(size)
         for e in doc.get("errors") or []:
             self.errors.append((self.abs(e["path"]), str(e["error"])))
+        for path, size in self.sizes.items():  # folder totals, summed once
+            while path != self.root and _under(path, self.root):
+                path = os.path.dirname(path)
+                self.totals[path] = self.totals.get(path, 0) + size
 
     # --- the Listing protocol (ckpttui.ui.listing) ---------------------------------------------
 
@@ -228,7 +234,7 @@ class SavedScan:
 
     def disk_usage(self, path: str, seen: set[tuple[int, int]] | None = None) -> int:
         """Bytes under a path, as the scan found them."""
-        return sum(size for p, size in self.sizes.items() if _under(p, path))
+        return self.sizes[path] if path in self.sizes else self.totals.get(path, 0)
 
     def _under(self, path: str) -> list[CheckpointSummary]:
         if path not in self.kinds:
