@@ -12,15 +12,16 @@ absolute root, and the sizes of the files that belong to no checkpoint (logs, sc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ckpttui import __version__
 from ckpttui.accounting import Breakdown
@@ -130,12 +131,14 @@ def _under(path: str, folder: str) -> bool:
 class SavedScan:
     """A saved ``inspect --json`` document, answering as the disk would (read-only)."""
 
-    def __init__(self, source: str, doc: dict[str, Any]) -> None:
+    def __init__(
+        self, source: str, head: dict[str, Any], entries: Iterable[tuple[str, Any]]
+    ) -> None:
         self.source = source
         """The scan file."""
-        extras = doc.get("scan") if isinstance(doc.get("scan"), dict) else {}
+        extras = head.get("scan") if isinstance(head.get("scan"), dict) else {}
         assert isinstance(extras, dict)
-        root = str(extras.get("root_abs") or doc["root"])
+        root = str(extras.get("root_abs") or head["root"])
         self.root = ("/" + root.strip("/")).rstrip("/") or "/"
         """Where the scanned folder was, on the machine that scanned it."""
         self.host: str | None = extras.get("host")
@@ -156,7 +159,7 @@ class SavedScan:
         self.children: dict[str, set[str]] = {self.root: set()}
         self.totals: dict[str, int] = {}
         """Bytes under each folder."""
-        self._load(doc, extras)
+        self._load(entries, extras)
 
     def abs(self, rel: str) -> str:
         """The scanned machine's absolute path of a document path (relative to the root)."""
@@ -179,31 +182,36 @@ class SavedScan:
         if kind != "file":
             self.children.setdefault(path, set())
 
-    def _load(self, doc: dict[str, Any], extras: dict[str, Any]) -> None:
+    def _load(self, entries: Iterable[tuple[str, Any]], extras: dict[str, Any]) -> None:
         root = self.root
-        for d in doc["files"]:
-            f = FileSummary.from_dict(d, root)
-            self.files[f.path] = f
-        for d in doc["checkpoints"]:
-            s = CheckpointSummary.from_dict(d, root, self.files)
-            if not d.get("file_sizes"):  # written before summaries: the read files' sizes
-                s.file_sizes = [self.files[f].size if f in self.files else 0 for f in s.files]
-            self.summaries.append(s)
-            folder = SavedFolderScan.is_folder(s)
-            self._add(s.path, "checkpoint" if folder else "file")
-            if folder:
-                self.layouts[s.path] = s.layout
-            for path, size in zip(s.files, s.file_sizes):
-                self._add(path, "file")
-                self.sizes[path] = size
+        by_file: dict[str, CheckpointSummary] = {}
+        for section, d in entries:
+            if section == "checkpoints":
+                s = CheckpointSummary.from_dict(d, root)
+                self.summaries.append(s)
+                folder = SavedFolderScan.is_folder(s)
+                self._add(s.path, "checkpoint" if folder else "file")
+                if folder:
+                    self.layouts[s.path] = s.layout
+                for path, size in zip(s.files, s.file_sizes or [0] * len(s.files)):
+                    self._add(path, "file")
+                    self.sizes[path] = size
+                    by_file[path] = s
+            elif section == "files":
+                f = FileSummary.from_dict(d, root)
+                self.files[f.path] = f
+                if f.path in by_file:
+                    by_file[f.path].files_read.append(f)
+                if not self.sizes.get(f.path):  # written before checkpoints had file_sizes
+                    self.sizes[f.path] = f.size
+            elif section == "errors":
+                self.errors.append((self.abs(d["path"]), str(d["error"])))
         other = extras.get("other_files")
         for rel, size in (other if isinstance(other, dict) else {}).items():
             path = self.abs(rel)
             if self.kinds.get(path) is None:
                 self._add(path, "file")
                 self.sizes[path] = _int(size)
-        for e in doc.get("errors") or []:
-            self.errors.append((self.abs(e["path"]), str(e["error"])))
         for path, size in self.sizes.items():  # folder totals, summed once
             while path != self.root and _under(path, self.root):
                 path = os.path.dirname(path)
@@ -313,11 +321,86 @@ class SavedScan:
         return text
 
 
+class _Broken(ValueError):
+    """A one-entry-a-line document broken at a line (said as is, after the file's name)."""
+
+
+SECTIONS = ("checkpoints", "files", "errors")
+"""The document's lists, in the order `ckpttui.scan.write_json` writes them."""
+
+
+def _lines(fh: IO[str]) -> tuple[dict[str, Any], Iterator[tuple[str, Any]]] | None:
+    """A document as `ckpttui.scan.write_json` writes it (one entry a line), read a line at a
+    time so a 50,000-checkpoint scan is never held whole; None for any other layout."""
+    if fh.readline().strip() != "{":
+        return None
+    head: dict[str, Any] = {}
+    line = fh.readline()
+    try:
+        while line.startswith(' "') and not line.rstrip().endswith("["):
+            head.update(json.loads("{" + line.strip().rstrip(",") + "}"))
+            line = fh.readline()
+        first = fh.readline().strip()
+        if first.startswith("{"):
+            json.loads(first.rstrip(","))
+    except json.JSONDecodeError:
+        return None  # indented: not one entry a line
+    if "root" not in head or line.strip() != '"checkpoints": [':
+        return None
+
+    def entries() -> Iterator[tuple[str, Any]]:
+        section = "checkpoints"
+        lines = itertools.chain([first], fh)
+        for n, line in enumerate(lines, start=3 + len(head)):
+            text = line.strip()
+            if text.startswith("{"):
+                try:
+                    entry = json.loads(text.rstrip(","))
+                except json.JSONDecodeError:
+                    raise _Broken(f"line {n} is cut short (copied while being written?)") from None
+                yield section, entry
+            elif text.endswith("[") and text[1:].split('"', 1)[0] in SECTIONS:
+                section = text[1:].split('"', 1)[0]
+            elif text == "}":
+                return
+            elif text not in ("]", "],"):
+                raise _Broken(f"line {n} is not a scan entry: {text[:40]!r}")
+        raise _Broken("it ends early (copied while being written?)")
+
+    return head, entries()
+
+
+def _whole(doc: Any) -> tuple[dict[str, Any], Iterator[tuple[str, Any]]] | None:
+    """Any other JSON layout of the same document (older ckpttui, reformatted), read whole."""
+    if not isinstance(doc, dict) or not {"root", "files", "checkpoints"} <= doc.keys():
+        return None
+    head = {k: doc[k] for k in ("root", "scan") if k in doc}
+    return head, ((name, e) for name in SECTIONS for e in doc.get(name) or [])
+
+
 def load_scan(path: str) -> SavedScan:
     """Read a saved scan; raises ScanFileError naming the file when it is not one."""
+    what = "expected the output of `ckpttui inspect PATH --json`"
     try:
         with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
+            parts = _lines(fh)
+            if parts is None:
+                fh.seek(0)
+                parts = _whole(json.load(fh))
+            if parts is None:
+                raise ScanFileError(f"{path}: not a ckpttui scan ({what})")
+            head, entries = parts
+            extras = head.get("scan")
+            if isinstance(extras, dict) and _int(extras.get("format")) > SCAN_FORMAT:
+                raise ScanFileError(
+                    f"{path}: written by a newer ckpttui ({extras.get('ckpttui')}); upgrade to "
+                    "open it"
+                )
+            return SavedScan(path, head, entries)
+    except ScanFileError:
+        raise
+    except _Broken as exc:
+        raise ScanFileError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ScanFileError(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -326,17 +409,7 @@ def load_scan(path: str) -> SavedScan:
         raise ScanFileError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
-    what = "expected the output of `ckpttui inspect PATH --json`"
-    if not isinstance(doc, dict) or not {"root", "files", "checkpoints"} <= doc.keys():
-        raise ScanFileError(f"{path}: not a ckpttui scan ({what})")
-    extras = doc.get("scan")
-    if isinstance(extras, dict) and _int(extras.get("format")) > SCAN_FORMAT:
-        raise ScanFileError(
-            f"{path}: written by a newer ckpttui ({extras.get('ckpttui')}); upgrade to open it"
-        )
-    try:
-        return SavedScan(path, doc)
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
         raise ScanFileError(
             f"{path}: not a ckpttui scan ({what}; {type(exc).__name__}: {exc})"
         ) from None

@@ -132,6 +132,9 @@ async def test_keys_that_need_the_files_say_why_they_are_off(saved: tuple[Path, 
         ('{"model_type": "bert"}', "not a ckpttui scan"),
         ('{"root": "x", "files": [', "not valid JSON (line 1"),
         ('{"root": "x", "files": [], "checkpoints": [{"path": 3}]}', "not a ckpttui scan"),
+        # Copied while `inspect --json` was still writing it.
+        ('{\n "root": "x",\n "checkpoints": [\n  {"path": "a", "layout": "torch"},\n', "it ends"),
+        ('{\n "root": "x",\n "checkpoints": [\n  {"path": "a"},\n  {"pa', "line 5 is cut short"),
     ],
 )
 def test_foreign_json_is_one_line_and_exit_2(tmp_path: Path, content: str, says: str) -> None:
