@@ -44,6 +44,12 @@ def run_folder(tk_root: Path, tmp_path: Path) -> tuple[Path, bytes]:
     return run, (tk_root / "funasr" / "model.pt.ep3").read_bytes()
 
 
+def scanned(folder: FolderView, path: Path) -> bool:
+    """The folder view lists `path`, scanned."""
+    stats = folder.stats.get(str(path))
+    return stats is not None and stats.scanned
+
+
 def done(folder: FolderView, path: Path) -> bool:
     """The folder view shows `path` scanned and complete, and nothing is being written."""
     stats = folder.stats.get(str(path))
@@ -78,11 +84,7 @@ async def test_a_checkpoint_written_while_open_appears_then_completes(
             app,
             pilot,
             "ep3 listed as in progress",
-            lambda: (
-                str(ep3) in folder.stats
-                and folder.stats[str(ep3)].scanned
-                and str(ep3) in folder.in_progress()
-            ),
+            lambda: scanned(folder, ep3) and str(ep3) in folder.in_progress(),
         )
         totals = text_of(app.query_one("#folder-totals"))
         assert "being written" in totals or "1 incomplete" in totals
@@ -153,12 +155,7 @@ async def test_a_deepspeed_tag_is_in_progress_until_latest_names_it(
             app,
             pilot,
             "the new tag listed as incomplete",
-            lambda: (
-                str(new) in folder.stats
-                and folder.stats[str(new)].scanned
-                and folder.stats[str(new)].incomplete > 0
-                and not folder.writing
-            ),
+            lambda: scanned(folder, new) and folder.stats[str(new)].incomplete > 0,
         )
         (run / "latest").write_text("global_step4")
         await wait_for(app, pilot, "the new tag complete", lambda: done(folder, new))

@@ -500,7 +500,6 @@ READ_ONLY_KEYS = {
     "e": "export",
     "d": "reclaim",
     "v": "verify",
-    "x": "cancel",
 }
 """Keys that would write or read the files: in a saved scan they say why they are off."""
 
