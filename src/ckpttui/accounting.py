@@ -10,7 +10,6 @@ reclaimable, wherever they are.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -157,8 +156,17 @@ def classify(layout: str, file_name: str, index: FileIndex) -> list[TensorRecord
             part = optimizer_part(rec.path)
         else:
             part = _other_part(file_name if role is X else "/".join(rec.path))
-        out.append(dataclasses.replace(rec, category=cat, part=part))
+        out.append(_with_role(rec, cat, part))
     return out
+
+
+def _with_role(rec: TensorRecord, category: Category, part: str) -> TensorRecord:
+    """`dataclasses.replace(rec, category=..., part=...)` at a fraction of its cost (per tensor)."""
+    new = object.__new__(TensorRecord)
+    new.__dict__.update(rec.__dict__)
+    new.__dict__["category"] = category
+    new.__dict__["part"] = part
+    return new
 
 
 def _category_in_tree(layout: str, index: FileIndex, rec: TensorRecord, flat: bool) -> Category:

@@ -21,7 +21,7 @@ from ckpttui.formats import is_checkpoint_name, read_file
 from ckpttui.jobs.owner import TEMP_RE, temp_status
 from ckpttui.layouts import DIR_LAYOUTS, FILE_LAYOUTS, layout_named
 from ckpttui.records import Checkpoint, FileIndex, TensorRecord
-from ckpttui.summary import CheckpointSummary, FileSummary, Rel
+from ckpttui.summary import summarize
 
 _TMP = re.compile(
     r"\.(tmp|partial|incomplete)([-.][A-Za-z0-9_]+)?$|\.tmp\d+$|^tmp[-_.].*\.(pt|bin|"
@@ -55,10 +55,16 @@ class Inventory:
     same_as: dict[str, str] = field(default_factory=dict)
     """A file reached again (symlink, hardlink) -> the path it is counted under."""
 
+    def __post_init__(self) -> None:
+        self._top = os.path.abspath(self.root)
+
     def rel(self, path: str) -> str:
         """Path relative to the root, with '/' separators ('' for the root itself)."""
         root = str(self.root)
-        if path == root or path == os.path.abspath(root):
+        top = self._top
+        if path.startswith(top) and path[len(top) : len(top) + 1] == os.sep and ".." not in path:
+            return path[len(top) + 1 :].replace(os.sep, "/")  # the common case, without relpath
+        if path in (root, top):
             return ""
         try:
             rel = os.path.relpath(path, os.path.abspath(root))
@@ -82,11 +88,7 @@ class Inventory:
 def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = None) -> Inventory:
     """Inventory a file or folder (recursively; symlinks followed, loops reported, not entered)."""
     inv = Inventory(Path(root))
-    top = Path(os.path.abspath(root))
-    try:
-        st = top.stat()
-    except OSError as exc:
-        raise OSError(f"{root}: {_reason(exc, top)}") from None
+    top, st = _top(root)
     if stat.S_ISDIR(st.st_mode):
         _walk(inv, top, None, {(st.st_dev, st.st_ino)}, progress)
     elif stat.S_ISREG(st.st_mode):
@@ -96,6 +98,15 @@ def scan(root: str | os.PathLike[str], progress: Callable[[str], None] | None = 
         raise OSError(f"{root}: not a regular file or folder")
     _count_once(inv)
     return inv
+
+
+def _top(root: str | os.PathLike[str]) -> tuple[Path, os.stat_result]:
+    """The absolute path to walk from, and its stat (OSError naming `root` if there is none)."""
+    top = Path(os.path.abspath(root))
+    try:
+        return top, top.stat()
+    except OSError as exc:
+        raise OSError(f"{root}: {_reason(exc, top)}") from None
 
 
 def _count_once(inv: Inventory) -> None:
@@ -154,7 +165,7 @@ class Unit:
     """(device, inode) of the folders above it and itself (loop detection inside it)."""
     first: int = 0
     """Index in `Plan.stats` of its first file (its files run to the next unit's `first`)."""
-    sidecars: tuple[tuple[str, int, int, int], ...] = ()
+    sidecars: tuple[tuple[str, int, int, int], ...] = ()  # Stat
     """(name, size, mtime_ns, inode) of a loose file's sibling files its layout may read."""
 
 
@@ -185,11 +196,7 @@ def plan(root: str | os.PathLike[str]) -> Plan:
     """Walk a file or folder the way `scan` does, reading no file: what `scan` would read, in
     units that can be read apart (in worker processes, or from a cache)."""
     out = Plan(Inventory(Path(root)))
-    top = Path(os.path.abspath(root))
-    try:
-        st = top.stat()
-    except OSError as exc:
-        raise OSError(f"{root}: {_reason(exc, top)}") from None
+    top, st = _top(root)
     if stat.S_ISDIR(st.st_mode):
         _walk(out.inv, top, None, {(st.st_dev, st.st_ino)}, None, out)
     elif stat.S_ISREG(st.st_mode):
@@ -218,24 +225,37 @@ def scan_unit(root: str, unit: Unit) -> Inventory:
     return inv
 
 
-def _sidecars(
-    path: Path, entries: list[os.DirEntry[str]] | None
-) -> tuple[tuple[str, int, int, int], ...]:
-    stem = path.name.split(".")[0] + "."
-    if entries is None:
+Stat = tuple[str, int, int, int]
+"""(absolute path, size, mtime_ns, inode)."""
+
+
+def _sidecar_index(entries: list[os.DirEntry[str]]) -> dict[str, list[Stat]]:
+    """A folder's files that are not checkpoints (YAML, JSON...), by the name part before the
+    first dot (``epoch_3.yaml`` -> ``epoch_3``), and the shared ones (`SIDECAR_NAMES`) under ''."""
+    out: dict[str, list[Stat]] = {}
+    for e in entries:
+        if is_checkpoint_name(e.name) or is_temporary(e.name):
+            continue
+        shared = e.name in SIDECAR_NAMES
+        if not shared and "." not in e.name:
+            continue
         try:
-            entries = list(os.scandir(path.parent))
+            st = e.stat()
+        except OSError:
+            continue
+        key = "" if shared else e.name.split(".")[0]
+        out.setdefault(key, []).append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
+    return out
+
+
+def _sidecars(path: Path, index: dict[str, list[Stat]] | None) -> tuple[Stat, ...]:
+    """The sidecars a loose file's layout may read: ``NAME.*`` beside it, and `SIDECAR_NAMES`."""
+    if index is None:
+        try:
+            index = _sidecar_index(list(os.scandir(path.parent)))
         except OSError:
             return ()
-    out = []
-    for e in entries:
-        if e.name != path.name and (e.name.startswith(stem) or e.name in SIDECAR_NAMES):
-            try:
-                st = e.stat()
-            except OSError:
-                continue
-            out.append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(out)
+    return tuple(index.get(path.name.split(".")[0], []) + index.get("", []))
 
 
 def _walk(
@@ -254,6 +274,7 @@ def _walk(
             inv.errors.append((str(folder), f"cannot list folder: {_reason(exc, folder)}"))
         return
     names = {e.name for e in entries}
+    sidecars: dict[str, list[Stat]] | None = None
     claimed = None
     for layout in DIR_LAYOUTS:
         if layout.claims(folder, names):
@@ -298,9 +319,11 @@ def _walk(
             inv.inodes[str(path)] = (st.st_dev, st.st_ino)
             if planned is not None:
                 if owner is None and (is_temporary(entry.name) or is_checkpoint_name(entry.name)):
+                    if sidecars is None:
+                        sidecars = _sidecar_index(entries)
                     unit = Unit("file", str(path), first=len(planned.stats))
                     planned.units.append(
-                        dataclasses.replace(unit, sidecars=_sidecars(path, entries))
+                        dataclasses.replace(unit, sidecars=_sidecars(path, sidecars))
                     )
                 planned.stats.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
             elif owner is not None:
@@ -403,70 +426,6 @@ def _failed(inv: Inventory, ckpt: Checkpoint, path: str, exc: Exception) -> None
     ckpt.complete = False
     ckpt.problems.append(f"{inv.rel(path) or Path(path).name}: {line}")
     inv.errors.append((path, line))
-
-
-def _file_summary(inv: Inventory, path: str) -> FileSummary | None:
-    """A read file's sums, or None when it holds nothing to report (no tensors, no error)."""
-    index = inv.files.get(path)
-    if index is None or not (index.tensors or index.unsafe_globals or index.error):
-        return None
-    b = inv.file_breakdown(path)
-    return FileSummary(
-        path=path,
-        format=index.format,
-        size=index.size,
-        tensors=len(index.tensors),
-        storage_bytes=index.storage_bytes,
-        tensor_bytes=b.bytes,
-        reclaimable_bytes=b.reclaimable,
-        categories={k: dict(v) for k, v in b.categories.items()},
-        parts=dict(sorted(b.parts.items())),
-        dtypes=dict(sorted(b.dtypes.items())),
-        dtype_bytes=dict(sorted(b.dtype_bytes.items())),
-        modules=dict(b.modules.most_common(12)),
-        globals=list(index.globals),
-        unsafe_globals=list(index.unsafe_globals),
-        error=index.error,
-        layout=inv.layout_of.get(path),
-    )
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def summarize(inv: Inventory) -> list[CheckpointSummary]:
-    """One summary per checkpoint (files reached twice counted once: see `count_elsewhere`)."""
-    out = []
-    for ckpt in inv.checkpoints:
-        s = CheckpointSummary(
-            path=ckpt.path,
-            layout=ckpt.layout,
-            files=list(ckpt.files),
-            file_sizes=[_size(f) for f in ckpt.files],
-            step=ckpt.step,
-            epoch=ckpt.epoch,
-            complete=ckpt.complete,
-            problems=list(ckpt.problems),
-            info=ckpt.info,
-        )
-        s.files_read = [fs for f in ckpt.files if (fs := _file_summary(inv, f)) is not None]
-        count_elsewhere(s, inv.same_as, inv.rel)
-        out.append(s)
-    return out
-
-
-def count_elsewhere(s: CheckpointSummary, same_as: dict[str, str], rel: Rel) -> None:
-    """Leave out of a summary's sums its files counted under another path; one made only of
-    such files says so (``info["same_file_as"]``: never averaged or totalled)."""
-    s.counted_elsewhere = {f for f in s.files if f in same_as}
-    s.info.pop("same_file_as", None)
-    if s.files and len(s.counted_elsewhere) == len(s.files):
-        s.info["same_file_as"] = rel(same_as[s.files[0]])
-    s.total()
 
 
 def report_dict(inv: Inventory) -> dict[str, Any]:

@@ -99,6 +99,27 @@ class ScanCache:
             self._off()
             return None
 
+    def get_many(self, units: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """`get` for many units at once (unit path -> signature): one query per few hundred."""
+        if self.db is None:
+            return {}
+        wanted = [u for u, sig in units.items() if self.known.get(u) == sig]
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self.db.execute(
+                    f"SELECT unit, payload FROM units WHERE root = ? AND unit IN ({marks})",
+                    (self.root, *chunk),
+                )
+                for unit, payload in rows:
+                    out[unit] = json.loads(payload)
+        except (sqlite3.Error, ValueError):
+            self._off()
+            return {}
+        return out
+
     def put(self, unit: str, sig: str, payload: dict[str, Any]) -> None:
         """Remember a unit's payload (committed in batches)."""
         if self.db is None:

@@ -14,9 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttui.records import CATEGORIES, Checkpoint
+
+if TYPE_CHECKING:
+    from ckpttui.inventory import Inventory
 
 Rel = Callable[[str], str]
 """Absolute path -> path relative to the scan root, as ``inspect --json`` writes it."""
@@ -284,3 +287,67 @@ class CheckpointSummary:
             reclaimable_bytes=int(d.get("reclaimable_bytes") or 0),
         )
         return s
+
+
+def _file_summary(inv: Inventory, path: str) -> FileSummary | None:
+    """A read file's sums, or None when it holds nothing to report (no tensors, no error)."""
+    index = inv.files.get(path)
+    if index is None or not (index.tensors or index.unsafe_globals or index.error):
+        return None
+    b = inv.file_breakdown(path)
+    return FileSummary(
+        path=path,
+        format=index.format,
+        size=index.size,
+        tensors=len(index.tensors),
+        storage_bytes=index.storage_bytes,
+        tensor_bytes=b.bytes,
+        reclaimable_bytes=b.reclaimable,
+        categories={k: dict(v) for k, v in b.categories.items()},
+        parts=dict(sorted(b.parts.items())),
+        dtypes=dict(sorted(b.dtypes.items())),
+        dtype_bytes=dict(sorted(b.dtype_bytes.items())),
+        modules=dict(b.modules.most_common(12)),
+        globals=list(index.globals),
+        unsafe_globals=list(index.unsafe_globals),
+        error=index.error,
+        layout=inv.layout_of.get(path),
+    )
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def summarize(inv: Inventory) -> list[CheckpointSummary]:
+    """One summary per checkpoint (files reached twice counted once: see `count_elsewhere`)."""
+    out = []
+    for ckpt in inv.checkpoints:
+        s = CheckpointSummary(
+            path=ckpt.path,
+            layout=ckpt.layout,
+            files=list(ckpt.files),
+            file_sizes=[_size(f) for f in ckpt.files],
+            step=ckpt.step,
+            epoch=ckpt.epoch,
+            complete=ckpt.complete,
+            problems=list(ckpt.problems),
+            info=ckpt.info,
+        )
+        s.files_read = [fs for f in ckpt.files if (fs := _file_summary(inv, f)) is not None]
+        count_elsewhere(s, inv.same_as, inv.rel)
+        out.append(s)
+    return out
+
+
+def count_elsewhere(s: CheckpointSummary, same_as: dict[str, str], rel: Rel) -> None:
+    """Leave out of a summary's sums its files counted under another path; one made only of
+    such files says so (``info["same_file_as"]``: never averaged or totalled)."""
+    s.counted_elsewhere = {f for f in s.files if f in same_as}
+    s.info.pop("same_file_as", None)
+    if s.files and len(s.counted_elsewhere) == len(s.files):
+        s.info["same_file_as"] = rel(same_as[s.files[0]])
+    s.total()

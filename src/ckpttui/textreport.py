@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ckpttui.inventory import Inventory, summarize
-from ckpttui.summary import CheckpointSummary, Rel
+from ckpttui.inventory import Inventory
+from ckpttui.summary import CheckpointSummary, Rel, summarize
 from ckpttui.units import human_bytes
 
 

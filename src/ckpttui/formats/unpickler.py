@@ -738,6 +738,23 @@ _IMPLEMENTED: dict[str, Callable[..., Any]] = {
     "numpy.dtype": NumpyDType,
 }
 _IMPL_NAMES = {id(f): name for name, f in _IMPLEMENTED.items()}
+_FAST_TENSOR = _IMPLEMENTED["torch._utils._rebuild_tensor_v2"]
+_FAST_DICT = _IMPLEMENTED["collections.OrderedDict"]
+_SIZED = (tuple, dict, collections.OrderedDict)
+_FAST_ARG_TYPES = frozenset({StorageRef, int, bool, tuple, dict, collections.OrderedDict})
+
+
+def _fast_tensor_args(args: Any) -> bool:
+    """``_rebuild_tensor_v2(storage, offset, size, stride[, requires_grad[, hooks]])`` with plain
+    arguments and no backward hooks: nothing in it can name or run code."""
+    return (
+        type(args) is tuple
+        and 4 <= len(args) <= 6
+        and all(type(a) in _FAST_ARG_TYPES for a in args)
+        and not (len(args) > 5 and args[5])
+    )
+
+
 # Calls special to the machine itself (they instantiate a class without calling it).
 _RECONSTRUCTOR = "copyreg._reconstructor"
 _NEWOBJ = ("copyreg.__newobj__", "copyreg.__newobj_ex__")
@@ -1109,7 +1126,16 @@ class _Machine:
                 self._appends(stack[-1], [value])
             elif op == 0x52:  # REDUCE
                 args = stack.pop()
-                stack[-1] = self.reduce(stack[-1], args)
+                func = stack[-1]
+                if func is _FAST_TENSOR and _fast_tensor_args(args):
+                    # What `reduce` would do for a plain tensor (no hooks, no class in its
+                    # arguments), without its general checks: one call per tensor is hot.
+                    self.charge(len(args) + sum(len(a) for a in args if type(a) in _SIZED))
+                    stack[-1] = _rebuild_tensor_v2(*args)
+                elif func is _FAST_DICT and args == ():
+                    stack[-1] = func()
+                else:
+                    stack[-1] = self.reduce(func, args)
             elif op == 0x62:  # BUILD
                 state = stack.pop()
                 self.build(stack[-1], state)
