@@ -312,13 +312,10 @@ class SavedScan:
         return self.kinds.get(path) in ("dir", "checkpoint")
 
     def title(self) -> str:
-        """``read-only scan of PATH from HOST at TIME``, for the screen."""
-        text = f"read-only scan of {self.root}"
-        if self.host:
-            text += f" from {self.host}"
-        if self.scanned_at:
-            text += f" at {self.scanned_at.replace('T', ' ').replace('Z', ' UTC')}"
-        return text
+        """``read-only scan (HOST, TIME): PATH``, for the screen (the path last: it may be long)."""
+        when = self.scanned_at.replace("T", " ").replace("Z", " UTC") if self.scanned_at else None
+        where = ", ".join(w for w in (self.host, when) if w)
+        return f"read-only scan ({where}): {self.root}" if where else f"read-only scan: {self.root}"
 
 
 class _Broken(ValueError):
