@@ -117,11 +117,11 @@ async def test_keys_that_need_the_files_say_why_they_are_off(saved: tuple[Path, 
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)
         await open_at(app, pilot, str(gone / "asr-funasr" / "exp" / "model.pt.ep3"))
-        for key in ("m", "a", "e", "d", "v", "r"):
+        for key in ("m", "a", "e", "d", "v", "r", "p"):
             await pilot.press(key)
             await pilot.pause()
         said = [n.message for n in app._notifications]
-        for what in ("merge", "average", "export", "reclaim", "verify", "refresh"):
+        for what in ("merge", "average", "export", "reclaim", "verify", "refresh", "live"):
             assert any(m.startswith(f"{what} is off: this is a read-only saved scan") for m in said)
         assert len(app.screen_stack) == 1  # no job form opened
 

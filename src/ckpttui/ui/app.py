@@ -418,9 +418,10 @@ class CkptApp(App[int]):
         """Say why a job, reclaim, verify or refresh is off in a saved scan."""
         saved = self.saved
         where = f" on {saved.host}" if saved is not None and saved.host else " where the files are"
+        then = f"run ckpttui{where} to {what}" if what != "live" else "a saved scan never changes"
         self.notify(
             f"{what} is off: this is a read-only saved scan ({saved.source if saved else ''}); "
-            f"run ckpttui{where} to {what}",
+            + then,
             severity="warning",
             timeout=6,
         )
