@@ -128,7 +128,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"ckpttui: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        write_json(scan, sys.stdout)
+        from ckpttui.scanfile import scan_block
+
+        # The "scan" block: what `ckpttui scan.json` needs to browse it elsewhere.
+        write_json(scan, sys.stdout, extra={"scan": scan_block(scan.plan)})
     else:
         from ckpttui.textreport import print_summaries
 
@@ -203,12 +206,37 @@ def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="ckpttui",
         description="Browse checkpoint folders: weights vs optimizer state, completeness, "
-        "what can be reclaimed. Commands: inspect PATH [--json], merge, average, "
-        "export, reclaim PATH, verify PATH, diff A B, clean PATH (see `ckpttui COMMAND --help`), demo.",
+        "what can be reclaimed. SCAN.json (from inspect --json) opens that scan read-only. "
+        "Commands: inspect PATH [--json], merge, average, export, reclaim PATH, verify PATH, "
+        "diff A B, clean PATH (see `ckpttui COMMAND --help`), demo.",
     )
-    p.add_argument("path", nargs="?", default=".", help="folder or checkpoint file (default .)")
+    p.add_argument(
+        "path",
+        nargs="?",
+        default=".",
+        help="folder or checkpoint file (default .), or a saved scan (SCAN.json)",
+    )
     args = p.parse_args(argv)
     if not os.path.exists(args.path):
         print(f"ckpttui: {args.path}: no such file or folder", file=sys.stderr)
         return 1
+    from ckpttui.scanfile import is_scan_path
+
+    if is_scan_path(args.path):
+        return open_scan(args.path)
     return open_app(args.path)
+
+
+def open_scan(path: str) -> int:
+    """Open a saved scan (``inspect --json`` output) read-only; not a scan: one line, exit 2."""
+    from ckpttui.scanfile import ScanFileError, load_scan
+
+    try:
+        saved = load_scan(path)
+    except ScanFileError as exc:
+        print(f"ckpttui: {exc}", file=sys.stderr)
+        return 2
+    from ckpttui.ui.app import make_app
+
+    make_app(path, saved=saved).run()
+    return 0

@@ -11,7 +11,8 @@ Hierarchy::
     ├── AdapterError       ckpttui.layouts.lora     an adapter folder cannot be merged into its base
     ├── JobRequestError    ckpttui.ui.jobrequest    the app's selection does not fit the job
     ├── ValueError
-    │   └── RankError      ckpttui.layouts.base     a run cannot be ranked or chosen from as asked
+    │   ├── RankError      ckpttui.layouts.base     a run cannot be ranked or chosen from as asked
+    │   └── ScanFileError  ckpttui.scanfile         a file given as a saved scan is not one
     └── RuntimeError
         └── DemoWriterError  ckpttui.demo.hf_writer  a demo writer's child process failed
     BaseException
@@ -32,6 +33,9 @@ What each one becomes for the user (never a traceback):
   print it on stderr and exit 1 (2 for usage errors); the app's jobs pane shows it.
 - ``JobRequestError`` is shown by the app as a warning notification telling the user what to
   select; no job starts.
+- ``ScanFileError`` (``ckpttui scan.json``: not JSON, not an ``inspect --json`` document, cut
+  short while being copied, or from a newer ckpttui) names the file and the line where known;
+  the CLI prints it on stderr and exits 2, before the app opens.
 - ``DemoWriterError`` is raised inside the demo's build process: the adapter example alone is
   skipped with a note; any other failure ends ``ckpttui demo`` with ``ckpttui demo: demo
   generation failed:`` and the build's last lines, exit 1.

@@ -199,12 +199,20 @@ class FolderScan:
                 cache.close([u.path for u in units] if complete else None)
 
 
-def write_json(scan: FolderScan, out: IO[str], cancelled: Callable[[], bool] | None = None) -> None:
+def write_json(
+    scan: FolderScan,
+    out: IO[str],
+    cancelled: Callable[[], bool] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write the ``inspect --json`` document, each checkpoint as soon as its unit is read (the
-    ``files`` entries wait in a temporary file, so memory stays flat)."""
+    ``files`` entries wait in a temporary file, so memory stays flat); `extra` keys go first."""
     rel = scan.rel
     errors = list(scan.walk_errors)
-    out.write('{\n "root": ' + json.dumps(str(scan.plan.inv.root)) + ',\n "checkpoints": [')
+    out.write('{\n "root": ' + json.dumps(str(scan.plan.inv.root)) + ",")
+    for key, value in (extra or {}).items():
+        out.write(f"\n {json.dumps(key)}: {json.dumps(value)},")
+    out.write('\n "checkpoints": [')
     sep = "\n  "
     with tempfile.TemporaryFile("w+", encoding="utf-8") as files:
         fsep = "\n  "

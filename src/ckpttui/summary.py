@@ -78,6 +78,10 @@ class FileSummary:
     """``category/part`` -> bytes."""
     dtypes: dict[str, int] = field(default_factory=dict)
     """dtype -> number of tensors."""
+    dtype_bytes: dict[str, int] = field(default_factory=dict)
+    """dtype -> bytes (the Breakdown tab of a saved scan)."""
+    modules: dict[str, int] = field(default_factory=dict)
+    """Top-level module of the weights -> bytes, the 12 biggest (the Breakdown tab)."""
     globals: list[str] = field(default_factory=list)
     """Every global its pickle names."""
     unsafe_globals: list[str] = field(default_factory=list)
@@ -104,6 +108,8 @@ class FileSummary:
             "tensor_bytes": self.tensor_bytes,
             "reclaimable_bytes": self.reclaimable_bytes,
             "parts": dict(self.parts),
+            "dtype_bytes": dict(self.dtype_bytes),
+            "modules": dict(self.modules),
         }
 
     @classmethod
@@ -120,6 +126,8 @@ class FileSummary:
             categories=_categories(d.get("categories") or {}),
             parts=_counts(d.get("parts") or {}),
             dtypes=_counts(d.get("dtypes") or {}),
+            dtype_bytes=_counts(d.get("dtype_bytes") or {}),
+            modules=_counts(d.get("modules") or {}),
             globals=_intern(d.get("globals") or []),
             unsafe_globals=_intern(d.get("unsafe_globals") or []),
             error=d.get("error"),
@@ -298,6 +306,8 @@ def _file_summary(inv: Inventory, path: str) -> FileSummary | None:
         categories={k: dict(v) for k, v in b.categories.items()},
         parts=dict(sorted(b.parts.items())),
         dtypes=dict(sorted(b.dtypes.items())),
+        dtype_bytes=dict(sorted(b.dtype_bytes.items())),
+        modules=dict(b.modules.most_common(12)),
         globals=list(index.globals),
         unsafe_globals=list(index.unsafe_globals),
         error=index.error,

@@ -349,12 +349,12 @@ async def test_q_asks_while_a_job_runs_then_cancels_it_without_blocking(ui_root:
 
 
 async def test_a_failing_scan_is_reported(ui_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ckpttui.ui.widgets.folder_view as fv
+    from ckpttui.ui.listing import DiskListing
 
-    def boom(path: Any) -> Any:
+    def boom(self: Any, path: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(fv, "FolderScan", boom)
+    monkeypatch.setattr(DiskListing, "folder_scan", boom)
     app = make_app(str(ui_root))
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)

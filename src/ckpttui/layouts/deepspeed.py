@@ -33,6 +33,10 @@ _MODEL = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
 _OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 
 
+_TAG_NUMBER = r"(\d+)(?:\.pt)?$"
+"""The number a tag ends with (``global_step20``, ``epoch_3.pt``)."""
+
+
 class DeepSpeed(Layout):
     """A DeepSpeed tag folder (``global_step100/``, WeNet ``epoch_3.pt/``, FunASR ``model.pt.ep3/``)."""
 
@@ -81,7 +85,16 @@ class DeepSpeed(Layout):
         latest = folder.parent / "latest"
         text = read_small_text(latest)
         if text is not None:
-            ckpt.info["latest"] = text.strip() == tag
+            named = text.strip()
+            ckpt.info["latest"] = named == tag
+            # `latest` is written last: a tag newer than the one it names is still being saved
+            # (or its save died), and DeepSpeed's loader would load the older one.
+            mine, last = number_in(_TAG_NUMBER, tag), number_in(_TAG_NUMBER, named)
+            if mine is not None and last is not None and mine > last:
+                ckpt.complete = False
+                ckpt.problems.append(
+                    f"newer than `latest` ({named}): still being written, or its save did not finish"
+                )
 
         model_files = sorted(n for n in names if _MODEL.match(n))
         optim_files = sorted(n for n in names if _OPTIM.match(n))

@@ -11,13 +11,15 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, Footer, TabbedContent, TabPane, Tabs, Tree
+from textual.widgets import ContentSwitcher, Footer, Static, TabbedContent, TabPane, Tabs, Tree
 from textual.worker import Worker, WorkerState
 
-from ckpttui.browse import dir_layout
 from ckpttui.jobs.runner import JobSpec
 from ckpttui.layouts import mergeable_titles
+from ckpttui.scanfile import SavedScan
 from ckpttui.ui.health import HealthBook
+from ckpttui.ui.listing import DISK, Listing
+from ckpttui.ui.live import LiveWatch
 from ckpttui.ui.screens.confirm import ConfirmScreen
 from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
@@ -55,6 +57,7 @@ class CkptApp(App[int]):
         Binding("D", "diff", "Diff", show=False),
         Binding("x", "cancel_job", "Cancel"),
         Binding("J", "toggle_jobs", "Jobs", show=False),
+        Binding("p", "toggle_live", "Pause live", show=False),
         Binding("1", "tab('tab-summary')", "Summary", show=False),
         Binding("2", "tab('tab-breakdown')", "Breakdown", show=False),
         Binding("3", "tab('tab-tensors')", "Tensors", show=False),
@@ -74,16 +77,27 @@ class CkptApp(App[int]):
         "diff": "D",
         "cancel_job": "x",
         "toggle_jobs": "J",
+        "toggle_live": "p",
         "quit": "q",
     }
     """Keys shown beside the command palette's entries."""
 
-    def __init__(self, path: str, **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, saved: SavedScan | None = None, live: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        path = os.path.abspath(path)
-        self.start_file = path if os.path.isfile(path) else None
+        self.saved = saved
+        """A saved scan browsed read-only (``ckpttui scan.json``), or None for the disk."""
+        self.listing: Listing = saved or DISK
+        path = saved.root if saved else os.path.abspath(path)
+        self.start_file = path if self.listing.is_file(path) else None
         self.root_path = os.path.dirname(path) if self.start_file else path
-        self.root_layout = None if self.start_file else dir_layout(self.root_path)
+        self.root_layout = None if self.start_file else self.listing.dir_layout(self.root_path)
+        self.live = live and saved is None
+        """Whether the folder shown is watched for checkpoints being written."""
+        if saved is not None:
+            self.sub_title = saved.title()
+            read_only(self)
         self.selected: NodeData | None = None
         self.quitting = False
         self.health = HealthBook()
@@ -91,16 +105,24 @@ class CkptApp(App[int]):
 
     def compose(self) -> ComposeResult:
         """Tree | (folder view with curve) or checkpoint view; jobs; footer."""
+        if self.saved is not None:
+            yield Static(self.sub_title, id="read-only")
         with Horizontal(id="main"):
-            yield CheckpointTree(self.root_path, self.root_layout, id="tree")
+            yield CheckpointTree(self.root_path, self.root_layout, self.listing, id="tree")
             with ContentSwitcher(initial="folder-pane", id="right"):
                 with TabbedContent(id="folder-pane"):
                     with TabPane("Contents", id="tab-contents"):
-                        yield FolderView(id="folder")
+                        folder = FolderView(id="folder")
+                        folder.listing = self.listing
+                        yield folder
                     with TabPane("Curve", id="tab-curve"):
                         yield CurveView(id="curve")
-                yield CheckpointView(id="ckpt-pane")
+                view = CheckpointView(id="ckpt-pane")
+                view.listing = self.listing
+                yield view
         yield JobsPane(id="jobs")
+        if self.live:
+            yield LiveWatch(self._live_target, id="live")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -112,6 +134,7 @@ class CkptApp(App[int]):
         self.theme_changed_signal.subscribe(self, lambda _theme: self._theme_changed())
         base = os.path.dirname(self.root_path.rstrip(os.sep))
         self.query_one(FolderView).base = base
+        self.query_one(FolderView).live = "live" if self.live else ""
         self.query_one(CheckpointView).base = base
         self.query_one(FolderView).health = self.health
         self.query_one(CheckpointView).health = self.health
@@ -196,7 +219,8 @@ class CkptApp(App[int]):
     def _open_child(self, message: FolderView.Open) -> None:
         """Enter in the list drills in: a folder replaces the list, a checkpoint opens."""
         tree = self.query_one(CheckpointTree)
-        if os.path.isdir(message.path) and dir_layout(message.path) is None:
+        listing = self.listing
+        if listing.is_dir(message.path) and listing.dir_layout(message.path) is None:
             self._show_folder(message.path)
             tree.reveal(message.path)
             self.query_one("#folder-table").focus()
@@ -284,6 +308,9 @@ class CkptApp(App[int]):
 
     def action_refresh(self) -> None:
         """Read the selection again from disk."""
+        if self.saved is not None:
+            self.action_read_only("refresh")
+            return
         view = self.query_one(CheckpointView)
         view.path = None
         if self._right_is_folder():
@@ -366,7 +393,7 @@ class CkptApp(App[int]):
         """The reclaim plan for the selected run folder or the marked checkpoints."""
         paths = self._targets()
         marked = self.query_one(CheckpointTree).marked_paths()
-        if not marked and (not os.path.isdir(paths[0]) or dir_layout(paths[0])):
+        if not marked and (not self.listing.is_dir(paths[0]) or self.listing.dir_layout(paths[0])):
             self.notify(
                 "Select a run folder (its checkpoints but the newest and the best are slimmed) "
                 "or mark the checkpoints to slim with space, then press d",
@@ -492,6 +519,51 @@ class CkptApp(App[int]):
             answer,
         )
 
+    # --- live and read-only ---------------------------------------------------------------------
+
+    def _live_target(self) -> tuple[str | None, set[str]]:
+        """The folder shown on the right and its children still in progress (for LiveWatch)."""
+        folder = self.query_one(FolderView)
+        if not self._right_is_folder() or folder.path is None:
+            return None, set()
+        return folder.path, folder.in_progress()
+
+    @on(LiveWatch.Changed)
+    def _live_changed(self, message: LiveWatch.Changed) -> None:
+        """Something was written into the folder shown: list it again, cursor and marks kept."""
+        folder = self.query_one(FolderView)
+        folder.writing = message.writing
+        if folder.path == message.folder:
+            folder.show(message.folder, force=True)
+        self.query_one(CheckpointTree).reload(message.folder)
+
+    def action_toggle_live(self) -> None:
+        """Pause or resume watching the folder for checkpoints being written."""
+        if self.saved is not None:
+            self.action_read_only("live")
+            return
+        watch = next(iter(self.query(LiveWatch)), None)
+        if watch is None:
+            self.notify("live is off (started with live=False)", timeout=2)
+            return
+        watch.paused = not watch.paused
+        folder = self.query_one(FolderView)
+        folder.live = "paused" if watch.paused else "live"
+        folder.refresh_rows()
+        self.notify("live paused (p resumes)" if watch.paused else "live: watching", timeout=1.5)
+
+    def action_read_only(self, what: str) -> None:
+        """Say why a job, reclaim, verify or refresh is off in a saved scan."""
+        saved = self.saved
+        where = f" on {saved.host}" if saved is not None and saved.host else " where the files are"
+        then = f"run ckpttui{where} to {what}" if what != "live" else "a saved scan never changes"
+        self.notify(
+            f"{what} is off: this is a read-only saved scan ({saved.source if saved else ''}); "
+            + then,
+            severity="warning",
+            timeout=6,
+        )
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """Every action, in the command palette, with its key."""
         yield from super().get_system_commands(screen)
@@ -557,6 +629,12 @@ class CkptApp(App[int]):
         yield cmd(
             "Jobs pane", k["toggle_jobs"], "Show or hide the jobs pane", self.action_toggle_jobs
         )
+        yield cmd(
+            "Pause or resume live",
+            k["toggle_live"],
+            "Watch the folder shown for checkpoints being written",
+            self.action_toggle_live,
+        )
         for n, (tab, title) in enumerate(
             (
                 ("tab-summary", "Summary"),
@@ -573,8 +651,34 @@ class CkptApp(App[int]):
             )
 
 
+READ_ONLY_KEYS = {
+    "m": "merge",
+    "a": "average",
+    "e": "export",
+    "d": "reclaim",
+    "v": "verify",
+    "D": "diff",
+}
+"""Keys that would write or read the files: in a saved scan they say why they are off."""
+
+
+def read_only(app: CkptApp) -> None:
+    """Bind the keys that need the files to `read_only` (before any binding of theirs)."""
+    for key, what in READ_ONLY_KEYS.items():
+        app._bindings.key_to_bindings[key] = [
+            Binding(key, f"read_only({what!r})", what.capitalize(), show=False)
+        ]
+
+
 def make_app(path: str, **kwargs: Any) -> CkptApp:
-    """The one factory: used by the CLI, the tests, the snapshot apps and the screenshot script."""
+    """The one factory: used by the CLI, the tests, the snapshot apps and the screenshot script.
+
+    A ``*.json`` path is a saved scan (``inspect --json``), opened read-only.
+    """
+    from ckpttui.scanfile import is_scan_path, load_scan
+
+    if "saved" not in kwargs and is_scan_path(path):
+        kwargs["saved"] = load_scan(path)
     return CkptApp(path, **kwargs)
 
 

@@ -24,6 +24,7 @@ runs a pickle: headers and pickles are read with a restricted unpickler.
 | `/` | filter: names in the folder view, tensor names in a checkpoint; enter keeps it, esc clears it |
 | `s` / `S` | sort: size, reclaimable, name, step (folder view); bytes, name, category, dtype (tensors) / reverse |
 | `r` | re-read the selection from disk |
+| `p` | pause or resume live: the folder shown is watched (every 2 s) for checkpoints being written |
 | `1` `2` `3` | Summary, Breakdown, Tensors tabs of a checkpoint |
 | `c` | training curve of the selected folder |
 | space | mark a checkpoint (for average, diff, verify, reclaim); marks stay until you unmark them |
@@ -44,6 +45,10 @@ normaliser), in the theme's success, primary and warning colours; red is kept fo
 A red `!` marks folders holding incomplete or unreadable checkpoints, or checkpoints verify found
 problems in; the Summary tab (or, after `v`, the Tensors tab) says why. **health** (after `v`):
 `healthy`, `N problems` or `not verified`, for this session.
+A yellow `writing` marks an entry that changed at the last look: a checkpoint being saved.
+
+`ckpttui scan.json` (from `ckpttui inspect PATH --json > scan.json`) browses a saved scan,
+read-only: jobs, reclaim and verify need the files and are off.
 
 Jobs run in child processes and never change their inputs: they write `NAME.tmp-XXXX` beside
 the output, check it, then rename it. Cancelling or a failure leaves nothing behind. Reclaim alone

@@ -15,10 +15,10 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Static, TabbedContent, TabPane
 
-from ckpttui.browse import dir_layout
-from ckpttui.inventory import Inventory, scan
+from ckpttui.inventory import Inventory
 from ckpttui.records import TensorRecord
 from ckpttui.ui.health import HealthBook
+from ckpttui.ui.listing import DISK, Listing
 from ckpttui.ui.widgets.folder_view import FolderTable, elide, natural_key
 from ckpttui.ui.widgets.render import (
     COLORS,
@@ -103,19 +103,6 @@ def key_filter(records: list[TensorRecord], key_path: tuple[str, ...]) -> str:
     return ".".join(key_path)
 
 
-def owning_checkpoint(path: str) -> str | None:
-    """The checkpoint folder a file belongs to (its folder or one above), or None."""
-    folder = os.path.dirname(path)
-    for _ in range(3):
-        if dir_layout(folder):
-            return folder
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return None
-
-
 class CheckpointView(Vertical):
     """Everything about one checkpoint (a file or a folder), read in a worker."""
 
@@ -159,6 +146,8 @@ class CheckpointView(Vertical):
         """Verdicts of this session's verify jobs (shared with the app)."""
         self.base = ""
         """Paths are shown relative to this folder (the parent of the app's root)."""
+        self.listing: Listing = DISK
+        """Where checkpoints are read from (the disk, or a saved scan)."""
 
     def compose(self) -> ComposeResult:
         """Three tabs."""
@@ -210,9 +199,10 @@ class CheckpointView(Vertical):
     @work(thread=True, exclusive=True, exit_on_error=False, group="checkpoint")
     def _scan(self, token: int, path: str) -> None:
         # A file inside a checkpoint folder is described as part of that checkpoint (its layout).
-        owner = owning_checkpoint(path) if os.path.isfile(path) else None
+        listing = self.listing
+        owner = listing.owning_checkpoint(path) if listing.is_file(path) else None
         try:
-            inv = scan(owner or path)
+            inv = listing.scan(owner or path)
         except OSError as exc:
             self.post_message(self.Scanned(token, path, None, str(exc)))
             return
@@ -222,7 +212,7 @@ class CheckpointView(Vertical):
             and not any(path in c.files for c in inv.checkpoints)
         ):
             owner = None
-            inv = scan(path)
+            inv = listing.scan(path)
         self.post_message(self.Scanned(token, path, inv, None, owner))
 
     @on(Scanned)

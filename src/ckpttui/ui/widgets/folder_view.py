@@ -20,12 +20,12 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ckpttui.browse import Entry, disk_usage, list_dir
+from ckpttui.browse import Entry
 from ckpttui.curves import checkpoint_metric
 from ckpttui.inventory import Inventory
 from ckpttui.records import Checkpoint
-from ckpttui.scan import FolderScan
 from ckpttui.ui.health import HealthBook
+from ckpttui.ui.listing import DISK, Listing
 from ckpttui.ui.widgets.render import COLORS, GLYPHS, stacked_bar
 from ckpttui.units import human_bytes
 
@@ -210,6 +210,12 @@ class FolderView(Vertical):
         """Paths are shown relative to this folder (the parent of the app's root)."""
         self.health = HealthBook()
         """Verdicts of this session's verify jobs (the app shares one book with its views)."""
+        self.listing: Listing = DISK
+        """Where children are listed and scanned from (the disk, or a saved scan)."""
+        self.writing: set[str] = set()
+        """Children that moved at the last live poll (shown as being written)."""
+        self.live = ""
+        """``live``, ``paused`` or '' (a saved scan): said on the totals line."""
 
     def compose(self) -> ComposeResult:
         """Totals line, filter, table."""
@@ -271,6 +277,10 @@ class FolderView(Vertical):
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return None if key in (None, "--more--") else str(key)
 
+    def in_progress(self) -> set[str]:
+        """Children still being written: moving at the last poll, or incomplete."""
+        return self.writing | {p for p, s in self.stats.items() if s.incomplete}
+
     def select_path(self, path: str) -> None:
         """Put the cursor on a child (when the tree points at a file, or coming back up)."""
         self.cursor_path = path
@@ -282,7 +292,7 @@ class FolderView(Vertical):
     def _scan(self, token: int, path: str) -> None:
         worker = get_current_worker()
         try:
-            entries = list_dir(path)
+            entries = self.listing.list_dir(path)
         except OSError as exc:
             self.post_message(self.Listed(token, path, [], exc.strerror or str(exc)))
             return
@@ -292,7 +302,7 @@ class FolderView(Vertical):
         seen: set[tuple[int, int]] = set()
         batch: list[ChildStats] = []
         last_post = time.monotonic()
-        scan = FolderScan(path)
+        scan = self.listing.folder_scan(path)
         top = os.path.abspath(path)
         for where, line in scan.walk_errors:
             stats = children.get(_child_of(top, where))
@@ -303,7 +313,7 @@ class FolderView(Vertical):
         def finish(stats: ChildStats, ckpts: list[Checkpoint]) -> None:
             nonlocal batch, last_post
             if stats.entry.error is None:
-                stats.size = disk_usage(stats.entry.path, seen)
+                stats.size = self.listing.disk_usage(stats.entry.path, seen)
             if len(ckpts) == 1:
                 stats.metric = checkpoint_metric(
                     Inventory(Path(stats.entry.path), checkpoints=ckpts)
@@ -475,7 +485,9 @@ class FolderView(Vertical):
         e = s.entry
         widths = {c.key: c.width for c in self.columns}
         health = self.health.of(e.path)
-        flag = "  !" if (s.incomplete or s.errors or (health and health.problems)) else ""
+        writing = e.path in self.writing
+        bad = s.incomplete or s.errors or (health and health.problems)
+        flag = "  writing" if writing else "  !" if bad else ""
         label = e.name + ("/" if e.kind == "dir" else "")
         room = widths["name"] - len(flag)
         suffix = f"  {e.layout}" if e.kind == "checkpoint" and e.layout else ""
@@ -488,7 +500,7 @@ class FolderView(Vertical):
         )
         name.append(suffix, style="red" if e.error else "cyan")
         if flag:
-            name.append(flag, style="bold red")
+            name.append(flag, style="bold yellow" if writing else "bold red")
         scanned = s.scanned
 
         def size(value: int) -> Text:
@@ -526,8 +538,11 @@ class FolderView(Vertical):
         ckpts = sum(s.checkpoints for s in rows)
         bad = sum(s.incomplete for s in rows)
         pending = sum(not s.scanned for s in rows)
+        writing = sum(s.entry.path in self.writing for s in rows)
         arrow = "↑" if self.reverse else "↓"
         head = Text(self._shown(self.path or ""), style="bold")
+        if self.live:
+            head.append(f"   {self.live}", style="dim green" if self.live == "live" else "dim")
         if self.filter_text:
             head.append(
                 f"   filter {self.filter_text!r}: {len(rows)} of {len(self.stats)}", style="bold"
@@ -542,6 +557,7 @@ class FolderView(Vertical):
             human_bytes(reclaim),
             f"   {ckpts} checkpoints",
             (f"   {bad} incomplete" if bad else "", "bold red"),
+            (f" ({writing} being written)" if writing else "", "bold yellow"),
             (f"   scanning {pending} more..." if pending and not done else "", "dim"),
             (f"   by {self.sort_by} {arrow}", "dim"),
         )

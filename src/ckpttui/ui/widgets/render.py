@@ -274,5 +274,6 @@ def summary_renderable(
             if index.error
             else Text(", ".join(index.unsafe_globals[:2]), style="yellow")
         )
-        files.add_row(rel, index.format, human_bytes(index.size), str(len(index.tensors)), note)
+        count = len(index.tensors) or index.metadata.get("tensor_count", 0)  # saved scans count
+        files.add_row(rel, index.format, human_bytes(index.size), str(count), note)
     return Group(t, Text(""), files)

@@ -15,8 +15,9 @@ from textual.reactive import reactive
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from ckpttui.browse import Entry, list_dir
+from ckpttui.browse import Entry
 from ckpttui.records import TensorRecord
+from ckpttui.ui.listing import DISK, Listing
 from ckpttui.units import human_bytes
 
 LOADING = "loading..."
@@ -146,12 +147,20 @@ class CheckpointTree(Tree[NodeData]):
             self.records = records
             self.error = error
 
-    def __init__(self, root_path: str, root_layout: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root_path: str,
+        root_layout: str | None = None,
+        listing: Listing = DISK,
+        **kwargs: Any,
+    ) -> None:
         label = Text(os.path.basename(root_path.rstrip(os.sep)) or root_path, style="bold")
         if root_layout:
             label.append(f"  {root_layout}", style="cyan")
         kind = "checkpoint" if root_layout else "dir"
         super().__init__(label, NodeData(kind, root_path), **kwargs)
+        self.listing = listing
+        """Where folders are listed from (the disk, or a saved scan)."""
         self.show_root = True
         self.guide_depth = 2
         self._reveal: str | None = None
@@ -325,11 +334,9 @@ class CheckpointTree(Tree[NodeData]):
         assert data is not None
         try:
             if data.kind in ("dir", "checkpoint"):
-                self.post_message(self.Loaded(node, list_dir(data.path), None, None))
+                self.post_message(self.Loaded(node, self.listing.list_dir(data.path), None, None))
             else:
-                from ckpttui.formats import read_file
-
-                index = read_file(data.path)
+                index = self.listing.read_file(data.path)
                 self.post_message(self.Loaded(node, None, index.tensors, index.error))
         except OSError as exc:
             self.post_message(self.Loaded(node, None, None, exc.strerror or str(exc)))
