@@ -55,6 +55,25 @@ def main(namespace: dict[str, Any]) -> None:
         sys.exit(2)
 
 
+def settled_copy(src: Path, dst: Path) -> Path:
+    """A fresh copy of a run folder for reclaim to slim in place, dated an hour back (settled).
+
+    Runs in the driver (standard library only): reclaim refuses files modified seconds ago.
+    """
+    import os
+    import shutil
+    import time
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    if src.is_dir():
+        shutil.copytree(src, dst, symlinks=True)
+        old = time.time() - 3600
+        for p in dst.rglob("*"):
+            os.utime(p, (old, old), follow_symlinks=False)
+    return dst
+
+
 def same(a: Any, b: Any, what: str, atol: float = 0.0) -> None:
     """Raise AssertionError naming the first key whose tensor differs (exactly, or beyond atol)."""
     import torch

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _side import settled_copy  # standard library only: safe in the driver too
+
 NAME = "fairseq"
 LIGHT = False
 BASE = "fresh"
@@ -119,7 +121,13 @@ def checks(work: Path) -> list[dict]:
     mid = _mid(work)
     mid_last = mid[-1] if mid else ckpt / "checkpoint_missing.pt"
     mid_two = mid[-2:] if len(mid) >= 2 else [mid_last]
+    run = settled_copy(ckpt, work / "reclaim")
     return [
+        {
+            "name": "reclaim (in place) -> load_model_ensemble_and_task, fairseq-train --restore-file",
+            "loader": "reclaim",
+            "ckpttui": [["reclaim", run, "--yes"]],
+        },
         {
             "name": "export mid-epoch checkpoint_E_U.pt -> fairseq-train --restore-file",
             "loader": "resume_mid_export",
@@ -241,6 +249,28 @@ def load_avg_last(work: Path) -> str:
     want = _fairseq_average([work / "ckpt" / "checkpoint2.pt", work / "ckpt" / "checkpoint3.pt"])
     same(model.state_dict(), want, "avg_last2")
     return "loaded; equals fairseq's average of checkpoint2.pt, checkpoint3.pt"
+
+
+def load_reclaim(work: Path) -> str:
+    """Every checkpoint of the slimmed run loads with weights exact; training resumes from one."""
+    import torch
+    from _side import same
+
+    slimmed = []
+    files = sorted((work / "reclaim").glob("*.pt"))
+    for path in files:
+        model, _ = _ensemble(path)
+        ref, _ = _ensemble(work / "ckpt" / path.name)
+        same(model.state_dict(), ref.state_dict(), path.name)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not state.get("last_optimizer_state"):
+            slimmed.append(path)
+    if not slimmed or len(slimmed) == len(files):
+        raise AssertionError(f"slimmed {[p.name for p in slimmed]} of {len(files)}")
+    resumed = _resume(work, str(slimmed[0]))
+    return (
+        f"{len(files)} load, weights exact; slimmed {', '.join(p.name for p in slimmed)}; {resumed}"
+    )
 
 
 def load_st_export(work: Path) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from _side import settled_copy  # standard library only: safe in the driver too
+
 NAME = "funasr"
 LIGHT = False
 BASE = "project"  # torch from the project's venv
@@ -60,27 +62,10 @@ def train(work: Path) -> str:
     return ", ".join(sorted(p.name for p in (work / "exp").iterdir()))
 
 
-def _reclaim_copy(work: Path) -> Path:
-    """A fresh copy of the run for reclaim to slim in place (settled: an hour old)."""
-    import os
-    import shutil
-    import time
-
-    run = work / "reclaim"
-    if run.exists():
-        shutil.rmtree(run)
-    if (work / "exp").is_dir():
-        shutil.copytree(work / "exp", run, symlinks=True)
-        old = time.time() - 3600
-        for p in run.rglob("*"):
-            os.utime(p, (old, old), follow_symlinks=False)
-    return run
-
-
 def checks(work: Path) -> list[dict]:
     """The ckpttui commands and the loader that must accept each output."""
     exp, out = work / "exp", work / "out"
-    run = _reclaim_copy(work)
+    run = settled_copy(work / "exp", work / "reclaim")
     return [
         {
             "name": "reclaim (keep newest + best val acc) -> load_pretrained_model",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _side import settled_copy  # standard library only: safe in the driver too
+
 NAME = "lightning"
 LIGHT = True
 BASE = "project"  # torch from the project's venv
@@ -81,29 +83,12 @@ def train(work: Path) -> str:
     return f"{len(list((work / 'all').glob('*.ckpt')))} epoch files, best {top.best_model_path}"
 
 
-def _reclaim_copy(work: Path, name: str) -> Path:
-    """A fresh copy of the epoch files for reclaim to slim in place (settled: an hour old)."""
-    import os
-    import shutil
-    import time
-
-    run = work / name
-    if run.exists():
-        shutil.rmtree(run)
-    if (work / "all").is_dir():
-        shutil.copytree(work / "all", run)
-        old = time.time() - 3600
-        for p in run.iterdir():
-            os.utime(p, (old, old))
-    return run
-
-
 def checks(work: Path) -> list[dict]:
     """The ckpttui commands and the loader that must accept each output."""
     last = sorted((work / "top").glob("last*.ckpt"))
     last_ckpt = last[0] if last else work / "top" / "last.ckpt"
-    run = _reclaim_copy(work, "reclaim")
-    run_training = _reclaim_copy(work, "reclaim_training")
+    run = settled_copy(work / "all", work / "reclaim")
+    run_training = settled_copy(work / "all", work / "reclaim_training")
     return [
         {
             "name": "reclaim --keep-last 1 (in place) -> load_from_checkpoint",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _side import settled_copy  # standard library only: safe in the driver too
+
 NAME = "speechbrain"
 LIGHT = False
 BASE = "fresh"
@@ -87,7 +89,13 @@ def checks(work: Path) -> list[dict]:
     folders = _ckpts(work)
     last = folders[-1] if folders else save / "CKPT+missing"
     out = work / "out"
+    run = settled_copy(save, work / "reclaim")
     return [
+        {
+            "name": "reclaim CKPT+ folders (in place) -> Pretrainer, recover_if_possible",
+            "loader": "reclaim",
+            "ckpttui": [["reclaim", run, "--keep-best", "0", "--yes"]],
+        },
         {
             "name": "export embedding_model.ckpt -> Pretrainer",
             "loader": "export_module",
@@ -232,6 +240,26 @@ def load_avg_recover(work: Path) -> str:
     return (
         "recover_if_possible: modules = speechbrain average_checkpoints, normalizer from the newest"
     )
+
+
+def load_reclaim(work: Path) -> str:
+    """Each slimmed CKPT+ folder loads in Pretrainer (normalizer too), weights exact; the run
+    still recovers."""
+    from _side import same
+
+    slimmed = []
+    for folder in sorted((work / "reclaim").glob("CKPT+*")):
+        original = work / "save" / folder.name
+        modules = _pretrain(folder, (*MODULES, "normalizer"))
+        for name in MODULES:
+            same(modules[name].state_dict(), _torch_load(original / f"{name}.ckpt"), name)
+        _same_normalizer(modules["normalizer"], _torch_load(original / "normalizer.ckpt"))
+        if not (folder / "optimizer.ckpt").exists():
+            slimmed.append(folder.name)
+    if not slimmed:
+        raise AssertionError("no CKPT+ folder was slimmed")
+    _recover(work / "reclaim")
+    return f"Pretrainer loads every folder exactly; slimmed {len(slimmed)}; recover_if_possible ok"
 
 
 def load_avg_pretrainer(work: Path) -> str:
