@@ -186,7 +186,9 @@ class FolderScan:
                 else:
                     checkpoints, errors = next(fresh)
                     self.read += 1
-                    if cache is not None and sigs[i]:
+                    # An incomplete checkpoint's verdict ("still being written by pid N" or
+                    # "abandoned") changes with no change to its files: it is read every time.
+                    if cache is not None and sigs[i] and all(s.complete for s in checkpoints):
                         cache.put(unit.path, sigs[i], _payload(checkpoints, errors))
                 for s in checkpoints:
                     count_elsewhere(s, same_as, self.rel)

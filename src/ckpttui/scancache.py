@@ -24,7 +24,7 @@ from typing import Any
 
 from ckpttui import __version__
 
-SCHEMA = 2
+SCHEMA = 3
 """Bump when `CheckpointSummary` or what the layouts put in it changes."""
 KEY = f"{SCHEMA}/{__version__}"
 
