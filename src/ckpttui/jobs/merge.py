@@ -22,7 +22,8 @@ from pathlib import Path
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.output import Planned, write_planned
 from ckpttui.jobs.source import TensorSource
-from ckpttui.jobs.zero import open_zero, plan_zero, resolve_tag_dir
+from ckpttui.jobs.zero import consolidated_in, open_zero, plan_zero, resolve_tag_dir
+from ckpttui.layouts import layout_named
 from ckpttui.units import parse_size
 
 DEFAULT_WORKERS = 4  # parallel pread of ranks' pieces; page-cache copies scale past the cores
@@ -68,7 +69,26 @@ def merge_zero(
     of safetensors shards plus index; all are streamed, one tensor in memory at a time.
     """
     shard = _shard_size(max_shard_size)
-    folder = resolve_tag_dir(src, tag)
+    name = layout_named("deepspeed").consolidated
+    folder = resolve_tag_dir(src, tag, name)
+    done = consolidated_in(folder, name)
+    if done is not None:
+        changed = [
+            flag
+            for flag, on in (
+                ("compat", compat),
+                ("exclude_frozen", exclude_frozen),
+                ("upcast_frozen=False", not upcast_frozen),
+            )
+            if on
+        ]
+        if changed:
+            raise JobError(
+                f"{folder}: already consolidated into {done.name} (reclaim removed the rank "
+                f"files); {', '.join(changed)} need the rank files"
+            )
+        yield from _merge_consolidated(folder, done, out, force, cancel, shard)
+        return
     ckpt = open_zero(folder)
     n_workers = max(1, workers if workers is not None else DEFAULT_WORKERS)
     ckpt.pool = ThreadPoolExecutor(n_workers) if n_workers > 1 and ckpt.world_size > 1 else None
@@ -99,6 +119,47 @@ def merge_zero(
         ckpt.close()
         if ckpt.pool is not None:
             ckpt.pool.shutdown()
+
+
+def _merge_consolidated(
+    folder: Path,
+    weights: Path,
+    out: str | os.PathLike[str],
+    force: bool,
+    cancel: threading.Event | None,
+    shard: int | None,
+) -> Iterator[Event]:
+    """A tag folder reclaim slimmed: its consolidated weights file, written to `out`.
+
+    Reclaim wrote there exactly what merging the rank files gives (`plan_zero`, the defaults),
+    so the merge asked for is that file in the output's format: scripts and the app that merge
+    every tag of a run keep working, and the message says where the weights already are.
+    """
+    source = TensorSource(weights)
+    try:
+        plan = _plan_shard(source, {})
+        yield from write_planned(
+            "merge",
+            plan,
+            out,
+            inputs=[weights, folder],
+            force=force,
+            cancel=cancel,
+            max_shard_size=shard,
+            start_data={
+                "inputs": [str(weights)],
+                "folder": str(folder),
+                "tag": folder.name,
+                "consolidated": str(weights),
+            },
+            notes=[
+                f"{folder.name} is already consolidated (slimmed by reclaim): its weights are "
+                f"{weights}; written from that file"
+            ],
+            sources=[source],
+        )
+    finally:
+        source.close()
 
 
 def _natural(text: str) -> list[int | str]:

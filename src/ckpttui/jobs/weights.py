@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ckpttui.accounting import NEEDED_OTHER_PARTS, classify
 from ckpttui.formats import read_file
@@ -21,6 +21,7 @@ from ckpttui.jobs.events import JobError
 from ckpttui.jobs.merge import find_hf_shards
 from ckpttui.jobs.select import scan_or_fail
 from ckpttui.jobs.source import TensorSource
+from ckpttui.jobs.zero import PlannedSource, consolidated_in, open_zero, plan_zero
 from ckpttui.layouts import DIR_LAYOUTS, Layout, layout_named
 from ckpttui.layouts.base import natural_key
 from ckpttui.records import Category, Checkpoint, TensorRecord
@@ -42,8 +43,8 @@ class WeightSet:
     """The files the weights come from."""
     names: list[str]
     """State-dict names, in file order."""
-    entries: dict[str, tuple[TensorSource, TensorRecord]]
-    """Where each name's values are."""
+    entries: dict[str, tuple[TensorSource | PlannedSource, TensorRecord]]
+    """Where each name's values are (a file, or a ZeRO folder's rank files, consolidated)."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Names that are the very same tensor as an earlier name (tied weights): alias -> owner."""
     container: tuple[str, ...] = ()
@@ -64,10 +65,11 @@ class WeightSet:
     @property
     def sources(self) -> list[TensorSource]:
         """The mapped files."""
-        seen: dict[int, TensorSource] = {}
+        seen: dict[int, TensorSource | PlannedSource] = {}
         for source, _ in self.entries.values():
             seen.setdefault(id(source), source)
-        return list(seen.values())
+        # the writers only release() them, which a PlannedSource does as a file's source does
+        return cast("list[TensorSource]", list(seen.values()))
 
     def record(self, name: str) -> TensorRecord:
         """The record of a name."""
@@ -128,11 +130,20 @@ def open_weights(
             )
         )
     layout = layout_named(ckpt.layout)
-    if layout.weights_refusal is not None:
+    partitioned = bool(layout.consolidated) and p.is_dir()
+    if layout.weights_refusal is not None and not partitioned:
         raise JobError(f"{p}: {layout.weights_refusal}")
     if not ckpt.complete or ckpt.info.get("dangerous"):
         raise JobError(f"{p}: " + ("; ".join(ckpt.problems[:2]) or "incomplete checkpoint"))
-    files = _weight_files(inv, ckpt, p, recoverable)
+    if partitioned:
+        # weights partitioned in optimizer files: in the file reclaim consolidated them into,
+        # else gathered from the rank files as merge does
+        done = consolidated_in(p, layout.consolidated)
+        if done is None:
+            return _open_partitioned(p, ckpt)
+        files = [done]
+    else:
+        files = _weight_files(inv, ckpt, p, recoverable)
     prefixed = layout.recoverables and len(files) > 1
     ws = WeightSet(p, ckpt.layout, files, [], {}, prefixed=prefixed)
     if layout.recoverables and p.is_dir():
@@ -152,6 +163,29 @@ def open_weights(
     if not ws.names:
         ws.close()
         raise JobError(f"{p}: no weight tensors found")
+    return ws
+
+
+def _open_partitioned(p: Path, ckpt: Checkpoint) -> WeightSet:
+    """The consolidated weights of a ZeRO folder, gathered from its rank files when read."""
+    zero = open_zero(p)
+    try:
+        plan = plan_zero(zero)
+        source = PlannedSource(zero, plan)
+    except BaseException:
+        zero.close()
+        raise
+    ws = WeightSet(p, ckpt.layout, zero.files, [], {})
+    for rec, planned in zip(source.records, plan, strict=True):
+        ws.names.append(rec.name)
+        ws.entries[rec.name] = (source, rec)
+        if planned.alias_of is not None:
+            ws.aliases[rec.name] = planned.alias_of
+    ws.notes.append(
+        f"weights consolidated from the ZeRO-{zero.stage} rank files of {zero.world_size} "
+        "rank(s), as merge does"
+    )
+    ws.notes.extend(zero.notes)
     return ws
 
 

@@ -52,8 +52,11 @@ _MODEL3 = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
 MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
-def resolve_tag_dir(src: str | os.PathLike[str], tag: str | None = None) -> Path:
-    """The folder holding the rank files: ``src/tag``, ``src/<latest>``, or `src` itself."""
+def resolve_tag_dir(
+    src: str | os.PathLike[str], tag: str | None = None, consolidated: str = ""
+) -> Path:
+    """The folder holding the rank files: ``src/tag``, ``src/<latest>``, or `src` itself (also
+    when reclaim slimmed it: its weights in the `consolidated` file, see `consolidated_in`)."""
     root = Path(src)
     if not root.is_dir():
         raise JobError(f"{root}: not a folder")
@@ -70,6 +73,8 @@ def resolve_tag_dir(src: str | os.PathLike[str], tag: str | None = None) -> Path
             raise JobError(f"{latest} names tag {name!r}, but {folder} is not a folder")
         return folder
     if any(_OPTIM.match(p.name) for p in root.iterdir()):
+        return root
+    if consolidated and consolidated_in(root, consolidated) is not None:
         return root
     raise JobError(f"{latest}: no such file, and {root} holds no ZeRO optimizer files; pass --tag")
 
@@ -479,3 +484,76 @@ def _plan_zero3(
             f"{vectors[0].numel * n} in the fp32 flat groups: shapes and partitions "
             "disagree"
         )
+
+
+def consolidated_in(folder: Path, name: str) -> Path | None:
+    """The consolidated weights file `name` of a tag folder that reclaim slimmed (its
+    ``*_optim_states.pt`` rank files removed, the weights kept in `name`); None otherwise."""
+    weights = folder / name
+    if not weights.is_file() or any(_OPTIM.match(p.name) for p in folder.iterdir()):
+        return None
+    return weights
+
+
+class PlannedSource:
+    """The consolidated weights of a ZeRO folder served as a `TensorSource` serves a file's.
+
+    Jobs that read one checkpoint's weights (`jobs.weights.WeightSet`: export, average) take an
+    unslimmed tag folder through this: each tensor is gathered from the rank files when asked
+    for (`plan_zero`), so memory stays near one tensor.
+    """
+
+    def __init__(self, ckpt: ZeroCheckpoint, plan: Sequence[Planned]) -> None:
+        from ckpttui.records import Category, TensorRecord
+
+        self.ckpt = ckpt
+        self.path = ckpt.folder
+        self._plan = {p.name: p for p in plan}
+        self._held: tuple[str, Values] | None = None
+        self.records = [
+            TensorRecord(p.name, (p.name,), p.dtype, p.shape, p.nbytes, category=Category.WEIGHTS)
+            for p in plan
+        ]
+
+    def _load(self, name: str) -> Values:
+        if self._held is not None and self._held[0] == name:
+            return self._held[1]
+        p = self._plan[name]
+        while p.load is None and p.alias_of is not None:
+            p = self._plan[p.alias_of]
+        assert p.load is not None
+        value = p.load()
+        self._held = (name, value)  # raw() then tensor() of one name gathers it once
+        return value
+
+    def values(self, rec: Any) -> Values:
+        """The consolidated values of a record."""
+        return self._load(rec.name)
+
+    def raw(self, rec: Any) -> Raw | None:
+        """Its bytes where they were read without torch, else None (`tensor` then has them)."""
+        value = self._load(rec.name)
+        return value if isinstance(value, Raw) else None
+
+    def tensor(self, rec: Any) -> torch.Tensor:
+        """The consolidated tensor of a record."""
+        import torch
+
+        value = self._load(rec.name)
+        if not isinstance(value, Raw):
+            return value
+        dtype = torch_dtype(value.dtype)
+        if not value.data.nbytes:
+            return torch.empty(value.shape, dtype=dtype)
+        return torch.frombuffer(value.data, dtype=torch.uint8).view(dtype).view(value.shape)
+
+    def release(self) -> None:
+        """Drop the tensor held and the rank files' pages."""
+        self._held = None
+        for source in (*self.ckpt.model, *self.ckpt.optim):
+            source.release()
+
+    def close(self) -> None:
+        """Unmap the rank files."""
+        self._held = None
+        self.ckpt.close()
