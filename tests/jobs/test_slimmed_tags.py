@@ -122,3 +122,26 @@ def test_merge_of_a_slimmed_folder_writes_its_consolidated_weights(
     with pytest.raises(JobError, match=f"{tag}: already consolidated.*compat"):
         list(merge(tag, tmp_path / "c.pt", compat=True))
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_the_app_says_a_slimmed_folder_holds_consolidated_weights(
+    ds_root: Path, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from ckpttui.inventory import scan
+    from ckpttui.ui.widgets.render import advice_renderable, summary_renderable
+
+    _orig, run = _runs(ds_root, tmp_path, "wenet_z2")
+    inv = scan(run)
+    said = {}
+    for ckpt in inv.checkpoints:
+        console = Console(width=200, record=True, color_system=None)
+        console.print(advice_renderable(inv, ckpt))
+        console.print(summary_renderable(inv, ckpt))
+        said[Path(ckpt.path).name] = " ".join(console.export_text().split())
+    slim = said[OLDER["wenet_z2"][0]]
+    assert "Consolidated weights:" in slim and "pytorch_model.bin" in slim
+    assert "Press e" in slim and "Press m" not in slim and "split over" not in slim
+    assert "consolidated pytorch_model.bin" in slim  # the Summary row
+    assert "split over 2 optimizer shard(s)" in said["epoch_3.pt"]

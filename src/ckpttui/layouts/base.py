@@ -92,6 +92,11 @@ class Layout:
         written out)."""
         return False
 
+    def folder_advice(self, ckpt: Checkpoint) -> tuple[str, str, str, str] | None:
+        """Plain words on a checkpoint folder of this framework that loaders cannot take as it
+        is: (headline, what it holds, the key to press, what the key does); None: nothing to say."""
+        return None
+
     def file_role(self, name: str) -> Category | None:
         """A whole file's category when its name decides it for this framework, else None."""
         return None

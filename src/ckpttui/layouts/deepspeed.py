@@ -51,6 +51,40 @@ class DeepSpeed(Layout):
         """The ``*_optim_states.pt`` rank files (fp32 masters and optimizer state)."""
         return _OPTIM.match(name) is not None
 
+    def folder_advice(self, ckpt: Checkpoint) -> tuple[str, str, str, str] | None:
+        """The rank files split the weights (merge them), reclaim consolidated them into one file
+        (export it), or only model states were saved (stage 0: export that file)."""
+        names = [Path(f).name for f in ckpt.files]
+        shards = [n for n in names if _OPTIM.match(n)]
+        models = [n for n in names if _MODEL.match(n)]
+        done = ckpt.info.get("consolidated")
+        if shards:
+            return (
+                "A ZeRO checkpoint folder: ",
+                f"the fp32 weights are split over {len(shards)} optimizer shard(s), and loaders "
+                "(torch.load, a recognize.py, from_pretrained) take one file, not a folder. ",
+                "Press m",
+                " to merge it into one file.",
+            )
+        if done:
+            return (
+                "Consolidated weights: ",
+                f"reclaim slimmed this folder; its fp32 weights are one file, {done}, that "
+                "loaders (torch.load, a recognize.py) take. Its optimizer shards are gone, so "
+                "training cannot resume with its optimizer state. ",
+                "Press e",
+                " to export the weights (dtype, format), or average it with other tags.",
+            )
+        if models:
+            return (
+                "Model states only: ",
+                "saved without optimizer shards, so there is nothing to merge; the weights are "
+                f"under `module` in {models[0]}, and loaders take one file, not a folder. ",
+                "Select that file and press e",
+                " to export them as one file.",
+            )
+        return None
+
     def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
         """Client-state metrics (``cv_loss``, ``val_loss``, ``loss``) saved beside the model."""
         return points(ckpt.info, x, ("cv_loss", "val_loss", "loss"))

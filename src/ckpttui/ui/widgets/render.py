@@ -174,27 +174,12 @@ def advice_renderable(inv: Inventory, ckpt: Checkpoint) -> RenderableType | None
     if not os.path.isdir(ckpt.path):
         return None
     names = [os.path.basename(f) for f in ckpt.files]
-    shards = [n for n in names if n.endswith("optim_states.pt")]
-    models = [n for n in names if n.endswith("model_states.pt")]
     text: Text | None = None
     layout = layout_named(ckpt.layout)
-    partitioned = layout is not None and layout.mergeable and layout.weights_refusal is not None
-    if partitioned and shards:
-        text = Text.assemble(
-            ("A ZeRO checkpoint folder: ", "bold"),
-            f"the fp32 weights are split over {len(shards)} optimizer shard(s), and loaders "
-            "(torch.load, a recognize.py, from_pretrained) take one file, not a folder. ",
-            ("Press m", "bold"),
-            " to merge it into one file.",
-        )
-    elif partitioned and models:
-        text = Text.assemble(
-            ("Model states only: ", "bold"),
-            "saved without optimizer shards, so there is nothing to merge; the weights are "
-            f"under `module` in {models[0]}, and loaders take one file, not a folder. ",
-            ("Select that file and press e", "bold"),
-            " to export them as one file.",
-        )
+    advice = layout.folder_advice(ckpt) if layout is not None else None
+    if advice is not None:
+        headline, body, key, tail = advice
+        text = Text.assemble((headline, "bold"), body, (key, "bold"), tail)
     elif any(n.endswith(".index.json") for n in names) and any(
         n.endswith((".safetensors", ".bin")) for n in names
     ):
