@@ -337,3 +337,56 @@ def test_deepspeed_folder_keeps_consolidated_weights(
     (ckpt,) = scan(tag).checkpoints
     assert ckpt.complete and _reclaimable(tag) == 0
     assert not plan_reclaim([tag], keep_last=0, keep_best=0).slimmed
+
+
+def test_wenet_plain_saves_are_already_slim(tk_root: Path, tmp_path: Path) -> None:
+    """WeNet's own saves (wenet/utils/checkpoint.py) hold the model's state dict only: reclaim
+    finds nothing to take and leaves every file as it was, final.pt's link included."""
+    run = _copy(tk_root / "wenet_v2", tmp_path / "wenet_v2")
+    files = sorted(p for p in run.iterdir())
+    before = {p: (p.is_symlink(), p.read_bytes()) for p in files}
+    plan = plan_reclaim([run])
+    assert not plan.slimmed
+    regular = {Path(i.path).name: i for i in plan.items}
+    assert all(regular[n].action == "keep" for n in ("0.pt", "1.pt", "2.pt"))
+    assert "already slim" in regular["0.pt"].reason
+    _run(run)
+    assert sorted(run.iterdir()) == files
+    assert {p: (p.is_symlink(), p.read_bytes()) for p in files} == before
+
+
+@pytest.mark.parametrize("ws", [1, 2])
+def test_wenet_deepspeed_tags_keep_the_best_by_cv_loss(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path, ws: int
+) -> None:
+    """A WeNet DeepSpeed run (tags epoch_N.pt/ with WeNet's epoch_N.yaml beside them): the
+    newest and the lowest cv_loss are kept whole, the other tag gets its consolidated weights."""
+    run = tmp_path / "exp"
+    shutil.copytree(ds_root / f"ws{ws}" / "wenet" / "exp", run)
+    for epoch in (1, 2):
+        shutil.copytree(run / "epoch_3.pt", run / f"epoch_{epoch}.pt")
+    for epoch, loss in ((1, 0.9), (2, 1.5), (3, 1.23)):
+        (run / f"epoch_{epoch}.yaml").write_text(
+            f"epoch: {epoch}\ncv_loss: {loss}\nstep: {14 * epoch}\n"
+        )
+    _copy(run, tmp_path / "run")
+    run = tmp_path / "run"
+    sidecars = {p.name: p.read_bytes() for p in run.glob("*.yaml")}
+    plan = plan_reclaim([run])
+    actions = {Path(i.path).name: (i.action, i.reason) for i in plan.items}
+    assert actions["epoch_1.pt"] == ("keep", "best by cv loss (0.9)")
+    assert actions["epoch_3.pt"] == ("keep", "newest")
+    assert actions["epoch_2.pt"][0] == "slim"
+    _run(run)
+    slim = run / "epoch_2.pt"
+    assert not list(slim.glob("*optim_states.pt"))
+    assert list((run / "epoch_1.pt").glob("*optim_states.pt"))
+    _equal(
+        torch.load(slim / "pytorch_model.bin", weights_only=True),
+        torch.load(ds_reference[f"ws{ws}/wenet_z2"], weights_only=True),
+    )
+    assert {p.name: p.read_bytes() for p in run.glob("*.yaml")} == sidecars
+    ckpt = next(c for c in scan(run).checkpoints if c.path == str(slim))
+    assert ckpt.complete and ckpt.info["consolidated"] == "pytorch_model.bin"
+    assert ckpt.info["cv_loss"] == 1.5
+    assert not plan_reclaim([run]).slimmed

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ckpttui.layouts.base import (
     Layout,
+    Ranked,
     as_int,
     dig,
     enum_value,
@@ -27,6 +28,7 @@ from ckpttui.layouts.base import (
     read_small_text,
     read_yaml,
 )
+from ckpttui.layouts.wenet import WeNet
 from ckpttui.records import Checkpoint, FileIndex
 
 _MODEL = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
@@ -84,6 +86,21 @@ class DeepSpeed(Layout):
                 " to export them as one file.",
             )
         return None
+
+    def rank(
+        self,
+        ckpts: list[Checkpoint],
+        siblings: list[Checkpoint],
+        files: dict[str, FileIndex],
+        metric: str | None,
+        mode: str | None,
+        root: Path,
+    ) -> tuple[Ranked, str]:
+        """WeNet's tags by WeNet's rule (the cv loss of each ``epoch_N.yaml`` or client state,
+        lowest first); plain DeepSpeed records no validation metric."""
+        if ckpts and all(c.info.get("variant") == "wenet" for c in ckpts):
+            return WeNet().rank(ckpts, siblings, files, metric, mode, root)
+        return super().rank(ckpts, siblings, files, metric, mode, root)
 
     def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
         """Client-state metrics (``cv_loss``, ``val_loss``, ``loss``) saved beside the model."""
