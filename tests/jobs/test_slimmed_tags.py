@@ -145,3 +145,29 @@ def test_the_app_says_a_slimmed_folder_holds_consolidated_weights(
     assert "Press e" in slim and "Press m" not in slim and "split over" not in slim
     assert "consolidated pytorch_model.bin" in slim  # the Summary row
     assert "split over 2 optimizer shard(s)" in said["epoch_3.pt"]
+
+
+@pytest.mark.parametrize(
+    "name", ["z1_bf16_frozen_tied", "z2_fp32_frozen_tied", "z3_bf16_frozen_tied"]
+)
+def test_export_of_an_unslimmed_tag_is_its_consolidation(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    save = ds_root / "ws2" / name
+    tag = save / (save / "latest").read_text().strip()
+    events = _done(drive(export(tag, tmp_path / "w.pt"), "export"))
+    assert any("consolidated from the ZeRO" in e.message for e in events)
+    mine = torch.load(tmp_path / "w.pt", weights_only=True)
+    ref = torch.load(ds_reference[f"ws2/{name}"], weights_only=True)
+    if name.startswith("z1"):  # DeepSpeed drops ZeRO-1 frozen parameters (deepspeed#5439)
+        mine = {k: v for k, v in mine.items() if k in ref}
+    _same(mine, ref)
+
+
+def test_export_of_a_stage_0_folder_is_its_model(ds_root: Path, tmp_path: Path) -> None:
+    """Stage 0 saves no optimizer partitions: the weights are whole in the model states."""
+    save = ds_root / "ws2" / "z0_fp32"
+    tag = save / (save / "latest").read_text().strip()
+    _done(drive(export(tag, tmp_path / "w.pt"), "export"))
+    module = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    _same(torch.load(tmp_path / "w.pt", weights_only=True), module)

@@ -135,14 +135,12 @@ def open_weights(
         raise JobError(f"{p}: {layout.weights_refusal}")
     if not ckpt.complete or ckpt.info.get("dangerous"):
         raise JobError(f"{p}: " + ("; ".join(ckpt.problems[:2]) or "incomplete checkpoint"))
-    if partitioned:
-        # weights partitioned in optimizer files: in the file reclaim consolidated them into,
-        # else gathered from the rank files as merge does
-        done = consolidated_in(p, layout.consolidated)
-        if done is None:
-            return _open_partitioned(p, ckpt)
+    done = consolidated_in(p, layout.consolidated) if partitioned else None
+    if done is not None:  # reclaim consolidated the weights into one file
         files = [done]
-    else:
+    elif partitioned and any(map(layout.reclaim_removes, (Path(f).name for f in ckpt.files))):
+        return _open_partitioned(p, ckpt)  # gathered from the rank files as merge does
+    else:  # (a folder saved without optimizer files holds its weights whole: ZeRO stage 0)
         files = _weight_files(inv, ckpt, p, recoverable)
     prefixed = layout.recoverables and len(files) > 1
     ws = WeightSet(p, ckpt.layout, files, [], {}, prefixed=prefixed)
@@ -158,8 +156,8 @@ def open_weights(
     except BaseException:
         ws.close()
         raise
-    if len(files) > 1:
-        ws.container, ws.skeleton = (), None
+    if len(files) > 1 or partitioned:  # a ZeRO folder's weights: a bare state dict, as
+        ws.container, ws.skeleton = (), None  # zero_to_fp32 and reclaim write them
     if not ws.names:
         ws.close()
         raise JobError(f"{p}: no weight tensors found")
