@@ -131,7 +131,7 @@ def open_weights(
         )
     layout = layout_named(ckpt.layout)
     partitioned = bool(layout.consolidated) and p.is_dir()
-    if layout.weights_refusal is not None and not partitioned:
+    if layout.weights_refusal is not None:
         raise JobError(f"{p}: {layout.weights_refusal}")
     if not ckpt.complete or ckpt.info.get("dangerous"):
         raise JobError(f"{p}: " + ("; ".join(ckpt.problems[:2]) or "incomplete checkpoint"))

@@ -44,7 +44,6 @@ class DeepSpeed(Layout):
 
     name = "deepspeed"
     title = "DeepSpeed ZeRO"
-    weights_refusal = "a DeepSpeed ZeRO checkpoint; consolidate it with merge first"
     mergeable = True
     # zero_to_fp32's convert_zero_checkpoint_to_fp32_state_dict names its .bin output so
     consolidated = "pytorch_model.bin"
