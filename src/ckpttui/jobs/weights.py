@@ -157,7 +157,7 @@ def open_weights(
         ws.close()
         raise
     if len(files) > 1 or partitioned:  # a ZeRO folder's weights: a bare state dict, as
-        ws.container, ws.skeleton = (), None  # zero_to_fp32 and reclaim write them
+        ws.container, ws.skeleton = (), None  # merge and reclaim write them
     if not ws.names:
         ws.close()
         raise JobError(f"{p}: no weight tensors found")
