@@ -92,6 +92,11 @@ class Layout:
         written out)."""
         return False
 
+    def unmerged_weights(self, folder: Path) -> Path | None:
+        """When a `mergeable` checkpoint folder was saved without the parts ``merge``
+        consolidates, the file in it that holds the weights whole (to export instead); else None."""
+        return None
+
     def file_role(self, name: str) -> Category | None:
         """A whole file's category when its name decides it for this framework, else None."""
         return None

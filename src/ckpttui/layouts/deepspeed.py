@@ -51,6 +51,19 @@ class DeepSpeed(Layout):
         """The ``*_optim_states.pt`` rank files (fp32 masters and optimizer state)."""
         return _OPTIM.match(name) is not None
 
+    def unmerged_weights(self, folder: Path) -> Path | None:
+        """Saved without ``*_optim_states.pt`` (ZeRO 0, or optimizer states left out): the weights
+        are under ``module`` in ``mp_rank_00_model_states.pt``. ZeRO-3's per-rank model states
+        hold only placeholders, so they are never the answer."""
+        try:
+            names = sorted(p.name for p in folder.iterdir())
+        except OSError:
+            return None
+        if any(_OPTIM.match(n) for n in names):
+            return None
+        whole = [n for n in names if (m := _MODEL.match(n)) and m.group(1) is None]
+        return folder / whole[0] if whole else None
+
     def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
         """Client-state metrics (``cv_loss``, ``val_loss``, ``loss``) saved beside the model."""
         return points(ckpt.info, x, ("cv_loss", "val_loss", "loss"))
