@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 from ckpttui.inventory import Inventory
 from ckpttui.summary import CheckpointSummary, Rel, summarize
-from ckpttui.units import human_bytes
+from ckpttui.units import epoch_text, human_bytes
 
 
 def print_report(inv: Inventory) -> None:
@@ -65,7 +65,7 @@ def print_summaries(
             rel(ckpt.path) or ".",
             ckpt.layout,
             "" if ckpt.step is None else str(ckpt.step),
-            "" if ckpt.epoch is None else str(ckpt.epoch),
+            epoch_text(ckpt.epoch, ckpt.info),
             human_bytes(cats["weights"]),
             human_bytes(cats["optimizer"]),
             human_bytes(cats["other"]),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
+from typing import Any
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -17,6 +20,17 @@ def human_bytes(n: int | float) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def epoch_text(epoch: int | None, info: Mapping[str, Any]) -> str:
+    """The epoch for display: the fraction a layout recorded (``info["epoch_float"]``, e.g.
+    ``0.75``, cut to two decimals, never rounded up to an epoch not finished), else the whole
+    epoch, else ``""``."""
+    value = info.get("epoch_float")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        whole, _, frac = f"{value:.6f}".partition(".")
+        return f"{whole}.{frac[:2]}".rstrip("0").rstrip(".")
+    return "" if epoch is None else str(epoch)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)

@@ -4,7 +4,8 @@
 on the attention q/k/v, intermediate and output layers with random A and B
 (``init_weights="bert"``) saved by ``save_adapter`` (OUT/adapter), and the model's state dict
 after ``merge_adapter`` without the LoRA matrices (OUT/ref.pt). adapters 1.3.0 pins
-transformers 4.x, so it lives in its own venv (see test_merge_lora.py).
+transformers 4.x, so it runs in its own venv: the interop tier's .interop/venvs/adapters
+(see test_merge_lora.py).
 """
 
 from __future__ import annotations

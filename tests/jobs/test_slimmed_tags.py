@@ -145,6 +145,14 @@ def test_the_app_says_a_slimmed_folder_holds_consolidated_weights(
     assert "Press e" in slim and "Press m" not in slim and "split over" not in slim
     assert "consolidated pytorch_model.bin" in slim  # the Summary row
     assert "split over 2 optimizer shard(s)" in said["epoch_3.pt"]
+    # m on it opens the merge form (which writes its consolidated file), not a refusal
+    from ckpttui.ui.jobrequest import request_for
+    from ckpttui.ui.widgets.checkpoint_view import CheckpointView
+    from ckpttui.ui.widgets.tree import NodeData
+
+    slim_tag = run / OLDER["wenet_z2"][0]
+    request = request_for("merge", NodeData("dir", str(slim_tag)), [], CheckpointView())
+    assert request.kind == "merge" and request.inputs == [str(slim_tag)]
 
 
 @pytest.mark.parametrize(

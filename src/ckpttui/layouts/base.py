@@ -92,6 +92,11 @@ class Layout:
         written out)."""
         return False
 
+    def unmerged_weights(self, folder: Path) -> Path | None:
+        """When a `mergeable` checkpoint folder was saved without the parts ``merge``
+        consolidates, the file in it that holds the weights whole (to export instead); else None."""
+        return None
+
     def folder_advice(self, ckpt: Checkpoint) -> tuple[str, str, str, str] | None:
         """Plain words on a checkpoint folder of this framework that loaders cannot take as it
         is: (headline, what it holds, the key to press, what the key does); None: nothing to say."""

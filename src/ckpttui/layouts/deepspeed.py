@@ -52,12 +52,25 @@ class DeepSpeed(Layout):
         """The ``*_optim_states.pt`` rank files (fp32 masters and optimizer state)."""
         return _OPTIM.match(name) is not None
 
+    def unmerged_weights(self, folder: Path) -> Path | None:
+        """Saved without ``*_optim_states.pt`` (ZeRO 0, or optimizer states left out): the weights
+        are under ``module`` in ``mp_rank_00_model_states.pt``. ZeRO-3's per-rank model states
+        hold only placeholders, so they are never the answer; a folder reclaim slimmed has them
+        consolidated, which merge takes."""
+        try:
+            names = sorted(p.name for p in folder.iterdir())
+        except OSError:
+            return None
+        if any(_OPTIM.match(n) for n in names) or self.consolidated in names:
+            return None  # (reclaim's consolidated file: merge writes it to the output)
+        whole = [n for n in names if (m := _MODEL.match(n)) and m.group(1) is None]
+        return folder / whole[0] if whole else None
+
     def folder_advice(self, ckpt: Checkpoint) -> tuple[str, str, str, str] | None:
         """The rank files split the weights (merge them), reclaim consolidated them into one file
         (export it), or only model states were saved (stage 0: export that file)."""
-        names = [Path(f).name for f in ckpt.files]
-        shards = [n for n in names if _OPTIM.match(n)]
-        models = [n for n in names if _MODEL.match(n)]
+        shards = [f for f in ckpt.files if _OPTIM.match(Path(f).name)]
+        whole = self.unmerged_weights(Path(ckpt.path))
         done = ckpt.info.get("consolidated")
         if shards:
             return (
@@ -76,11 +89,11 @@ class DeepSpeed(Layout):
                 "Press e",
                 " to export the weights (dtype, format), or average it with other tags.",
             )
-        if models:
+        if whole is not None:
             return (
                 "Model states only: ",
                 "saved without optimizer shards, so there is nothing to merge; the weights are "
-                f"under `module` in {models[0]}, and loaders take one file, not a folder. ",
+                f"under `module` in {whole.name}, and loaders take one file, not a folder. ",
                 "Select that file and press e",
                 " to export them as one file.",
             )

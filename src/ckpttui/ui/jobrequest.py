@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ckpttui.browse import dir_layout
 from ckpttui.layouts import layout_named, mergeable_titles
+from ckpttui.layouts.base import read_small_text
 from ckpttui.ui.screens.job_form import JobRequest
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
 from ckpttui.ui.widgets.tree import NodeData
@@ -135,15 +136,16 @@ def _merge_source(selected: NodeData) -> str | None:
 
 
 def _check_mergeable(src: str) -> None:
-    """A ZeRO folder saved without optimizer shards has nothing to merge: say what to do."""
-    folder = Path(src)
-    if any(folder.glob("*.index.json")):
-        return
-    found = [p for pattern in ("*", "*/*") for p in folder.glob(pattern) if p.is_file()]
-    shards = [p for p in found if p.name.endswith("optim_states.pt")]
-    models = [p for p in found if p.name.endswith("model_states.pt")]
-    if models and not shards:
-        rel = os.path.relpath(models[0], folder)
+    """A folder saved without what merge consolidates (its layout says so): say what to do."""
+    folder = tag = Path(src)
+    named = read_small_text(folder / "latest")
+    if named and named.strip():  # a save folder: the checkpoint its `latest` names
+        tag = folder / named.strip()
+    name = dir_layout(str(tag))
+    layout = layout_named(name) if name else None
+    weights = layout.unmerged_weights(tag) if layout is not None else None
+    if weights is not None:
+        rel = os.path.relpath(weights, folder)
         raise JobRequestError(
             f"{folder.name} holds model states only (saved without optimizer shards): "
             f"nothing to merge. Its weights are in {rel}: select that file and press e "
