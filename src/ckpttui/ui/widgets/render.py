@@ -12,7 +12,7 @@ from ckpttui.accounting import Breakdown
 from ckpttui.inventory import Inventory
 from ckpttui.layouts import layout_named
 from ckpttui.records import Checkpoint
-from ckpttui.units import human_bytes
+from ckpttui.units import epoch_text, human_bytes
 
 COLORS = {"weights": "green", "optimizer": "blue", "other": "yellow"}
 """Category colours; `use_theme` sets them from the app's theme (success, primary, warning)."""
@@ -211,14 +211,14 @@ def summary_renderable(
     if ckpt.step is not None:
         t.add_row("step", str(ckpt.step))
     if ckpt.epoch is not None:
-        t.add_row("epoch", str(ckpt.epoch))
+        t.add_row("epoch", epoch_text(ckpt.epoch, ckpt.info))
     t.add_row(
         "complete", Text("yes", style="green") if ckpt.complete else Text("NO", style="bold red")
     )
     for problem in ckpt.problems:
         t.add_row("problem", Text(problem, style="red"))
     for key, value in ckpt.info.items():
-        if key in ("log_history", "epoch", "step") or value is None:
+        if key in ("log_history", "epoch", "epoch_float", "step") or value is None:
             continue
         t.add_row(key, _info_value(value))
     unsafe = sorted({g for f in ckpt.files if f in inv.files for g in inv.files[f].unsafe_globals})
