@@ -34,8 +34,12 @@ def _counts(d: Mapping[str, int]) -> dict[str, int]:
     return {sys.intern(k): int(v) for k, v in sorted(d.items())}
 
 
+_CATEGORY_NAMES = tuple(c.value for c in CATEGORIES)
+"""Read once: an enum's ``.value`` costs, and every summary read back starts from these."""
+
+
 def _empty_categories() -> dict[str, dict[str, int]]:
-    return {c.value: {"tensors": 0, "bytes": 0} for c in CATEGORIES}
+    return {c: {"tensors": 0, "bytes": 0} for c in _CATEGORY_NAMES}
 
 
 def _categories(d: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
