@@ -100,6 +100,30 @@ def _same(p: str) -> str:
     return p
 
 
+LIGHT = (
+    "path",
+    "layout",
+    "files",
+    "file_sizes",
+    "step",
+    "epoch",
+    "complete",
+    "problems",
+    "info",
+    "categories",
+    "size",
+    "tensor_bytes",
+    "storage_bytes",
+    "reclaimable_bytes",
+)
+"""What a light summary keeps (`FolderScan.light`): no per-file sums, parts or dtypes."""
+
+
+def _light(s: CheckpointSummary) -> dict[str, Any]:
+    d = s.to_dict(_same)
+    return {k: d[k] for k in LIGHT}
+
+
 def _entries(checkpoints: list[CheckpointSummary], rel: Rel) -> tuple[str, str] | None:
     """A unit's ``inspect --json`` text (`Row.entries`), None when some of its files are counted
     elsewhere (that depends on the rest of the walk, not on the unit's files)."""
@@ -167,8 +191,8 @@ class FolderScan:
     ) -> None:
         self.root = root
         self.light = light
-        """Summaries without their files' sums (`CheckpointSummary.files_read` empty) will do: the
-        folder view's, which a cached visit then reads from a small table."""
+        """Light summaries will do (the folder view's): from the cache, without their files' sums,
+        parts and dtypes (`LIGHT`), read from a small table."""
         self.jobs = jobs
         self.use_cache = use_cache
         self.plan: Plan = plan(root)
@@ -275,7 +299,7 @@ class FolderScan:
                     and sigs[i]
                     and all(s.complete for s in checkpoints)
                 ):
-                    light = None if entries is None else [s.to_dict(_same) for s in checkpoints]
+                    light = None if entries is None else [_light(s) for s in checkpoints]
                     full = entries is None or not _under(checkpoints, top)
                     payload = _payload(checkpoints, errors) if full else None
                     cache.put(unit.path, sigs[i], errors, light, entries, payload)
