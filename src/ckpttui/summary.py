@@ -44,10 +44,11 @@ def _empty_categories() -> dict[str, dict[str, int]]:
 
 def _categories(d: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     out = _empty_categories()
-    for cat, sums in d.items():
-        out.setdefault(sys.intern(cat), {"tensors": 0, "bytes": 0})
-        out[cat]["tensors"] += int(sums.get("tensors", 0))
-        out[cat]["bytes"] += int(sums.get("bytes", 0))
+    for cat, sums in d.items():  # each category once: its sums replace the zeros
+        out[cat if cat in out else sys.intern(cat)] = {
+            "tensors": int(sums.get("tensors", 0)),
+            "bytes": int(sums.get("bytes", 0)),
+        }
     return out
 
 
