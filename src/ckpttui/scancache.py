@@ -1,11 +1,14 @@
 """Remembered scans: each unit's summaries (see `inventory.plan`) in SQLite, keyed by its files.
 
 One row per (scan root, unit): the unit's signature (path, size, mtime_ns and inode of every file
-in it and of the sidecars beside a loose file) and its summaries as JSON. A second scan of a
-folder stats every file (the walk does anyway), reads from the cache the units whose signature
-did not change and reads only the others again. Rows carry no trust: jobs never read the cache,
-they read their files themselves. The schema key (`SCHEMA` + the ckpttui version) is checked on
-open: an upgrade empties the cache.
+in it and of the sidecars beside a loose file), its errors and its light summaries (what the
+folder view sums: a small table, so a cached folder view reads little), and beside it the unit's
+``inspect --json`` text, which a cached ``inspect --json`` writes through without decoding it and
+from which the full summaries are read back when they are needed. A second scan of a folder stats
+every file (the walk does anyway), reads from the cache the units whose signature did not change
+and reads only the others again. Rows carry no trust: jobs never read the cache, they read their
+files themselves. The schema key (`SCHEMA` + the ckpttui version) is checked on open: an upgrade
+empties the cache.
 
 Where: ``$CKPTTUI_SCAN_CACHE`` (a folder; tests set it), else ``$XDG_CACHE_HOME/ckpttui/``, else
 ``~/.cache/ckpttui/``; the file is ``scans.sqlite``. Any SQLite error turns the cache off for the
