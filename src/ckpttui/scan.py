@@ -22,7 +22,14 @@ from typing import IO, Any
 
 from ckpttui.inventory import Plan, Unit, plan, scan_unit
 from ckpttui.scancache import Row, ScanCache, signature
-from ckpttui.summary import CheckpointSummary, FileSummary, Rel, count_elsewhere, summarize
+from ckpttui.summary import (
+    CheckpointSummary,
+    FileSummary,
+    Rel,
+    count_elsewhere,
+    from_light,
+    summarize,
+)
 
 MAX_JOBS = 16
 """Default worker count is the usable cores, capped here (header reading is I/O-bound beyond)."""
@@ -270,7 +277,7 @@ class FolderScan:
                             )
                             continue
                     if not shared[i] and self.light and not text and row.light is not None:
-                        lite = [CheckpointSummary.from_dict(d, "") for d in row.light]
+                        lite = [from_light(d) for d in row.light]
                         yield UnitResult(unit, lite, row.errors, True)
                         continue
                     if want == "light":  # the full row is needed after all

@@ -133,15 +133,19 @@ class ScanCache:
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self.db.execute(
+                cursor = self.db.execute(
                     f"SELECT u.unit, {_COLUMNS[what]} FROM units u{join} "
                     f"WHERE u.root = ? AND u.unit IN ({marks})",
                     (self.root, *chunk),
                 )
+                rows = cursor.fetchall()
+                # the light rows of the batch in one decode: most of a cached folder view's time
+                lights = [r[2] for r in rows if r[2] is not None]
+                decoded = iter(json.loads(f"[{','.join(lights)}]") if lights else ())
                 for unit, errors, light, checkpoints, files, payload in rows:
                     out[unit] = Row(
                         [(p, e) for p, e in json.loads(errors)] if errors != "[]" else [],
-                        json.loads(light) if light is not None else None,
+                        next(decoded) if light is not None else None,
                         (checkpoints, files) if checkpoints is not None else None,
                         json.loads(payload) if payload is not None else None,
                     )

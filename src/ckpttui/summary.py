@@ -294,6 +294,30 @@ class CheckpointSummary:
         return s
 
 
+def from_light(d: Mapping[str, Any]) -> CheckpointSummary:
+    """A summary back from a scan cache's light row (its own ``to_dict`` with absolute paths,
+    without ``parts`` and ``dtypes``): what `CheckpointSummary.from_dict` does, trusting it."""
+    cats = _empty_categories()
+    for cat, sums in d["categories"].items():
+        cats[cat if cat in cats else sys.intern(cat)] = sums
+    return CheckpointSummary(
+        d["path"],
+        sys.intern(d["layout"]),
+        d["files"],
+        d["file_sizes"],
+        d["step"],
+        d["epoch"],
+        d["complete"],
+        d["problems"],
+        d["info"],
+        categories=cats,
+        size=d["size"],
+        tensor_bytes=d["tensor_bytes"],
+        storage_bytes=d["storage_bytes"],
+        reclaimable_bytes=d["reclaimable_bytes"],
+    )
+
+
 def _file_summary(inv: Inventory, path: str) -> FileSummary | None:
     """A read file's sums, or None when it holds nothing to report (no tensors, no error)."""
     index = inv.files.get(path)
