@@ -10,6 +10,7 @@ records and sends back only the summaries.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -17,6 +18,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -29,6 +31,7 @@ from ckpttui.summary import (
     count_elsewhere,
     from_light,
     summarize,
+    to_light,
 )
 
 MAX_JOBS = 16
@@ -103,32 +106,23 @@ def _from_payload(
     return out, [(p, e) for p, e in payload["errors"]]
 
 
-def _same(p: str) -> str:
-    return p
+def _base(unit: str) -> str:
+    """The folder a unit's light rows have their paths relative to (`summary.to_light`)."""
+    return os.path.join(os.path.dirname(unit), "")
 
 
-LIGHT = (
-    "path",
-    "layout",
-    "files",
-    "file_sizes",
-    "step",
-    "epoch",
-    "complete",
-    "problems",
-    "info",
-    "categories",
-    "size",
-    "tensor_bytes",
-    "storage_bytes",
-    "reclaimable_bytes",
-)
-"""What a light summary keeps (`FolderScan.light`): no per-file sums, parts or dtypes."""
-
-
-def _light(s: CheckpointSummary) -> dict[str, Any]:
-    d = s.to_dict(_same)
-    return {k: d[k] for k in LIGHT}
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch of cached rows becomes summaries: they make
+    many containers that all live on, and the collections they set off (over an ever bigger
+    heap) took half of a cached folder view's time. No generator yields inside."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _entries(checkpoints: list[CheckpointSummary], rel: Rel) -> tuple[str, str] | None:
@@ -199,10 +193,11 @@ class FolderScan:
         self.root = root
         self.light = light
         """Light summaries will do (the folder view's): from the cache, without their files' sums,
-        parts and dtypes (`LIGHT`), read from a small table."""
+        parts and dtypes (`summary.LIGHT`), read from a small table."""
         self.jobs = jobs
         self.use_cache = use_cache
-        self.plan: Plan = plan(root)
+        with _gc_paused():  # the walk's stat lines all live on too
+            self.plan: Plan = plan(root)
         self.rel = self.plan.inv.rel
         self.walk_errors: list[tuple[str, str]] = list(self.plan.inv.errors)
         """Folders that could not be listed, dangling links, loops (outside any unit)."""
@@ -253,6 +248,7 @@ class FolderScan:
             else:
                 fresh = (read_unit(self.root, units[i]) for i in todo)
             ahead: dict[int, Row] = {}
+            lite: dict[int, list[CheckpointSummary]] = {}
             for i, unit in enumerate(units):
                 if cancelled is not None and cancelled():
                     return
@@ -263,9 +259,19 @@ class FolderScan:
                         batch = [
                             k for k in range(i, min(i + 400, len(units))) if k not in fresh_set
                         ]
-                        got = cache.get_many({units[k].path: sigs[k] for k in batch}, want)
-                        ahead = {k: got[units[k].path] for k in batch if units[k].path in got}
+                        with _gc_paused():
+                            got = cache.get_many({units[k].path: sigs[k] for k in batch}, want)
+                            ahead = {k: got[units[k].path] for k in batch if units[k].path in got}
+                            if want == "light":
+                                lite = {
+                                    k: [from_light(d, _base(units[k].path)) for d in r.light]
+                                    for k, r in ahead.items()
+                                    if r.light is not None and not shared[k]
+                                }
                     row = ahead.pop(i, None)
+                if row is not None and i in lite:
+                    yield UnitResult(unit, lite.pop(i), row.errors, True)
+                    continue
                 if row is not None:
                     if not shared[i] and (text or not self.light) and row.entries is not None:
                         if text:
@@ -276,10 +282,6 @@ class FolderScan:
                                 unit, _from_entries(row.entries, top), row.errors, True
                             )
                             continue
-                    if not shared[i] and self.light and not text and row.light is not None:
-                        lite = [from_light(d) for d in row.light]
-                        yield UnitResult(unit, lite, row.errors, True)
-                        continue
                     if want == "light":  # the full row is needed after all
                         row = cache.get_many({unit.path: sigs[i]}).get(unit.path) if cache else None
                 checkpoints: list[CheckpointSummary] | None = None
@@ -306,7 +308,8 @@ class FolderScan:
                     and sigs[i]
                     and all(s.complete for s in checkpoints)
                 ):
-                    light = None if entries is None else [_light(s) for s in checkpoints]
+                    base = _base(unit.path)
+                    light = None if entries is None else [to_light(s, base) for s in checkpoints]
                     full = entries is None or not _under(checkpoints, top)
                     payload = _payload(checkpoints, errors) if full else None
                     cache.put(unit.path, sigs[i], errors, light, entries, payload)

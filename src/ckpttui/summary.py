@@ -294,16 +294,51 @@ class CheckpointSummary:
         return s
 
 
-def from_light(d: Mapping[str, Any]) -> CheckpointSummary:
-    """A summary back from a scan cache's light row (its own ``to_dict`` with absolute paths,
-    without ``parts`` and ``dtypes``): what `CheckpointSummary.from_dict` does, trusting it."""
+LIGHT = (
+    "path",
+    "layout",
+    "files",
+    "file_sizes",
+    "step",
+    "epoch",
+    "complete",
+    "problems",
+    "info",
+    "categories",
+    "size",
+    "tensor_bytes",
+    "storage_bytes",
+    "reclaimable_bytes",
+)
+"""What a light summary keeps: no per-file sums, parts or dtypes."""
+
+
+def to_light(s: CheckpointSummary, base: str) -> dict[str, Any]:
+    """The scan cache's light row of a summary; `base` (a folder, ending with a separator) is
+    cut off the paths below it, which keeps the row small (decoding it is what a cached folder
+    view spends its time on)."""
+    n = len(base)
+
+    def short(p: str) -> str:
+        return p[n:] if p.startswith(base) else p
+
+    d = s.to_dict(short)
+    return {k: d[k] for k in LIGHT}
+
+
+def from_light(d: Mapping[str, Any], base: str) -> CheckpointSummary:
+    """A summary back from a scan cache's light row (its own ``to_dict`` without ``parts`` and
+    ``dtypes``, paths relative to `base` where they are below it: see `to_light`): what
+    `CheckpointSummary.from_dict` does, trusting it."""
     cats = _empty_categories()
     for cat, sums in d["categories"].items():
         cats[cat if cat in cats else sys.intern(cat)] = sums
+    isabs = os.path.isabs
+    path = d["path"]
     return CheckpointSummary(
-        d["path"],
+        path if isabs(path) else base + path,
         sys.intern(d["layout"]),
-        d["files"],
+        [f if isabs(f) else base + f for f in d["files"]],
         d["file_sizes"],
         d["step"],
         d["epoch"],
