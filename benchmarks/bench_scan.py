@@ -269,6 +269,12 @@ def main() -> int:
     )
     p.add_argument("--sample", type=int, default=300, help="files in the per-file floor sample")
     p.add_argument("--no-app", action="store_true")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="only the second visit: fill a cache (ours, and the reference's with --reference-src)"
+        " with one scan, then time the cached inspect --json and the cached app, side by side",
+    )
     args = p.parse_args()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     root = Path(args.dir or Path(cache) / "ckpttui-bench" / f"scan-{args.files}")
@@ -279,6 +285,8 @@ def main() -> int:
     scache = tempfile.mkdtemp(prefix="bench-scan-cache-")
     env["CKPTTUI_SCAN_CACHE"] = scache
     results: dict = {"files": args.files, "generation_s": round(gen, 1)}
+    if args.cached_only:
+        return _cached_only(root, env, args.reference_src)
 
     def inspect(label: str, *extra: str, where: Path = root, src: Path = SRC) -> dict:
         r = _run(MEASURE, [str(src), str(where), "--json", *extra], env)
@@ -333,6 +341,37 @@ def main() -> int:
                 f"{label:28s} complete {r['complete_s']:.2f} s (first screen "
                 f"{r['first_screen_s']:.2f} s, {r['checkpoints']} checkpoints, "
                 f"rss {r['rss_mb']:.1f} MB)",
+                flush=True,
+            )
+    print("uptime:", os.popen("uptime").read().strip(), flush=True)
+    print(json.dumps(results))
+    return 0
+
+
+def _cached_only(root: Path, env: dict[str, str], reference: str | None) -> int:
+    """Second visits only: each side fills its own cache once, then cached CLI and app, twice."""
+    sides = [("ours", SRC)] + ([("reference", Path(reference))] if reference else [])
+    caches = {label: tempfile.mkdtemp(prefix=f"bench-scan-{label}-") for label, _ in sides}
+    results: dict = {}
+    for label, src in sides:
+        r = _run(
+            MEASURE,
+            [str(src), str(root), "--json", "-j", "2"],
+            dict(env, PYTHONPATH=str(src), CKPTTUI_SCAN_CACHE=caches[label]),
+        )
+        print(f"{label:10s} fills its cache: {r['s']:.1f} s", flush=True)
+    print("uptime:", os.popen("uptime").read().strip(), flush=True)
+    for rep in range(2):
+        for label, src in sides:
+            side_env = dict(env, PYTHONPATH=str(src), CKPTTUI_SCAN_CACHE=caches[label])
+            cli = _run(MEASURE, [str(src), str(root), "--json", "-j", "2"], side_env)
+            app = _run(APP, [str(src), str(root)], side_env)
+            results[f"{label} {rep}"] = {"cli": cli, "app": app}
+            print(
+                f"{label:10s} cached inspect --json {cli['s']:6.2f} s (rss {cli['rss_mb']:.0f} MB)"
+                f" | app complete {app['complete_s']:6.2f} s (first screen "
+                f"{app['first_screen_s']:.2f} s, {app['checkpoints']} checkpoints, "
+                f"rss {app['rss_mb']:.0f} MB)",
                 flush=True,
             )
     print("uptime:", os.popen("uptime").read().strip(), flush=True)

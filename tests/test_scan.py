@@ -181,3 +181,41 @@ async def test_the_folder_view_fills_in_from_worker_processes(
         in_run0 = [c for c in expected["checkpoints"] if c["path"].startswith("run0/")]
         assert run0.checkpoints == len(in_run0)
         assert run0.optimizer == sum(c["categories"]["optimizer"]["bytes"] for c in in_run0)
+
+
+def test_cached_summaries_are_the_fresh_ones_in_every_form(
+    lab: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache answers ``inspect --json`` with its stored text (byte for byte the fresh
+    document), the folder view with light summaries, the text report with full ones; a unit
+    holding a file reached twice (the hardlink) is summed across the walk as when fresh."""
+    monkeypatch.setenv("CKPTTUI_SCAN_CACHE", str(tmp_path / "cache"))
+    fresh = _dump(FolderScan(str(lab), jobs=1, use_cache=False))
+    assert _dump(FolderScan(str(lab), jobs=1)) == fresh  # fills the cache
+    assert _dump(FolderScan(str(lab), jobs=1)) == fresh  # from it
+
+    def full(**kw: object) -> list[dict]:
+        scan_ = FolderScan(str(lab), jobs=1, **kw)  # type: ignore[arg-type]
+        return [
+            dict(s.to_dict(str), files_read=[f.to_dict(str) for f in s.files_read])
+            for r in scan_.results()
+            for s in r.checkpoints
+        ]
+
+    def light(**kw: object) -> list[tuple]:
+        scan_ = FolderScan(str(lab), jobs=1, light=True, **kw)  # type: ignore[arg-type]
+        return [
+            (s.path, s.layout, s.files, s.step, s.epoch, s.complete, s.info, s.categories)
+            + (s.reclaimable_bytes, s.size)
+            for r in scan_.results()
+            for s in r.checkpoints
+        ]
+
+    assert full() == full(use_cache=False)
+    assert light() == light(use_cache=False)
+    cached = FolderScan(str(lab), jobs=1, light=True)
+    assert sum(len(r.checkpoints) for r in cached.results()) and cached.read <= 2  # incomplete
+    summed = {s[0]: s for s in light()}
+    assert summed[str(lab / "run2" / "epoch_3.pt")][6]["same_file_as"].endswith(
+        "copy_of_run2_epoch_3.pt"
+    )

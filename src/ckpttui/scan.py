@@ -10,6 +10,7 @@ records and sends back only the summaries.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -17,15 +18,26 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ckpttui.inventory import Plan, Unit, plan, scan_unit
-from ckpttui.scancache import ScanCache, signature
-from ckpttui.summary import CheckpointSummary, FileSummary, count_elsewhere, summarize
+from ckpttui.scancache import Row, ScanCache, signature
+from ckpttui.summary import (
+    CheckpointSummary,
+    FileSummary,
+    Rel,
+    count_elsewhere,
+    from_light,
+    summarize,
+    to_light,
+)
 
 MAX_JOBS = 16
 """Default worker count is the usable cores, capped here (header reading is I/O-bound beyond)."""
+ENTRY_SEP = ",\n  "
+"""Between two entries of a list of the ``inspect --json`` document."""
 MIN_UNITS_PER_JOB = 100
 """A default scan uses one worker per this many units to read (at least 2 workers, or it stays in
 this process): starting the pool costs ~0.5 s, a small checkpoint ~5 ms to read."""
@@ -50,6 +62,9 @@ class UnitResult:
     """(absolute path, one line)."""
     cached: bool = False
     """Came from the scan cache."""
+    entries: tuple[str, str] | None = None
+    """With ``results(text=True)``: the unit's ``checkpoints`` and ``files`` entries of the
+    ``inspect --json`` document (joined with `ENTRY_SEP`); `checkpoints` may then be empty."""
 
 
 def read_unit(root: str, unit: Unit) -> tuple[list[CheckpointSummary], list[tuple[str, str]]]:
@@ -91,6 +106,57 @@ def _from_payload(
     return out, [(p, e) for p, e in payload["errors"]]
 
 
+def _base(unit: str) -> str:
+    """The folder a unit's light rows have their paths relative to (`summary.to_light`)."""
+    return os.path.join(os.path.dirname(unit), "")
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch of cached rows becomes summaries: they make
+    many containers that all live on, and the collections they set off (over an ever bigger
+    heap) took half of a cached folder view's time. No generator yields inside."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _entries(checkpoints: list[CheckpointSummary], rel: Rel) -> tuple[str, str] | None:
+    """A unit's ``inspect --json`` text (`Row.entries`), None when some of its files are counted
+    elsewhere (that depends on the rest of the walk, not on the unit's files)."""
+    if any(s.counted_elsewhere for s in checkpoints):
+        return None
+    dumps = json.dumps
+    return (
+        ENTRY_SEP.join(dumps(s.to_dict(rel)) for s in checkpoints),
+        ENTRY_SEP.join(dumps(f.to_dict(rel)) for s in checkpoints for f in s.files_read),
+    )
+
+
+def _from_entries(entries: tuple[str, str], top: str) -> list[CheckpointSummary]:
+    """The summaries back from a unit's text (its paths under `top`, none counted elsewhere)."""
+    ckpts, files = (json.loads(f"[{text}]") for text in entries)
+    by_path = {}
+    for d in files:
+        f = FileSummary.from_dict(d, top)
+        by_path[f.path] = f
+    return [CheckpointSummary.from_dict(d, top, by_path) for d in ckpts]
+
+
+def _under(checkpoints: list[CheckpointSummary], top: str) -> bool:
+    """Every path of these summaries is below `top` (so their text gives them back)."""
+    prefix = top.rstrip(os.sep) + os.sep
+    return all(
+        (p == top or p.startswith(prefix)) and ".." not in p
+        for s in checkpoints
+        for p in (s.path, *s.files)
+    )
+
+
 def _pool(workers: int) -> Any:
     """Worker processes from a fork server that has imported the readers once (fork itself is
     not safe from the app's threads; spawn would import everything in each worker)."""
@@ -121,11 +187,17 @@ class FolderScan:
     Raises OSError (naming the path) when the root cannot be read at all.
     """
 
-    def __init__(self, root: str, jobs: int | None = None, use_cache: bool = True) -> None:
+    def __init__(
+        self, root: str, jobs: int | None = None, use_cache: bool = True, light: bool = False
+    ) -> None:
         self.root = root
+        self.light = light
+        """Light summaries will do (the folder view's): from the cache, without their files' sums,
+        parts and dtypes (`summary.LIGHT`), read from a small table."""
         self.jobs = jobs
         self.use_cache = use_cache
-        self.plan: Plan = plan(root)
+        with _gc_paused():  # the walk's stat lines all live on too
+            self.plan: Plan = plan(root)
         self.rel = self.plan.inv.rel
         self.walk_errors: list[tuple[str, str]] = list(self.plan.inv.errors)
         """Folders that could not be listed, dangling links, loops (outside any unit)."""
@@ -138,18 +210,30 @@ class FolderScan:
         jobs = default_jobs()
         return max(1, min(jobs, pending // MIN_UNITS_PER_JOB))
 
-    def results(self, cancelled: Callable[[], bool] | None = None) -> Iterator[UnitResult]:
-        """Each unit's summaries, in walk order (same_as applied across the whole walk)."""
+    def results(
+        self, cancelled: Callable[[], bool] | None = None, text: bool = False
+    ) -> Iterator[UnitResult]:
+        """Each unit's summaries, in walk order (same_as applied across the whole walk).
+
+        With `text`, a unit may come as its ``inspect --json`` text (`UnitResult.entries`) and no
+        summaries: what `write_json` writes through, with no decoding when it came from the cache.
+        """
         units = self.plan.units
         cache = ScanCache(self.root) if self.use_cache else None
+        same_as = self.plan.inv.same_as
+        top = str(self.plan.inv.root.absolute())
         sigs: list[str] = []
+        shared: list[bool] = []
         todo: list[int] = []
         for i, unit in enumerate(units):
-            sig = signature(self.plan.unit_stats(i)) if unit.kind != "temp" else ""
+            stats = self.plan.unit_stats(i)
+            sig = signature(stats) if unit.kind != "temp" else ""
             sigs.append(sig)
+            shared.append(bool(same_as) and any(p in same_as for p, _, _, _ in stats))
             if not (cache is not None and sig and cache.known.get(unit.path) == sig):
                 todo.append(i)
         fresh_set = set(todo)
+        want = "light" if self.light and not text else "entries"
         complete = False
         pool = None
         try:
@@ -163,36 +247,73 @@ class FolderScan:
                 )
             else:
                 fresh = (read_unit(self.root, units[i]) for i in todo)
-            same_as = self.plan.inv.same_as
-            ahead: dict[int, dict[str, Any]] = {}
+            ahead: dict[int, Row] = {}
+            lite: dict[int, list[CheckpointSummary]] = {}
             for i, unit in enumerate(units):
                 if cancelled is not None and cancelled():
                     return
-                payload = None
+                row = None
                 if i not in fresh_set and cache is not None:
                     if i not in ahead:
                         # the next few hundred cached units in one query
                         batch = [
                             k for k in range(i, min(i + 400, len(units))) if k not in fresh_set
                         ]
-                        got = cache.get_many({units[k].path: sigs[k] for k in batch})
-                        ahead = {k: got[units[k].path] for k in batch if units[k].path in got}
-                    payload = ahead.pop(i, None)
-                    if payload is None:  # the cache went away under us: read it here
-                        payload = _payload(*read_unit(self.root, unit))
-                cached = payload is not None
-                if payload is not None:
-                    checkpoints, errors = _from_payload(payload)
-                else:
-                    checkpoints, errors = next(fresh)
+                        with _gc_paused():
+                            got = cache.get_many({units[k].path: sigs[k] for k in batch}, want)
+                            ahead = {k: got[units[k].path] for k in batch if units[k].path in got}
+                            if want == "light":
+                                lite = {
+                                    k: [from_light(d, _base(units[k].path)) for d in r.light]
+                                    for k, r in ahead.items()
+                                    if r.light is not None and not shared[k]
+                                }
+                    row = ahead.pop(i, None)
+                if row is not None and i in lite:
+                    yield UnitResult(unit, lite.pop(i), row.errors, True)
+                    continue
+                if row is not None:
+                    if not shared[i] and (text or not self.light) and row.entries is not None:
+                        if text:
+                            yield UnitResult(unit, [], row.errors, True, row.entries)
+                            continue
+                        if row.payload is None:
+                            yield UnitResult(
+                                unit, _from_entries(row.entries, top), row.errors, True
+                            )
+                            continue
+                    if want == "light":  # the full row is needed after all
+                        row = cache.get_many({unit.path: sigs[i]}).get(unit.path) if cache else None
+                checkpoints: list[CheckpointSummary] | None = None
+                if row is not None:
+                    if row.payload is not None:
+                        checkpoints, errors = _from_payload(row.payload)
+                    elif row.entries is not None:
+                        checkpoints, errors = _from_entries(row.entries, top), row.errors
+                cached = checkpoints is not None
+                if checkpoints is None:
+                    if i in fresh_set:
+                        checkpoints, errors = next(fresh)
+                    else:  # the cache went away under us: read it here
+                        checkpoints, errors = read_unit(self.root, unit)
                     self.read += 1
-                    # An incomplete checkpoint's verdict ("still being written by pid N" or
-                    # "abandoned") changes with no change to its files: it is read every time.
-                    if cache is not None and sigs[i] and all(s.complete for s in checkpoints):
-                        cache.put(unit.path, sigs[i], _payload(checkpoints, errors))
                 for s in checkpoints:
                     count_elsewhere(s, same_as, self.rel)
-                yield UnitResult(unit, checkpoints, errors, cached)
+                entries = _entries(checkpoints, self.rel) if text or not cached else None
+                # An incomplete checkpoint's verdict ("still being written by pid N" or
+                # "abandoned") changes with no change to its files: it is read every time.
+                if (
+                    not cached
+                    and cache is not None
+                    and sigs[i]
+                    and all(s.complete for s in checkpoints)
+                ):
+                    base = _base(unit.path)
+                    light = None if entries is None else [to_light(s, base) for s in checkpoints]
+                    full = entries is None or not _under(checkpoints, top)
+                    payload = _payload(checkpoints, errors) if full else None
+                    cache.put(unit.path, sigs[i], errors, light, entries, payload)
+                yield UnitResult(unit, checkpoints, errors, cached, entries if text else None)
             complete = True
         finally:
             if pool is not None:
@@ -218,15 +339,24 @@ def write_json(
     sep = "\n  "
     with tempfile.TemporaryFile("w+", encoding="utf-8") as files:
         fsep = "\n  "
-        for result in scan.results(cancelled):
+        for result in scan.results(cancelled, text=True):
             errors.extend(result.errors)
+            if result.entries is not None:
+                ckpts, fentries = result.entries
+                if ckpts:
+                    out.write(sep + ckpts)
+                    sep = ENTRY_SEP
+                if fentries:
+                    files.write(fsep + fentries)
+                    fsep = ENTRY_SEP
+                continue
             for s in result.checkpoints:
                 out.write(sep + json.dumps(s.to_dict(rel)))
-                sep = ",\n  "
+                sep = ENTRY_SEP
                 for f in s.files_read:
                     if f.path not in s.counted_elsewhere:
                         files.write(fsep + json.dumps(f.to_dict(rel)))
-                        fsep = ",\n  "
+                        fsep = ENTRY_SEP
         out.write('\n ],\n "files": [')
         files.seek(0)
         shutil.copyfileobj(files, out)

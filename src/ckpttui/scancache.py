@@ -1,11 +1,14 @@
 """Remembered scans: each unit's summaries (see `inventory.plan`) in SQLite, keyed by its files.
 
 One row per (scan root, unit): the unit's signature (path, size, mtime_ns and inode of every file
-in it and of the sidecars beside a loose file) and its summaries as JSON. A second scan of a
-folder stats every file (the walk does anyway), reads from the cache the units whose signature
-did not change and reads only the others again. Rows carry no trust: jobs never read the cache,
-they read their files themselves. The schema key (`SCHEMA` + the ckpttui version) is checked on
-open: an upgrade empties the cache.
+in it and of the sidecars beside a loose file), its errors and its light summaries (what the
+folder view sums: a small table, so a cached folder view reads little), and beside it the unit's
+``inspect --json`` text, which a cached ``inspect --json`` writes through without decoding it and
+from which the full summaries are read back when they are needed. A second scan of a folder stats
+every file (the walk does anyway), reads from the cache the units whose signature did not change
+and reads only the others again. Rows carry no trust: jobs never read the cache, they read their
+files themselves. The schema key (`SCHEMA` + the ckpttui version) is checked on open: an upgrade
+empties the cache.
 
 Where: ``$CKPTTUI_SCAN_CACHE`` (a folder; tests set it), else ``$XDG_CACHE_HOME/ckpttui/``, else
 ``~/.cache/ckpttui/``; the file is ``scans.sqlite``. Any SQLite error turns the cache off for the
@@ -19,12 +22,13 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ckpttui import __version__
 
-SCHEMA = 3
+SCHEMA = 4
 """Bump when `CheckpointSummary` or what the layouts put in it changes."""
 KEY = f"{SCHEMA}/{__version__}"
 
@@ -46,8 +50,34 @@ def signature(stats: Iterable[tuple[str, int, int, int]]) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class Row:
+    """What the cache holds for one unit; which fields are filled depends on what was asked."""
+
+    errors: list[tuple[str, str]]
+    """(absolute path, one line), as the read gave them."""
+    light: list[dict[str, Any]] | None = None
+    """Each checkpoint's ``to_dict`` with absolute paths, without its files' sums."""
+    entries: tuple[str, str] | None = None
+    """The unit's ``inspect --json`` text: its ``checkpoints`` entries and its ``files`` entries
+    (each joined with the document's separator); None when it had files counted elsewhere."""
+    payload: dict[str, Any] | None = None
+    """The full summaries (only stored for units whose `entries` could not be)."""
+
+
+_COLUMNS = {
+    "light": "u.errors, u.light, NULL, NULL, NULL",
+    "entries": "u.errors, NULL, t.checkpoints, t.files, t.payload",
+}
+
+
 class ScanCache:
-    """The unit rows of one scan root; `get`/`put` as the scan goes, `close` commits."""
+    """The unit rows of one scan root; `get_many`/`put` as the scan goes, `close` commits.
+
+    Two tables: ``units`` (signature, errors and the light summaries the folder view sums: small,
+    so a cached folder view reads little) and ``texts`` (the ``inspect --json`` text of each
+    unit, written through as it is; the full summaries are decoded from it when needed).
+    """
 
     def __init__(self, root: str, path: Path | None = None) -> None:
         self.root = os.path.abspath(root)
@@ -70,10 +100,15 @@ class ScanCache:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None or row[0] != KEY:
             db.execute("DROP TABLE IF EXISTS units")
+            db.execute("DROP TABLE IF EXISTS texts")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (KEY,))
         db.execute(
-            "CREATE TABLE IF NOT EXISTS units (root TEXT, unit TEXT, sig TEXT, payload TEXT, "
-            "PRIMARY KEY (root, unit)) WITHOUT ROWID"
+            "CREATE TABLE IF NOT EXISTS units (root TEXT, unit TEXT, sig TEXT, errors TEXT, "
+            "light TEXT, PRIMARY KEY (root, unit))"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS texts (root TEXT, unit TEXT, checkpoints TEXT, "
+            "files TEXT, payload TEXT, PRIMARY KEY (root, unit))"
         )
         db.commit()
         self.known = dict(
@@ -86,48 +121,73 @@ class ScanCache:
         """False once SQLite failed (the scan goes on without a cache)."""
         return self.db is not None
 
-    def get(self, unit: str, sig: str) -> dict[str, Any] | None:
-        """The stored payload of a unit whose files have this signature, or None."""
-        if self.db is None or self.known.get(unit) != sig:
-            return None
-        try:
-            row = self.db.execute(
-                "SELECT payload FROM units WHERE root = ? AND unit = ?", (self.root, unit)
-            ).fetchone()
-            return json.loads(row[0]) if row else None
-        except (sqlite3.Error, ValueError):
-            self._off()
-            return None
-
-    def get_many(self, units: dict[str, str]) -> dict[str, dict[str, Any]]:
-        """`get` for many units at once (unit path -> signature): one query per few hundred."""
+    def get_many(self, units: dict[str, str], what: str = "entries") -> dict[str, Row]:
+        """The rows of the units (path -> signature) whose files have these signatures, one query
+        per few hundred: ``light`` (summaries without files' sums) or ``entries`` (the text)."""
         if self.db is None:
             return {}
         wanted = [u for u, sig in units.items() if self.known.get(u) == sig]
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, Row] = {}
+        join = "" if what == "light" else " JOIN texts t USING (root, unit)"
         try:
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self.db.execute(
-                    f"SELECT unit, payload FROM units WHERE root = ? AND unit IN ({marks})",
+                cursor = self.db.execute(
+                    f"SELECT u.unit, {_COLUMNS[what]} FROM units u{join} "
+                    f"WHERE u.root = ? AND u.unit IN ({marks})",
                     (self.root, *chunk),
                 )
-                for unit, payload in rows:
-                    out[unit] = json.loads(payload)
+                rows = cursor.fetchall()
+                # the light rows of the batch in one decode: most of a cached folder view's time
+                lights = [r[2] for r in rows if r[2] is not None]
+                decoded = iter(json.loads(f"[{','.join(lights)}]") if lights else ())
+                for unit, errors, light, checkpoints, files, payload in rows:
+                    out[unit] = Row(
+                        [(p, e) for p, e in json.loads(errors)] if errors != "[]" else [],
+                        next(decoded) if light is not None else None,
+                        (checkpoints, files) if checkpoints is not None else None,
+                        json.loads(payload) if payload is not None else None,
+                    )
         except (sqlite3.Error, ValueError):
             self._off()
             return {}
         return out
 
-    def put(self, unit: str, sig: str, payload: dict[str, Any]) -> None:
-        """Remember a unit's payload (committed in batches)."""
+    def put(
+        self,
+        unit: str,
+        sig: str,
+        errors: list[tuple[str, str]],
+        light: list[dict[str, Any]] | None,
+        entries: tuple[str, str] | None,
+        payload: dict[str, Any] | None,
+    ) -> None:
+        """Remember a unit (committed in batches): `Row`'s fields."""
         if self.db is None:
             return
         try:
+            dumps = json.JSONEncoder(separators=(",", ":")).encode
             self.db.execute(
-                "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?)",
-                (self.root, unit, sig, json.dumps(payload, separators=(",", ":"))),
+                "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?)",
+                (
+                    self.root,
+                    unit,
+                    sig,
+                    dumps([list(e) for e in errors]),
+                    None if light is None else dumps(light),
+                ),
+            )
+            checkpoints, files = entries if entries is not None else (None, None)
+            self.db.execute(
+                "INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?, ?)",
+                (
+                    self.root,
+                    unit,
+                    checkpoints,
+                    files,
+                    dumps(payload) if payload is not None else None,
+                ),
             )
             self.pending += 1
             if self.pending >= 500:
@@ -142,11 +202,9 @@ class ScanCache:
             return
         try:
             if units is not None:
-                gone = set(self.known) - set(units)
-                self.db.executemany(
-                    "DELETE FROM units WHERE root = ? AND unit = ?",
-                    [(self.root, u) for u in gone],
-                )
+                gone = [(self.root, u) for u in set(self.known) - set(units)]
+                self.db.executemany("DELETE FROM units WHERE root = ? AND unit = ?", gone)
+                self.db.executemany("DELETE FROM texts WHERE root = ? AND unit = ?", gone)
             self.db.commit()
             self.db.close()
         except sqlite3.Error:

@@ -34,16 +34,21 @@ def _counts(d: Mapping[str, int]) -> dict[str, int]:
     return {sys.intern(k): int(v) for k, v in sorted(d.items())}
 
 
+_CATEGORY_NAMES = tuple(c.value for c in CATEGORIES)
+"""Read once: an enum's ``.value`` costs, and every summary read back starts from these."""
+
+
 def _empty_categories() -> dict[str, dict[str, int]]:
-    return {c.value: {"tensors": 0, "bytes": 0} for c in CATEGORIES}
+    return {c: {"tensors": 0, "bytes": 0} for c in _CATEGORY_NAMES}
 
 
 def _categories(d: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     out = _empty_categories()
-    for cat, sums in d.items():
-        out.setdefault(sys.intern(cat), {"tensors": 0, "bytes": 0})
-        out[cat]["tensors"] += int(sums.get("tensors", 0))
-        out[cat]["bytes"] += int(sums.get("bytes", 0))
+    for cat, sums in d.items():  # each category once: its sums replace the zeros
+        out[cat if cat in out else sys.intern(cat)] = {
+            "tensors": int(sums.get("tensors", 0)),
+            "bytes": int(sums.get("bytes", 0)),
+        }
     return out
 
 
@@ -287,6 +292,65 @@ class CheckpointSummary:
             reclaimable_bytes=int(d.get("reclaimable_bytes") or 0),
         )
         return s
+
+
+LIGHT = (
+    "path",
+    "layout",
+    "files",
+    "file_sizes",
+    "step",
+    "epoch",
+    "complete",
+    "problems",
+    "info",
+    "categories",
+    "size",
+    "tensor_bytes",
+    "storage_bytes",
+    "reclaimable_bytes",
+)
+"""What a light summary keeps: no per-file sums, parts or dtypes."""
+
+
+def to_light(s: CheckpointSummary, base: str) -> dict[str, Any]:
+    """The scan cache's light row of a summary; `base` (a folder, ending with a separator) is
+    cut off the paths below it, which keeps the row small (decoding it is what a cached folder
+    view spends its time on)."""
+    n = len(base)
+
+    def short(p: str) -> str:
+        return p[n:] if p.startswith(base) else p
+
+    d = s.to_dict(short)
+    return {k: d[k] for k in LIGHT}
+
+
+def from_light(d: Mapping[str, Any], base: str) -> CheckpointSummary:
+    """A summary back from a scan cache's light row (its own ``to_dict`` without ``parts`` and
+    ``dtypes``, paths relative to `base` where they are below it: see `to_light`): what
+    `CheckpointSummary.from_dict` does, trusting it."""
+    cats = _empty_categories()
+    for cat, sums in d["categories"].items():
+        cats[cat if cat in cats else sys.intern(cat)] = sums
+    isabs = os.path.isabs
+    path = d["path"]
+    return CheckpointSummary(
+        path if isabs(path) else base + path,
+        sys.intern(d["layout"]),
+        [f if isabs(f) else base + f for f in d["files"]],
+        d["file_sizes"],
+        d["step"],
+        d["epoch"],
+        d["complete"],
+        d["problems"],
+        d["info"],
+        categories=cats,
+        size=d["size"],
+        tensor_bytes=d["tensor_bytes"],
+        storage_bytes=d["storage_bytes"],
+        reclaimable_bytes=d["reclaimable_bytes"],
+    )
 
 
 def _file_summary(inv: Inventory, path: str) -> FileSummary | None:

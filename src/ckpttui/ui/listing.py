@@ -85,7 +85,7 @@ class DiskListing:
 
     def folder_scan(self, path: str) -> FolderScan:
         """Walk a folder; its summaries come from worker processes or the scan cache."""
-        return FolderScan(path)
+        return FolderScan(path, light=True)
 
     def read_file(self, path: str) -> FileIndex:
         """Read one file's tensor index."""

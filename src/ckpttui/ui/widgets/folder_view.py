@@ -125,6 +125,9 @@ class ChildStats:
 
 def _child_of(top: str, path: str) -> str:
     """The child of folder `top` that `path` is in (or is)."""
+    prefix = top + os.sep
+    if path.startswith(prefix) and ".." not in path:  # the common case, without relpath
+        return prefix + path[len(prefix) :].split(os.sep, 1)[0]
     rel = os.path.relpath(path, top)
     return os.path.join(top, rel.split(os.sep, 1)[0])
 
