@@ -161,6 +161,32 @@ def test_hf_trainer_checkpoint_loads_with_from_pretrained(hf_root: Path, tmp_pat
     assert _reclaimable(folder) == 0
 
 
+def test_hf_trainer_with_deepspeed_drops_the_rank_optimizer_files(
+    hf_root: Path, ds_root: Path, tmp_path: Path
+) -> None:
+    # Trainer with DeepSpeed: the model at the checkpoint's root (written by the Trainer), the
+    # engine's own save in global_stepN/ (real rank files), no optimizer.pt.
+    from transformers import GPT2LMHeadModel
+
+    src = tmp_path / "src"
+    shutil.copytree(hf_root / "trainer_gpt2", src)
+    folders = sorted(src.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for folder in folders:
+        (folder / "optimizer.pt").unlink(missing_ok=True)
+        tag = f"global_step{folder.name.split('-')[1]}"
+        shutil.copytree(ds_root / "ws2/z2_fp32/global_step2", folder / tag)
+        (folder / "latest").write_text(tag)
+    run = _copy(src, tmp_path / "run")
+    _run(run, keep_last=1, keep_best=0)
+    *older, newest = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert older and list(newest.glob("global_step*/*optim_states.pt"))
+    for folder in older:
+        assert not list(folder.glob("global_step*/*optim_states.pt"))
+        model = GPT2LMHeadModel.from_pretrained(folder)
+        ref = GPT2LMHeadModel.from_pretrained(src / folder.name)
+        _equal(model.state_dict(), ref.state_dict())
+
+
 @pytest.mark.parametrize("drop", ["optimizer", "training"])
 def test_speechbrain_folder_stays_complete(tk_root: Path, tmp_path: Path, drop: str) -> None:
     run = _copy(tk_root / "speechbrain", tmp_path / "sb")
