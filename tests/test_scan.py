@@ -6,10 +6,12 @@ what ``inspect --json`` printed before summaries, workers and the cache existed.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +221,54 @@ def test_cached_summaries_are_the_fresh_ones_in_every_form(
     assert summed[str(lab / "run2" / "epoch_3.pt")][6]["same_file_as"].endswith(
         "copy_of_run2_epoch_3.pt"
     )
+
+
+async def test_a_second_visit_shows_the_last_scan_at_once_then_checks_it(
+    lab: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from textual.widgets import Static
+
+    import ckpttui.scan as scan_module
+    from ckpttui.ui.app import make_app
+    from ckpttui.ui.widgets.folder_view import FolderView
+
+    monkeypatch.setenv("CKPTTUI_SCAN_CACHE", str(tmp_path / "cache"))
+
+    async def settle(app: Any, pilot: Any, cond: Any) -> None:
+        for _ in range(600):
+            await pilot.pause()
+            if cond():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the folder view never got there")
+
+    app = make_app(str(lab))
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = app.query_one(FolderView)
+        await settle(app, pilot, lambda: view.inventory is not None)
+        first = {p: (s.size, s.optimizer, s.checkpoints) for p, s in view.stats.items()}
+    assert any(c for _, _, c in first.values())
+
+    # The second visit's scan is held before it reads anything: what shows is the last scan's.
+    release = threading.Event()
+    results = scan_module.FolderScan.results
+
+    def held(self: Any, *args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        yield from results(self, *args, **kwargs)
+
+    monkeypatch.setattr(scan_module.FolderScan, "results", held)
+    app = make_app(str(lab))
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = app.query_one(FolderView)
+        await settle(app, pilot, lambda: view.remembered)
+        shown = {p: (s.size, s.optimizer, s.checkpoints) for p, s in view.stats.items()}
+        assert shown == first and all(s.scanned for s in view.stats.values())
+        assert "as last scanned, checking" in str(view.query_one("#folder-totals", Static).content)
+        release.set()
+        await settle(app, pilot, lambda: view.inventory is not None)
+        assert not view.remembered
+        assert "checking" not in str(view.query_one("#folder-totals", Static).content)
+        assert {p: (s.size, s.optimizer, s.checkpoints) for p, s in view.stats.items()} == first

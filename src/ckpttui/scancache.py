@@ -101,6 +101,7 @@ class ScanCache:
         if row is None or row[0] != KEY:
             db.execute("DROP TABLE IF EXISTS units")
             db.execute("DROP TABLE IF EXISTS texts")
+            db.execute("DROP TABLE IF EXISTS views")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (KEY,))
         db.execute(
             "CREATE TABLE IF NOT EXISTS units (root TEXT, unit TEXT, sig TEXT, errors TEXT, "
@@ -110,6 +111,7 @@ class ScanCache:
             "CREATE TABLE IF NOT EXISTS texts (root TEXT, unit TEXT, checkpoints TEXT, "
             "files TEXT, payload TEXT, PRIMARY KEY (root, unit))"
         )
+        db.execute(_VIEWS)
         db.commit()
         self.known = dict(
             db.execute("SELECT unit, sig FROM units WHERE root = ?", (self.root,)).fetchall()
@@ -218,3 +220,57 @@ class ScanCache:
         except sqlite3.Error:
             pass
         self.db = None
+
+
+_VIEWS = "CREATE TABLE IF NOT EXISTS views (folder TEXT PRIMARY KEY, rows TEXT)"
+
+
+def _views_db() -> sqlite3.Connection | None:
+    """The cache file, if it holds this schema (a folder scan migrates it; this never does)."""
+    path = cache_dir() / "scans.sqlite"
+    if not path.is_file():
+        return None
+    db = sqlite3.connect(path, timeout=1.0)
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is None or row[0] != KEY:
+        db.close()
+        return None
+    db.execute(_VIEWS)
+    return db
+
+
+def remembered_view(folder: str) -> dict[str, Any] | None:
+    """The folder view's rows of `folder` as its last complete scan left them (child path ->
+    the numbers), or None. Shown at once on a second visit while the scan checks them."""
+    try:
+        db = _views_db()
+        if db is None:
+            return None
+        try:
+            row = db.execute(
+                "SELECT rows FROM views WHERE folder = ?", (os.path.abspath(folder),)
+            ).fetchone()
+        finally:
+            db.close()
+        rows = json.loads(row[0]) if row else None
+        return rows if isinstance(rows, dict) else None
+    except (sqlite3.Error, OSError, ValueError):
+        return None
+
+
+def remember_view(folder: str, rows: dict[str, Any]) -> None:
+    """Keep the rows of a complete scan of `folder` (never worth failing a scan for)."""
+    try:
+        db = _views_db()
+        if db is None:
+            return
+        try:
+            db.execute(
+                "INSERT OR REPLACE INTO views VALUES (?, ?)",
+                (os.path.abspath(folder), json.dumps(rows)),
+            )
+            db.commit()
+        finally:
+            db.close()
+    except (sqlite3.Error, OSError, ValueError):
+        pass

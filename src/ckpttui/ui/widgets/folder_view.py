@@ -24,8 +24,9 @@ from ckpttui.browse import Entry
 from ckpttui.curves import checkpoint_metric
 from ckpttui.inventory import Inventory
 from ckpttui.records import Checkpoint
+from ckpttui.scancache import remember_view, remembered_view
 from ckpttui.ui.health import HealthBook
-from ckpttui.ui.listing import DISK, Listing
+from ckpttui.ui.listing import DISK, DiskListing, Listing
 from ckpttui.ui.widgets.render import COLORS, GLYPHS, stacked_bar
 from ckpttui.units import human_bytes
 
@@ -123,6 +124,45 @@ class ChildStats:
     """The metric the framework recorded for this checkpoint (name, value), if one."""
 
 
+_REMEMBERED = (
+    "size",
+    "weights",
+    "optimizer",
+    "other",
+    "reclaimable",
+    "checkpoints",
+    "incomplete",
+    "errors",
+)
+
+
+def _remember(stats: ChildStats) -> dict[str, Any]:
+    """What a complete scan learnt of a child, to be shown at once on the next visit."""
+    row: dict[str, Any] = {k: getattr(stats, k) for k in _REMEMBERED}
+    row["kind"], row["listed"], row["metric"] = stats.entry.kind, stats.entry.size, stats.metric
+    return row
+
+
+def _recall(entry: Entry, row: Any) -> ChildStats | None:
+    """The child as the last complete scan left it, if it is still the same kind and size."""
+    if (
+        not isinstance(row, dict)
+        or row.get("kind") != entry.kind
+        or row.get("listed") != entry.size
+    ):
+        return None
+    try:
+        stats = ChildStats(entry, scanned=True)
+        for k in _REMEMBERED:
+            setattr(stats, k, int(row[k]))
+        metric = row.get("metric")
+        if metric is not None:
+            stats.metric = (str(metric[0]), float(metric[1]))
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return stats
+
+
 def _child_of(top: str, path: str) -> str:
     """The child of folder `top` that `path` is in (or is)."""
     prefix = top + os.sep
@@ -176,6 +216,13 @@ class FolderView(Vertical):
             super().__init__()
             self.token, self.stats = token, stats
 
+    class Remembered(Message):
+        """The rows the last complete scan of this folder left (shown while it is checked)."""
+
+        def __init__(self, token: int, stats: list[ChildStats]) -> None:
+            super().__init__()
+            self.token, self.stats = token, stats
+
     class ScanDone(Message):
         """Every child has been scanned; carries the folder-wide inventory for the curve."""
 
@@ -219,6 +266,8 @@ class FolderView(Vertical):
         """Children that moved at the last live poll (shown as being written)."""
         self.live = ""
         """``live``, ``paused`` or '' (a saved scan): said on the totals line."""
+        self.remembered = False
+        """Rows shown are the last complete scan's, being checked by this one."""
 
     def compose(self) -> ComposeResult:
         """Totals line, filter, table."""
@@ -266,6 +315,7 @@ class FolderView(Vertical):
         self.stats = {}
         self.inventory = None
         self.scan_error = None
+        self.remembered = False
         self.query_one("#folder-table", DataTable).clear()
         self.query_one("#folder-totals", Static).update(
             Text(f"{self._shown(path)}  scanning...", style="dim")
@@ -300,6 +350,11 @@ class FolderView(Vertical):
             self.post_message(self.Listed(token, path, [], exc.strerror or str(exc)))
             return
         self.post_message(self.Listed(token, path, entries, None))
+        remembers = isinstance(self.listing, DiskListing)
+        if remembers and (view := remembered_view(path)):
+            recalled = [c for e in entries if (c := _recall(e, view.get(e.path))) is not None]
+            if recalled:
+                self.post_message(self.Remembered(token, recalled))
         children = {os.path.abspath(e.path): ChildStats(e, size=e.size) for e in entries}
         total = Inventory(root=Path(path))
         seen: set[tuple[int, int]] = set()
@@ -358,6 +413,8 @@ class FolderView(Vertical):
             if not stats.scanned:
                 finish(stats, [])
         self.post_message(self.ChildrenScanned(token, batch))
+        if remembers:
+            remember_view(path, {s.entry.path: _remember(s) for s in children.values()})
         self.post_message(self.ScanDone(token, total))
 
     @on(Worker.StateChanged)
@@ -400,10 +457,22 @@ class FolderView(Vertical):
             self._update_rows(message.stats)
             self._update_totals(done=False)
 
+    @on(Remembered)
+    def _remembered(self, message: Remembered) -> None:
+        if message.token != self.token:
+            return
+        message.stop()
+        for stats in message.stats:
+            if not self.stats.get(stats.entry.path, stats).scanned:  # not rescanned yet
+                self.stats[stats.entry.path] = stats
+        self.remembered = True
+        self._refill()
+
     @on(ScanDone)
     def _done(self, message: ScanDone) -> None:
         if message.token != self.token:
             return
+        self.remembered = False
         self.inventory = message.inventory
         self._refill(done=True)
 
@@ -562,6 +631,7 @@ class FolderView(Vertical):
             (f"   {bad} incomplete" if bad else "", "bold red"),
             (f" ({writing} being written)" if writing else "", "bold yellow"),
             (f"   scanning {pending} more..." if pending and not done else "", "dim"),
+            ("   as last scanned, checking..." if self.remembered and not done else "", "dim"),
             (f"   by {self.sort_by} {arrow}", "dim"),
         )
         verified = [h for s in rows if (h := self.health.of(s.entry.path)) is not None]
