@@ -210,37 +210,21 @@ def _slim_folder(item: PlanItem, cancel: threading.Event | None) -> Iterator[Eve
 def _consolidate(folder: Path, out: Path, cancel: threading.Event | None) -> Iterator[Event]:
     """Write a ZeRO folder's consolidated fp32 weights (`jobs.zero`) as a torch file, read back."""
     from ckpttui.jobs.events import ProgressClock
-    from ckpttui.jobs.output import releaser, stream_plan, verify_output
-    from ckpttui.jobs.pt_writer import TorchZipWriter
-    from ckpttui.jobs.st_writer import TensorSpec
+    from ckpttui.jobs.output import releaser, verify_output, write_torch_file
     from ckpttui.jobs.zero import open_zero, plan_zero
 
     ckpt = open_zero(folder)
     try:
         plan = plan_zero(ckpt)
         total = sum(p.nbytes for p in plan if p.alias_of is None)
-        specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
-        aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
         clock = ProgressClock(JOB, total)
-        with open(out, "wb") as f:
-            writer = TorchZipWriter(f, specs, aliases, out.stem)
-            try:
-                yield from stream_plan(
-                    plan,
-                    writer.write,
-                    clock,
-                    cancel,
-                    releaser([*ckpt.model, *ckpt.optim]),
-                    skip_aliases=True,
-                )
-                writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
+        release = releaser([*ckpt.model, *ckpt.optim])
+        shown = folder / out.name
+        digest = yield from write_torch_file(out, shown, out.stem, plan, clock, cancel, release)
         last = clock.flush()
         if last is not None:
             yield last
-        done = verify_output(JOB, folder / out.name, "torch", plan, [out], {}, total)
+        done = verify_output(JOB, shown, "torch", plan, [out], {out.name: digest}, total)
         yield Event("log", JOB, total, total, f"{out.name}: {done.message}")
     finally:
         ckpt.close()
