@@ -27,6 +27,7 @@ from ckpttui import __version__
 from ckpttui.accounting import Breakdown
 from ckpttui.browse import Entry, name_step
 from ckpttui.inventory import Inventory, Plan, Unit
+from ckpttui.paths import is_within
 from ckpttui.records import FileIndex
 from ckpttui.scan import UnitResult
 from ckpttui.summary import CheckpointSummary, FileSummary
@@ -124,10 +125,6 @@ class SavedFolderScan:
         return not s.files or any(f != s.path for f in s.files)
 
 
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 class SavedScan:
     """A saved ``inspect --json`` document, answering as the disk would (read-only)."""
 
@@ -174,7 +171,7 @@ class SavedScan:
             self.root = os.path.dirname(path) or "/"
             self.kinds.setdefault(self.root, "dir")
         parent = os.path.dirname(path)
-        if parent not in self.kinds and _under(parent, self.root):
+        if parent not in self.kinds and is_within(parent, self.root):
             self._add(parent, "dir")
         self.children.setdefault(parent, set()).add(path)
         if self.kinds.get(path) != "checkpoint":
@@ -213,7 +210,7 @@ class SavedScan:
                 self._add(path, "file")
                 self.sizes[path] = _int(size)
         for path, size in self.sizes.items():  # folder totals, summed once
-            while path != self.root and _under(path, self.root):
+            while path != self.root and is_within(path, self.root):
                 path = os.path.dirname(path)
                 self.totals[path] = self.totals.get(path, 0) + size
 
@@ -244,10 +241,10 @@ class SavedScan:
         """Bytes under a path, as the scan found them."""
         return self.sizes[path] if path in self.sizes else self.totals.get(path, 0)
 
-    def _under(self, path: str) -> list[CheckpointSummary]:
+    def _summaries_under(self, path: str) -> list[CheckpointSummary]:
         if path not in self.kinds:
             raise FileNotFoundError(f"{path}: not in the saved scan {self.source}")
-        found = [s for s in self.summaries if _under(s.path, path)]
+        found = [s for s in self.summaries if is_within(s.path, path)]
         if not found and self.kinds[path] == "file":
             found = [s for s in self.summaries if path in s.files]
         return found
@@ -255,13 +252,13 @@ class SavedScan:
     def folder_scan(self, path: str) -> SavedFolderScan:
         """The checkpoints under a folder, as `ckpttui.scan.FolderScan` streams them."""
         return SavedFolderScan(
-            self._under(path), [(p, e) for p, e in self.errors if _under(p, path)]
+            self._summaries_under(path), [(p, e) for p, e in self.errors if is_within(p, path)]
         )
 
     def scan(self, path: str) -> Inventory:
         """The checkpoints under a path (or the one a file belongs to), as saved."""
         inv = SavedInventory(root=Path(path))
-        for s in self._under(path):
+        for s in self._summaries_under(path):
             inv.checkpoints.append(s.checkpoint())
             for f in s.files_read:
                 inv.files[f.path] = self._index(f)
@@ -269,7 +266,7 @@ class SavedScan:
                 inv.records[f.path] = []
                 if f.layout:
                     inv.layout_of[f.path] = f.layout
-        inv.errors = [(p, e) for p, e in self.errors if _under(p, path)]
+        inv.errors = [(p, e) for p, e in self.errors if is_within(p, path)]
         return inv
 
     @staticmethod

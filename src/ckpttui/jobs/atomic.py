@@ -42,6 +42,7 @@ from typing import Any
 
 from ckpttui.jobs.events import JobError
 from ckpttui.jobs.owner import LockOwner, host_name, lock_path, read_lock, temp_name
+from ckpttui.paths import is_within
 from ckpttui.units import human_bytes
 
 HASH_CHUNK = 1 << 20
@@ -96,7 +97,7 @@ def check_not_input(target: Path, inputs: Iterable[str | os.PathLike[str]]) -> N
         src_real = os.path.realpath(src)
         if src_real == real or (ident is not None and _identity(src) == ident):
             raise JobError(f"{target}: refusing to overwrite an input ({src})")
-        if src_real.startswith(real.rstrip(os.sep) + os.sep):
+        if is_within(src_real, real):
             raise JobError(f"{target}: refusing to replace a folder that holds an input ({src})")
 
 

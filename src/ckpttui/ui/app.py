@@ -16,6 +16,7 @@ from textual.worker import Worker, WorkerState
 
 from ckpttui.jobs.runner import JobSpec
 from ckpttui.layouts import mergeable_titles
+from ckpttui.paths import is_within
 from ckpttui.scanfile import SavedScan
 from ckpttui.ui.health import HealthBook
 from ckpttui.ui.listing import DISK, Listing
@@ -469,9 +470,7 @@ class CkptApp(App[int]):
             tree.reload(folder)
         folder_view = self.query_one(FolderView)
         shown = folder_view.path
-        if shown is not None and any(
-            f == shown or f.startswith(shown.rstrip(os.sep) + os.sep) for f in folders
-        ):
+        if shown is not None and any(is_within(f, shown) for f in folders):
             folder_view.show(shown, force=True)
         view = self.query_one(CheckpointView)
         if not self._right_is_folder() and view.path and self.selected is not None:

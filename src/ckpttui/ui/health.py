@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpttui.paths import is_within
+
 
 @dataclass
 class Verdict:
@@ -35,10 +37,6 @@ class Health:
         if checkpoints > self.verified:
             return f"{self.verified}/{checkpoints} healthy"
         return "healthy"
-
-
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class HealthBook:
@@ -98,7 +96,7 @@ class HealthBook:
 
     def forget(self, path: str) -> None:
         """Drop what was found under `path` (it was rewritten: the verdict is stale)."""
-        for key in [k for k in self.verdicts if _under(k, path) or _under(path, k)]:
+        for key in [k for k in self.verdicts if is_within(k, path) or is_within(path, k)]:
             for f in self.verdicts.pop(key).files:
                 self.stats.pop(f, None)
         self._reindex()

@@ -16,6 +16,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from ckpttui.browse import Entry
+from ckpttui.paths import is_within
 from ckpttui.records import TensorRecord
 from ckpttui.ui.listing import DISK, Listing
 from ckpttui.units import human_bytes
@@ -259,7 +260,7 @@ class CheckpointTree(Tree[NodeData]):
                 cd = child.data
                 if cd is None or cd.kind in ("key", "placeholder"):
                     continue
-                if path == cd.path or path.startswith(cd.path.rstrip(os.sep) + os.sep):
+                if is_within(path, cd.path):
                     node_next = child
                     break
             if node_next is None:
@@ -270,7 +271,7 @@ class CheckpointTree(Tree[NodeData]):
         """Move the cursor to a path below the root, opening (and loading) folders on the way."""
         node = self.root
         assert node.data is not None
-        if path != node.data.path and not path.startswith(node.data.path.rstrip(os.sep) + os.sep):
+        if not is_within(path, node.data.path):
             return
         self._reveal = None
         while True:
@@ -292,9 +293,7 @@ class CheckpointTree(Tree[NodeData]):
                     for c in node.children
                     if c.data is not None
                     and c.data.kind not in ("key", "placeholder")
-                    and (
-                        path == c.data.path or path.startswith(c.data.path.rstrip(os.sep) + os.sep)
-                    )
+                    and is_within(path, c.data.path)
                 ),
                 None,
             )
