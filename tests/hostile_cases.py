@@ -337,13 +337,13 @@ def _quadratic_set(n: int, m: int) -> bytes:
     return out + b"e."
 
 
-def _dcp(offset: bytes) -> bytes:
-    """A DCP .metadata whose _StorageInfo offset is `offset` (pickle bytes)."""
+def _dcp(offset: bytes, rel: str = "__0_0.distcp") -> bytes:
+    """A DCP .metadata whose _StorageInfo offset is `offset` (pickle bytes), in file `rel`."""
     meta = g("torch.distributed.checkpoint.metadata", "Metadata") + b")\x81}("
     meta += su("state_dict_metadata") + b"}" + su("storage_data") + b"}("
     meta += g("torch.distributed.checkpoint.metadata", "MetadataIndex") + b")\x81"
     meta += g("torch.distributed.checkpoint.filesystem", "_StorageInfo") + b")\x81}("
-    meta += su("relative_path") + su("__0_0.distcp") + su("offset") + offset
+    meta += su("relative_path") + su(rel) + su("offset") + offset
     meta += su("length") + b"K\x04ubu" + su("planner_data") + b"}ub."
     return b"\x80\x02" + meta
 
@@ -437,6 +437,8 @@ def malformed_cases() -> list[Case]:
             lambda m: torch_zip(tensor_pickle((4, 4), (4, 1)), [("archive/data/0", b"\0" * 16)])),
         one("bad/dcp string offset", "bad", ".metadata", lambda m: _dcp(su("12"))),
         one("bad/dcp huge offset", "bad", ".metadata", lambda m: _dcp(b"\x8a\x09" + b"\xff" * 8 + b"\x7f")),
+        one("bad/dcp NUL in a data file name", "bad", ".metadata",
+            lambda m: _dcp(b"K\x00", "__0\x00_0.distcp"), "error"),
         one("bad/pickle 10M small ints (20 MB)", "bad", "model.pt", lambda m: _small_ints(10_000_000),
             big=True),
         one("bad/pickle 1M small ints (3 MB)", "bad", "model.pt", lambda m: _small_ints(1_000_000)),
@@ -583,4 +585,6 @@ def check(case: Case, folder: Path, marker: Path) -> str | None:
             return "the text report does not flag the checkpoint"
     elif case.expect == "error" and not index.error:
         return "accepted though invalid"
+    if index.error and index.error.startswith("unreadable ("):
+        return f"a reader let an exception escape: {index.error}"
     return None

@@ -118,7 +118,7 @@ def read(path: Path, size: int) -> FileIndex:
             sf = _fields(info)
             rel = sf.get("relative_path")
             if isinstance(rel, str):
-                if "/" in rel or rel in ("", ".", ".."):
+                if "/" in rel or "\0" in rel or rel in ("", ".", ".."):
                     raise FormatError(f"storage_data names {rel[:60]!r}, not a file of the folder")
                 offset = _count(sf.get("offset"), f"{rel[:60]}: offset")
                 length = _count(sf.get("length"), f"{rel[:60]}: length")
