@@ -37,6 +37,18 @@ def problems(path: Path) -> list[tuple[str, str | None, str]]:
     return [(p["file"], p["tensor"], p["kind"]) for p in ckpt["problems"]]
 
 
+@pytest.fixture(params=["C", "numpy"])
+def stats_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs with the C module's statistics and with numpy's (its fallback) both."""
+    from ckpttui.jobs import tensorstats
+
+    if request.param == "numpy":
+        monkeypatch.setattr(tensorstats, "_moments", None)
+    elif tensorstats._moments is None:
+        pytest.skip("ckpttui.jobs._moments was not built (no C compiler at install)")
+    return str(request.param)
+
+
 def record_offset(path: Path, name: str) -> int:
     """Byte offset in `path` of the storage holding tensor `name` (a key path joined by '/')."""
     with TensorSource(path) as src:
@@ -89,6 +101,7 @@ def test_nan_in_a_frozen_fragments_padding_is_a_note(ds_root: Path, tmp_path: Pa
     assert "1 NaN of 39" in note and "padding" in note
 
 
+@pytest.mark.usefixtures("stats_impl")
 def test_statistics_agree_with_torch(tk_root: Path) -> None:
     path = tk_root / EP.format(2)
     (ckpt,) = report(path)["checkpoints"]
@@ -111,6 +124,7 @@ def test_statistics_agree_with_torch(tk_root: Path) -> None:
         assert math.isclose(ours["norm"], norm, rel_tol=1e-5), key
 
 
+@pytest.mark.usefixtures("stats_impl")
 def test_nan_and_inf_named_in_weights_and_optimizer_moments(tk_root: Path, tmp_path: Path) -> None:
     state = load(tk_root / EP.format(1))
     weight = "encoder.encoders0.0.feed_forward.w_1.weight"
@@ -242,6 +256,7 @@ def test_runs_in_the_job_child_process(tk_root: Path) -> None:
     assert job.spec.title == "verify model.pt.ep1"
 
 
+@pytest.mark.usefixtures("stats_impl")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
 def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> None:
     from ckpttui.jobs.tensorstats import Stats
@@ -269,6 +284,7 @@ def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> 
     assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6)
 
 
+@pytest.mark.usefixtures("stats_impl")
 def test_records_split_across_threads_give_the_same_report(
     tk_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,6 +338,7 @@ def test_records_split_across_threads_give_the_same_report(
     assert ("model.pt.ep2", name, "crc") in problems(bad)
 
 
+@pytest.mark.usefixtures("stats_impl")
 @pytest.mark.parametrize("order", ["reversed", "two threads"])
 def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
     """Pieces merged in any order (each summed around its own reference) give the same numbers."""
@@ -357,6 +374,7 @@ def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
     assert s.norm == pytest.approx(float(ref.norm()), rel=1e-6)
 
 
+@pytest.mark.usefixtures("stats_impl")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
     "values",
@@ -403,3 +421,44 @@ def test_cancel_stops_every_reading_thread(tk_root: Path, monkeypatch: pytest.Mo
             if event.kind == "progress" or event.kind == "start":
                 cancel.set()
     assert not [t for t in threading.enumerate() if t.name == "verify"]
+
+
+@pytest.mark.usefixtures("stats_impl")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("case", ["nan and inf", "huge", "tiny", "far from zero", "unaligned"])
+def test_statistics_of_hard_values_match_torch(dtype: torch.dtype, case: str) -> None:
+    """Whatever the values: NaN/Inf counts exact, min/max exact, the rest as float64 says.
+
+    3 x 1024 + 7 elements: whole blocks of the C module and a tail shorter than its lanes.
+    """
+    from ckpttui.jobs.tensorstats import Stats
+
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(3 * 1024 + 7, generator=gen, dtype=torch.float64)
+    if case == "huge":  # squares beyond float32 (and float16's largest values)
+        values = values * (6e4 if dtype == torch.float16 else 1e30)
+        values = values.clamp(-65504, 65504) if dtype == torch.float16 else values
+    elif case == "tiny":  # subnormal in float16 and float32
+        values = values * (1e-6 if dtype == torch.float16 else 1e-40)
+    elif case == "far from zero":  # centred sums (a LayerNorm weight)
+        values = 1000.0 + values * 1e-2
+    t = values.to(dtype)
+    if case == "nan and inf":  # in the first block, the third, and the tail
+        t[5], t[2100], t[2101], t[-1] = float("nan"), float("inf"), float("nan"), float("-inf")
+    raw = t.view(torch.uint8).numpy().tobytes()
+    stats = Stats(str(dtype).removeprefix("torch."))
+    if case == "unaligned":  # a safetensors tensor may start at any byte
+        stats.feed(memoryview(b"\0" + raw)[1:])
+    else:
+        for cut in range(0, len(raw), 1000 * t.element_size()):
+            stats.feed(raw[cut : cut + 1000 * t.element_size()])
+    s = stats.summary()
+    ref = t.double()
+    finite = ref[torch.isfinite(ref)]
+    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
+    assert s.inf == int(ref.isinf().sum())
+    assert s.min == float(finite.min()) and s.max == float(finite.max())
+    std = float(finite.std(unbiased=False))
+    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7, abs=1e-6 * std)
+    assert s.std == pytest.approx(std, rel=1e-4, abs=0)
+    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6, abs=0)

@@ -601,6 +601,7 @@ def _stream_mapped(
 ) -> Iterator[int]:
     tasks = _tasks(fp)
     skipped = fp.nbytes - sum(s.stop - s.start for t in tasks for s in t)
+    check_cancel(cancel)  # before any thread starts: a small file may be read before the loop
     with memoryview(mapped) as view:
         work = _Work(tasks, view, mapped)
         threads = [
