@@ -2,25 +2,23 @@
  *
  * moments(buffer, kind, shift) -> (nan, inf, finite, min, max, sum, sumsq)
  *
- *   buffer  little-endian elements (any object with the buffer protocol: a memoryview of the
- *           mmap, bytes); whole elements, any alignment
+ *   buffer  elements in native byte order (anything with the buffer protocol: a memoryview of
+ *           the mmap, bytes); whole elements, at any alignment
  *   kind    "f" float32, "e" float16, "b" bfloat16, "d" float64
- *   shift   the reference subtracted before summing (see jobs/tensorstats.py); for the 32- and
- *           16-bit kinds it is first rounded to float32, and the shift used is what Python's
- *           `Stats` passes (already rounded)
+ *   shift   the reference subtracted before summing (jobs/tensorstats.py centres values far from
+ *           zero); rounded to float32 for the 32- and 16-bit kinds
  *
- * NaN and Inf are counted; min, max, sum and sum of squares are those of the finite values
- * (sum and sumsq of value - shift, float64). The GIL is released while reading.
+ * NaN and Inf are counted; min and max are those of the finite values, sum and sumsq those of
+ * the finite values minus shift, in float64. The GIL is released while reading.
  *
- * How: elements are widened to float32 a block at a time (BLOCK, in L1; this also takes care
- * of alignment), then LANES independent accumulators per statistic walk the block, which gcc
- * vectorises at -O3 without any -ffast-math: each lane is its own chain, in order. Lane sums of
- * one block (BLOCK / LANES = 64 values each) are float32 and are added to float64 totals per
- * block, so the rounding stays near that of a 64-term float32 sum. A block whose float32 results
- * are not all finite (a NaN or Inf in it, or squares too large for float32) is read again one
- * element at a time in float64, counting NaN and Inf (`block_exact`): rare, and always right.
- *
- * float64 tensors are summed in float64 one element at a time (rare in checkpoints).
+ * How: BLOCK elements at a time, LANES independent accumulators per statistic (min, max, sum,
+ * sum of squares), each its own chain in element order, so gcc vectorises them at -O3 without
+ * -ffast-math. Elements are widened to float32 as they are loaded (bfloat16: a shift; float16:
+ * `load_f16`). A lane's sums over one block (BLOCK / LANES = 64 values) are float32 and go into
+ * float64 totals per block, so rounding stays near that of a 64-term float32 sum. A block whose
+ * float32 results cannot be trusted (a NaN or Inf in it, squares overflowing or underflowing
+ * float32) is read again one element at a time in float64 (`block_exact`), counting NaN and
+ * Inf: rare, and exact. float64 tensors are read that way throughout (rare in checkpoints).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -121,6 +119,14 @@ static void block_exact(const float *x, Py_ssize_t n, float shift, Moments *m)
     }
 }
 
+#if defined(__GNUC__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#define INLINE inline __attribute__((always_inline))
+#else
+#define PREFETCH(p) ((void)(p))
+#define INLINE inline
+#endif
+
 /* Where the CPU has them (x86-64 Linux), gcc also compiles the blocks for AVX2 + FMA and picks
  * the version at load time; elsewhere the baseline (SSE2 on x86-64) only. */
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
@@ -129,68 +135,90 @@ static void block_exact(const float *x, Py_ssize_t n, float shift, Moments *m)
 #define CLONES
 #endif
 
-/* One block of up to BLOCK elements: LANES accumulators each for min, max, sum and sum of
- * squares; a block with a NaN, an Inf or a float32 overflow is read again by `block_exact`. */
-#define BLOCK_FAST(NAME, LOAD, EXACT, BOUND)                                                                 \
-    CLONES static void NAME(const unsigned char *src, Py_ssize_t n, float shift, Moments *m)  \
-    {                                                                                          \
-        float lo[LANES], hi[LANES], s[LANES], q[LANES];                                        \
-        Py_ssize_t whole = n - n % LANES;                                                      \
-        for (int j = 0; j < LANES; j++) {                                                      \
-            lo[j] = INFINITY;                                                                  \
-            hi[j] = -INFINITY;                                                                 \
-            s[j] = 0.0f;                                                                       \
-            q[j] = 0.0f;                                                                       \
-        }                                                                                      \
-        for (Py_ssize_t i = 0; i < whole; i += LANES) {                                        \
-            for (int j = 0; j < LANES; j++) {                                                  \
-                float v = LOAD(src, i + j);                                                    \
-                float d = v - shift;                                                           \
-                lo[j] = v < lo[j] ? v : lo[j];                                                 \
-                hi[j] = v > hi[j] ? v : hi[j];                                                 \
-                s[j] += d;                                                                     \
-                q[j] += d * d;                                                                 \
-            }                                                                                  \
-        }                                                                                      \
-        float bl = INFINITY, bh = -INFINITY;                                                   \
-        double bs = 0.0, bq = 0.0;                                                             \
-        for (int j = 0; j < LANES; j++) {                                                      \
-            bl = lo[j] < bl ? lo[j] : bl;                                                      \
-            bh = hi[j] > bh ? hi[j] : bh;                                                      \
-            bs += s[j];                                                                        \
-            bq += q[j];                                                                        \
-        }                                                                                      \
-        for (Py_ssize_t i = whole; i < n; i++) {                                               \
-            float v = LOAD(src, i);                                                            \
-            double d = (double)v - (double)shift;                                              \
-            bl = v < bl ? v : bl;                                                              \
-            bh = v > bh ? v : bh;                                                              \
-            bs += d;                                                                           \
-            bq += d * d;                                                                       \
-        }                                                                                      \
-        /* A NaN leaves min and max alone (comparisons with it are false) but makes the sums \
-         * NaN; an Inf shows in min or max; float32 overflow of a square in an infinite sum;  \
-         * values all below TINY would lose their squares to float32 underflow. */           \
-        float top = -bl > bh ? -bl : bh;                                                       \
-        if (!(isfinite(bs) && isfinite(bq) && bl > -(BOUND) && bh < (BOUND)) ||                 \
-            (top > 0.0f && top < TINY)) {                                                      \
-            float x[BLOCK];                                                                    \
-            for (Py_ssize_t i = 0; i < n; i++)                                                 \
-                x[i] = EXACT(src, i);                                                          \
-            block_exact(x, n, shift, m);                                                       \
-            return;                                                                            \
-        }                                                                                      \
-        m->finite += n;                                                                        \
-        m->min = bl < m->min ? bl : m->min;                                                    \
-        m->max = bh > m->max ? bh : m->max;                                                    \
-        m->sum += bs;                                                                          \
-        m->sq += bq;                                                                           \
-    }
+/* Element i as float32 (kind a constant where this is inlined); `exact` for float16 converts
+ * Inf and NaN as they are, at a price. */
+static INLINE float load(const unsigned char *src, Py_ssize_t i, char kind, int exact)
+{
+    if (kind == 'f')
+        return load_f32(src, i);
+    if (kind == 'b')
+        return load_bf16(src, i);
+    return exact ? load_f16_exact(src, i) : load_f16(src, i);
+}
 
-/* BOUND: the magnitude from which the fast values are not to be trusted. */
-BLOCK_FAST(block_f32, load_f32, load_f32, INFINITY)
-BLOCK_FAST(block_bf16, load_bf16, load_bf16, INFINITY)
-BLOCK_FAST(block_f16, load_f16, load_f16_exact, 65536.0f)
+/* One block of up to BLOCK elements: LANES accumulators each for min, max, sum and sum of
+ * squares; a block whose float32 results cannot be trusted goes to `block_exact`. */
+static INLINE void block(const unsigned char *src, Py_ssize_t n, float shift, Moments *m,
+                         char kind)
+{
+    float lo[LANES], hi[LANES], s[LANES], q[LANES];
+    Py_ssize_t whole = n - n % LANES;
+    for (int j = 0; j < LANES; j++) {
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+        s[j] = 0.0f;
+        q[j] = 0.0f;
+    }
+    for (Py_ssize_t i = 0; i < whole; i += LANES) {
+        for (int j = 0; j < LANES; j++) {
+            float v = load(src, i + j, kind, 0);
+            float d = v - shift;
+            lo[j] = v < lo[j] ? v : lo[j];
+            hi[j] = v > hi[j] ? v : hi[j];
+            s[j] += d;
+            q[j] += d * d;
+        }
+    }
+    float bl = INFINITY, bh = -INFINITY;
+    double bs = 0.0, bq = 0.0;
+    for (int j = 0; j < LANES; j++) {
+        bl = lo[j] < bl ? lo[j] : bl;
+        bh = hi[j] > bh ? hi[j] : bh;
+        bs += s[j];
+        bq += q[j];
+    }
+    for (Py_ssize_t i = whole; i < n; i++) {
+        float v = load(src, i, kind, 0);
+        double d = (double)v - (double)shift;
+        bl = v < bl ? v : bl;
+        bh = v > bh ? v : bh;
+        bs += d;
+        bq += d * d;
+    }
+    /* A NaN leaves min and max alone (comparisons with it are false) but makes the sums NaN;
+     * an Inf shows in min or max (float16's, read by `load_f16`, as >= 65536); a square
+     * overflowing float32 makes a sum infinite; values all below TINY lose their squares. */
+    float bound = kind == 'e' ? 65536.0f : INFINITY;
+    float top = -bl > bh ? -bl : bh;
+    if (!(isfinite(bs) && isfinite(bq) && top < bound) || (top > 0.0f && top < TINY)) {
+        float x[BLOCK];
+        for (Py_ssize_t i = 0; i < n; i++)
+            x[i] = load(src, i, kind, 1);
+        block_exact(x, n, shift, m);
+        return;
+    }
+    m->finite += n;
+    m->min = bl < m->min ? bl : m->min;
+    m->max = bh > m->max ? bh : m->max;
+    m->sum += bs;
+    m->sq += bq;
+}
+
+/* `block` compiled once per kind (and per CPU level, CLONES). */
+CLONES static void block_f32(const unsigned char *src, Py_ssize_t n, float shift, Moments *m)
+{
+    block(src, n, shift, m, 'f');
+}
+
+CLONES static void block_bf16(const unsigned char *src, Py_ssize_t n, float shift, Moments *m)
+{
+    block(src, n, shift, m, 'b');
+}
+
+CLONES static void block_f16(const unsigned char *src, Py_ssize_t n, float shift, Moments *m)
+{
+    block(src, n, shift, m, 'e');
+}
 
 static void moments_f64(const unsigned char *src, Py_ssize_t n, double shift, Moments *m)
 {
@@ -232,16 +260,17 @@ static PyObject *moments(PyObject *self, PyObject *args)
     if (kind == 'd') {
         moments_f64(src, n, shift, &m);
     } else {
-        void (*block)(const unsigned char *, Py_ssize_t, float, Moments *) =
+        void (*read)(const unsigned char *, Py_ssize_t, float, Moments *) =
             kind == 'f' ? block_f32 : kind == 'b' ? block_bf16 : block_f16;
         float shift32 = (float)shift;
         for (Py_ssize_t at = 0; at < n; at += BLOCK) {
             Py_ssize_t k = n - at < BLOCK ? n - at : BLOCK;
-            /* Ask for the block after next while this one is summed (no CRC pass has brought
-             * safetensors bytes into cache first): one request per 64-byte line. */
-            for (Py_ssize_t b = (at + 2 * BLOCK) * size; b < (at + 3 * BLOCK) * size && b < buf.len; b += 64)
-                __builtin_prefetch(src + b);
-            block(src + at * size, k, shift32, &m);
+            /* Ask for the block after next while this one is summed (safetensors bytes have
+             * no CRC pass to bring them into cache first): one request per 64-byte line. */
+            Py_ssize_t next = (at + 2 * BLOCK) * size, end = next + BLOCK * size;
+            for (Py_ssize_t b = next; b < end && b < buf.len; b += 64)
+                PREFETCH(src + b);
+            read(src + at * size, k, shift32, &m);
         }
     }
     Py_END_ALLOW_THREADS;

@@ -624,6 +624,11 @@ def _stream_mapped(
                 if work.done > told:
                     told = work.done
                     yield done + told
+            # The other threads may have read every task before this one looked.
+            if work.error is not None:
+                raise work.error
+            if work.done > told:
+                yield done + work.done
         finally:
             work.halt()
             for thread in threads:
