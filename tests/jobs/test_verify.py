@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,23 @@ def problems(path: Path) -> list[tuple[str, str | None, str]]:
     return [(p["file"], p["tensor"], p["kind"]) for p in ckpt["problems"]]
 
 
-@pytest.fixture(params=["C", "numpy"])
-def stats_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The test runs with the C module's statistics and with numpy's (its fallback) both."""
+@pytest.fixture(params=["C", "C without F16C", "numpy"])
+def stats_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test runs with each way statistics are computed: the C module's (float16 widened by
+    the F16C instructions where the CPU has them, and as without them) and numpy's, its fallback
+    where the module was not built."""
     from ckpttui.jobs import tensorstats
 
+    moments = tensorstats._moments
     if request.param == "numpy":
         monkeypatch.setattr(tensorstats, "_moments", None)
-    elif tensorstats._moments is None:
+    elif moments is None:
         pytest.skip("ckpttui.jobs._moments was not built (no C compiler at install)")
-    return str(request.param)
+    elif request.param == "C without F16C":
+        moments.use_f16c(False)
+    yield str(request.param)
+    if moments is not None:
+        moments.use_f16c(True)
 
 
 def record_offset(path: Path, name: str) -> int:
