@@ -255,6 +255,11 @@ class Stats:
         self._sq = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def fused(self) -> bool:
+        """Whether the C module reads the values (one pass, in any size of piece)."""
+        return self._kind is not None
+
     def feed(self, raw: Any) -> None:
         """Add a piece of raw bytes (a buffer of whole elements); safe from several threads."""
         part = self._part_c(raw) if self._kind else self._part(raw)

@@ -48,6 +48,9 @@ from ckpttui.jobs.zipcut import LOCAL, LOCAL_MAGIC, find_cut
 from ckpttui.records import Category, Checkpoint, FileIndex, TensorRecord
 
 CHUNK = 256 << 10  # bytes read at a time: stays in L2 for the several passes over it
+# Bytes read at a time where one pass does it all (no CRC-32, statistics by the C module): fewer
+# calls from Python (safetensors bf16/fp16: 80-87% of cat's speed, 75-80% at CHUNK).
+WIDE = 1 << 20
 PIECE = 4 << 20  # bytes a thread takes at a time (a multiple of CHUNK)
 WINDOW = 4  # tasks a thread may run ahead of the first unfinished one
 RELEASE = 16 << 20  # pages read are given back this often
@@ -497,16 +500,19 @@ def _tasks(fp: _FilePlan) -> list[list[_Segment]]:
 
 
 def _read_segment(view: memoryview, seg: _Segment) -> None:
-    """CRC-32 and statistics of one segment, a `CHUNK` at a time (each stays in cache)."""
+    """CRC-32 and statistics of one segment, a `CHUNK` at a time (each stays in cache), or a
+    `WIDE` one where a single pass reads it."""
     region = seg.region
     check = region.crc is not None
     ranges = region.ranges
+    one_pass = not check and all(r.stats is None or r.stats.fused for r in ranges)
+    step = WIDE if one_pass else CHUNK
     i = seg.first
     active = list(seg.active)
     crc = 0
     pos = seg.start
     while pos < seg.stop:
-        stop = min(pos + CHUNK, seg.stop)
+        stop = min(pos + step, seg.stop)
         chunk = view[pos:stop]
         if check:
             crc = crc32(chunk, crc)
