@@ -347,6 +347,34 @@ def test_records_split_across_threads_give_the_same_report(
 
 
 @pytest.mark.usefixtures("stats_impl")
+def test_safetensors_read_in_wide_pieces_by_threads_agree_with_torch(
+    hf_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes with no CRC (read a `WIDE` piece at a time by the C module) cut small, 3 threads."""
+    from safetensors.torch import load_file
+
+    from ckpttui.jobs import verify as V
+
+    src = next(p for p in sorted(hf_root.rglob("model.safetensors")))
+    monkeypatch.setattr(V, "CHUNK", 256)
+    monkeypatch.setattr(V, "WIDE", 512)
+    monkeypatch.setattr(V, "PIECE", 1024)
+    monkeypatch.setattr(V, "THREADS", 3)
+    (ckpt,) = report(src)["checkpoints"]
+    stats = {t["name"]: t["stats"] for f in ckpt["files"] for t in f["tensors"]}
+    tensors = load_file(src)
+    assert ckpt["healthy"] and stats.keys() == tensors.keys()
+    assert max(v.numel() * v.element_size() for v in tensors.values()) > 4 * 1024  # many pieces
+    for name, value in tensors.items():
+        s, ref = stats[name], value.double().reshape(-1)
+        assert (s["count"], s["min"], s["max"]) == (ref.numel(), float(ref.min()), float(ref.max()))
+        std = float(ref.std(unbiased=False)) if ref.numel() > 1 else 0.0
+        assert math.isclose(s["mean"], float(ref.mean()), rel_tol=1e-5, abs_tol=1e-6 * std), name
+        assert math.isclose(s["std"], std, rel_tol=1e-4, abs_tol=1e-7), name
+        assert math.isclose(s["norm"], float(ref.norm()), rel_tol=1e-5), name
+
+
+@pytest.mark.usefixtures("stats_impl")
 @pytest.mark.parametrize("order", ["reversed", "two threads"])
 def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
     """Pieces merged in any order (each summed around its own reference) give the same numbers."""
