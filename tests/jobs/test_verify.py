@@ -18,6 +18,7 @@ from weights_ref import load
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.runner import ChildJob, JobSpec
 from ckpttui.jobs.source import TensorSource
+from ckpttui.jobs.tensorstats import Summary
 from ckpttui.jobs.verify import verify
 
 EP = "funasr/model.pt.ep{}"
@@ -55,6 +56,19 @@ def stats_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     yield str(request.param)
     if moments is not None:
         moments.use_f16c(True)
+
+
+def assert_matches_torch(s: Summary, t: torch.Tensor) -> None:
+    """Statistics of `t` as torch computes them in float64: counts and min/max exactly."""
+    ref = t.double()
+    finite = ref[torch.isfinite(ref)]
+    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
+    assert s.inf == int(ref.isinf().sum())
+    assert s.min == float(finite.min()) and s.max == float(finite.max())
+    std = float(finite.std(unbiased=False))
+    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7, abs=1e-6 * std)
+    assert s.std == pytest.approx(std, rel=1e-4, abs=0)
+    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6, abs=0)
 
 
 def record_offset(path: Path, name: str) -> int:
@@ -281,15 +295,7 @@ def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> 
     size = t.element_size()
     for cut in range(0, len(raw), 333 * size):  # odd pieces, whole elements
         stats.feed(raw[cut : cut + 333 * size])
-    s = stats.summary()
-    ref = t.double()
-    finite = ref[torch.isfinite(ref)]
-    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
-    assert s.inf == int(ref.isinf().sum())
-    assert s.min == float(finite.min()) and s.max == float(finite.max())
-    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7)
-    assert s.std == pytest.approx(float(finite.std(unbiased=False)), rel=1e-4)
-    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6)
+    assert_matches_torch(stats.summary(), t)
 
 
 @pytest.mark.usefixtures("stats_impl")
@@ -488,13 +494,4 @@ def test_statistics_of_hard_values_match_torch(dtype: torch.dtype, case: str) ->
     else:
         for cut in range(0, len(raw), 1000 * t.element_size()):
             stats.feed(raw[cut : cut + 1000 * t.element_size()])
-    s = stats.summary()
-    ref = t.double()
-    finite = ref[torch.isfinite(ref)]
-    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
-    assert s.inf == int(ref.isinf().sum())
-    assert s.min == float(finite.min()) and s.max == float(finite.max())
-    std = float(finite.std(unbiased=False))
-    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7, abs=1e-6 * std)
-    assert s.std == pytest.approx(std, rel=1e-4, abs=0)
-    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6, abs=0)
+    assert_matches_torch(stats.summary(), t)
