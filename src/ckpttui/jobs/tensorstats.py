@@ -76,7 +76,8 @@ def _scratch(dtype: np.dtype, n: int, slot: int = 0) -> np.ndarray:
 _ONES: dict[str, np.ndarray] = {}
 # Largest n * max|x|^2 whose sums (and those of values shifted by at most max|x|) stay finite.
 _SAFE = {"f": 1e37, "d": 1e306}
-# Largest max|x| of float32 values whose squares underflow: below it they are summed in float64.
+# float32 pieces whose values are all smaller than this are summed in float64: their squares
+# would underflow float32 (the C module does the same).
 _TINY = 1e-18
 
 

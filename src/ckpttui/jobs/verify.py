@@ -14,7 +14,8 @@ tasks of about 4 MiB in order of file offset (`_stream`):
   min/max/mean/std/norm kept for the app (`ckpttui.jobs.tensorstats`).
 
 The verdict of a checkpoint is ``healthy`` and a list of ``problems``, each naming the file and,
-where there is one, the tensor. numpy only: no torch import, so it starts fast.
+where there is one, the tensor. numpy and an optional C module only: no torch import, so it
+starts fast.
 
 Speed (benchmarks/RESULTS.md, "verify"): per 256 KiB of a record, one pass from memory (the
 CRC-32, ISA-L) and one in cache for the statistics (the C module `_moments`: min, max, NaN/Inf,
