@@ -2,15 +2,17 @@
 
 Inputs (generated once, cached under ``--dir``): the FunASR-style ``model.pt.ep3`` of
 `bench_inspect.make_checkpoint` (fp32 weights + AdamW state + scheduler, ``--size-mb``), an
-``ep4`` with every weight scaled by 1.01 (diff's B), and the weights of ep3 as a bf16
-safetensors file (verify's bf16 path). Every measured program runs in its own child process;
+``ep4`` with every weight scaled by 1.01 (diff's B), and the weights of ep3 as bf16 and as fp16
+safetensors files (verify's 16-bit paths). Every measured program runs in its own child process;
 peak RSS is the child's own ``VmHWM``; the page cache is warm in a known state before each run
 (`bench_jobs.warm`: our files' pages dropped, then read once with cat). Runs are round robin.
 
 * verify: ``ckpttui.jobs.verify.verify`` (CRC-32 of every zip record, NaN/Inf, zero, per-tensor
-  statistics) against ``cat FILE > /dev/null``; also in one thread (``THREADS = 1``: what a
-  machine with one free CPU gets), and with zlib's CRC-32 instead of ISA-L's (what a machine
-  without ``isal`` gets: no combining of CRC parts either, so a record is read by one thread).
+  statistics) against ``cat FILE > /dev/null``, on fp32, bf16 and fp16 files; also with numpy's
+  statistics instead of the C module's (what an install without a C compiler gets:
+  ``tensorstats._moments = None``) and, on fp32, with zlib's CRC-32 instead of ISA-L's (what a
+  machine without ``isal`` gets: no combining of CRC parts either, so a record is read by one
+  thread).
   The ratio to cat is taken within each round (cat and verify run back to back) and its median
   over the rounds is reported, with its range; the machine's load average is printed, since the
   2 CPUs of the machine these numbers come from are shared. CPU seconds (user + system) of cat
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -60,6 +63,9 @@ VERIFY_CODE = (
     "    V.crc32, V.crc32_combine = zlib.crc32, None\n"
     "if THREADS:\n"
     "    V.THREADS = THREADS\n"
+    "if NUMPY:\n"
+    "    from ckpttui.jobs import tensorstats\n"
+    "    tensorstats._moments = None\n"
     "t1 = time.perf_counter()\n"
     "c1 = cpu()\n"
     "INFO = None\n"
@@ -109,6 +115,9 @@ DERIVE_CODE = (
     "save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v\n"
     "           for k, v in state['state_dict'].items()}, BF16 + '.tmp')\n"
     "os.replace(BF16 + '.tmp', BF16)\n"
+    "save_file({k: v.to(torch.float16) if v.is_floating_point() else v\n"
+    "           for k, v in state['state_dict'].items()}, F16 + '.tmp')\n"
+    "os.replace(F16 + '.tmp', F16)\n"
     "state['state_dict'] = {k: v * 1.01 if v.is_floating_point() else v\n"
     "                       for k, v in state['state_dict'].items()}\n"
     "state['epoch'] = 4\n"
@@ -117,21 +126,22 @@ DERIVE_CODE = (
 )
 
 
-def inputs(folder: Path, size_mb: int) -> tuple[Path, Path, Path]:
-    """ep3, ep4 and the bf16 weights, generated once."""
+def inputs(folder: Path, size_mb: int) -> tuple[Path, Path, Path, Path]:
+    """ep3, ep4 and the bf16 and fp16 weights, generated once."""
     folder.mkdir(parents=True, exist_ok=True)
-    a, b, bf16 = (
+    a, b, bf16, f16 = (
         folder / "model.pt.ep3",
         folder / "model.pt.ep4",
         folder / "weights.bf16.safetensors",
+        folder / "weights.f16.safetensors",
     )
     if not a.exists():
         print(f"generating {a} ({size_mb} MB)...", file=sys.stderr)
         make_checkpoint(a, size_mb)
-    if not b.exists() or not bf16.exists():
-        print(f"deriving {b.name} and {bf16.name}...", file=sys.stderr)
-        child(DERIVE_CODE, {"BASE": str(a), "B": str(b), "BF16": str(bf16)})
-    return a, b, bf16
+    if not b.exists() or not bf16.exists() or not f16.exists():
+        print(f"deriving {b.name}, {bf16.name} and {f16.name}...", file=sys.stderr)
+        child(DERIVE_CODE, {"BASE": str(a), "B": str(b), "BF16": str(bf16), "F16": str(f16)})
+    return a, b, bf16, f16
 
 
 def children_cpu() -> float:
@@ -140,7 +150,7 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_verify(a: Path, bf16: Path, repeat: int, against: Path | None = None) -> None:
+def bench_verify(a: Path, bf16: Path, f16: Path, repeat: int, against: Path | None = None) -> None:
     """verify against cat, round robin; ratios within each round, their median.
 
     `against`: another checkout's ``src`` (main's, say) whose verify runs in the same rounds.
@@ -156,12 +166,15 @@ def bench_verify(a: Path, bf16: Path, repeat: int, against: Path | None = None) 
         return {"wall": wall, "imports": 0.0, "job": wall, "rss": 0, "info": 0, "cpu": cpu}
 
     def ours(
-        path: Path, threads: int = 0, zlib: int = 0, src: Path | None = None
+        path: Path, threads: int = 0, zlib: int = 0, numpy: int = 0, src: Path | None = None
     ) -> dict[str, float]:
         saved = bench_jobs.SRC
         bench_jobs.SRC = src or saved
         try:
-            result = measure(VERIFY_CODE, {"PATH": str(path), "ZLIB": zlib, "THREADS": threads})
+            result = measure(
+                VERIFY_CODE,
+                {"PATH": str(path), "ZLIB": zlib, "THREADS": threads, "NUMPY": numpy},
+            )
         finally:
             bench_jobs.SRC = saved
         _, healthy, cpu = result["info"]  # type: ignore[misc]
@@ -170,19 +183,18 @@ def bench_verify(a: Path, bf16: Path, repeat: int, against: Path | None = None) 
         result["cpu"] = cpu
         return result
 
-    plan = [
-        ("cat", a, lambda: cat(a)),
-        ("ckpttui verify", a, lambda: ours(a)),
-        ("ckpttui verify, 1 thread", a, lambda: ours(a, threads=1)),
-        ("ckpttui verify, zlib's CRC-32", a, lambda: ours(a, zlib=1)),
-        ("cat", bf16, lambda: cat(bf16)),
-        ("ckpttui verify", bf16, lambda: ours(bf16)),
-        ("ckpttui verify, 1 thread", bf16, lambda: ours(bf16, threads=1)),
-    ]
-    if against is not None:
-        name = f"ckpttui verify of {against.parent.name}"
-        plan.insert(4, (name, a, lambda: ours(a, src=against)))
-        plan.append((name, bf16, lambda: ours(bf16, src=against)))
+    plan: list[tuple[str, Path, Any]] = []
+    for path in (a, bf16, f16):
+        plan += [
+            ("cat", path, lambda path=path: cat(path)),
+            ("ckpttui verify", path, lambda path=path: ours(path)),
+            ("ckpttui verify, numpy statistics", path, lambda path=path: ours(path, numpy=1)),
+        ]
+        if path == a:
+            plan.append(("ckpttui verify, zlib's CRC-32", a, lambda: ours(a, zlib=1)))
+        if against is not None:
+            name = f"ckpttui verify of {against.parent.name}"
+            plan.append((name, path, lambda path=path: ours(path, src=against)))
     rows: dict[tuple[str, Path], list[dict[str, float]]] = {}
     loads = [os.getloadavg()[0]]
     for _ in range(repeat):
@@ -232,9 +244,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["verify", "diff"])
     ap.add_argument("--against", type=Path, help="another checkout's src/ to verify with too")
     args = ap.parse_args()
-    a, b, bf16 = inputs(Path(args.dir), args.size_mb)
+    a, b, bf16, f16 = inputs(Path(args.dir), args.size_mb)
     if args.only != "diff":
-        bench_verify(a, bf16, args.repeat, args.against)
+        bench_verify(a, bf16, f16, args.repeat, args.against)
     if args.only == "verify":
         return
 
@@ -268,7 +280,9 @@ def main() -> None:
         assert o[0] == eq, k
         worst = max(worst, abs(o[1] - mx) / (abs(mx) or 1.0), abs(o[2] - rel) / (abs(rel) or 1.0))
     print(f"\n{len(theirs)} tensors; largest relative disagreement with torch: {worst:.1e}")
-    print(json.dumps({"a": str(a), "b": str(b), "bf16": str(bf16)}), file=sys.stderr)
+    print(
+        json.dumps({"a": str(a), "b": str(b), "bf16": str(bf16), "f16": str(f16)}), file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

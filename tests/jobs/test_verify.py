@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from weights_ref import load
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.runner import ChildJob, JobSpec
 from ckpttui.jobs.source import TensorSource
+from ckpttui.jobs.tensorstats import Summary
 from ckpttui.jobs.verify import verify
 
 EP = "funasr/model.pt.ep{}"
@@ -35,6 +37,38 @@ def problems(path: Path) -> list[tuple[str, str | None, str]]:
     (ckpt,) = report(path)["checkpoints"]
     assert ckpt["healthy"] is (not ckpt["problems"])
     return [(p["file"], p["tensor"], p["kind"]) for p in ckpt["problems"]]
+
+
+@pytest.fixture(params=["C", "C without F16C", "numpy"])
+def stats_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test runs with each way statistics are computed: the C module's (float16 widened by
+    the F16C instructions where the CPU has them, and as without them) and numpy's, its fallback
+    where the module was not built."""
+    from ckpttui.jobs import tensorstats
+
+    moments = tensorstats._moments
+    if request.param == "numpy":
+        monkeypatch.setattr(tensorstats, "_moments", None)
+    elif moments is None:
+        pytest.skip("ckpttui.jobs._moments was not built (no C compiler at install)")
+    elif request.param == "C without F16C":
+        moments.use_f16c(False)
+    yield str(request.param)
+    if moments is not None:
+        moments.use_f16c(True)
+
+
+def assert_matches_torch(s: Summary, t: torch.Tensor) -> None:
+    """Statistics of `t` as torch computes them in float64: counts and min/max exactly."""
+    ref = t.double()
+    finite = ref[torch.isfinite(ref)]
+    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
+    assert s.inf == int(ref.isinf().sum())
+    assert s.min == float(finite.min()) and s.max == float(finite.max())
+    std = float(finite.std(unbiased=False))
+    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7, abs=1e-6 * std)
+    assert s.std == pytest.approx(std, rel=1e-4, abs=0)
+    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6, abs=0)
 
 
 def record_offset(path: Path, name: str) -> int:
@@ -89,6 +123,7 @@ def test_nan_in_a_frozen_fragments_padding_is_a_note(ds_root: Path, tmp_path: Pa
     assert "1 NaN of 39" in note and "padding" in note
 
 
+@pytest.mark.usefixtures("stats_impl")
 def test_statistics_agree_with_torch(tk_root: Path) -> None:
     path = tk_root / EP.format(2)
     (ckpt,) = report(path)["checkpoints"]
@@ -111,6 +146,7 @@ def test_statistics_agree_with_torch(tk_root: Path) -> None:
         assert math.isclose(ours["norm"], norm, rel_tol=1e-5), key
 
 
+@pytest.mark.usefixtures("stats_impl")
 def test_nan_and_inf_named_in_weights_and_optimizer_moments(tk_root: Path, tmp_path: Path) -> None:
     state = load(tk_root / EP.format(1))
     weight = "encoder.encoders0.0.feed_forward.w_1.weight"
@@ -242,6 +278,7 @@ def test_runs_in_the_job_child_process(tk_root: Path) -> None:
     assert job.spec.title == "verify model.pt.ep1"
 
 
+@pytest.mark.usefixtures("stats_impl")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
 def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> None:
     from ckpttui.jobs.tensorstats import Stats
@@ -258,17 +295,10 @@ def test_streamed_statistics_match_torch_in_any_chunking(dtype: torch.dtype) -> 
     size = t.element_size()
     for cut in range(0, len(raw), 333 * size):  # odd pieces, whole elements
         stats.feed(raw[cut : cut + 333 * size])
-    s = stats.summary()
-    ref = t.double()
-    finite = ref[torch.isfinite(ref)]
-    assert s.count == t.numel() and s.nan == int(ref.isnan().sum())
-    assert s.inf == int(ref.isinf().sum())
-    assert s.min == float(finite.min()) and s.max == float(finite.max())
-    assert s.mean == pytest.approx(float(finite.mean()), rel=1e-7)
-    assert s.std == pytest.approx(float(finite.std(unbiased=False)), rel=1e-4)
-    assert s.norm == pytest.approx(float(finite.norm()), rel=1e-6)
+    assert_matches_torch(stats.summary(), t)
 
 
+@pytest.mark.usefixtures("stats_impl")
 def test_records_split_across_threads_give_the_same_report(
     tk_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,6 +352,35 @@ def test_records_split_across_threads_give_the_same_report(
     assert ("model.pt.ep2", name, "crc") in problems(bad)
 
 
+@pytest.mark.usefixtures("stats_impl")
+def test_safetensors_read_in_wide_pieces_by_threads_agree_with_torch(
+    hf_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes with no CRC (read a `WIDE` piece at a time by the C module) cut small, 3 threads."""
+    from safetensors.torch import load_file
+
+    from ckpttui.jobs import verify as V
+
+    src = next(p for p in sorted(hf_root.rglob("model.safetensors")))
+    monkeypatch.setattr(V, "CHUNK", 256)
+    monkeypatch.setattr(V, "WIDE", 512)
+    monkeypatch.setattr(V, "PIECE", 1024)
+    monkeypatch.setattr(V, "THREADS", 3)
+    (ckpt,) = report(src)["checkpoints"]
+    stats = {t["name"]: t["stats"] for f in ckpt["files"] for t in f["tensors"]}
+    tensors = load_file(src)
+    assert ckpt["healthy"] and stats.keys() == tensors.keys()
+    assert max(v.numel() * v.element_size() for v in tensors.values()) > 4 * 1024  # many pieces
+    for name, value in tensors.items():
+        s, ref = stats[name], value.double().reshape(-1)
+        assert (s["count"], s["min"], s["max"]) == (ref.numel(), float(ref.min()), float(ref.max()))
+        std = float(ref.std(unbiased=False)) if ref.numel() > 1 else 0.0
+        assert math.isclose(s["mean"], float(ref.mean()), rel_tol=1e-5, abs_tol=1e-6 * std), name
+        assert math.isclose(s["std"], std, rel_tol=1e-4, abs_tol=1e-7), name
+        assert math.isclose(s["norm"], float(ref.norm()), rel_tol=1e-5), name
+
+
+@pytest.mark.usefixtures("stats_impl")
 @pytest.mark.parametrize("order", ["reversed", "two threads"])
 def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
     """Pieces merged in any order (each summed around its own reference) give the same numbers."""
@@ -357,6 +416,7 @@ def test_statistics_do_not_depend_on_the_order_of_pieces(order: str) -> None:
     assert s.norm == pytest.approx(float(ref.norm()), rel=1e-6)
 
 
+@pytest.mark.usefixtures("stats_impl")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
     "values",
@@ -403,3 +463,35 @@ def test_cancel_stops_every_reading_thread(tk_root: Path, monkeypatch: pytest.Mo
             if event.kind == "progress" or event.kind == "start":
                 cancel.set()
     assert not [t for t in threading.enumerate() if t.name == "verify"]
+
+
+@pytest.mark.usefixtures("stats_impl")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("case", ["nan and inf", "huge", "tiny", "far from zero", "unaligned"])
+def test_statistics_of_hard_values_match_torch(dtype: torch.dtype, case: str) -> None:
+    """Whatever the values: NaN/Inf counts exact, min/max exact, the rest as float64 says.
+
+    3 x 1024 + 7 elements: whole blocks of the C module and a tail shorter than its lanes.
+    """
+    from ckpttui.jobs.tensorstats import Stats
+
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(3 * 1024 + 7, generator=gen, dtype=torch.float64)
+    if case == "huge":  # squares beyond float32 (and float16's largest values)
+        values = values * (6e4 if dtype == torch.float16 else 1e30)
+        values = values.clamp(-65504, 65504) if dtype == torch.float16 else values
+    elif case == "tiny":  # subnormal in float16 and float32
+        values = values * (1e-6 if dtype == torch.float16 else 1e-40)
+    elif case == "far from zero":  # centred sums (a LayerNorm weight)
+        values = 1000.0 + values * 1e-2
+    t = values.to(dtype)
+    if case == "nan and inf":  # in the first block, the third, and the tail
+        t[5], t[2100], t[2101], t[-1] = float("nan"), float("inf"), float("nan"), float("-inf")
+    raw = t.view(torch.uint8).numpy().tobytes()
+    stats = Stats(str(dtype).removeprefix("torch."))
+    if case == "unaligned":  # a safetensors tensor may start at any byte
+        stats.feed(memoryview(b"\0" + raw)[1:])
+    else:
+        for cut in range(0, len(raw), 1000 * t.element_size()):
+            stats.feed(raw[cut : cut + 1000 * t.element_size()])
+    assert_matches_torch(stats.summary(), t)

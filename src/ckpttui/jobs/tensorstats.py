@@ -13,6 +13,11 @@ Sum and sum of squares are BLAS dot products: one SIMD pass each over a piece in
 
 bfloat16 has no numpy dtype: its 16 bits are the high half of a float32, so a piece is widened
 two elements per uint32 (`_widen_bf16`) and viewed as float32.
+
+Where the optional C module `ckpttui.jobs._moments` was built (``pip install`` with a C
+compiler; see setup.py), float32, float16, bfloat16 and float64 pieces in native byte order are
+read by it instead: NaN/Inf counts, min, max, sum and sum of squares in one pass, with the same
+centring, GIL released. numpy does everything else, and everything when the module is absent.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+try:
+    from ckpttui.jobs import _moments
+except ImportError:  # built without a C compiler: numpy does it all
+    _moments = None  # type: ignore[assignment]
 
 # Dtypes whose values we read: torch dtype name -> numpy dtype of the stored elements.
 _STORED: dict[str, Any] = {
@@ -43,6 +53,8 @@ _STORED: dict[str, Any] = {
     "bool": np.bool_,
 }
 FLOATING = ("float64", "float32", "float16", "bfloat16")
+# Dtypes `_moments` reads: torch dtype name -> its kind letter.
+_KINDS = {"float32": "f", "float16": "e", "bfloat16": "b", "float64": "d"}
 _LITTLE = sys.byteorder == "little"
 
 
@@ -64,6 +76,9 @@ def _scratch(dtype: np.dtype, n: int, slot: int = 0) -> np.ndarray:
 _ONES: dict[str, np.ndarray] = {}
 # Largest n * max|x|^2 whose sums (and those of values shifted by at most max|x|) stay finite.
 _SAFE = {"f": 1e37, "d": 1e306}
+# float32 pieces whose values are all smaller than this are summed in float64: their squares
+# would underflow float32 (the C module does the same).
+_TINY = 1e-18
 
 
 def _sums(x: np.ndarray) -> tuple[float, float]:
@@ -228,6 +243,8 @@ class Stats:
         self.itemsize = stored.itemsize
         # 16-bit floats in native order: min and max from their bit patterns (`_range16`).
         self._top16 = _TOP16.get(dtype, 0) if self._stored.isnative else 0
+        # The C module's kind letter when it reads this tensor (it reads native order only).
+        self._kind = _KINDS.get(dtype) if _moments is not None and self._stored.isnative else None
         self.count = 0
         self.nan = 0
         self.inf = 0
@@ -239,9 +256,14 @@ class Stats:
         self._sq = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def fused(self) -> bool:
+        """Whether the C module reads the values (one pass, in any size of piece)."""
+        return self._kind is not None
+
     def feed(self, raw: Any) -> None:
         """Add a piece of raw bytes (a buffer of whole elements); safe from several threads."""
-        part = self._part(raw)
+        part = self._part_c(raw) if self._kind else self._part(raw)
         if part is not None:
             self._merge(part)
 
@@ -267,8 +289,9 @@ class Stats:
                 return (count, nan, inf, 0, math.inf, -math.inf, 0.0, 0.0, 0.0)
             lo, hi = float(np.minimum.reduce(x)), float(np.maximum.reduce(x))
         n = x.size
-        if max(-lo, hi) ** 2 * n > _SAFE[x.dtype.char]:  # float32 sums could overflow
-            x, owned = x.astype(np.float64), True
+        top = max(-lo, hi)
+        if top**2 * n > _SAFE[x.dtype.char] or (x.dtype.char == "f" and 0 < top < _TINY):
+            x, owned = x.astype(np.float64), True  # float32 squares would overflow, or underflow
         shift = self._shift
         if shift is None:  # the first piece (or one of the first, in parallel)
             total, sq = _sums(x)
@@ -284,6 +307,29 @@ class Stats:
             x = np.subtract(x, x.dtype.type(shift), out=out)
         total, sq = _sums(x)
         return (count, nan, inf, n, lo, hi, shift, total, sq)
+
+    def _part_c(self, raw: Any) -> _Part | None:
+        """`_part` in one pass of the C module (twice for the first piece when it is centred)."""
+        kind = self._kind
+        assert kind is not None and _moments is not None
+        shift = self._shift
+        nan, inf, n, lo, hi, total, sq = _moments.moments(raw, kind, shift or 0.0)
+        count = nan + inf + n
+        if not count:
+            return None
+        if not n:
+            return (count, nan, inf, 0, math.inf, -math.inf, 0.0, 0.0, 0.0)
+        if shift is None:  # as in `_part`: centre only when the mean dwarfs the spread
+            mean = total / n
+            if mean * mean <= sq / n - mean * mean:
+                return (count, nan, inf, n, lo, hi, 0.0, total, sq)
+            shift = self._rounded(mean)
+            _, _, n, lo, hi, total, sq = _moments.moments(raw, kind, shift)
+        return (count, nan, inf, n, lo, hi, self._rounded(shift), total, sq)
+
+    def _rounded(self, shift: float) -> float:
+        """The reference as the C module subtracts it: float32 but for float64 tensors."""
+        return shift if self._kind == "d" else float(np.float32(shift))
 
     def _merge(self, part: _Part) -> None:
         count, nan, inf, n, lo, hi, shift, total, sq = part
