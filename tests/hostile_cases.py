@@ -423,6 +423,10 @@ def malformed_cases() -> list[Case]:
         one("bad/pickle 100k nested marks", "bad", "model.pt",
             lambda m: b"\x80\x02" + b"(" * 100_000 + b"l" * 100_000 + b"."),
         one("bad/pickle 100k nested via memo", "bad", "model.pt", lambda m: _nested_memo(100_000)),
+        # found by the seeded fuzzer: a global and an attribute named with control characters
+        one("bad/pickle names with a newline and NULs", "bad", "model.pt",
+            lambda m: b"\x80\x02}(\x8c\n\x00\x00\x00tr\n(cbuiltins\n__import__\n(\x8c\x02ostR"
+                      b"\x8c\x06systemtR(\x8c\x04truemtRu.", "error"),
         one("bad/pickle DAG 3 KB", "bad", "model.pt", lambda m: _dag(250)),
         one("bad/pickle quadratic frozenset", "bad", "model.pt", lambda m: _quadratic_set(50_000, 200_000)),
         one("bad/tensor shape (-1, 4)", "bad", "model.pt",

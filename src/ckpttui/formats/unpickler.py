@@ -856,6 +856,8 @@ class _Machine:
         if not (module and name) or len(module) + len(name) > 300:
             raise UnpickleError("pickle names an empty or over-long global")
         qualname = f"{module}.{name}"
+        if not qualname.isprintable():  # no module has such a name; shown escaped, on one line
+            qualname = qualname.encode("unicode_escape").decode("ascii")
         self.seen.add(qualname)
         impl = _IMPLEMENTED.get(qualname)
         if impl is not None:
@@ -878,6 +880,8 @@ class _Machine:
         return stub
 
     def runs(self, what: str) -> None:
+        if not what.isprintable():  # names built from the pickle's strings: shown on one line
+            what = what.encode("unicode_escape").decode("ascii")
         self.would_run.setdefault(what[:120], None)
 
     def runs_callables_in(self, args: Any) -> None:
