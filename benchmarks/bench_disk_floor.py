@@ -80,7 +80,7 @@ class Job:
     func: str
     runs: list[dict[str, float]] = field(default_factory=list)
     size: int = 0
-    """Bytes the job writes (from its first run, which goes first: the write floor's size)."""
+    """Bytes the job writes (set by its runs; the first round runs the job first)."""
 
 
 def tensor_ranges(
@@ -262,6 +262,7 @@ def main() -> None:
                 remove(job.out)
                 wall, (imports, work, hwm, out_bytes, torch) = run_child(job.code, job.names, env)
                 remove(job.out)
+                job.size = out_bytes  # what the write floor writes
                 return {
                     "wall": wall,
                     "imports": imports,
@@ -282,7 +283,6 @@ def main() -> None:
                 dropped = fresh_start(job, env, not args.no_drop) and dropped
                 load.append(os.getloadavg()[0])
                 run.update(side())
-            job.size = int(run["out"])  # the next round's write floor writes as many bytes
             run["x_wall"] = run["wall"] / (run["read"] + run["write"])
             run["x_job"] = run["job"] / (run["read"] + run["write"])
             job.runs.append(run)

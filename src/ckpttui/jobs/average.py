@@ -23,8 +23,8 @@ inputs, with the metadata of the input the framework's own averaging script copi
 included.
 
 Peak memory does not grow with N or with the model: each output tensor is computed when the
-writer asks for it (one accumulator), from views of the memory-mapped inputs whose pages are
-given back after each input's contribution.
+writer asks for it, into a buffer reused from tensor to tensor, from the inputs' bytes read with
+``pread`` a chunk at a time (their mappings are never touched, so nothing piles up in them).
 """
 
 from __future__ import annotations
@@ -42,10 +42,9 @@ from ckpttui.jobs.export import is_torch_name, shard_size, write_output
 from ckpttui.jobs.output import Planned
 from ckpttui.jobs.recoverables import wants_folder
 from ckpttui.jobs.source import torch_dtype
-from ckpttui.jobs.st_writer import Raw, Values, new_buffer
+from ckpttui.jobs.st_writer import BufferPool, Raw, Values
 from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
-from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
     import torch
@@ -143,59 +142,95 @@ def _mean(
     return acc.to(dtype)
 
 
-def _numpy_mean(sets: Sequence[WeightSet], name: str, dtype: str) -> Raw | None:
+CHUNK = 1 << 20
+"""Bytes of each input read and summed at a time: the partial sums stay in the CPU's cache."""
+_scratch = threading.local()
+
+
+def _chunk_buffers(nbytes: int) -> tuple[memoryview, memoryview, memoryview]:
+    """This thread's scratch buffers: one input chunk, and two float32 chunks (16-bit inputs)."""
+    bufs: tuple[memoryview, memoryview, memoryview] | None = getattr(_scratch, "bufs", None)
+    if bufs is None or len(bufs[0]) < nbytes:
+        bufs = (
+            memoryview(bytearray(nbytes)),
+            memoryview(bytearray(2 * nbytes)),
+            memoryview(bytearray(2 * nbytes)),
+        )
+        _scratch.bufs = bufs
+    return bufs
+
+
+def _numpy_mean(sets: Sequence[WeightSet], name: str, dtype: str, pool: BufferPool) -> Raw | None:
     """The mean of a float tensor computed with numpy on the inputs' bytes, bit for bit what
     `_mean` computes with torch (float32 sums, or float64 for float64; IEEE add and true
     division; bfloat16 rounded to nearest even as torch rounds it). None when torch must do it:
     an input whose bytes cannot be read as they are, or NaN going into a 16-bit output (torch's
-    NaN bit pattern differs by code path)."""
+    NaN bit pattern differs by code path).
+
+    Chunk by chunk (`CHUNK` bytes of each input, read with ``pread``): the sums stay in the CPU's
+    cache, the inputs' mappings are never touched, and the only tensor-sized memory is the output
+    buffer, taken from `pool` (reused once the writer is done with it).
+    """
     import numpy as np
 
-    wide = np.float64 if dtype == "float64" else np.float32
-    acc: Any = None
-    scratch: Any = None
+    starts = []
+    nbytes = 0
     for ws in sets:
         source, rec = ws.entries[name]
-        raw = source.raw(rec)
-        if raw is None:
+        where = source.byte_range(rec)
+        if where is None or where[1] == 0:
             return None
-        if dtype == "bfloat16":  # bfloat16 is the top half of a float32: widen exactly
-            if scratch is None:
-                scratch = np.frombuffer(new_buffer(raw.data.nbytes * 2), np.uint32)
-            np.left_shift(np.frombuffer(raw.data, np.uint16), 16, out=scratch, dtype=np.uint32)
-            values = scratch.view(np.float32)
-        else:
-            values = np.frombuffer(raw.data, _NUMPY[dtype])
-        if acc is None:
-            acc = np.frombuffer(new_buffer(values.size * np.dtype(wide).itemsize), wide)
-            np.copyto(acc, values)
-        else:
-            np.add(acc, values, out=acc)
-        del values
-        ws.release(name)  # this input's pages are done with: resident memory stays flat
-    if acc is None:
-        return None
-    np.divide(acc, len(sets), out=acc)
-    shape = sets[0].record(name).shape
+        starts.append((source, where[0]))
+        nbytes = where[1]
+    n = len(sets)
+    out = pool.take(nbytes)
+    chunk, wide_a, wide_b = _chunk_buffers(CHUNK)
     if dtype in ("float32", "float64"):
-        return Raw(dtype, shape, memoryview(acc).cast("B"))
-    if np.isnan(acc).any():
-        return None
-    if dtype == "float16":
-        out = np.frombuffer(new_buffer(acc.size * 2), np.float16)
-        np.copyto(out, acc, casting="same_kind")
-        return Raw(dtype, shape, out.view(np.uint8).data)
-    bits = acc.view(np.uint32)  # float32 -> bfloat16, round to nearest even
-    bits += ((bits >> 16) & 1) + 0x7FFF
-    bits >>= 16
-    half = np.frombuffer(new_buffer(acc.size * 2), np.uint16)
-    np.copyto(half, bits, casting="unsafe")
-    return Raw(dtype, shape, half.view(np.uint8).data)
+        wide = np.float64 if dtype == "float64" else np.float32
+        for lo in range(0, nbytes, CHUNK):
+            size = min(CHUNK, nbytes - lo)
+            first, first_at = starts[0]
+            first.read_into(first_at + lo, out[lo : lo + size])
+            acc = np.frombuffer(out[lo : lo + size], wide)
+            for source, at in starts[1:]:
+                source.read_into(at + lo, chunk[:size])
+                np.add(acc, np.frombuffer(chunk[:size], wide), out=acc)
+            np.divide(acc, n, out=acc)
+        return Raw(dtype, sets[0].record(name).shape, out)
+    for lo in range(0, nbytes, CHUNK // 2):  # 16-bit values: each chunk widens to CHUNK bytes
+        size = min(CHUNK // 2, nbytes - lo)
+        acc = np.frombuffer(wide_a[: 2 * size], np.float32)
+        values = np.frombuffer(wide_b[: 2 * size], np.float32)
+        for k, (source, at) in enumerate(starts):
+            source.read_into(at + lo, chunk[:size])
+            target = acc if k == 0 else values
+            if dtype == "bfloat16":  # bfloat16 is the top half of a float32: widen exactly
+                halves = np.frombuffer(chunk[:size], np.uint16)
+                np.left_shift(halves, 16, out=target.view(np.uint32), dtype=np.uint32)
+            else:
+                np.copyto(target, np.frombuffer(chunk[:size], np.float16))
+            if k:
+                np.add(acc, values, out=acc)
+        if np.isnan(acc).any():
+            return None
+        np.divide(acc, n, out=acc)
+        if dtype == "float16":
+            np.copyto(np.frombuffer(out[lo : lo + size], np.float16), acc, casting="same_kind")
+            continue
+        bits = acc.view(np.uint32)  # float32 -> bfloat16, round to nearest even
+        carry = values.view(np.uint32)
+        np.right_shift(bits, 16, out=carry)
+        np.bitwise_and(carry, 1, out=carry)
+        np.add(carry, 0x7FFF, out=carry)
+        np.add(bits, carry, out=bits)
+        np.right_shift(bits, 16, out=bits)
+        np.copyto(np.frombuffer(out[lo : lo + size], np.uint16), bits, casting="unsafe")
+    return Raw(dtype, sets[0].record(name).shape, out)
 
 
-def _float_mean(sets: Sequence[WeightSet], name: str, dtype: str) -> Values:
+def _float_mean(sets: Sequence[WeightSet], name: str, dtype: str, pool: BufferPool) -> Values:
     """The mean of a float tensor: with numpy where it gives torch's bits, else with torch."""
-    mean = _numpy_mean(sets, name, dtype)
+    mean = _numpy_mean(sets, name, dtype, pool)
     if mean is not None:
         return mean
     torch_type = torch_dtype(dtype, name)
@@ -212,11 +247,16 @@ def _last_values(last: WeightSet, name: str) -> Values:
 def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
     """One planned tensor per name of the first input: a mean, or the last input's integers.
 
-    Float means are computed with numpy on the inputs' bytes (`_numpy_mean`), and integers are
-    copied as they are, so torch is imported only for other dtypes (complex) or NaN in a 16-bit
-    output: its import is longer than the whole average of a small model.
+    Float means are computed with numpy on the inputs' bytes (`_numpy_mean`) into buffers
+    reused from one tensor to the next, and integers are copied as they are, so torch is imported
+    only for other dtypes (complex) or NaN in a 16-bit output: its import is longer than the
+    whole average of a small model.
     """
     first, last = sets[0], sets[-1]
+    largest = max(
+        (r.nbytes for r in map(first.record, first.names) if r.dtype in _NUMPY), default=0
+    )
+    pool = BufferPool(largest + AHEAD_SLACK)  # what the next mean computed ahead may hold
     plan = []
     for name in first.names:
         rec = first.record(name)
@@ -226,7 +266,7 @@ def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
             continue
         load: Callable[[], Values]
         if rec.dtype in _NUMPY:
-            load = partial(_float_mean, sets, name, rec.dtype)
+            load = partial(_float_mean, sets, name, rec.dtype, pool)
         elif rec.dtype in _INTEGERS:
             load = partial(_last_values, last, name)
         else:
@@ -270,7 +310,7 @@ def average(
         plan = plan_average(sets)
         # the next mean is computed while this one is written (numpy gives up the GIL): within
         # the largest tensor's memory plus AHEAD_SLACK
-        costs = {p.name: 4 * shape_numel(p.shape) + p.nbytes for p in plan if p.dtype in _NUMPY}
+        costs = {p.name: p.nbytes for p in plan if p.dtype in _NUMPY}
         plan, runner = ahead_plan(plan, costs, AHEAD_SLACK)
         last = sets[-1]
         notes = [
