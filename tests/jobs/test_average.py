@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from weights_ref import CancelAfter, digests, identical, load
 
+from ckpttui.jobs import average as average_module
 from ckpttui.jobs.average import average
 from ckpttui.jobs.events import Event, JobCancelled, JobError
 from ckpttui.jobs.select import select_best, select_last
@@ -430,3 +431,20 @@ def test_large_means_chunked_into_reused_buffers(tmp_path: Path) -> None:
     run(paths, tmp_path / "avg.pt")
     states = [torch.load(p, weights_only=True) for p in paths]
     assert_torch_bits(torch.load(tmp_path / "avg.pt", weights_only=True), states)
+
+
+def test_zero_folders_averaged_as_their_consolidations(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ZeRO-3 checkpoints (one and two ranks) averaged: each input's tensors are gathered
+    from its rank files one at a time and summed without torch; the output is torch's mean of
+    DeepSpeed's own consolidations of the two, bit for bit."""
+
+    def no_torch(*args: object) -> None:
+        raise AssertionError("averaged with torch")
+
+    monkeypatch.setattr(average_module, "_mean", no_torch)
+    inputs = [ds_root / f"ws{ws}" / "z3_fp32" / "global_step2" for ws in (1, 2)]
+    run(inputs, tmp_path / "avg.safetensors")
+    states = [torch.load(ds_reference[f"ws{ws}/z3_fp32"], weights_only=True) for ws in (1, 2)]
+    assert_torch_bits(load_file(tmp_path / "avg.safetensors"), states)

@@ -41,13 +41,16 @@ from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.export import is_torch_name, shard_size, write_output
 from ckpttui.jobs.output import Planned
 from ckpttui.jobs.recoverables import wants_folder
-from ckpttui.jobs.source import torch_dtype
-from ckpttui.jobs.st_writer import BufferPool, Raw, Values
+from ckpttui.jobs.source import TensorSource, torch_dtype
+from ckpttui.jobs.st_writer import BufferPool, Raw, Values, tensor_bytes
 from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
 
 if TYPE_CHECKING:
     import torch
+
+    from ckpttui.jobs.zero import PlannedSource
+    from ckpttui.records import TensorRecord
 
 _NUMPY = {"float16": "float16", "bfloat16": "uint16", "float32": "float32", "float64": "float64"}
 """Float dtypes averaged with numpy (the numpy dtype their bytes are read as)."""
@@ -143,20 +146,21 @@ def _mean(
 
 
 CHUNK = 1 << 20
-"""Bytes of each input read and summed at a time: the partial sums stay in the CPU's cache."""
+"""Bytes of an input read at a time (into a scratch buffer that stays in the CPU's cache)."""
 _scratch = threading.local()
 
 
-def _chunk_buffers(nbytes: int) -> tuple[memoryview, memoryview, memoryview]:
-    """This thread's scratch buffers: one input chunk, and two float32 chunks (16-bit inputs)."""
-    bufs: tuple[memoryview, memoryview, memoryview] | None = getattr(_scratch, "bufs", None)
-    if bufs is None or len(bufs[0]) < nbytes:
-        bufs = (
-            memoryview(bytearray(nbytes)),
-            memoryview(bytearray(2 * nbytes)),
-            memoryview(bytearray(2 * nbytes)),
-        )
-        _scratch.bufs = bufs
+def mean_bytes(dtype: str, nbytes: int) -> int:
+    """Memory a numpy mean of `nbytes` of `dtype` values holds: its output, plus a float32
+    accumulator for 16-bit values."""
+    return 3 * nbytes if dtype in ("bfloat16", "float16") else nbytes
+
+
+def _chunk_buffers() -> tuple[memoryview, memoryview]:
+    """This thread's scratch: one chunk of an input, and room for it widened to float32."""
+    bufs: tuple[memoryview, memoryview] | None = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = (memoryview(bytearray(CHUNK)), memoryview(bytearray(2 * CHUNK)))
     return bufs
 
 
@@ -167,65 +171,112 @@ def _numpy_mean(sets: Sequence[WeightSet], name: str, dtype: str, pool: BufferPo
     an input whose bytes cannot be read as they are, or NaN going into a 16-bit output (torch's
     NaN bit pattern differs by code path).
 
-    Chunk by chunk (`CHUNK` bytes of each input, read with ``pread``): the sums stay in the CPU's
-    cache, the inputs' mappings are never touched, and the only tensor-sized memory is the output
-    buffer, taken from `pool` (reused once the writer is done with it).
+    Each input is read a chunk at a time with ``pread`` (its mapping is never touched) and added
+    into the accumulator, which is the output buffer itself for float32 and float64; buffers come
+    from `pool`, reused once the writer is done with them.
     """
     import numpy as np
 
-    starts = []
-    nbytes = 0
-    for ws in sets:
-        source, rec = ws.entries[name]
-        where = source.byte_range(rec)
-        if where is None or where[1] == 0:
-            return None
-        starts.append((source, where[0]))
-        nbytes = where[1]
-    n = len(sets)
+    half = dtype in ("bfloat16", "float16")
+    nbytes = sets[0].record(name).nbytes
     out = pool.take(nbytes)
-    chunk, wide_a, wide_b = _chunk_buffers(CHUNK)
-    if dtype in ("float32", "float64"):
-        wide = np.float64 if dtype == "float64" else np.float32
-        for lo in range(0, nbytes, CHUNK):
-            size = min(CHUNK, nbytes - lo)
-            first, first_at = starts[0]
-            first.read_into(first_at + lo, out[lo : lo + size])
-            acc = np.frombuffer(out[lo : lo + size], wide)
-            for source, at in starts[1:]:
-                source.read_into(at + lo, chunk[:size])
-                np.add(acc, np.frombuffer(chunk[:size], wide), out=acc)
-            np.divide(acc, n, out=acc)
-        return Raw(dtype, sets[0].record(name).shape, out)
-    for lo in range(0, nbytes, CHUNK // 2):  # 16-bit values: each chunk widens to CHUNK bytes
-        size = min(CHUNK // 2, nbytes - lo)
-        acc = np.frombuffer(wide_a[: 2 * size], np.float32)
-        values = np.frombuffer(wide_b[: 2 * size], np.float32)
-        for k, (source, at) in enumerate(starts):
-            source.read_into(at + lo, chunk[:size])
-            target = acc if k == 0 else values
-            if dtype == "bfloat16":  # bfloat16 is the top half of a float32: widen exactly
-                halves = np.frombuffer(chunk[:size], np.uint16)
-                np.left_shift(halves, 16, out=target.view(np.uint32), dtype=np.uint32)
-            else:
-                np.copyto(target, np.frombuffer(chunk[:size], np.float16))
-            if k:
-                np.add(acc, values, out=acc)
-        if np.isnan(acc).any():
+    acc = np.frombuffer(
+        pool.take(2 * nbytes) if half else out, np.float64 if dtype == "float64" else np.float32
+    )
+    for k, ws in enumerate(sets):
+        if not _add_input(ws, name, dtype, acc, out if k == 0 and not half else None, k > 0):
             return None
-        np.divide(acc, n, out=acc)
-        if dtype == "float16":
-            np.copyto(np.frombuffer(out[lo : lo + size], np.float16), acc, casting="same_kind")
+        ws.release(name)  # what the source holds for this tensor (gathered ZeRO values) goes
+    if half and np.isnan(acc).any():
+        return None
+    np.divide(acc, len(sets), out=acc)
+    if half:
+        _narrow(acc, dtype, out)
+    return Raw(dtype, sets[0].record(name).shape, out)
+
+
+def _add_input(
+    ws: WeightSet, name: str, dtype: str, acc: Any, into: memoryview | None, add: bool
+) -> bool:
+    """Add (`add`) or copy one input's values of `name` into `acc` (float32 or float64), a chunk
+    at a time; `into`: `acc`'s own bytes, read straight into (the first input, same dtype).
+    False when the input cannot be read without torch."""
+    import numpy as np
+
+    found = _chunk_reader(*ws.entries[name])
+    if found is None or found[1] != acc.nbytes // (2 if dtype in ("bfloat16", "float16") else 1):
+        return False
+    read, nbytes = found
+    chunk, widened = _chunk_buffers()
+    step = CHUNK // 2 if dtype in ("bfloat16", "float16") else CHUNK
+    scale = acc.nbytes // nbytes  # accumulator bytes per input byte
+    for lo in range(0, nbytes, step):
+        size = min(step, nbytes - lo)
+        part = acc[lo * scale // acc.itemsize : (lo + size) * scale // acc.itemsize]
+        if into is not None:
+            read(lo, into[lo : lo + size])
             continue
-        bits = acc.view(np.uint32)  # float32 -> bfloat16, round to nearest even
-        carry = values.view(np.uint32)
+        read(lo, chunk[:size])
+        if dtype == "bfloat16":  # bfloat16 is the top half of a float32: widen exactly
+            values = np.frombuffer(widened[: 2 * size], np.float32) if add else part
+            halves = np.frombuffer(chunk[:size], np.uint16)
+            np.left_shift(halves, 16, out=values.view(np.uint32), dtype=np.uint32)
+        elif dtype == "float16":
+            values = np.frombuffer(widened[: 2 * size], np.float32) if add else part
+            np.copyto(values, np.frombuffer(chunk[:size], np.float16))
+        else:
+            values = np.frombuffer(chunk[:size], acc.dtype)
+            if not add:
+                np.copyto(part, values)
+        if add:
+            np.add(part, values, out=part)
+    return True
+
+
+def _narrow(acc: Any, dtype: str, out: memoryview) -> None:
+    """The float32 means in `acc` rounded into `out` as torch rounds them to `dtype` (bfloat16:
+    to nearest even; float16: IEEE), a chunk at a time."""
+    import numpy as np
+
+    _, widened = _chunk_buffers()
+    step = CHUNK // 2  # elements
+    for lo in range(0, acc.size, step):
+        part = acc[lo : lo + step]
+        dest = out[2 * lo : 2 * (lo + part.size)]
+        if dtype == "float16":
+            np.copyto(np.frombuffer(dest, np.float16), part, casting="same_kind")
+            continue
+        bits = part.view(np.uint32)
+        carry = np.frombuffer(widened[: bits.nbytes], np.uint32)
         np.right_shift(bits, 16, out=carry)
         np.bitwise_and(carry, 1, out=carry)
         np.add(carry, 0x7FFF, out=carry)
         np.add(bits, carry, out=bits)
         np.right_shift(bits, 16, out=bits)
-        np.copyto(np.frombuffer(out[lo : lo + size], np.uint16), bits, casting="unsafe")
-    return Raw(dtype, sets[0].record(name).shape, out)
+        np.copyto(np.frombuffer(dest, np.uint16), bits, casting="unsafe")
+
+
+def _chunk_reader(
+    source: TensorSource | PlannedSource, rec: TensorRecord
+) -> tuple[Callable[[int, memoryview], None], int] | None:
+    """A function reading a tensor's bytes from its byte ``lo`` into a buffer, and their size
+    (``pread`` from a file; a copy of a ZeRO folder's gathered values); None where torch must read
+    it (strided, byte-swapped, empty)."""
+    if isinstance(source, TensorSource):
+        where = source.byte_range(rec)
+        if where is None or where[1] == 0:
+            return None
+        start = where[0]
+        return (lambda lo, dest: source.read_into(start + lo, dest)), where[1]
+    raw = source.raw(rec)
+    if raw is None or not raw.data.nbytes:
+        return None
+    data = tensor_bytes(raw)
+
+    def copy(lo: int, dest: memoryview) -> None:
+        dest[:] = data[lo : lo + len(dest)]
+
+    return copy, len(data)
 
 
 def _float_mean(sets: Sequence[WeightSet], name: str, dtype: str, pool: BufferPool) -> Values:
@@ -254,7 +305,12 @@ def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
     """
     first, last = sets[0], sets[-1]
     largest = max(
-        (r.nbytes for r in map(first.record, first.names) if r.dtype in _NUMPY), default=0
+        (
+            mean_bytes(r.dtype, r.nbytes)
+            for r in map(first.record, first.names)
+            if r.dtype in _NUMPY
+        ),
+        default=0,
     )
     pool = BufferPool(largest + AHEAD_SLACK)  # what the next mean computed ahead may hold
     plan = []
@@ -310,7 +366,7 @@ def average(
         plan = plan_average(sets)
         # the next mean is computed while this one is written (numpy gives up the GIL): within
         # the largest tensor's memory plus AHEAD_SLACK
-        costs = {p.name: p.nbytes for p in plan if p.dtype in _NUMPY}
+        costs = {p.name: mean_bytes(p.dtype, p.nbytes) for p in plan if p.dtype in _NUMPY}
         plan, runner = ahead_plan(plan, costs, AHEAD_SLACK)
         last = sets[-1]
         notes = [
