@@ -184,11 +184,18 @@ class HashingFile:
         """Write and hash `data`; once a MiB or more is written, start writing it to disk."""
         size = len(data) if isinstance(data, bytes) else data.nbytes
         if size >= PARALLEL_HASH:
-            pending = _hash_thread().submit(self._hash.update, data)
+            # a MiB at a time: each piece is written and hashed while it is in the CPU's cache
+            # (whole 4 MiB buffers: 0.45-1.1 s per 400 MB from a mapped input, pieces 0.45-0.5 s)
+            view = memoryview(data).cast("B")
+            pending = None
             try:
-                self.f.write(data)
+                for lo in range(0, size, PARALLEL_HASH):
+                    piece = view[lo : lo + PARALLEL_HASH]
+                    pending = _hash_thread().submit(self._hash.update, piece)
+                    self.f.write(piece)
             finally:
-                pending.result()
+                if pending is not None:
+                    pending.result()  # the thread hashes in order: every piece is done
         else:
             self.f.write(data)
             self._hash.update(data)
