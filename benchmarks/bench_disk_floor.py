@@ -11,8 +11,12 @@ For each job, side by side in the same round (round robin, ``--repeat`` rounds, 
   the job writes, in the output's folder.
 
 The ratio is the job's wall time over (read floor + write floor) of the same round, median over
-the rounds; the target is <= 1.5x. The page cache is warm for both sides: every input is read
-once with ``cat`` before each job.
+the rounds (each round's ratio is listed too); the target is <= 1.5x. Both sides start from the
+same cache state: before each side (the job; the floors), ``sync`` and
+``echo 1 > /proc/sys/vm/drop_caches`` (writing new pages into a full page cache costs reclaim:
+dd's time for 428 MB went from 0.10 s to 1.16 s with the cache full), then every input read once
+with ``cat`` and the job's imports run once (its code's pages are warm, as ``cat``'s are). Dropping caches needs root; without it a note is printed and only the inputs' own
+pages are dropped and re-read. The sides alternate which goes first from one round to the next.
 
 Inputs (cached under ``--dir``): `bench_jobs.prepare`'s FunASR-style epochs (fp32 weights, AdamW
 state, scheduler; ``--size-mb`` each, weights about a third), and an HF folder of 3 safetensors
@@ -22,8 +26,8 @@ shards + index holding epoch 3's weights (written by ckpttui's export). Jobs:
 * ``merge HF shards -> .safetensors`` (3 shards into one file);
 * ``average last 2`` and ``average last 5`` epochs -> ``model.pt.avgN``.
 
-    python benchmarks/bench_disk_floor.py [--size-mb 1250] [--repeat 3] [--dir DIR] [--only NAME]
-                                          [--src OTHER_CHECKOUT/src]
+    python benchmarks/bench_disk_floor.py [--size-mb 1250] [--repeat 5] [--dir DIR] [--only NAME]
+                                          [--src OTHER_CHECKOUT/src] [--no-drop]
 """
 
 from __future__ import annotations
@@ -49,11 +53,11 @@ from ckpttui.formats import read_file
 
 CHUNK = 16 << 20
 
+IMPORT_CODE = (
+    "import sys, time\nt0 = time.perf_counter()\nfrom ckpttui.jobs.{module} import {func}\n"
+)
 JOB_CODE = (
-    "import sys, time\n"
-    "t0 = time.perf_counter()\n"
-    "from ckpttui.jobs.{module} import {func}\n"
-    "t1 = time.perf_counter()\n"
+    IMPORT_CODE + "t1 = time.perf_counter()\n"
     "for event in {func}({args}, force=True):\n"
     "    if event.kind == 'done':\n"
     "        OUT_BYTES = event.data['bytes']\n"
@@ -72,7 +76,11 @@ class Job:
     inputs: list[Path]
     ranges: list[tuple[Path, int, int]]
     out: Path
+    module: str
+    func: str
     runs: list[dict[str, float]] = field(default_factory=list)
+    size: int = 0
+    """Bytes the job writes (set by its runs; the first round runs the job first)."""
 
 
 def tensor_ranges(
@@ -123,6 +131,29 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def drop_caches() -> bool:
+    """``sync`` and drop the clean page cache (``echo 1 > /proc/sys/vm/drop_caches``); False
+    when not permitted."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+    except OSError:
+        return False
+    return True
+
+
+def fresh_start(job: Job, env: dict[str, str], drop: bool) -> bool:
+    """The state each side starts from: caches dropped (when `drop` and permitted), then the
+    inputs read once with ``cat`` and the job's imports run once in a throwaway interpreter (the
+    code's pages, dropped too, would otherwise be read from disk inside the job's time, as
+    ``cat``'s and ``dd``'s few pages are inside theirs); returns whether caches were dropped."""
+    dropped = drop and drop_caches()
+    warm(job.inputs)
+    run_child(IMPORT_CODE.format(module=job.module, func=job.func) + report("0"), {}, env)
+    return dropped
+
+
 def write_floor(folder: Path, nbytes: int) -> float:
     """Seconds for ``dd conv=fsync`` to write `nbytes` (rounded up to 16 MiB) into `folder`."""
     target = folder / "dd.bin"
@@ -166,7 +197,7 @@ def jobs_for(paths: list[Path], root: Path, only: str | None) -> list[Job]:
         out: Path,
     ) -> None:
         code = JOB_CODE.format(module=module, func=func, args=args)
-        jobs.append(Job(name, code, {**names, "OUT": out}, inputs, ranges, out))
+        jobs.append(Job(name, code, {**names, "OUT": out}, inputs, ranges, out, module, func))
 
     for what, out in ((".safetensors", "export.safetensors"), (".pt (slim)", "model.pt.slim")):
         add(
@@ -209,7 +240,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/jobspeed-bench"))
     parser.add_argument("--size-mb", type=int, default=1250)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--no-drop", action="store_true", help="do not drop the page cache before each side"
+    )
     parser.add_argument("--only", help="run the jobs whose name contains this")
     parser.add_argument("--src", type=Path, help="run the jobs from another ckpttui src folder")
     args = parser.parse_args()
@@ -220,24 +254,37 @@ def main() -> None:
     paths = prepare(args.dir, args.size_mb)
     jobs = jobs_for(paths, args.dir, args.only)
     load = []
+    dropped = True
     for r in range(args.repeat):
         for job in jobs:
-            warm(job.inputs)
-            load.append(os.getloadavg()[0])
-            remove(job.out)
-            wall, (imports, work, hwm, out_bytes, torch) = run_child(job.code, job.names, env)
-            remove(job.out)
-            run = {
-                "wall": wall,
-                "imports": imports,
-                "job": work,
-                "rss": hwm,
-                "out": out_bytes,
-                "torch": float(torch),
-                "read": read_floor(job.ranges),
-                "cat": timed(["cat", *map(str, job.inputs)]),
-                "write": write_floor(job.out.parent, out_bytes),
-            }
+
+            def ours(job: Job = job) -> dict[str, float]:
+                remove(job.out)
+                wall, (imports, work, hwm, out_bytes, torch) = run_child(job.code, job.names, env)
+                remove(job.out)
+                job.size = out_bytes  # what the write floor writes
+                return {
+                    "wall": wall,
+                    "imports": imports,
+                    "job": work,
+                    "rss": hwm,
+                    "out": out_bytes,
+                    "torch": float(torch),
+                }
+
+            def floor(job: Job = job) -> dict[str, float]:
+                read = read_floor(job.ranges)
+                write = write_floor(job.out.parent, job.size)
+                return {"read": read, "write": write, "cat": timed(["cat", *map(str, job.inputs)])}
+
+            run: dict[str, float] = {}
+            sides = (ours, floor) if r % 2 == 0 else (floor, ours)
+            for side in sides:
+                dropped = fresh_start(job, env, not args.no_drop) and dropped
+                load.append(os.getloadavg()[0])
+                run.update(side())
+            run["x_wall"] = run["wall"] / (run["read"] + run["write"])
+            run["x_job"] = run["job"] / (run["read"] + run["write"])
             job.runs.append(run)
             print(
                 f"round {r + 1}: {job.name}: "
@@ -245,29 +292,35 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    if not dropped:
+        print(
+            "note: the page cache could not be dropped (not root): each side started from its "
+            "inputs' pages re-read, not from the same cache state",
+            file=sys.stderr,
+        )
     print(
         f"\nckpttui from {args.src or 'this checkout'}; {args.size_mb} MB inputs, median of "
-        f"{args.repeat} rounds; load average (1 min) "
+        f"{args.repeat} rounds; caches {'dropped' if dropped else 'NOT dropped'} before each "
+        f"side; load average (1 min) "
         f"{min(load):.1f}-{max(load):.1f} during the runs\n"
     )
     print(
         "| job | read MB | written MB | read floor s | write floor s | floor s | ckpttui wall s "
         "| x floor | job s (after imports) | x floor | imports s | torch imported | peak RSS MiB "
-        "| cat of whole inputs s |"
+        "| cat of whole inputs s | x floor per round |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
     for job in jobs:
-        for r in job.runs:
-            r["x_wall"] = r["wall"] / (r["read"] + r["write"])
-            r["x_job"] = r["job"] / (r["read"] + r["write"])
         med = {k: statistics.median(r[k] for r in job.runs) for k in job.runs[0]}
         floor = med["read"] + med["write"]
         read_mb = sum(n for _, _, n in job.ranges) / 1e6
+        rounds = " ".join(f"{r['x_wall']:.2f}" for r in job.runs)
         print(
             f"| {job.name} | {read_mb:.0f} | {med['out'] / 1e6:.0f} | {med['read']:.3f} "
             f"| {med['write']:.3f} | {floor:.3f} | {med['wall']:.3f} | {med['x_wall']:.2f} "
             f"| {med['job']:.3f} | {med['x_job']:.2f} | {med['imports']:.3f} "
-            f"| {'yes' if med['torch'] else 'no'} | {med['rss'] / 2**20:.0f} | {med['cat']:.3f} |"
+            f"| {'yes' if med['torch'] else 'no'} | {med['rss'] / 2**20:.0f} | {med['cat']:.3f} "
+            f"| {rounds} |"
         )
 
 

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from weights_ref import CancelAfter, digests, identical, load
 
+from ckpttui.jobs import average as average_module
 from ckpttui.jobs.average import average
 from ckpttui.jobs.events import Event, JobCancelled, JobError
 from ckpttui.jobs.select import select_best, select_last
@@ -357,6 +358,23 @@ def test_import_does_not_import_torch() -> None:
     assert not loaded & {"torch", "numpy", "textual", "rich", "safetensors", "yaml"}
 
 
+def assert_torch_bits(ours: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]]) -> None:
+    """Each mean is, bit for bit, torch's: a float32 (float64, complex) sum in input order, divided
+    by N, cast back; integers are the last input's."""
+    assert list(ours) == list(states[0])
+    for key, value in states[0].items():
+        inputs = [s[key] for s in states]
+        if value.is_floating_point() or value.is_complex():
+            wide = {torch.float64: torch.float64, torch.complex64: torch.complex64}
+            acc = inputs[0].to(wide.get(value.dtype, torch.float32), copy=True)
+            for t in inputs[1:]:
+                acc.add_(t)
+            ref = acc.div_(len(states)).to(value.dtype)
+        else:
+            ref = inputs[-1]
+        assert identical(ours[key], ref), key
+
+
 def test_means_are_torch_bits_without_torch(tk_root: Path, tmp_path: Path) -> None:
     """Float means are computed with numpy on the inputs' bytes: the very bits of torch's float32
     (float64) sum and division, rounded to bfloat16/float16 as torch rounds; complex tensors and
@@ -379,18 +397,7 @@ def test_means_are_torch_bits_without_torch(tk_root: Path, tmp_path: Path) -> No
     states = [load_file(p) for p in paths]
     for n in (3, 5):
         run(paths[-n:], tmp_path / f"avg{n}.safetensors")
-        ours = load_file(tmp_path / f"avg{n}.safetensors")
-        for key, value in base.items():
-            inputs = [s[key] for s in states[-n:]]
-            if value.is_floating_point() or value.is_complex():
-                wide = {torch.float64: torch.float64, torch.complex64: torch.complex64}
-                acc = inputs[0].to(wide.get(value.dtype, torch.float32), copy=True)
-                for t in inputs[1:]:
-                    acc.add_(t)
-                ref = acc.div_(n).to(value.dtype)
-            else:
-                ref = inputs[-1]
-            assert identical(ours[key], ref), (n, key)
+        assert_torch_bits(load_file(tmp_path / f"avg{n}.safetensors"), states[-n:])
     funasr = [tk_root / "funasr" / f"model.pt.ep{e}" for e in (1, 2, 3)]
     code = (
         "import sys\nfrom ckpttui.jobs.average import average\n"
@@ -399,3 +406,45 @@ def test_means_are_torch_bits_without_torch(tk_root: Path, tmp_path: Path) -> No
     )
     assert run_python(code).strip() == "False"
     assert_mean(load(tmp_path / "f.pt.avg3")["state_dict"], funasr_states(funasr))
+
+
+def test_large_means_chunked_into_reused_buffers(tmp_path: Path) -> None:
+    """Tensors of several MB are summed a chunk at a time into output buffers reused from one
+    tensor to the next: every tensor of a .pt output, loaded by torch, is still torch's mean bit
+    for bit (none overwritten by the next one's reuse of its buffer), NaN in a late chunk of a
+    bfloat16 tensor included."""
+    gen = torch.Generator().manual_seed(5)
+    base = {
+        "a32": torch.randn(700_001, generator=gen),
+        "b32": torch.randn(700_001, generator=gen),  # the same size: a reused buffer
+        "bf": torch.randn(1_300_003, generator=gen).bfloat16(),
+        "h": torch.randn(900_001, generator=gen).half(),
+        "d": torch.randn(350_001, generator=gen, dtype=torch.float64),
+        "late_nan": torch.randn(1_100_000, generator=gen).bfloat16(),
+        "c32": torch.randn(300_000, generator=gen),  # smaller: fits a free larger buffer
+    }
+    base["late_nan"][-3] = float("nan")
+    paths = []
+    for e in range(3):
+        paths.append(tmp_path / f"m{e}.pt")
+        torch.save({k: v * (1 + 0.29 * e) + 0.01 * e for k, v in base.items()}, paths[-1])
+    run(paths, tmp_path / "avg.pt")
+    states = [torch.load(p, weights_only=True) for p in paths]
+    assert_torch_bits(torch.load(tmp_path / "avg.pt", weights_only=True), states)
+
+
+def test_zero_folders_averaged_as_their_consolidations(
+    ds_root: Path, ds_reference: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ZeRO-3 checkpoints (one and two ranks) averaged: each input's tensors are gathered
+    from its rank files one at a time and summed without torch; the output is torch's mean of
+    DeepSpeed's own consolidations of the two, bit for bit."""
+
+    def no_torch(*args: object) -> None:
+        raise AssertionError("averaged with torch")
+
+    monkeypatch.setattr(average_module, "_mean", no_torch)
+    inputs = [ds_root / f"ws{ws}" / "z3_fp32" / "global_step2" for ws in (1, 2)]
+    run(inputs, tmp_path / "avg.safetensors")
+    states = [torch.load(ds_reference[f"ws{ws}/z3_fp32"], weights_only=True) for ws in (1, 2)]
+    assert_torch_bits(load_file(tmp_path / "avg.safetensors"), states)

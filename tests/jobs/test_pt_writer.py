@@ -12,7 +12,7 @@ import torch
 
 from ckpttui.formats import read_file
 from ckpttui.jobs.events import JobError
-from ckpttui.jobs.pt_writer import ALIGNMENT, TorchZipWriter
+from ckpttui.jobs.pt_writer import ALIGNMENT, TorchZipWriter, check_crcs, check_records
 from ckpttui.jobs.st_writer import TensorSpec
 
 
@@ -133,12 +133,8 @@ def test_pickle_names_torch_globals_as_torch_pickles_them(tmp_path: Path) -> Non
         assert z.read("torch/data.pkl") == ours
 
 
-def test_sha256_is_computed_while_writing_and_a_changed_byte_fails_the_crc_check(
-    tmp_path: Path,
-) -> None:
-    from ckpttui.jobs.pt_writer import check_crcs
-
-    path = tmp_path / "out.pt"
+def write_values(path: Path) -> str:
+    """`values()` written by `TorchZipWriter` (root ``out``) at `path`; its sha256."""
     vals = values()
     specs = [
         TensorSpec(k, str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in vals.items()
@@ -147,7 +143,14 @@ def test_sha256_is_computed_while_writing_and_a_changed_byte_fails_the_crc_check
         writer = TorchZipWriter(f, specs, {}, root="out")
         for name, value in vals.items():
             writer.write(name, value)
-        digest = writer.finish()
+        return writer.finish()
+
+
+def test_sha256_is_computed_while_writing_and_a_changed_byte_fails_the_crc_check(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "out.pt"
+    digest = write_values(path)
     raw = bytearray(path.read_bytes())
     assert digest == hashlib.sha256(raw).hexdigest()
     check_crcs(path)
@@ -160,3 +163,20 @@ def test_sha256_is_computed_while_writing_and_a_changed_byte_fails_the_crc_check
     path.write_bytes(raw)
     with pytest.raises(JobError, match=r"shown\.pt: written but out/data/0 reads back"):
         check_crcs(path, tmp_path / "shown.pt")
+    check_records(path, crcs=False)  # what jobs check: the directory and the local headers
+
+
+def test_header_check_finds_a_record_running_past_the_end(tmp_path: Path) -> None:
+    """Jobs read the written zip's directory and local headers back (not the data): a record
+    whose bytes would run past the end of the file is an error naming the file and the record."""
+    path = tmp_path / "out.pt"
+    write_values(path)
+    check_records(path, crcs=False)
+    raw = bytearray(path.read_bytes())
+    entry = raw.index(b"PK\x01\x02")  # the central directory's first entry
+    while raw[entry + 46 :][: len(b"out/data/0")] != b"out/data/0":
+        entry = raw.index(b"PK\x01\x02", entry + 4)
+    raw[entry + 20 : entry + 28] = (len(raw) * 2).to_bytes(4, "little") * 2  # both sizes
+    path.write_bytes(raw)
+    with pytest.raises(JobError, match=r"shown\.pt: written but out/data/0 is cut short"):
+        check_records(path, tmp_path / "shown.pt", crcs=False)

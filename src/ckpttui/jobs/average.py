@@ -23,8 +23,8 @@ inputs, with the metadata of the input the framework's own averaging script copi
 included.
 
 Peak memory does not grow with N or with the model: each output tensor is computed when the
-writer asks for it (one accumulator), from views of the memory-mapped inputs whose pages are
-given back after each input's contribution.
+writer asks for it, into a buffer reused from tensor to tensor, from the inputs' bytes read with
+``pread`` a chunk at a time (their mappings are never touched, so nothing piles up in them).
 """
 
 from __future__ import annotations
@@ -41,14 +41,16 @@ from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.export import is_torch_name, shard_size, write_output
 from ckpttui.jobs.output import Planned
 from ckpttui.jobs.recoverables import wants_folder
-from ckpttui.jobs.source import torch_dtype
-from ckpttui.jobs.st_writer import Raw, Values, new_buffer
+from ckpttui.jobs.source import TensorSource, torch_dtype
+from ckpttui.jobs.st_writer import BufferPool, Raw, Values, tensor_bytes
 from ckpttui.jobs.weights import WeightSet, open_weights
 from ckpttui.layouts import layout_named
-from ckpttui.records import shape_numel
 
 if TYPE_CHECKING:
     import torch
+
+    from ckpttui.jobs.zero import PlannedSource
+    from ckpttui.records import TensorRecord
 
 _NUMPY = {"float16": "float16", "bfloat16": "uint16", "float32": "float32", "float64": "float64"}
 """Float dtypes averaged with numpy (the numpy dtype their bytes are read as)."""
@@ -143,59 +145,143 @@ def _mean(
     return acc.to(dtype)
 
 
-def _numpy_mean(sets: Sequence[WeightSet], name: str, dtype: str) -> Raw | None:
+CHUNK = 1 << 20
+"""Bytes of an input read at a time (into a scratch buffer that stays in the CPU's cache)."""
+_scratch = threading.local()
+
+
+def mean_bytes(dtype: str, nbytes: int) -> int:
+    """Memory a numpy mean of `nbytes` of `dtype` values holds: its output, plus a float32
+    accumulator for 16-bit values."""
+    return 3 * nbytes if dtype in ("bfloat16", "float16") else nbytes
+
+
+def _chunk_buffers() -> tuple[memoryview, memoryview]:
+    """This thread's scratch: one chunk of an input, and room for it widened to float32."""
+    bufs: tuple[memoryview, memoryview] | None = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = (memoryview(bytearray(CHUNK)), memoryview(bytearray(2 * CHUNK)))
+    return bufs
+
+
+def _numpy_mean(sets: Sequence[WeightSet], name: str, dtype: str, pool: BufferPool) -> Raw | None:
     """The mean of a float tensor computed with numpy on the inputs' bytes, bit for bit what
     `_mean` computes with torch (float32 sums, or float64 for float64; IEEE add and true
     division; bfloat16 rounded to nearest even as torch rounds it). None when torch must do it:
     an input whose bytes cannot be read as they are, or NaN going into a 16-bit output (torch's
-    NaN bit pattern differs by code path)."""
+    NaN bit pattern differs by code path).
+
+    Each input is read a chunk at a time with ``pread`` (its mapping is never touched) and added
+    into the accumulator, which is the output buffer itself for float32 and float64; buffers come
+    from `pool`, reused once the writer is done with them.
+    """
     import numpy as np
 
-    wide = np.float64 if dtype == "float64" else np.float32
-    acc: Any = None
-    scratch: Any = None
-    for ws in sets:
-        source, rec = ws.entries[name]
-        raw = source.raw(rec)
-        if raw is None:
+    half = dtype in ("bfloat16", "float16")
+    nbytes = sets[0].record(name).nbytes
+    out = pool.take(nbytes)
+    acc = np.frombuffer(
+        pool.take(2 * nbytes) if half else out, np.float64 if dtype == "float64" else np.float32
+    )
+    for k, ws in enumerate(sets):
+        if not _add_input(ws, name, dtype, acc, out if k == 0 and not half else None, k > 0):
             return None
-        if dtype == "bfloat16":  # bfloat16 is the top half of a float32: widen exactly
-            if scratch is None:
-                scratch = np.frombuffer(new_buffer(raw.data.nbytes * 2), np.uint32)
-            np.left_shift(np.frombuffer(raw.data, np.uint16), 16, out=scratch, dtype=np.uint32)
-            values = scratch.view(np.float32)
-        else:
-            values = np.frombuffer(raw.data, _NUMPY[dtype])
-        if acc is None:
-            acc = np.frombuffer(new_buffer(values.size * np.dtype(wide).itemsize), wide)
-            np.copyto(acc, values)
-        else:
-            np.add(acc, values, out=acc)
-        del values
-        ws.release(name)  # this input's pages are done with: resident memory stays flat
-    if acc is None:
+        ws.release(name)  # what the source holds for this tensor (gathered ZeRO values) goes
+    if half and np.isnan(acc).any():
         return None
     np.divide(acc, len(sets), out=acc)
-    shape = sets[0].record(name).shape
-    if dtype in ("float32", "float64"):
-        return Raw(dtype, shape, memoryview(acc).cast("B"))
-    if np.isnan(acc).any():
+    if half:
+        _narrow(acc, dtype, out)
+    return Raw(dtype, sets[0].record(name).shape, out)
+
+
+def _add_input(
+    ws: WeightSet, name: str, dtype: str, acc: Any, into: memoryview | None, add: bool
+) -> bool:
+    """Add (`add`) or copy one input's values of `name` into `acc` (float32 or float64), a chunk
+    at a time; `into`: `acc`'s own bytes, read straight into (the first input, same dtype).
+    False when the input cannot be read without torch."""
+    import numpy as np
+
+    found = _chunk_reader(*ws.entries[name])
+    if found is None or found[1] != acc.nbytes // (2 if dtype in ("bfloat16", "float16") else 1):
+        return False
+    read, nbytes = found
+    chunk, widened = _chunk_buffers()
+    step = CHUNK // 2 if dtype in ("bfloat16", "float16") else CHUNK
+    scale = acc.nbytes // nbytes  # accumulator bytes per input byte
+    for lo in range(0, nbytes, step):
+        size = min(step, nbytes - lo)
+        part = acc[lo * scale // acc.itemsize : (lo + size) * scale // acc.itemsize]
+        if into is not None:
+            read(lo, into[lo : lo + size])
+            continue
+        read(lo, chunk[:size])
+        if dtype == "bfloat16":  # bfloat16 is the top half of a float32: widen exactly
+            values = np.frombuffer(widened[: 2 * size], np.float32) if add else part
+            halves = np.frombuffer(chunk[:size], np.uint16)
+            np.left_shift(halves, 16, out=values.view(np.uint32), dtype=np.uint32)
+        elif dtype == "float16":
+            values = np.frombuffer(widened[: 2 * size], np.float32) if add else part
+            np.copyto(values, np.frombuffer(chunk[:size], np.float16))
+        else:
+            values = np.frombuffer(chunk[:size], acc.dtype)
+            if not add:
+                np.copyto(part, values)
+        if add:
+            np.add(part, values, out=part)
+    return True
+
+
+def _narrow(acc: Any, dtype: str, out: memoryview) -> None:
+    """The float32 means in `acc` rounded into `out` as torch rounds them to `dtype` (bfloat16:
+    to nearest even; float16: IEEE), a chunk at a time."""
+    import numpy as np
+
+    _, widened = _chunk_buffers()
+    step = CHUNK // 2  # elements
+    for lo in range(0, acc.size, step):
+        part = acc[lo : lo + step]
+        dest = out[2 * lo : 2 * (lo + part.size)]
+        if dtype == "float16":
+            np.copyto(np.frombuffer(dest, np.float16), part, casting="same_kind")
+            continue
+        bits = part.view(np.uint32)
+        carry = np.frombuffer(widened[: bits.nbytes], np.uint32)
+        np.right_shift(bits, 16, out=carry)
+        np.bitwise_and(carry, 1, out=carry)
+        np.add(carry, 0x7FFF, out=carry)
+        np.add(bits, carry, out=bits)
+        np.right_shift(bits, 16, out=bits)
+        np.copyto(np.frombuffer(dest, np.uint16), bits, casting="unsafe")
+
+
+def _chunk_reader(
+    source: TensorSource | PlannedSource, rec: TensorRecord
+) -> tuple[Callable[[int, memoryview], None], int] | None:
+    """A function reading a tensor's bytes from its byte ``lo`` into a buffer, and their size
+    (``pread`` from a file; a copy of a ZeRO folder's gathered values); None where torch must read
+    it (strided, byte-swapped, empty)."""
+    if isinstance(source, TensorSource):
+        where = source.byte_range(rec)
+        if where is None or where[1] == 0:
+            return None
+        start = where[0]
+        return (lambda lo, dest: source.read_into(start + lo, dest)), where[1]
+    raw = source.raw(rec)
+    if raw is None or not raw.data.nbytes:
         return None
-    if dtype == "float16":
-        out = np.frombuffer(new_buffer(acc.size * 2), np.float16)
-        np.copyto(out, acc, casting="same_kind")
-        return Raw(dtype, shape, out.view(np.uint8).data)
-    bits = acc.view(np.uint32)  # float32 -> bfloat16, round to nearest even
-    bits += ((bits >> 16) & 1) + 0x7FFF
-    bits >>= 16
-    half = np.frombuffer(new_buffer(acc.size * 2), np.uint16)
-    np.copyto(half, bits, casting="unsafe")
-    return Raw(dtype, shape, half.view(np.uint8).data)
+    data = tensor_bytes(raw)
+
+    def copy(lo: int, dest: memoryview) -> None:
+        dest[:] = data[lo : lo + len(dest)]
+
+    return copy, len(data)
 
 
-def _float_mean(sets: Sequence[WeightSet], name: str, dtype: str) -> Values:
+def _float_mean(sets: Sequence[WeightSet], name: str, dtype: str, pool: BufferPool) -> Values:
     """The mean of a float tensor: with numpy where it gives torch's bits, else with torch."""
-    mean = _numpy_mean(sets, name, dtype)
+    mean = _numpy_mean(sets, name, dtype, pool)
     if mean is not None:
         return mean
     torch_type = torch_dtype(dtype, name)
@@ -212,11 +298,21 @@ def _last_values(last: WeightSet, name: str) -> Values:
 def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
     """One planned tensor per name of the first input: a mean, or the last input's integers.
 
-    Float means are computed with numpy on the inputs' bytes (`_numpy_mean`), and integers are
-    copied as they are, so torch is imported only for other dtypes (complex) or NaN in a 16-bit
-    output: its import is longer than the whole average of a small model.
+    Float means are computed with numpy on the inputs' bytes (`_numpy_mean`) into buffers
+    reused from one tensor to the next, and integers are copied as they are, so torch is imported
+    only for other dtypes (complex) or NaN in a 16-bit output: its import is longer than the
+    whole average of a small model.
     """
     first, last = sets[0], sets[-1]
+    largest = max(
+        (
+            mean_bytes(r.dtype, r.nbytes)
+            for r in map(first.record, first.names)
+            if r.dtype in _NUMPY
+        ),
+        default=0,
+    )
+    pool = BufferPool(largest + AHEAD_SLACK)  # what the next mean computed ahead may hold
     plan = []
     for name in first.names:
         rec = first.record(name)
@@ -226,7 +322,7 @@ def plan_average(sets: Sequence[WeightSet]) -> list[Planned]:
             continue
         load: Callable[[], Values]
         if rec.dtype in _NUMPY:
-            load = partial(_float_mean, sets, name, rec.dtype)
+            load = partial(_float_mean, sets, name, rec.dtype, pool)
         elif rec.dtype in _INTEGERS:
             load = partial(_last_values, last, name)
         else:
@@ -270,7 +366,7 @@ def average(
         plan = plan_average(sets)
         # the next mean is computed while this one is written (numpy gives up the GIL): within
         # the largest tensor's memory plus AHEAD_SLACK
-        costs = {p.name: 4 * shape_numel(p.shape) + p.nbytes for p in plan if p.dtype in _NUMPY}
+        costs = {p.name: mean_bytes(p.dtype, p.nbytes) for p in plan if p.dtype in _NUMPY}
         plan, runner = ahead_plan(plan, costs, AHEAD_SLACK)
         last = sets[-1]
         notes = [

@@ -16,7 +16,7 @@ the target (`AtomicOutput`), writes, verifies, and yields the events:
 
 The ``done`` event's data is the verification: the output re-read with our own readers (tensor
 count and bytes must match the plan), its size on disk, and the sha256 of each file (computed
-while writing safetensors, by reading the file back for torch zips, whose headers are patched).
+as the bytes are written).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ckpttui.formats.unpickler import ELEMENT_SIZE
 from ckpttui.jobs.atomic import AtomicOutput
 from ckpttui.jobs.events import Event, JobError, ProgressClock, check_cancel
 from ckpttui.jobs.heap import return_large_blocks
-from ckpttui.jobs.pt_writer import TorchZipWriter, check_crcs
+from ckpttui.jobs.pt_writer import TorchZipWriter, check_records
 from ckpttui.jobs.source import TensorSource
 from ckpttui.jobs.st_writer import (
     DEFAULT_METADATA,
@@ -257,8 +257,8 @@ def write_torch_file(
     release: Callable[[], None],
     wrap: Callable[[Any], Any] | None = None,
 ) -> Generator[Event, None, str]:
-    """Write `plan` as a torch zip at `path` (`TorchZipWriter`, root name `root`), re-read its
-    records against their CRC-32 (`check_crcs`, errors naming `shown`); return its sha256,
+    """Write `plan` as a torch zip at `path` (`TorchZipWriter`, root name `root`), read its
+    directory and local headers back (`check_records`, errors naming `shown`); return its sha256,
     computed while writing."""
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plan]
     aliases = {p.name: p.alias_of for p in plan if p.alias_of is not None}
@@ -270,7 +270,7 @@ def write_torch_file(
         except BaseException:
             writer.abort()
             raise
-    check_crcs(path, shown)
+    check_records(path, shown, crcs=False)
     return digest
 
 

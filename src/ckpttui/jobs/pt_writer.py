@@ -25,8 +25,8 @@ Written in one pass, in order: each record's CRC-32 (ISA-L's where installed) is
 local header is written, so no header is patched afterwards and the file's sha256 is computed as
 the bytes go out (`HashingFile`; `finish` returns it). The pickle names torch's globals
 (``torch._utils._rebuild_tensor_v2``, ``torch.FloatStorage``) without importing torch, so a job
-that copies bytes (`Raw` values) never imports it; `check_crcs` re-reads the records against their
-CRC-32, the cheap check that what is on disk is what was written.
+that copies bytes (`Raw` values) never imports it. `check_records` reads the written file's
+directory and local headers back; `check_crcs` also re-reads each record against its CRC-32.
 """
 
 from __future__ import annotations
@@ -248,11 +248,24 @@ class TorchZipWriter:
 def check_crcs(path: str | os.PathLike[str], shown: str | os.PathLike[str] | None = None) -> None:
     """Re-read every entry of a stored zip (a written torch file) against its CRC-32.
 
-    The cheap read-back of a written output: a page-cache read and ISA-L's CRC, several times
-    faster than hashing it again. A mismatch is a `JobError` naming `shown` (or `path`).
+    A page-cache read and ISA-L's CRC, several times faster than hashing it again. A mismatch is a
+    `JobError` naming `shown` (or `path`).
+    """
+    check_records(path, shown, crcs=True)
+
+
+def check_records(
+    path: str | os.PathLike[str], shown: str | os.PathLike[str] | None = None, *, crcs: bool
+) -> None:
+    """Read a written torch zip's directory back, and every entry's local header (its data must
+    lie inside the file); with `crcs`, also every entry's data against its CRC-32.
+
+    Jobs check the headers only: right after the write, a re-read of the data comes from the page
+    cache, the very bytes the CRCs were computed from, and costs a third of the write (0.1-0.3 s
+    per 428 MB here); ``ckpttui verify`` re-reads the data. Errors are `JobError`s naming `shown`.
     """
     where = shown if shown is not None else path
-    buf = bytearray(CHECK_CHUNK)
+    buf = bytearray(CHECK_CHUNK if crcs else 0)
     view = memoryview(buf)
     with open(path, "rb") as f:
         try:
@@ -260,12 +273,17 @@ def check_crcs(path: str | os.PathLike[str], shown: str | os.PathLike[str] | Non
         except (zipfile.BadZipFile, OSError) as exc:
             raise JobError(f"{where}: written but does not read back: {exc}") from None
         fd = f.fileno()
+        size = os.fstat(fd).st_size
         for info in infos:
             head = os.pread(fd, 30, info.header_offset)
             if len(head) < 30 or head[:4] != b"PK\x03\x04":
                 raise JobError(f"{where}: written but {info.filename} has no local header")
             name_len, extra_len = struct.unpack("<HH", head[26:30])
             at = info.header_offset + 30 + name_len + extra_len
+            if at + info.file_size > size:
+                raise JobError(f"{where}: written but {info.filename} is cut short")
+            if not crcs:
+                continue
             left, crc = info.file_size, 0
             while left:
                 n = os.preadv(fd, [view[: min(left, CHECK_CHUNK)]], at)

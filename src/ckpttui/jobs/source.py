@@ -169,6 +169,17 @@ class TensorSource:
             return None
         return start + item.storage_offset * elsize, numel * elsize
 
+    def read_into(self, offset: int, dest: memoryview) -> None:
+        """Read the file's bytes at `offset` into `dest` with ``pread`` (not the mapping: no
+        page of it is mapped, so there is nothing to release afterwards)."""
+        fd = self._file.fileno()
+        done, size = 0, len(dest)
+        while done < size:
+            n = os.preadv(fd, [dest[done:]], offset + done)
+            if n <= 0:
+                raise JobError(f"{self.path}: ends before byte {offset + size} (truncated?)")
+            done += n
+
     def raw(self, item: TensorRecord | TensorRef) -> Raw | None:
         """A contiguous little-endian tensor's bytes as a view of the mapping, without torch
         (None where torch is needed: strided views, byte-swapped files, empty tensors)."""

@@ -25,11 +25,13 @@ import hashlib
 import json
 import mmap
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from ckpttui.formats.safetensors import DTYPES
 from ckpttui.formats.unpickler import ELEMENT_SIZE
@@ -77,10 +79,79 @@ def new_buffer(nbytes: int) -> memoryview:
     """
     if nbytes < PARALLEL_HASH:
         return memoryview(bytearray(nbytes))
-    return memoryview(mmap.mmap(-1, nbytes))
+    # private: a shared anonymous mapping is tmpfs-backed, several times slower to fault in
+    return memoryview(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE))
+
+
+class BufferPool:
+    """Buffers for tensors' bytes, reused from one tensor to the next.
+
+    Every page of a fresh mapping is faulted in and zeroed when first written: 0.2 s per 400 MB
+    here, more than the copy that fills it (0.06 s). A job that fills one buffer per tensor and
+    hands it to a writer takes it from a pool instead. A buffer is free again once nothing refers
+    to it (the writer has written it and dropped every view of it), which CPython's reference
+    count tells exactly; the pool holds at most `limit` bytes of buffers (others in use are
+    allocated on their own, as `new_buffer` does).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buffers: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> memoryview:
+        """A writable buffer of exactly `nbytes` (its contents are left over from earlier use)."""
+        if nbytes < PARALLEL_HASH:
+            return memoryview(bytearray(nbytes))
+        with self._lock:
+            buffers = self._buffers
+            # referred to by the list and getrefcount's argument only: nobody views it
+            free = [i for i in range(len(buffers)) if sys.getrefcount(buffers[i]) == 2]
+            fits = [i for i in free if len(buffers[i]) >= nbytes]
+            if fits:
+                best = min(fits, key=lambda i: len(buffers[i]))
+                return memoryview(buffers[best])[:nbytes]
+            size = -(-nbytes // PARALLEL_HASH) * PARALLEL_HASH
+            total = sum(len(b) for b in buffers)
+            for i in reversed(free):  # free buffers too small for this one make room for it
+                if total + size <= self.limit:
+                    break
+                total -= len(buffers[i])
+                del buffers[i]
+            buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+            if total + size <= self.limit:
+                buffers.append(buf)
+            return memoryview(buf)[:nbytes]
 
 
 _hasher: ThreadPoolExecutor | None = None
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def start_writeback(fd: int, offset: int) -> None:
+    """Have the kernel start writing the file's dirty pages from `offset` on to disk, without
+    waiting (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; nothing elsewhere).
+
+    Pages written and left dirty are only written out by the final ``fsync``, after all the
+    work: 428 MB took 0.10 s to write and then 0.19 s to fsync here; started as it is written,
+    the disk works while the job computes and the fsync finds 7 ms of work left.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                func = ctypes.CDLL(None, use_errno=True).sync_file_range
+            except AttributeError:
+                pass
+            else:
+                func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = func
+    if _sync_file_range:
+        _sync_file_range(fd, offset, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: errors are ignored
 
 
 def _hash_thread() -> ThreadPoolExecutor:
@@ -103,20 +174,36 @@ class HashingFile:
         self.name = getattr(f, "name", "output")
         self._hash = hashlib.sha256()
         self._pos = f.tell()
+        try:
+            self._fd: int | None = f.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file on disk (BytesIO)
+            self._fd = None
+        self._unsynced = self._pos  # where the pages not yet sent to the disk start
 
     def write(self, data: bytes | memoryview) -> int:
-        """Write and hash `data`."""
+        """Write and hash `data`; once a MiB or more is written, start writing it to disk."""
         size = len(data) if isinstance(data, bytes) else data.nbytes
         if size >= PARALLEL_HASH:
-            pending = _hash_thread().submit(self._hash.update, data)
+            # a MiB at a time: each piece is written and hashed while it is in the CPU's cache
+            # (whole 4 MiB buffers: 0.45-1.1 s per 400 MB from a mapped input, pieces 0.45-0.5 s)
+            view = memoryview(data).cast("B")
+            pending = None
             try:
-                self.f.write(data)
+                for lo in range(0, size, PARALLEL_HASH):
+                    piece = view[lo : lo + PARALLEL_HASH]
+                    pending = _hash_thread().submit(self._hash.update, piece)
+                    self.f.write(piece)
             finally:
-                pending.result()
+                if pending is not None:
+                    pending.result()  # the thread hashes in order: every piece is done
         else:
             self.f.write(data)
             self._hash.update(data)
         self._pos += size
+        if self._fd is not None and self._pos - self._unsynced >= PARALLEL_HASH:
+            self.f.flush()
+            start_writeback(self._fd, self._unsynced)
+            self._unsynced = self._pos - self._pos % mmap.PAGESIZE
         return size
 
     def tell(self) -> int:
