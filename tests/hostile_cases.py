@@ -300,6 +300,16 @@ def _central_version(data: bytes, version: int) -> bytes:
     return bytes(out)
 
 
+def _directory_moved(data: bytes, shift: int) -> bytes:
+    """The end record says the central directory starts `shift` bytes later than it does, so
+    zipfile places every entry's local header `shift` bytes before the file (found by atheris)."""
+    out = bytearray(data)
+    at = out.rfind(b"PK\x05\x06")
+    (offset,) = struct.unpack_from("<I", out, at + 16)
+    struct.pack_into("<I", out, at + 16, offset + shift)
+    return bytes(out)
+
+
 def _nested_list(depth: int) -> bytes:
     return b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
 
@@ -365,6 +375,11 @@ def malformed_cases() -> list[Case]:
         one("bad/zip version 99", "bad", "model.pt",
             lambda m: _central_version(good_zip, 99)),
         one("bad/zip bomb 0.9 MB", "bad", "model.pt", lambda m: _zip_bomb()),
+        one("bad/zip local headers before the file", "bad", "model.pt",
+            lambda m: _directory_moved(good_zip, 10**9), "error"),
+        one("bad/zip local headers before the file, an entry twice", "bad", "model.pt",
+            lambda m: _directory_moved(torch_zip(b"\x80\x02}q\x00.", [("archive/data/0", b"\0" * 4),
+                                                  ("archive/data/0", b"\0" * 4)]), 10**9), "error"),
         one("bad/zip cut to 1 byte", "bad", "model.pt", lambda m: good_zip[:1]),
         one("bad/zip cut to 2 bytes", "bad", "model.pt", lambda m: good_zip[:2]),
         one("bad/zip cut to 3 bytes", "bad", "model.pt", lambda m: good_zip[:3]),

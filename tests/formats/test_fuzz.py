@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fuzz_readers import fuzz
+from fuzz_readers import fuzz, run_one
 
 
 def test_fuzzed_files_raise_only_the_projects_error_types(
@@ -17,3 +17,13 @@ def test_fuzzed_files_raise_only_the_projects_error_types(
     assert result["tried"] == 500
     problems = {p: (t, len(d)) for p, (t, d) in result["problems"].items()}
     assert problems == {}, "exception types escaped (or a hang) on fuzzed files"
+
+
+REGRESSIONS = Path(__file__).parents[1] / "data" / "fuzz"
+
+
+@pytest.mark.parametrize("case", sorted(REGRESSIONS.glob("*.bin")), ids=lambda p: p.stem)
+def test_inputs_the_fuzzers_once_broke_are_handled(case: Path, tmp_path: Path) -> None:
+    """Inputs found by `./dev fuzz` or the seeded mutator, named TARGET--what.bin."""
+    target = case.stem.split("--")[0]
+    assert run_one(target, case.read_bytes(), tmp_path) is None

@@ -69,6 +69,10 @@ def read_entry(f: Any, info: zipfile.ZipInfo, size: int, limit: int) -> bytes:
         raise FormatError(f"entry {name}: stored sizes disagree ({info.file_size} bytes)")
     if info.file_size > limit:
         raise FormatError(f"entry {name} is {info.file_size} bytes: too large to read")
+    if not 0 <= info.header_offset <= size - 30:
+        raise FormatError(
+            f"entry {name}: its local header offset {info.header_offset} is outside the file"
+        )
     f.seek(info.header_offset)
     head = f.read(30)
     if len(head) < 30 or head[:4] != b"PK\x03\x04":

@@ -266,6 +266,10 @@ class TensorSource:
         if info is None:
             return None
         at = info.header_offset
+        if not 0 <= at <= self.index.size - _LOCAL_HEADER.size:
+            raise JobError(
+                f"{self.path}: local header of {info.filename} at byte {at} is outside the file"
+            )
         # pread, not the map: touching one cached page through the map can map (and count
         # as resident) the whole cached block around it, optimizer storages included.
         if self._file.closed:  # an indexed-then-closed source (many-rank merges)

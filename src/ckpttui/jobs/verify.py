@@ -302,7 +302,8 @@ def _plan_zip(fp: _FilePlan) -> None:
             return
         by_key: dict[str, _Region] = {}
         for info in infos:
-            head = os.pread(f.fileno(), LOCAL.size, info.header_offset)
+            inside = 0 <= info.header_offset <= size - LOCAL.size
+            head = os.pread(f.fileno(), LOCAL.size, info.header_offset) if inside else b""
             if len(head) < LOCAL.size or LOCAL.unpack(head)[0] != LOCAL_MAGIC:
                 fp.problems.append(
                     Problem(
