@@ -305,6 +305,32 @@ def test_bars_read_without_colour_and_category_colours_are_not_error_colours() -
     use_theme(BUILTIN_THEMES["textual-dark"])
 
 
+def test_no_color_keeps_red_warnings_readable(
+    ui_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NO_COLOR greys: "4 incomplete" (bold red) stays far from the dark background."""
+    from rich.segment import Segment
+    from rich.style import Style
+    from textual.color import Color
+    from textual.filter import Monochrome
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(str(ui_root))
+    (mono,) = [f for f in app._filters if isinstance(f, Monochrome)]
+    background = Color(18, 18, 18)
+    warning = [Segment("4 incomplete", Style(color="red", bold=True, bgcolor="grey7"))]
+
+    def contrast(f: Monochrome) -> float:
+        (seg,) = f.apply(warning, background)
+        assert seg.style is not None and seg.style.color is not None
+        assert seg.style.bgcolor is not None
+        fg = Color.from_rich_color(seg.style.color).brightness
+        return abs(fg - Color.from_rich_color(seg.style.bgcolor).brightness)
+
+    assert contrast(Monochrome()) < 0.2  # Textual's own: grey 237 on 233
+    assert contrast(mono) >= 0.35
+
+
 # --- quitting, jobs, workers ------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.filter import Monochrome
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Static, TabbedContent, TabPane, Tabs, Tree
 from textual.worker import Worker, WorkerState
@@ -21,6 +22,7 @@ from ckpttui.scanfile import SavedScan
 from ckpttui.ui.health import HealthBook
 from ckpttui.ui.listing import DISK, Listing
 from ckpttui.ui.live import LiveWatch
+from ckpttui.ui.monochrome import ReadableMonochrome
 from ckpttui.ui.screens.confirm import ConfirmScreen
 from ckpttui.ui.screens.help import HelpScreen
 from ckpttui.ui.widgets.checkpoint_view import CheckpointView
@@ -87,6 +89,10 @@ class CkptApp(App[int]):
         self, path: str, saved: SavedScan | None = None, live: bool = True, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        # NO_COLOR: greys that stay readable (Textual's own turns red text nearly invisible)
+        self._filters = [
+            ReadableMonochrome() if type(f) is Monochrome else f for f in self._filters
+        ]
         self.saved = saved
         """A saved scan browsed read-only (``ckpttui scan.json``), or None for the disk."""
         self.listing: Listing = saved or DISK
