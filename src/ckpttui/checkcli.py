@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ckpttui.diffrows import by_change
 from ckpttui.jobs.events import Event
 from ckpttui.jobs.runner import JobSpec
 from ckpttui.units import human_bytes
@@ -162,7 +163,7 @@ def print_diff(report: dict[str, Any]) -> None:
     if report["identical"]:
         out.write(f"identical: {len(tensors)} tensors, same names, dtypes, shapes and bytes\n")
         return
-    modules = sorted(report["modules"], key=_change_key, reverse=True)
+    modules = by_change(list(report["modules"]))
     out.write("modules by change:\n")
     out.write(f"  {'rel_change':>10}  {'max_abs':>9}  {'changed':>9}  module\n")
     for m in modules:
@@ -175,7 +176,7 @@ def print_diff(report: dict[str, Any]) -> None:
     frozen = [m["name"] for m in modules if m["frozen"]]
     if frozen:
         out.write(f"frozen (unchanged, {len(frozen)}): " + ", ".join(frozen) + "\n")
-    moved = sorted((t for t in tensors if not t["equal"]), key=_change_key, reverse=True)
+    moved = by_change([t for t in tensors if not t["equal"]])
     equal = len(tensors) - len(moved)
     out.write(
         f"tensors by change ({len(moved)} changed, {equal} equal"
@@ -186,8 +187,3 @@ def print_diff(report: dict[str, Any]) -> None:
         out.write(
             f"  {_num(t['rel_change'], '.3e'):>10}  {_num(t['max_abs'], '.3g'):>9}  {t['name']}\n"
         )
-
-
-def _change_key(row: dict[str, Any]) -> float:
-    value = row.get("rel_change")
-    return float("inf") if value is None and not row.get("equal", False) else float(value or 0.0)

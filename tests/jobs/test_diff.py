@@ -50,13 +50,35 @@ def test_epochs_agree_with_float64_reference(tk_root: Path) -> None:
         assert math.isclose(row["rel_change"], rel, rel_tol=1e-9, abs_tol=1e-15), row["name"]
         moved += not equal
     assert moved > 0 and data["identical"] is False
-    # Modules: the float64 roll-up of their tensors.
+    # Modules: the float64 roll-up of their floating tensors (counters are counted, not weighed).
     for module in data["modules"]:
         names = [n for n in sa if module_name(n) == module["name"]]
         assert module["tensors"] == len(names)
+        names = [n for n in names if sa[n].is_floating_point()]
         num = sum(float((sb[n].double() - sa[n].double()).norm() ** 2) for n in names)
         den = sum(float(sa[n].double().norm() ** 2) for n in names)
         assert math.isclose(module["rel_change"], math.sqrt(num / den), rel_tol=1e-9)
+
+
+def test_a_step_counter_does_not_outweigh_its_modules_weights(tmp_path: Path) -> None:
+    """BatchNorm's num_batches_tracked going 100 -> 200 beside weights moved by 1%."""
+    w = torch.linspace(-1, 1, 64)
+    a = {"enc.bn.weight": w, "enc.bn.num_batches_tracked": torch.tensor(100)}
+    b = {"enc.bn.weight": w * 1.01, "enc.bn.num_batches_tracked": torch.tensor(200)}
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    data = report(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    (enc,) = data["modules"]
+    assert enc["changed"] == 2 and enc["frozen"] is False
+    assert enc["rel_change"] == pytest.approx(0.01, rel=1e-5)  # with the counter: 0.99
+    assert enc["max_abs"] == pytest.approx(0.01, rel=1e-5)
+    rows = {r["name"]: r for r in data["tensors"]}
+    assert rows["enc.bn.num_batches_tracked"]["integer"] is True
+    assert rows["enc.bn.num_batches_tracked"]["rel_change"] == pytest.approx(1.0)
+    assert "integer" not in rows["enc.bn.weight"]
+    from ckpttui.diffrows import by_change
+
+    assert [r["name"] for r in by_change(data["tensors"])][0] == "enc.bn.weight"
 
 
 def test_same_weights_in_another_layout_are_identical(tk_root: Path, tmp_path: Path) -> None:

@@ -6,7 +6,10 @@ every name in both: ``equal`` (same dtype, shape and bytes), ``max_abs`` = max |
 ``rel_change`` = ||B - A||_2 / ||A||_2, computed in float64 over chunks of a flat view, so memory
 stays at a few chunks whatever the tensor's size, and the pages read are given back after each
 tensor. Names only in A or only in B, and shape or dtype changes, are listed; the sums roll up per
-module (the top-level prefix, past wrappers such as ``module.``).
+module (the top-level prefix, past wrappers such as ``module.``). Integer and bool tensors (step
+counters such as BatchNorm's ``num_batches_tracked``) are compared and counted, marked
+``integer`` in their rows, but kept out of a module's ``max_abs`` and ``rel_change``: a counter
+going from 100 to 200 would otherwise outweigh every weight of the module.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class _Sums:
     sq_diff: float = 0.0
     sq_a: float = 0.0
     compared: bool = True
+    integer: bool = False
 
 
 def diff(
@@ -198,7 +202,7 @@ def _compare(
     """Equality of bytes, and float64 sums of the difference, a chunk of elements at a time."""
     import torch
 
-    sums = _Sums(equal=ta.dtype == tb.dtype)
+    sums = _Sums(equal=ta.dtype == tb.dtype, integer=not ta.is_floating_point())
     fa = ta.reshape(-1)
     fb = tb.reshape(-1)
     if ta.is_complex() or tb.is_complex():
@@ -245,15 +249,19 @@ def _rel(sq_diff: float, sq_a: float) -> float | None:
 
 def _tensor_row(name: str, s: _Sums) -> dict[str, Any]:
     if s.equal:
-        return {"name": name, "equal": True, "max_abs": 0.0, "rel_change": 0.0}
-    if not s.compared:
-        return {"name": name, "equal": False, "max_abs": None, "rel_change": None}
-    return {
-        "name": name,
-        "equal": False,
-        "max_abs": _number(s.max_abs),
-        "rel_change": _rel(s.sq_diff, s.sq_a),
-    }
+        row: dict[str, Any] = {"name": name, "equal": True, "max_abs": 0.0, "rel_change": 0.0}
+    elif not s.compared:
+        row = {"name": name, "equal": False, "max_abs": None, "rel_change": None}
+    else:
+        row = {
+            "name": name,
+            "equal": False,
+            "max_abs": _number(s.max_abs),
+            "rel_change": _rel(s.sq_diff, s.sq_a),
+        }
+    if s.integer:
+        row["integer"] = True
+    return row
 
 
 def module_name(name: str) -> str:
@@ -272,8 +280,10 @@ def _modules(names: list[str], results: dict[str, _Sums]) -> list[dict[str, Any]
             {"tensors": 0, "changed": 0, "max_abs": 0.0, "sq_diff": 0.0, "sq_a": 0.0},
         )
         m["tensors"] += 1
+        m["changed"] += not s.equal
+        if s.integer:
+            continue  # counted, not weighed: see the module docstring
         if not s.equal:
-            m["changed"] += 1
             m["max_abs"] = max(m["max_abs"], s.max_abs)
             m["sq_diff"] += s.sq_diff
         m["sq_a"] += s.sq_a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -13,20 +12,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
+from ckpttui.diffrows import by_change
 from ckpttui.ui.widgets.folder_view import FolderTable, elide
-
-
-def _change(row: dict[str, Any]) -> float:
-    """How much a tensor or module changed, for sorting: NaN / not comparable counts as most."""
-    if row.get("equal") or row.get("frozen"):
-        return 0.0
-    rel = row.get("rel_change")
-    return math.inf if rel is None else float(rel)
-
-
-def by_change(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Most changed first; unchanged ones last, in their order."""
-    return sorted(rows, key=lambda r: -_change(r))
 
 
 def _number(value: Any, changed: bool) -> Text:
