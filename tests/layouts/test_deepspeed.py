@@ -135,3 +135,33 @@ def test_zero_to_fp32_outputs_are_model_folders(ds_root: Path, tmp_path: Path) -
     truth = tensors_in(load_torch(out / "bin" / "pytorch_model.bin"))
     assert single["tensors"] == len(truth)
     assert single["categories"]["weights"]["tensors"] == len(truth)
+
+
+def test_funasr_tags_rank_by_their_client_state_and_copies_are_not_candidates(
+    ds_root: Path, tmp_path: Path
+) -> None:
+    """FunASR's trainer_ds.py: tags ds-model.pt.ep{N}, plus ds-model.pt and ds-model.pt.best
+    copies; val_acc_step_or_eoch in the client state, keyed by tag name."""
+    from ckpttui.inventory import scan
+    from ckpttui.jobs.select import select_best, select_last
+
+    real = ds_root / "ws2" / "funasr" / "exp" / "model.pt.ep3"
+    run = tmp_path / "exp"
+    tags = [f"ds-model.pt.ep{e}" for e in (1, 2, 3)] + ["ds-model.pt", "ds-model.pt.best"]
+    for tag in tags:
+        shutil.copytree(real, run / tag)
+    (run / "latest").write_text("ds-model.pt.best")
+    inv = scan(run)
+    ckpts = {Path(c.path).name: c for c in inv.checkpoints}
+    assert {c.info["variant"] for c in ckpts.values()} == {"funasr"}
+    assert all(c.complete for c in ckpts.values())
+    # the real client state's scores were read (FunASR keys them by tag name)
+    assert ckpts["ds-model.pt.ep1"].info["val_acc"] == {"3": 0.5}
+    last = select_last(run, 2, inventory=inv)
+    assert [p.name for p in last.paths] == ["ds-model.pt.ep2", "ds-model.pt.ep3"]
+    scores = {"ds-model.pt.ep1": 0.7, "ds-model.pt.ep2": 0.9, "ds-model.pt.ep3": 0.8}
+    for c in ckpts.values():
+        c.info["val_acc"] = scores
+    best = select_best(run, 2, inventory=inv)
+    assert [p.name for p in best.paths] == ["ds-model.pt.ep2", "ds-model.pt.ep3"]
+    assert "val_acc" in best.rule and "highest first" in best.rule

@@ -8,7 +8,11 @@
 * ``[bf16_]zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt``: one per data-parallel rank, the
   rank's fp32 master partition and its optimizer state.
 
-The tag defaults to ``global_step{N}``; WeNet names it ``epoch_{N}.pt`` and FunASR ``model.pt.ep{N}``.
+The tag defaults to ``global_step{N}``; WeNet names it ``epoch_{N}.pt``. FunASR's
+``trainer_ds.py`` names it ``ds-model.pt.ep{N}`` (``ds-model.pt.ep{N}.{step}`` mid-epoch; earlier
+releases ``model.pt.ep{N}``) and saves the same state again as the tags ``ds-model.pt`` (latest)
+and ``ds-model.pt.best``; its client state holds ``val_acc_step_or_eoch`` /
+``val_loss_step_or_eoch`` keyed by tag name, which rank its tags as FunASR ranks its files.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ from ckpttui.layouts.base import (
     read_small_text,
     read_yaml,
 )
+from ckpttui.layouts.funasr import FunASR
 from ckpttui.layouts.wenet import WeNet
 from ckpttui.records import Checkpoint, FileIndex
 
 _MODEL = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
 _OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 
+
+_FUNASR_TAG = re.compile(r"^(?:ds-)?model\.pt(?:\.|$)")
+_FUNASR_EPOCH_TAG = re.compile(r"^(?:ds-)?model\.pt\.ep\d+(?:\.\d+)?$")
+"""A FunASR tag that is a training save, not its ``ds-model.pt`` / ``.best`` copy."""
 
 _TAG_NUMBER = r"(\d+)(?:\.pt)?$"
 """The number a tag ends with (``global_step20``, ``epoch_3.pt``)."""
@@ -109,10 +118,23 @@ class DeepSpeed(Layout):
         root: Path,
     ) -> tuple[Ranked, str]:
         """WeNet's tags by WeNet's rule (the cv loss of each ``epoch_N.yaml`` or client state,
-        lowest first); plain DeepSpeed records no validation metric."""
+        lowest first), FunASR's by FunASR's (the val_acc / val_loss its client state records per
+        tag name); plain DeepSpeed records no validation metric."""
         if ckpts and all(c.info.get("variant") == "wenet" for c in ckpts):
             return WeNet().rank(ckpts, siblings, files, metric, mode, root)
+        if ckpts and all(c.info.get("variant") == "funasr" for c in ckpts):
+            ranked, how = FunASR().rank(ckpts, siblings, files, metric, mode, root)
+            if ranked:  # else no tag recorded a validation score under its own name
+                return ranked, how
         return super().rank(ckpts, siblings, files, metric, mode, root)
+
+    def is_candidate(self, ckpt: Checkpoint) -> bool:
+        """FunASR's ``ds-model.pt`` and ``ds-model.pt.best`` tags are copies, never candidates."""
+        if ckpt.info.get("variant") == "funasr":
+            return not ckpt.info.get("symlink_to") and bool(
+                _FUNASR_EPOCH_TAG.match(Path(ckpt.path).name)
+            )
+        return super().is_candidate(ckpt)
 
     def curve_points(self, ckpt: Checkpoint, x: float | None) -> list[tuple[str, float, float]]:
         """Client-state metrics (``cv_loss``, ``val_loss``, ``loss``) saved beside the model."""
@@ -134,7 +156,7 @@ class DeepSpeed(Layout):
             ckpt.epoch = number_in(r"\.ep(\d+)", tag)
         if re.match(r"^(epoch|step)_\d+(\.pt)?$", tag):
             ckpt.info["variant"] = "wenet"
-        elif tag.startswith("model.pt"):
+        elif _FUNASR_TAG.match(tag):
             ckpt.info["variant"] = "funasr"
         sidecar = folder.parent / (tag.removesuffix(".pt") + ".yaml")
         if ckpt.info.get("variant") == "wenet" and sidecar.is_file():
@@ -189,6 +211,15 @@ class DeepSpeed(Layout):
                     ckpt.info.setdefault(key, value)
             if ckpt.epoch is None:
                 ckpt.epoch = as_int(states.get("epoch"))
+            if ckpt.info.get("variant") == "funasr":
+                for metric in ("acc", "loss"):
+                    for spelling in ("epoch", "eoch"):  # FunASR's trainer_ds.py spells it "eoch"
+                        value = states.get(f"val_{metric}_step_or_{spelling}")
+                        if isinstance(value, dict):
+                            ckpt.info[f"val_{metric}"] = plain(value)
+                kind = states.get("avg_keep_nbest_models_type")
+                if isinstance(kind, str):
+                    ckpt.info["avg_keep_nbest_models_type"] = kind
         if stage is None and states is not None and "ds_config" in states:
             stage = 0 if dig(states, "ds_config", "zero_optimization") is None else None
         if stage is None:

@@ -113,7 +113,7 @@ class FunASR(Layout):
         scores = [
             (folder / name, float(v))
             for name, v in values.items()
-            if number(v) is not None and (folder / name).is_file()
+            if number(v) is not None and (folder / name).exists()  # a file, or a DeepSpeed tag
         ]
         if mode is None:
             ranked = sorted(scores, key=lambda item: item[1], reverse=True)
