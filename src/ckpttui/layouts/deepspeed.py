@@ -9,8 +9,8 @@
   rank's fp32 master partition and its optimizer state.
 
 The tag defaults to ``global_step{N}``; WeNet names it ``epoch_{N}.pt``. FunASR's
-``trainer_ds.py`` names it ``ds-model.pt.ep{N}`` (``ds-model.pt.ep{N}.{step}`` mid-epoch; earlier
-releases ``model.pt.ep{N}``) and saves the same state again as the tags ``ds-model.pt`` (latest)
+``trainer_ds.py`` names it ``ds-model.pt.ep{N}`` (``ds-model.pt.ep{N}.{step}`` mid-epoch; ``model.pt.ep{N}``
+is accepted too) and saves the same state again as the tags ``ds-model.pt`` (latest)
 and ``ds-model.pt.best``; its client state holds ``val_acc_step_or_eoch`` /
 ``val_loss_step_or_eoch`` keyed by tag name, which rank its tags as FunASR ranks its files.
 """
