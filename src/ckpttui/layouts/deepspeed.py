@@ -49,7 +49,7 @@ _TAG_NUMBER = r"(\d+)(?:\.pt)?$"
 
 
 class DeepSpeed(Layout):
-    """A DeepSpeed tag folder (``global_step100/``, WeNet ``epoch_3.pt/``, FunASR ``model.pt.ep3/``)."""
+    """A DeepSpeed tag folder (``global_step100/``, WeNet ``epoch_3.pt/``, FunASR ``ds-model.pt.ep3/``)."""
 
     name = "deepspeed"
     title = "DeepSpeed ZeRO"
