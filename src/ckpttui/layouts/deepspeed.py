@@ -32,7 +32,7 @@ from ckpttui.layouts.base import (
     read_small_text,
     read_yaml,
 )
-from ckpttui.layouts.funasr import FunASR
+from ckpttui.layouts.funasr import FunASR, validation_scores
 from ckpttui.layouts.wenet import WeNet
 from ckpttui.records import Checkpoint, FileIndex
 
@@ -212,11 +212,7 @@ class DeepSpeed(Layout):
             if ckpt.epoch is None:
                 ckpt.epoch = as_int(states.get("epoch"))
             if ckpt.info.get("variant") == "funasr":
-                for metric in ("acc", "loss"):
-                    for spelling in ("epoch", "eoch"):  # FunASR's trainer_ds.py spells it "eoch"
-                        value = states.get(f"val_{metric}_step_or_{spelling}")
-                        if isinstance(value, dict):
-                            ckpt.info[f"val_{metric}"] = plain(value)
+                ckpt.info.update(validation_scores(states))
                 kind = states.get("avg_keep_nbest_models_type")
                 if isinstance(kind, str):
                     ckpt.info["avg_keep_nbest_models_type"] = kind

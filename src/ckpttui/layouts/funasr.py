@@ -161,11 +161,19 @@ class FunASR(Layout):
             ):
                 if key in data and not _has_tensors(data[key]):
                     ckpt.info[key] = plain(data[key])
-            for metric in ("acc", "loss"):
-                for spelling in ("epoch", "eoch"):
-                    value = data.get(f"val_{metric}_step_or_{spelling}")
-                    if isinstance(value, dict):
-                        ckpt.info[f"val_{metric}"] = plain(value)
+            ckpt.info.update(validation_scores(data))
+
+
+def validation_scores(state: dict[Any, Any]) -> dict[str, Any]:
+    """``val_acc`` / ``val_loss`` by validated name, from a FunASR state dict or DeepSpeed client
+    state (``val_acc_step_or_epoch``, spelled ``..._eoch`` for a while: see `_KEYS`)."""
+    out = {}
+    for metric in ("acc", "loss"):
+        for spelling in ("epoch", "eoch"):
+            value = state.get(f"val_{metric}_step_or_{spelling}")
+            if isinstance(value, dict):
+                out[f"val_{metric}"] = plain(value)
+    return out
 
 
 def _has_tensors(value: Any) -> bool:
