@@ -165,3 +165,19 @@ def test_funasr_tags_rank_by_their_client_state_and_copies_are_not_candidates(
     best = select_best(run, 2, inventory=inv)
     assert [p.name for p in best.paths] == ["ds-model.pt.ep2", "ds-model.pt.ep3"]
     assert "val_acc" in best.rule and "highest first" in best.rule
+
+
+def test_a_tag_newer_than_latest_is_incomplete_but_only_against_its_own_kind(
+    ds_root: Path, tmp_path: Path
+) -> None:
+    """DeepSpeed writes `latest` last; WeNet saves step_N.pt and epoch_N.pt tags in one folder."""
+    real = ds_root / "ws2" / "wenet" / "exp" / "epoch_3.pt"
+    run = tmp_path / "exp"
+    for tag in ("epoch_3.pt", "epoch_4.pt", "step_5000.pt"):
+        shutil.copytree(real, run / tag)
+    (run / "latest").write_text("epoch_3.pt")
+    ckpts = by_path(inspect_json(run), "checkpoints")
+    assert ckpts["epoch_3.pt"]["complete"] is True
+    assert ckpts["epoch_4.pt"]["complete"] is False
+    assert "newer than `latest`" in ckpts["epoch_4.pt"]["problems"][0]
+    assert ckpts["step_5000.pt"]["complete"] is True

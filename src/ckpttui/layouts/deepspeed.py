@@ -173,9 +173,11 @@ class DeepSpeed(Layout):
             named = text.strip()
             ckpt.info["latest"] = named == tag
             # `latest` is written last: a tag newer than the one it names is still being saved
-            # (or its save died), and DeepSpeed's loader would load the older one.
+            # (or its save died), and DeepSpeed's loader would load the older one. Only tags of
+            # one shape compare: WeNet's step_5000.pt is not newer than its epoch_3.pt.
             mine, last = number_in(_TAG_NUMBER, tag), number_in(_TAG_NUMBER, named)
-            if mine is not None and last is not None and mine > last:
+            same_kind = re.sub(r"\d+", "#", tag) == re.sub(r"\d+", "#", named)
+            if same_kind and mine is not None and last is not None and mine > last:
                 ckpt.complete = False
                 ckpt.problems.append(
                     f"newer than `latest` ({named}): still being written, or its save did not finish"
