@@ -20,6 +20,7 @@ from test_app import settle, text_of
 from ckpttui.ui.app import CkptApp, make_app
 from ckpttui.ui.widgets.curve import CurveView
 from ckpttui.ui.widgets.folder_view import FolderView
+from ckpttui.ui.widgets.jobs import JobRow
 from ckpttui.ui.widgets.tree import CheckpointTree
 
 
@@ -124,6 +125,17 @@ async def test_keys_that_need_the_files_say_why_they_are_off(saved: tuple[Path, 
         for what in ("merge", "average", "export", "reclaim", "verify", "refresh", "live"):
             assert any(m.startswith(f"{what} is off: this is a read-only saved scan") for m in said)
         assert len(app.screen_stack) == 1  # no job form opened
+        # the command palette calls the actions themselves, past the keys
+        app._notifications.clear()
+        app.action_reclaim()
+        app.action_verify()
+        app.action_job("merge")
+        await pilot.pause()
+        said = [n.message for n in app._notifications]
+        for what in ("reclaim", "verify", "merge"):
+            assert any(m.startswith(f"{what} is off: this is a read-only saved scan") for m in said)
+        assert len(app.screen_stack) == 1
+        assert not app.query(JobRow)
 
 
 @pytest.mark.parametrize(

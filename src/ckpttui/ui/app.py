@@ -349,9 +349,19 @@ class CkptApp(App[int]):
 
     # --- jobs --------------------------------------------------------------------------------
 
+    def _read_only(self, what: str) -> bool:
+        """True (and says why) in a saved scan: the palette reaches actions the keys do not."""
+        if self.saved is None:
+            return False
+        self.action_read_only(what)
+        return True
+
     def action_job(self, kind: str) -> None:
         """Open the form for a merge, average or export job on the selection."""
         from ckpttui.ui.jobrequest import JobRequestError, request_for
+
+        if self._read_only(kind):
+            return
 
         tree = self.query_one(CheckpointTree)
         view = self.query_one(CheckpointView)
@@ -380,11 +390,15 @@ class CkptApp(App[int]):
 
     def action_verify(self) -> None:
         """Verify the selection (or the marked checkpoints) in a job: CRCs, bounds, NaN/Inf."""
+        if self._read_only("verify"):
+            return
         for path in self._targets():
             self._start_job(JobSpec("verify", {"path": path}))
 
     def action_diff(self, _where: str = "") -> None:
         """Diff the two marked checkpoints (A marked first) in a job; the view opens when done."""
+        if self._read_only("diff"):
+            return
         marked = self.query_one(CheckpointTree).marked_paths()
         if len(marked) != 2:
             self.notify(
@@ -398,6 +412,8 @@ class CkptApp(App[int]):
 
     def action_reclaim(self, _where: str = "") -> None:
         """The reclaim plan for the selected run folder or the marked checkpoints."""
+        if self._read_only("reclaim"):
+            return
         paths = self._targets()
         marked = self.query_one(CheckpointTree).marked_paths()
         if not marked and (not self.listing.is_dir(paths[0]) or self.listing.dir_layout(paths[0])):
@@ -414,7 +430,7 @@ class CkptApp(App[int]):
         self.push_screen(ReclaimScreen(paths, base, marked=bool(marked)), self._start_job)
 
     def _start_job(self, spec: JobSpec | None) -> None:
-        if spec is None:
+        if spec is None or self._read_only(spec.kind):
             return
         pane = self.query_one(JobsPane)
         job_id = pane.start(spec)
