@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ckpttui.formats.unpickler import (
     ELEMENT_SIZE,
@@ -48,11 +48,8 @@ from ckpttui.formats.unpickler import (
 from ckpttui.jobs.ahead import ahead_plan
 from ckpttui.jobs.events import Event, JobError
 from ckpttui.jobs.output import Planned, write_planned
-from ckpttui.jobs.source import torch_dtype
+from ckpttui.jobs.source import pread_exact, torch_dtype
 from ckpttui.jobs.st_writer import Raw, new_buffer
-
-if TYPE_CHECKING:
-    pass
 
 MODEL_KEYS = ("model", "state_dict", "module")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
@@ -298,15 +295,6 @@ def _layout(fd: int, chunk: Chunk, name: str) -> tuple[TensorRef, int]:
     return ref, chunk.offset + start
 
 
-def _pread_into(fd: int, buf: memoryview, offset: int, where: str) -> None:
-    done = 0
-    while done < len(buf):
-        n = os.preadv(fd, [buf[done:]], offset + done)
-        if n <= 0:
-            raise JobError(f"{where}: ends before byte {offset + len(buf)} (truncated?)")
-        done += n
-
-
 def _block_start(shape: tuple[int, ...], chunk: Chunk) -> int | None:
     """The element where a chunk starts in the whole (row-major) tensor, if the chunk is one
     contiguous block of it (a row shard); None otherwise (column shards)."""
@@ -346,14 +334,14 @@ def _fill(out: memoryview, t: DcpTensor, chunk: Chunk) -> None:
         at = _block_start(t.shape, chunk)
         if at is not None and plain:
             dest = out[at * elsize : (at + numel) * elsize]
-            _pread_into(fd, dest, start + ref.storage_offset * elsize, where)
+            pread_exact(fd, dest, start + ref.storage_offset * elsize, where)
             return
         # Column shards and strided saves: read the chunk's storage, then copy it into place.
         import torch
 
         assert ref.storage is not None
         raw = bytearray(ref.storage.nbytes)
-        _pread_into(fd, memoryview(raw), start, where)
+        pread_exact(fd, memoryview(raw), start, where)
         dtype = torch_dtype(t.dtype, where)
         base = torch.frombuffer(raw, dtype=torch.uint8).view(dtype)
         whole = torch.frombuffer(out, dtype=torch.uint8).view(dtype).view(t.shape)

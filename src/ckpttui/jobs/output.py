@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ckpttui.formats import read_file
 from ckpttui.formats.unpickler import ELEMENT_SIZE
@@ -45,9 +45,6 @@ from ckpttui.jobs.st_writer import (
     dtype_shape,
 )
 from ckpttui.records import shape_numel
-
-if TYPE_CHECKING:
-    pass
 
 TORCH_SUFFIXES = (".pt", ".bin", ".pth", ".ckpt")
 ALIASES_KEY = "ckpttui.aliases"

@@ -53,6 +53,17 @@ def torch_dtype(name: str, where: str = "") -> torch.dtype:
     return dtype
 
 
+def pread_exact(fd: int, dest: memoryview, offset: int, where: str) -> None:
+    """Fill `dest` with the bytes of `fd` at `offset` (``pread``, no mapping); a file that ends
+    first is a JobError naming `where`."""
+    done, size = 0, len(dest)
+    while done < size:
+        n = os.preadv(fd, [dest[done:]], offset + done)
+        if n <= 0:
+            raise JobError(f"{where}: ends before byte {offset + size} (truncated?)")
+        done += n
+
+
 class TensorSource:
     """One checkpoint file opened for reading tensor data in place (see the module docstring)."""
 
@@ -172,13 +183,7 @@ class TensorSource:
     def read_into(self, offset: int, dest: memoryview) -> None:
         """Read the file's bytes at `offset` into `dest` with ``pread`` (not the mapping: no
         page of it is mapped, so there is nothing to release afterwards)."""
-        fd = self._file.fileno()
-        done, size = 0, len(dest)
-        while done < size:
-            n = os.preadv(fd, [dest[done:]], offset + done)
-            if n <= 0:
-                raise JobError(f"{self.path}: ends before byte {offset + size} (truncated?)")
-            done += n
+        pread_exact(self._file.fileno(), dest, offset, str(self.path))
 
     def raw(self, item: TensorRecord | TensorRef) -> Raw | None:
         """A contiguous little-endian tensor's bytes as a view of the mapping, without torch

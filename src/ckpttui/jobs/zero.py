@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttui.formats.unpickler import ELEMENT_SIZE, OpaqueObject, TensorRef
 from ckpttui.jobs.events import JobError
 from ckpttui.jobs.output import Planned
-from ckpttui.jobs.source import TensorSource, torch_dtype
+from ckpttui.jobs.source import TensorSource, pread_exact, torch_dtype
 from ckpttui.jobs.st_writer import Raw, Values, new_buffer
 
 if TYPE_CHECKING:
@@ -201,12 +201,7 @@ def _indexed(source: TensorSource) -> TensorSource:
 def _pread_into(path: Path, dest: memoryview, offset: int) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        done = 0
-        while done < len(dest):
-            n = os.preadv(fd, [dest[done:]], offset + done)
-            if n <= 0:
-                raise JobError(f"{path}: ends before byte {offset + len(dest)} (truncated?)")
-            done += n
+        pread_exact(fd, dest, offset, str(path))
     finally:
         os.close(fd)
 
