@@ -202,6 +202,43 @@ async def test_reclaim_plan_then_job_updates_sizes_and_keeps_cursor(
         assert folder.current_path() == row
 
 
+async def test_reclaim_options_replan_once_typing_pauses(
+    ui_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ckpttui.jobs.reclaim")
+    from ckpttui.ui.screens import reclaim as screen_module
+
+    plans: list[dict[str, object]] = []
+    real = screen_module.compute_plan
+
+    def counted(paths: list[str], options: dict[str, object]) -> object:
+        plans.append(dict(options))
+        return real(paths, options)
+
+    monkeypatch.setattr(screen_module, "compute_plan", counted)
+    exp = old_copy(ui_root / "asr-funasr" / "exp", tmp_path / "exp")
+    app = make_app(str(exp.parent))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await select(app, pilot, "exp")
+        await pilot.press("d")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, screen_module.ReclaimScreen)
+        assert len(plans) == 1  # the defaults, planned once
+        keep_last = screen.query_one("#reclaim-last")
+        keep_last.focus()
+        keep_last.value = ""
+        await pilot.press("1", "0")  # typed fast: one plan for "10", none for "1"
+        await pilot.pause(0.6)
+        await settle(app, pilot)
+        assert [p["keep_last"] for p in plans] == [1, 10]
+        plan = screen.query_one("#reclaim-plan")
+        actions = {str(plan.get_cell_at((r, 1))) for r in range(plan.row_count)}
+        assert actions == {"keep"}  # keep the last 10: nothing is slimmed
+        await pilot.press("escape")
+
+
 async def test_reclaim_on_a_checkpoint_says_what_to_select(run: Path) -> None:
     app = make_app(str(run))
     async with app.run_test(size=(80, 24), notifications=True) as pilot:

@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
+from textual.timer import Timer
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
 from ckpttui.jobs.runner import JobSpec
@@ -24,6 +25,8 @@ from ckpttui.ui.widgets.folder_view import elide
 from ckpttui.units import human_bytes
 
 ACTION_STYLE = {"keep": "green", "slim": "bold", "refuse": "yellow"}
+REPLAN_DELAY = 0.3
+"""Seconds of no typing in the options before the plan is computed again."""
 
 
 def compute_plan(paths: list[str], options: dict[str, Any]) -> tuple[Any, str | None]:
@@ -65,6 +68,8 @@ class ReclaimScreen(ModalScreen[JobSpec | None]):
         self.plan: Any = None
         self.error: str | None = None
         self._token = 0
+        self._pending: Timer | None = None
+        self._requested: dict[str, Any] = {}
         self._planned_options: dict[str, Any] = {}
         self._columns: list[str] = []
 
@@ -131,12 +136,22 @@ class ReclaimScreen(ModalScreen[JobSpec | None]):
     @on(Input.Changed)
     @on(Select.Changed)
     def _options_changed(self) -> None:
-        self._replan()
-
-    def _replan(self) -> None:
+        # Each plan scans the run again: plan once typing pauses, not per keystroke, and not
+        # for the events the inputs post when they mount with the options already planned.
+        if self.options() == self._requested and self._pending is None:
+            return
         self._token += 1
         self.query_one("#reclaim-total", Static).update(Text("planning...", style="dim"))
-        self._plan(self._token, list(self.paths), self.options())
+        if self._pending is not None:
+            self._pending.stop()
+        self._pending = self.set_timer(REPLAN_DELAY, self._replan)
+
+    def _replan(self) -> None:
+        self._pending = None
+        self._token += 1
+        self.query_one("#reclaim-total", Static).update(Text("planning...", style="dim"))
+        self._requested = self.options()
+        self._plan(self._token, list(self.paths), self._requested)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reclaim-plan")
     def _plan(self, token: int, paths: list[str], options: dict[str, Any]) -> None:
